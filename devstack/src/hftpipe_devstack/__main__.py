@@ -1,0 +1,7 @@
+"""``python -m hftpipe_devstack``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,290 @@
+"""The stack's components: how each is configured, started and proven ready.
+
+Readiness is proven with the real protocol, never with a sleep: Kafka by a
+produce/consume round-trip through a fresh topic, Redis by an authenticated
+PING, the API server by ``/readyz`` and the controller-manager by ``/healthz``.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import ssl
+import subprocess
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from . import install, pki
+from .procs import ProcessTable, StartError, free_port, port_open, tail
+
+# --------------------------------------------------------------------------- Kafka
+
+_LOG4J2 = """\
+status = warn
+appender.file.type = File
+appender.file.name = FILE
+appender.file.fileName = {log}
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.file.ref = FILE
+logger.kafka.name = kafka
+logger.kafka.level = INFO
+logger.state.name = state.change.logger
+logger.state.level = WARN
+"""
+
+
+def kafka_server_properties(*, port: int, controller_port: int, log_dir: Path) -> str:
+    """server.properties for one combined broker+controller node in KRaft mode (pure)."""
+    props = {
+        "process.roles": "broker,controller",
+        "node.id": "1",
+        "controller.quorum.voters": f"1@127.0.0.1:{controller_port}",
+        "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "log.dirs": str(log_dir),
+        # Code must create its topics: a typo in a topic name fails loudly instead
+        # of silently creating a one-partition topic.
+        "auto.create.topics.enable": "false",
+        "num.partitions": "1",
+        "offsets.topic.replication.factor": "1",
+        "offsets.topic.num.partitions": "10",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "share.coordinator.state.topic.replication.factor": "1",
+        "share.coordinator.state.topic.min.isr": "1",
+        # One node: no point waiting for more group members to join.
+        "group.initial.rebalance.delay.ms": "0",
+        "log.retention.hours": "-1",
+        "log.segment.bytes": str(256 * 1024 * 1024),
+    }
+    return "".join(f"{k}={v}\n" for k, v in props.items())
+
+
+def kafka_cluster_id() -> str:
+    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+
+
+def kafka_roundtrip(bootstrap: str, *, timeout: float = 10.0) -> bool:
+    """Create a topic, produce one record and consume it back: the broker really works."""
+    from confluent_kafka import Consumer, Producer  # noqa: PLC0415
+    from confluent_kafka.admin import AdminClient, NewTopic  # noqa: PLC0415
+
+    topic = f"__hftpipe_ready_{uuid.uuid4().hex[:8]}"
+    quiet = {"bootstrap.servers": bootstrap, "log_level": 3}  # errors only, while polling
+    admin = AdminClient(quiet)
+    for fut in admin.create_topics([NewTopic(topic, 1, 1)]).values():
+        fut.result(timeout=timeout)
+    payload = uuid.uuid4().bytes
+    producer = Producer({**quiet, "acks": "all"})
+    producer.produce(topic, payload)
+    if producer.flush(timeout) != 0:
+        return False
+    consumer = Consumer({
+        **quiet, "group.id": topic,
+        "auto.offset.reset": "earliest", "enable.auto.commit": False,
+    })
+    try:
+        consumer.subscribe([topic])
+        msg = None
+        for _ in range(int(timeout * 2)):
+            msg = consumer.poll(0.5)
+            if msg is not None and msg.error() is None:
+                break
+        ok = msg is not None and msg.error() is None and msg.value() == payload
+    finally:
+        consumer.close()
+    for fut in admin.delete_topics([topic]).values():
+        fut.result(timeout=timeout)
+    return ok
+
+
+@dataclass
+class Kafka:
+    """A single-node Kafka 4.x broker+controller in KRaft mode."""
+
+    port: int = field(default_factory=free_port)
+    controller_port: int = field(default_factory=free_port)
+
+    @property
+    def bootstrap(self) -> str:
+        """The ``bootstrap.servers`` value clients use."""
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, table: ProcessTable, workdir: Path) -> dict[str, str]:
+        """Format storage, start the broker, wait for a round-trip; return env vars."""
+        libs = install.ensure_kafka() / "libs"
+        java = install.java()
+        workdir.mkdir(parents=True, exist_ok=True)
+        props = workdir / "server.properties"
+        props.write_text(kafka_server_properties(
+            port=self.port, controller_port=self.controller_port, log_dir=workdir / "data"))
+        log4j = workdir / "log4j2.properties"
+        log4j.write_text(_LOG4J2.format(log=table.log_dir / "kafka-server.log"))
+        jvm = [java, "-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+               f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{libs}/*"]
+        fmt_log = table.log_dir / "kafka-format.log"
+        with fmt_log.open("wb") as out:
+            fmt = subprocess.run(
+                [*jvm, "kafka.tools.StorageTool", "format", "-t", kafka_cluster_id(),
+                 "-c", str(props)], stdout=out, stderr=subprocess.STDOUT, check=False)
+        if fmt.returncode != 0:
+            raise StartError(f"kafka: formatting KRaft storage failed (exit {fmt.returncode})."
+                             f"\n--- last lines of {fmt_log} ---\n{tail(fmt_log)}")
+        table.start("kafka", [*jvm, "kafka.Kafka", str(props)],
+                    ports=[self.port, self.controller_port])
+        table.wait_until("kafka", lambda: port_open(self.port), timeout=120,
+                         what=f"broker listening on {self.bootstrap}")
+        table.wait_until("kafka", lambda: kafka_roundtrip(self.bootstrap), timeout=120,
+                         what="produce/consume round-trip", interval=1.0)
+        return {"KAFKA_BOOTSTRAP_SERVERS": self.bootstrap, "KAFKA_LIBS": str(libs)}
+
+
+# --------------------------------------------------------------------------- Redis
+
+
+@dataclass
+class Redis:
+    """redis-server with a password (clients must authenticate)."""
+
+    port: int = field(default_factory=free_port)
+    password: str = field(default_factory=lambda: secrets.token_urlsafe(18))
+
+    @property
+    def url(self) -> str:
+        """``redis://default:password@127.0.0.1:port/0`` (redis-cli needs the user name)."""
+        return f"redis://default:{self.password}@127.0.0.1:{self.port}/0"
+
+    def start(self, table: ProcessTable, workdir: Path) -> dict[str, str]:
+        """Start redis-server, wait for an authenticated PING; return env vars."""
+        import redis  # noqa: PLC0415
+
+        workdir.mkdir(parents=True, exist_ok=True)
+        conf = workdir / "redis.conf"
+        conf.write_text(
+            f"bind 127.0.0.1\nport {self.port}\nprotected-mode yes\n"
+            f"requirepass {self.password}\ndir {workdir}\n"
+            # Persistence is the cluster's concern; the local stack is throwaway.
+            'save ""\nappendonly no\ndaemonize no\nlogfile ""\n'
+        )
+        conf.chmod(0o600)
+        table.start("redis", [install.redis_server(), str(conf)], ports=[self.port])
+        client = redis.Redis.from_url(self.url, socket_timeout=2)
+        table.wait_until("redis", lambda: bool(client.ping()), timeout=30,
+                         what="authenticated PING")
+        client.close()
+        return {"REDIS_URL": self.url}
+
+
+# ---------------------------------------------------------------------- Kubernetes
+
+
+def _https_ok(url: str, *, ca: Path | None, cert: pki.CertFiles | None,
+              expect: str = "ok") -> bool:
+    ctx = ssl.create_default_context(cafile=str(ca)) if ca else ssl.create_default_context()
+    if ca is None:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if cert is not None:
+        ctx.load_cert_chain(str(cert.cert), str(cert.key))
+    response = httpx.get(url, verify=ctx, timeout=3)
+    return response.status_code == 200 and response.text.strip() == expect
+
+
+@dataclass
+class KubeControlPlane:
+    """etcd + kube-apiserver + kube-controller-manager, client-cert auth, RBAC on."""
+
+    etcd_port: int = field(default_factory=free_port)
+    etcd_peer_port: int = field(default_factory=free_port)
+    apiserver_port: int = field(default_factory=free_port)
+    kcm_port: int = field(default_factory=free_port)
+
+    @property
+    def server(self) -> str:
+        """The API server URL."""
+        return f"https://127.0.0.1:{self.apiserver_port}"
+
+    def start(self, table: ProcessTable, workdir: Path) -> dict[str, str]:
+        """Start the three processes in order, each proven ready; return env vars."""
+        kube_bin = install.ensure_kubernetes()
+        workdir.mkdir(parents=True, exist_ok=True)
+        certs = pki.generate(workdir / "pki")
+        kubeconfig = workdir / "kubeconfig"
+        kubeconfig.write_text(pki.kubeconfig(self.server, certs.ca.cert, certs.admin,
+                                             user="hftpipe-admin"))
+        kcm_kubeconfig = workdir / "controller-manager.kubeconfig"
+        kcm_kubeconfig.write_text(pki.kubeconfig(
+            self.server, certs.ca.cert, certs.controller_manager,
+            user="system:kube-controller-manager"))
+
+        etcd_url = f"http://127.0.0.1:{self.etcd_port}"
+        peer_url = f"http://127.0.0.1:{self.etcd_peer_port}"
+        table.start("etcd", [
+            install.etcd(), "--name", "hftpipe", "--data-dir", str(workdir / "etcd"),
+            "--listen-client-urls", etcd_url, "--advertise-client-urls", etcd_url,
+            "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
+            "--initial-cluster", f"hftpipe={peer_url}",
+            "--quota-backend-bytes", str(2 * 1024**3),
+        ], ports=[self.etcd_port, self.etcd_peer_port])
+        table.wait_until("etcd", lambda: httpx.get(f"{etcd_url}/health", timeout=2).json()
+                         .get("health") == "true", timeout=30, what="GET /health")
+
+        table.start("kube-apiserver", [
+            str(kube_bin / "kube-apiserver"),
+            f"--etcd-servers={etcd_url}",
+            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            f"--secure-port={self.apiserver_port}",
+            f"--tls-cert-file={certs.apiserver.cert}",
+            f"--tls-private-key-file={certs.apiserver.key}",
+            f"--client-ca-file={certs.ca.cert}",
+            "--authorization-mode=RBAC",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={certs.service_account_pub}",
+            f"--service-account-signing-key-file={certs.service_account_key}",
+            "--service-cluster-ip-range=10.0.0.0/24",
+            "--allow-privileged=true",
+            # One API server, no kubelets: no lease-based endpoint reconciling, no
+            # priority-and-fairness bookkeeping to slow a 2-core machine down.
+            "--endpoint-reconciler-type=none",
+            "--enable-priority-and-fairness=false",
+            "--profiling=false",
+        ], ports=[self.apiserver_port])
+        table.wait_until(
+            "kube-apiserver",
+            lambda: _https_ok(f"{self.server}/readyz", ca=certs.ca.cert, cert=certs.admin),
+            timeout=180, what="GET /readyz", interval=0.5)
+
+        table.start("kube-controller-manager", [
+            str(kube_bin / "kube-controller-manager"),
+            f"--kubeconfig={kcm_kubeconfig}",
+            f"--authentication-kubeconfig={kcm_kubeconfig}",
+            f"--authorization-kubeconfig={kcm_kubeconfig}",
+            "--bind-address=127.0.0.1", f"--secure-port={self.kcm_port}",
+            "--leader-elect=false",
+            "--use-service-account-credentials=true",
+            f"--service-account-private-key-file={certs.service_account_key}",
+            f"--root-ca-file={certs.ca.cert}",
+            f"--cluster-signing-cert-file={certs.ca.cert}",
+            f"--cluster-signing-key-file={certs.ca.key}",
+            # Garbage collection, Deployment -> ReplicaSet -> Pod, Jobs, namespaces
+            # and service accounts are what the operator relies on.
+            "--controllers=*",
+        ], ports=[self.kcm_port])
+        table.wait_until(
+            "kube-controller-manager",
+            lambda: _https_ok(f"https://127.0.0.1:{self.kcm_port}/healthz", ca=None, cert=None),
+            timeout=120, what="GET /healthz", interval=0.5)
+        return {
+            "KUBECONFIG": str(kubeconfig),
+            "KUBE_API_SERVER": self.server,
+            "KUBECTL": str(kube_bin / "kubectl"),
+        }

@@ -1,0 +1,350 @@
+"""Install the stack's components from package registries into a version-keyed cache.
+
+Every install lands in ``$HFTPIPE_CACHE_DIR`` (default ``~/.cache/hftpipe``) as
+``<component>-<version>/``, outside any checkout, so each fresh clone on the same
+machine (CI's included) reuses it. An install is built in a temporary directory
+and renamed into place only when complete, under a file lock: an interrupted
+install leaves nothing half-made behind, and two test runs never build twice.
+
+- Kafka: jars resolved by Maven's dependency plugin (Maven Central).
+- Kubernetes: ``kube-apiserver``, ``kube-controller-manager`` and ``kubectl``
+  built with ``go build`` from ``k8s.io/kubernetes`` (Go module proxy), the way
+  controller-runtime's envtest gets its binaries, but from source.
+- helm, kubeconform: ``go install`` at pinned versions.
+- etcd, redis-server, promtool: Debian packages, found on PATH.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import versions
+
+CACHE_ENV = "HFTPIPE_CACHE_DIR"
+
+
+class InstallError(RuntimeError):
+    """A component could not be installed; the message says which and what to do."""
+
+
+def cache_root() -> Path:
+    """The cache directory: ``$HFTPIPE_CACHE_DIR`` or ``~/.cache/hftpipe``."""
+    root = os.environ.get(CACHE_ENV) or str(Path.home() / ".cache" / "hftpipe")
+    path = Path(root).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def log(message: str) -> None:
+    """Progress goes to stderr so that stdout stays parseable (``env`` output)."""
+    print(f"[hftpipe-stack] {message}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _cached(name: str, build: Callable[[Path], None]) -> Path:
+    """Return ``cache/<name>``, building it with ``build(tmpdir)`` if it is not complete."""
+    root = cache_root()
+    final = root / name
+    marker = final / ".complete"
+    if marker.exists():
+        return final
+    with _file_lock(root / f".{name}.lock"):
+        if marker.exists():  # another process finished it while we waited
+            return final
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+        try:
+            build(tmp)
+            (tmp / ".complete").write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime()))
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+class _Ticker:
+    """Prints 'still working' every ``every`` seconds while a long step runs."""
+
+    def __init__(self, what: str, every: float = 60.0) -> None:
+        self._what, self._every = what, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._started = time.monotonic()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every):
+            log(f"  ... still {self._what} ({(time.monotonic() - self._started) / 60:.0f} min)")
+
+    def __enter__(self) -> _Ticker:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        log(f"  {self._what}: done in {time.monotonic() - self._started:.0f} s")
+
+
+def _run(cmd: Sequence[str], *, cwd: Path | None = None, env: dict[str, str] | None = None,
+         what: str) -> str:
+    """Run a build step; on failure raise with the tail of its output."""
+    proc = subprocess.run(
+        list(cmd), cwd=cwd, env={**os.environ, **(env or {})},
+        capture_output=True, text=True, check=False,
+    )
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-30:])
+        raise InstallError(f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
+    return proc.stdout
+
+
+def require_tool(name: str, hint: str) -> str:
+    """Path of a tool on PATH, or an error that says how to install it."""
+    path = shutil.which(name)
+    if path is None:
+        raise InstallError(f"'{name}' is not on PATH. {hint}")
+    return path
+
+
+# --------------------------------------------------------------------------- Kafka
+
+_KAFKA_POM = """<?xml version="1.0" encoding="UTF-8"?>
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>local.hftpipe</groupId>
+  <artifactId>kafka-dist</artifactId>
+  <version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency>
+      <groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId>
+      <version>{kafka}</version>
+    </dependency>
+    <!-- ProducerPerformance / ConsumerPerformance for the benchmarks -->
+    <dependency>
+      <groupId>org.apache.kafka</groupId><artifactId>kafka-tools</artifactId>
+      <version>{kafka}</version>
+    </dependency>
+    <dependency>
+      <groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j-impl</artifactId>
+      <version>{log4j}</version>
+    </dependency>
+    <dependency>
+      <groupId>org.apache.logging.log4j</groupId><artifactId>log4j-core</artifactId>
+      <version>{log4j}</version>
+    </dependency>
+  </dependencies>
+</project>
+"""
+
+_DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
+
+
+def ensure_kafka() -> Path:
+    """Kafka's jars in ``cache/kafka-<version>/libs`` (resolved by Maven)."""
+    name = f"kafka-{versions.KAFKA}-log4j-{versions.LOG4J}"
+
+    def build(tmp: Path) -> None:
+        require_tool("mvn", "Install Maven (Debian: apt-get install -y maven).")
+        log(f"installing Apache Kafka {versions.KAFKA} jars with Maven into {cache_root() / name}")
+        (tmp / "pom.xml").write_text(_KAFKA_POM.format(kafka=versions.KAFKA, log4j=versions.LOG4J))
+        with _Ticker("resolving Kafka jars"):
+            _run(
+                ["mvn", "-B", "-q", "-f", str(tmp / "pom.xml"),
+                 f"{_DEPENDENCY_PLUGIN}:copy-dependencies",
+                 f"-DoutputDirectory={tmp / 'libs'}", "-DincludeScope=runtime"],
+                what="Maven resolving Kafka",
+            )
+        jars = sorted(p.name for p in (tmp / "libs").glob("*.jar"))
+        if not any(j.startswith(f"kafka_2.13-{versions.KAFKA}") for j in jars):
+            raise InstallError(f"Maven did not deliver kafka_2.13-{versions.KAFKA}.jar: {jars}")
+
+    return _cached(name, build)
+
+
+# ---------------------------------------------------------------------- Kubernetes
+
+KUBE_BINARIES = ("kube-apiserver", "kube-controller-manager", "kubectl")
+
+
+def _staging_modules(kubernetes_go_mod: str) -> list[str]:
+    """The ``k8s.io/*`` modules that ``k8s.io/kubernetes`` replaces with ``./staging`` dirs.
+
+    Derived from the downloaded go.mod rather than hard-coded, because the list
+    changes between releases.
+    """
+    found = re.findall(r"^\s*(k8s\.io/[\w.\-/]+)\s*=>\s*\./staging/src/", kubernetes_go_mod, re.M)
+    if not found:
+        raise InstallError("k8s.io/kubernetes go.mod lists no ./staging replacements")
+    return sorted(set(found))
+
+
+def wrapper_go_mod(kubernetes_go_mod: str, kubernetes: str = versions.KUBERNETES) -> str:
+    """A go.mod that builds ``k8s.io/kubernetes`` from the module proxy (pure, tested)."""
+    go_line = re.search(r"^go (\S+)", kubernetes_go_mod, re.M)
+    staging = versions.staging_version(kubernetes)
+    lines = [
+        "module local.hftpipe/kubebuild",
+        "",
+        f"go {go_line.group(1) if go_line else '1.24.0'}",
+        "",
+        f"require k8s.io/kubernetes v{kubernetes}",
+        "",
+        "replace (",
+        *(f"\t{mod} => {mod} {staging}" for mod in _staging_modules(kubernetes_go_mod)),
+        ")",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _kube_ldflags(kubernetes: str) -> str:
+    # Without these the binaries report v0.0.0-master, and version-aware clients
+    # (kubectl skew warnings, Helm's kubeVersion constraints) misjudge the server.
+    major, minor, _ = kubernetes.split(".")
+    flags = ["-s", "-w"]
+    for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+        flags += [
+            f"-X {pkg}.gitVersion=v{kubernetes}",
+            f"-X {pkg}.gitMajor={major}",
+            f"-X {pkg}.gitMinor={minor}",
+            f"-X {pkg}.gitTreeState=clean",
+            f"-X {pkg}.buildDate=1970-01-01T00:00:00Z",
+        ]
+    return " ".join(flags)
+
+
+def ensure_kubernetes() -> Path:
+    """Directory holding ``kube-apiserver``, ``kube-controller-manager`` and ``kubectl``."""
+    version = versions.KUBERNETES
+    name = f"kubernetes-{version}"
+
+    def build(tmp: Path) -> None:
+        require_tool("go", "Install Go 1.24+ (https://go.dev/doc/install).")
+        log(
+            f"building Kubernetes {version} ({', '.join(KUBE_BINARIES)}) from the Go module "
+            f"proxy into {cache_root() / name}: cold this takes 15-30 min on 2 cores, once"
+        )
+        src = tmp / "src"
+        src.mkdir()
+        env = {"GOFLAGS": "-mod=mod", "CGO_ENABLED": "0", "GOTOOLCHAIN": "local"}
+        info = json.loads(
+            _run(["go", "mod", "download", "-json", f"k8s.io/kubernetes@v{version}"],
+                 cwd=src, env=env, what="downloading k8s.io/kubernetes")
+        )
+        (src / "go.mod").write_text(wrapper_go_mod(Path(info["GoMod"]).read_text(), version))
+        imports = "\n".join(f'\t_ "k8s.io/kubernetes/cmd/{b}"' for b in KUBE_BINARIES)
+        (src / "tools.go").write_text(
+            f"//go:build tools\n\npackage tools\n\nimport (\n{imports}\n)\n"
+        )
+        with _Ticker("downloading Kubernetes modules"):
+            _run(["go", "mod", "tidy"], cwd=src, env=env, what="go mod tidy (Kubernetes)")
+        with _Ticker("compiling Kubernetes"):
+            _run(
+                ["go", "build", "-trimpath", "-ldflags", _kube_ldflags(version),
+                 "-o", str(tmp / "bin") + "/",
+                 *(f"k8s.io/kubernetes/cmd/{b}" for b in KUBE_BINARIES)],
+                cwd=src, env=env, what="go build (Kubernetes)",
+            )
+        shutil.rmtree(src)
+
+    return _cached(name, build) / "bin"
+
+
+# ------------------------------------------------------------------------ Go tools
+
+
+@dataclass(frozen=True)
+class GoTool:
+    """A command installed with ``go install <package>@<version>``."""
+
+    name: str
+    package: str
+    version: str
+
+    def ensure(self) -> Path:
+        """Path of the binary, installing it on first use."""
+        def build(tmp: Path) -> None:
+            require_tool("go", "Install Go 1.24+ (https://go.dev/doc/install).")
+            log(f"installing {self.name} {self.version} (go install)")
+            with _Ticker(f"building {self.name}"):
+                _run(
+                    ["go", "install", "-trimpath", "-ldflags", "-s -w",
+                     f"{self.package}@{self.version}"],
+                    env={"GOBIN": str(tmp / "bin"), "CGO_ENABLED": "0"},
+                    what=f"go install {self.name}",
+                )
+
+        return _cached(f"{self.name}-{self.version}", build) / "bin" / self.name
+
+
+HELM = GoTool("helm", "helm.sh/helm/v3/cmd/helm", f"v{versions.HELM}")
+KUBECONFORM = GoTool(
+    "kubeconform", "github.com/yannh/kubeconform/cmd/kubeconform", f"v{versions.KUBECONFORM}"
+)
+
+# ------------------------------------------------------------------ Debian packages
+
+_APT_HINT = (
+    "Install Debian's packages: apt-get install -y --no-install-recommends "
+    "redis-server etcd-server prometheus (or run: make system-deps)."
+)
+
+
+def etcd() -> str:
+    """The ``etcd`` binary (Debian ``etcd-server``)."""
+    return require_tool("etcd", _APT_HINT)
+
+
+def redis_server() -> str:
+    """The ``redis-server`` binary (Debian ``redis-server``)."""
+    return require_tool("redis-server", _APT_HINT)
+
+
+def promtool() -> str:
+    """The ``promtool`` binary (Debian ``prometheus``)."""
+    return require_tool("promtool", _APT_HINT)
+
+
+def java() -> str:
+    """The ``java`` binary (17 or newer, as Kafka 4 needs)."""
+    return require_tool("java", "Install a JDK 17+ (Debian: apt-get install -y openjdk-17-jdk).")
+
+
+def install_all() -> dict[str, str]:
+    """Install everything; return the tool paths (for the env file)."""
+    kube_bin = ensure_kubernetes()
+    return {
+        "KAFKA_LIBS": str(ensure_kafka() / "libs"),
+        "KUBE_APISERVER": str(kube_bin / "kube-apiserver"),
+        "KUBE_CONTROLLER_MANAGER": str(kube_bin / "kube-controller-manager"),
+        "KUBECTL": str(kube_bin / "kubectl"),
+        "HELM": str(HELM.ensure()),
+        "KUBECONFORM": str(KUBECONFORM.ensure()),
+        "ETCD": etcd(),
+        "REDIS_SERVER": redis_server(),
+        "PROMTOOL": promtool(),
+    }

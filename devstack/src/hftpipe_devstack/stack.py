@@ -1,0 +1,144 @@
+"""The local stack as one object: bring components up in parallel, write the env file, stop.
+
+``make stack-up`` / ``make stack-down`` and the pytest fixtures share this code,
+so what a developer pokes at by hand is exactly what the tests run against.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import install
+from .components import Kafka, KubeControlPlane, Redis
+from .procs import ProcessTable, StartError, alive
+
+ALL_COMPONENTS = ("kafka", "redis", "kube")
+_OWNER_FILE = "owner.pid"
+
+
+def _tool_env() -> dict[str, str]:
+    return {
+        "HELM": str(install.HELM.ensure()),
+        "KUBECONFORM": str(install.KUBECONFORM.ensure()),
+        "PROMTOOL": install.promtool(),
+    }
+
+
+@dataclass
+class Stack:
+    """A set of running components whose state lives in ``state_dir``."""
+
+    state_dir: Path
+    components: tuple[str, ...] = ALL_COMPONENTS
+    tie_to_parent: bool = False
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def env_file(self) -> Path:
+        """``<state_dir>/env``: ``export KEY=value`` lines, to ``source``."""
+        return self.state_dir / "env"
+
+    def table(self) -> ProcessTable:
+        """The process table of this stack."""
+        return ProcessTable(self.state_dir, tie_to_parent=self.tie_to_parent)
+
+    def running(self) -> list[str]:
+        """Names of this stack's processes that are alive."""
+        return [r.name for r in self.table().records() if alive(r)]
+
+    def up(self) -> dict[str, str]:
+        """Start every component (in parallel), prove each ready, write the env file.
+
+        If any component fails, everything already started is stopped again and
+        the error (which names the component and shows its log) is raised.
+        """
+        unknown = set(self.components) - set(ALL_COMPONENTS)
+        if unknown:
+            raise ValueError(f"unknown components {sorted(unknown)}; known: {ALL_COMPONENTS}")
+        if self.running():
+            raise StartError(
+                f"a stack is already running from {self.state_dir} ({', '.join(self.running())})"
+                "; stop it first with 'make stack-down'"
+            )
+        # Install first, one at a time: installs are long and print progress, and
+        # a failed install should not leave half the servers running.
+        env = _tool_env()
+        if "kafka" in self.components:
+            install.ensure_kafka()
+        if "kube" in self.components:
+            install.ensure_kubernetes()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        # Every 'up' starts from empty data: the stack is throwaway, and stale KRaft
+        # metadata or etcd data from an earlier run would clash with new ids.
+        for name in ALL_COMPONENTS:
+            shutil.rmtree(self.state_dir / name, ignore_errors=True)
+        shutil.rmtree(self.state_dir / "logs", ignore_errors=True)
+        (self.state_dir / _OWNER_FILE).write_text(f"{os.getpid()}\n")
+        table = self.table()
+        starters: dict[str, Callable[[], dict[str, str]]] = {
+            "kafka": lambda: Kafka().start(table, self.state_dir / "kafka"),
+            "redis": lambda: Redis().start(table, self.state_dir / "redis"),
+            "kube": lambda: KubeControlPlane().start(table, self.state_dir / "kube"),
+        }
+        try:
+            with ThreadPoolExecutor(max_workers=len(self.components)) as pool:
+                futures = {n: pool.submit(starters[n]) for n in self.components}
+                for name in self.components:
+                    env.update(futures[name].result())
+        except BaseException:
+            table.stop_all(grace=5)
+            raise
+        env["HFTPIPE_STACK_DIR"] = str(self.state_dir)
+        self.env = env
+        self.env_file.write_text(
+            "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(env.items()))
+        )
+        return env
+
+    def down(self) -> list[str]:
+        """Stop every process of this stack; return the names that needed SIGKILL."""
+        killed = self.table().stop_all()
+        self.env_file.unlink(missing_ok=True)
+        return killed
+
+
+def reap_stale(root: Path) -> list[Path]:
+    """Stop and delete stacks under ``root`` whose owning process has died.
+
+    PR_SET_PDEATHSIG already kills a dead test run's servers; this catches what
+    it cannot (a server that was mid-start, or a machine where the guard failed).
+    """
+    reaped = []
+    for owner in root.glob(f"*/{_OWNER_FILE}"):
+        with contextlib.suppress(ValueError, OSError):
+            pid = int(owner.read_text().strip())
+            if Path(f"/proc/{pid}").exists():
+                continue
+        ProcessTable(owner.parent, tie_to_parent=False).stop_all(grace=5)
+        shutil.rmtree(owner.parent, ignore_errors=True)
+        reaped.append(owner.parent)
+    return reaped
+
+
+@contextlib.contextmanager
+def ephemeral_stack(components: Iterable[str] = ALL_COMPONENTS) -> Iterator[Stack]:
+    """A stack in a fresh temporary directory, tied to this process, removed after."""
+    root = Path(tempfile.gettempdir()) / "hftpipe-stacks"
+    root.mkdir(exist_ok=True)
+    reap_stale(root)
+    stack = Stack(Path(tempfile.mkdtemp(prefix="stack-", dir=root)),
+                  tuple(components), tie_to_parent=True)
+    try:
+        stack.up()
+        yield stack
+    finally:
+        stack.down()
+        shutil.rmtree(stack.state_dir, ignore_errors=True)
