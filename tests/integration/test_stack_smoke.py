@@ -33,23 +33,34 @@ def test_kafka_round_trips_10k_records_through_3_partitions(kafka_bootstrap: str
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
     admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])[topic].result(30)
 
-    producer = Producer({"bootstrap.servers": kafka_bootstrap, "enable.idempotence": True,
-                         "linger.ms": 5})
+    producer = Producer(
+        {"bootstrap.servers": kafka_bootstrap, "enable.idempotence": True, "linger.ms": 5}
+    )
     n = 10_000
     for i in range(n):
         producer.produce(topic, key=f"k{i % 17}".encode(), value=str(i).encode())
         producer.poll(0)
     assert producer.flush(30) == 0
 
-    consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": topic,
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": kafka_bootstrap,
+            "group.id": topic,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
     consumer.subscribe([topic])
     seen: list[tuple[bytes, int, int]] = []
     deadline = time.monotonic() + 60
     while len(seen) < n and time.monotonic() < deadline:
         for msg in consumer.consume(1000, timeout=1.0):
             assert msg.error() is None, msg.error()
-            seen.append((msg.key(), int(msg.value()), msg.partition()))
+            raw_key, raw_value, partition = msg.key(), msg.value(), msg.partition()
+            assert raw_key is not None
+            assert raw_value is not None
+            assert partition is not None
+            seen.append((raw_key, int(raw_value), partition))
     # One more poll: nothing beyond the n records may arrive.
     extra = consumer.consume(1000, timeout=1.0)
     consumer.close()
@@ -58,18 +69,19 @@ def test_kafka_round_trips_10k_records_through_3_partitions(kafka_bootstrap: str
     assert sorted(v for _, v, _ in seen) == list(range(n))  # all, exactly once
     assert {p for _, _, p in seen} == {0, 1, 2}
     by_key: dict[bytes, list[int]] = defaultdict(list)
-    for key, value, _ in seen:
-        by_key[key].append(value)
+    for key, number, _ in seen:
+        by_key[key].append(number)
     assert all(vals == sorted(vals) for vals in by_key.values())  # per-key order kept
-    ends = [consumer_end for consumer_end in _end_offsets(kafka_bootstrap, topic, 3)]
-    assert sum(ends) == n
+    assert sum(_end_offsets(kafka_bootstrap, topic, 3)) == n
 
 
 def _end_offsets(bootstrap: str, topic: str, partitions: int) -> list[int]:
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": "smoke-watermarks"})
     try:
-        return [c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                for p in range(partitions)]
+        return [
+            c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in range(partitions)
+        ]
     finally:
         c.close()
 
@@ -77,8 +89,11 @@ def _end_offsets(bootstrap: str, topic: str, partitions: int) -> list[int]:
 def test_kafka_does_not_auto_create_topics(kafka_bootstrap: str) -> None:
     producer = Producer({"bootstrap.servers": kafka_bootstrap, "message.timeout.ms": 3000})
     errors: list[Any] = []
-    producer.produce(f"never-created-{uuid.uuid4().hex[:8]}", b"x",
-                     on_delivery=lambda err, _msg: errors.append(err))
+    producer.produce(
+        f"never-created-{uuid.uuid4().hex[:8]}",
+        b"x",
+        on_delivery=lambda err, _msg: errors.append(err),
+    )
     producer.flush(10)
     assert len(errors) == 1
     assert errors[0] is not None  # delivery failed: the topic does not exist
@@ -108,20 +123,28 @@ CRD: dict[str, Any] = {
         "group": "smoke.hftpipe.io",
         "scope": "Namespaced",
         "names": {"plural": "smoketests", "singular": "smoketest", "kind": "SmokeTest"},
-        "versions": [{
-            "name": "v1", "served": True, "storage": True,
-            "schema": {"openAPIV3Schema": {
-                "type": "object",
-                "properties": {"spec": {
-                    "type": "object",
-                    "required": ["replicas"],
-                    "properties": {
-                        "replicas": {"type": "integer", "minimum": 1},
-                        "mode": {"type": "string", "enum": ["fast", "slow"]},
-                    },
-                }},
-            }},
-        }],
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "properties": {
+                            "spec": {
+                                "type": "object",
+                                "required": ["replicas"],
+                                "properties": {
+                                    "replicas": {"type": "integer", "minimum": 1},
+                                    "mode": {"type": "string", "enum": ["fast", "slow"]},
+                                },
+                            }
+                        },
+                    }
+                },
+            }
+        ],
     },
 }
 
@@ -146,17 +169,26 @@ def test_api_server_enforces_crd_schema(api: client.ApiClient) -> None:
 
     def established() -> bool:
         crd = ext.read_custom_resource_definition(CRD["metadata"]["name"])
-        return any(c.type == "Established" and c.status == "True"
-                   for c in (crd.status.conditions or []))
+        return any(
+            c.type == "Established" and c.status == "True" for c in (crd.status.conditions or [])
+        )
 
     _wait(established, 30, "the CRD to be Established")
     objects = client.CustomObjectsApi(api)
 
     def make(spec: dict[str, Any]) -> Any:
         return objects.create_namespaced_custom_object(
-            "smoke.hftpipe.io", "v1", "default", "smoketests",
-            {"apiVersion": "smoke.hftpipe.io/v1", "kind": "SmokeTest",
-             "metadata": {"generateName": "ok-"}, "spec": spec})
+            "smoke.hftpipe.io",
+            "v1",
+            "default",
+            "smoketests",
+            {
+                "apiVersion": "smoke.hftpipe.io/v1",
+                "kind": "SmokeTest",
+                "metadata": {"generateName": "ok-"},
+                "spec": spec,
+            },
+        )
 
     assert make({"replicas": 2, "mode": "fast"})["spec"]["replicas"] == 2
     with pytest.raises(ApiException) as bad:
@@ -174,11 +206,22 @@ def test_controller_manager_garbage_collects_dependents(api: client.ApiClient) -
     core = client.CoreV1Api(api)
     name = f"owner-{uuid.uuid4().hex[:6]}"
     owner = core.create_namespaced_config_map("default", {"metadata": {"name": name}})
-    core.create_namespaced_config_map("default", {"metadata": {
-        "name": f"{name}-child",
-        "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": name,
-                             "uid": owner.metadata.uid}],
-    }})
+    core.create_namespaced_config_map(
+        "default",
+        {
+            "metadata": {
+                "name": f"{name}-child",
+                "ownerReferences": [
+                    {
+                        "apiVersion": "v1",
+                        "kind": "ConfigMap",
+                        "name": name,
+                        "uid": owner.metadata.uid,
+                    }
+                ],
+            }
+        },
+    )
     core.delete_namespaced_config_map(name, "default", propagation_policy="Background")
 
     def child_gone() -> bool:
@@ -194,16 +237,26 @@ def test_controller_manager_garbage_collects_dependents(api: client.ApiClient) -
 def test_controller_manager_turns_deployments_into_pods(api: client.ApiClient) -> None:
     apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
     labels = {"app": f"smoke-{uuid.uuid4().hex[:6]}"}
-    apps.create_namespaced_deployment("default", {
-        "metadata": {"name": labels["app"]},
-        "spec": {"replicas": 2, "selector": {"matchLabels": labels}, "template": {
-            "metadata": {"labels": labels},
-            "spec": {"containers": [{"name": "c", "image": "registry.example/none:1"}]},
-        }},
-    })
+    apps.create_namespaced_deployment(
+        "default",
+        {
+            "metadata": {"name": labels["app"]},
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {"containers": [{"name": "c", "image": "registry.example/none:1"}]},
+                },
+            },
+        },
+    )
     selector = f"app={labels['app']}"
-    _wait(lambda: len(core.list_namespaced_pod("default", label_selector=selector).items) == 2,
-          60, "Deployment -> ReplicaSet -> 2 Pods")
+    _wait(
+        lambda: len(core.list_namespaced_pod("default", label_selector=selector).items) == 2,
+        60,
+        "Deployment -> ReplicaSet -> 2 Pods",
+    )
     rs = apps.list_namespaced_replica_set("default", label_selector=selector).items
     assert len(rs) == 1
     assert rs[0].metadata.owner_references[0].kind == "Deployment"
@@ -222,10 +275,17 @@ def test_helm_renders_and_kubeconform_validates_against_server_schemas(
     def render_and_validate(*helm_args: str) -> subprocess.CompletedProcess[str]:
         rendered = subprocess.run(
             [stack_env["HELM"], "template", "smoke", str(SMOKE_CHART), *helm_args],
-            capture_output=True, text=True, check=True).stdout
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         return subprocess.run(
             [stack_env["KUBECONFORM"], *kubeschemas.kubeconform_args(schemas), "-"],
-            input=rendered, capture_output=True, text=True, check=False)
+            input=rendered,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
 
     good = render_and_validate()
     assert good.returncode == 0, good.stdout + good.stderr

@@ -17,19 +17,28 @@ def main(argv: list[str] | None = None) -> int:
         prog="hftpipe-stack",
         description="Run the local stack (Kafka, Redis, Kubernetes API) as processes.",
     )
-    parser.add_argument("--dir", type=Path, default=Path(".stack"),
-                        help="state directory: env file, logs, data (default: .stack)")
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=Path(".stack"),
+        help="state directory: env file, logs, data (default: .stack)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="install what is missing, start, write <dir>/env")
-    up.add_argument("--only", default=",".join(ALL_COMPONENTS),
-                    help=f"comma-separated subset of {','.join(ALL_COMPONENTS)}")
+    up.add_argument(
+        "--only",
+        default=",".join(ALL_COMPONENTS),
+        help=f"comma-separated subset of {','.join(ALL_COMPONENTS)}",
+    )
     sub.add_parser("down", help="stop every process of the stack")
     sub.add_parser("status", help="list the stack's processes")
     sub.add_parser("install", help="install every component into the cache, start nothing")
     args = parser.parse_args(argv)
 
-    stack = Stack(args.dir.resolve(), tuple(c for c in args.only.split(",") if c)
-                  if args.command == "up" else ALL_COMPONENTS)
+    stack = Stack(
+        args.dir.resolve(),
+        tuple(c for c in args.only.split(",") if c) if args.command == "up" else ALL_COMPONENTS,
+    )
     try:
         if args.command == "install":
             for key, value in install.install_all().items():
@@ -45,13 +54,17 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "down":
             records = stack.table().records()
             killed = stack.down()
-            print(f"Stopped {len(records)} process(es) of {stack.state_dir}"
-                  + (f"; had to SIGKILL {', '.join(killed)}" if killed else ""))
+            print(
+                f"Stopped {len(records)} process(es) of {stack.state_dir}"
+                + (f"; had to SIGKILL {', '.join(killed)}" if killed else "")
+            )
         else:
             for record in stack.table().records():
                 state = "running" if record.name in stack.running() else "stopped"
-                print(f"{record.name:24} pid {record.pid:<8} {state:8} ports {record.ports}"
-                      f"  log {record.log}")
+                print(
+                    f"{record.name:24} pid {record.pid:<8} {state:8} ports {record.ports}"
+                    f"  log {record.log}"
+                )
     except (StartError, install.InstallError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -79,7 +79,10 @@ def kafka_roundtrip(bootstrap: str, *, timeout: float = 10.0) -> bool:
     from confluent_kafka.admin import AdminClient, NewTopic  # noqa: PLC0415
 
     topic = f"__hftpipe_ready_{uuid.uuid4().hex[:8]}"
-    quiet = {"bootstrap.servers": bootstrap, "log_level": 3}  # errors only, while polling
+    quiet: dict[str, str | int | float | bool] = {
+        "bootstrap.servers": bootstrap,
+        "log_level": 3,
+    }  # errors only, while polling
     admin = AdminClient(quiet)
     for fut in admin.create_topics([NewTopic(topic, 1, 1)]).values():
         fut.result(timeout=timeout)
@@ -88,10 +91,14 @@ def kafka_roundtrip(bootstrap: str, *, timeout: float = 10.0) -> bool:
     producer.produce(topic, payload)
     if producer.flush(timeout) != 0:
         return False
-    consumer = Consumer({
-        **quiet, "group.id": topic,
-        "auto.offset.reset": "earliest", "enable.auto.commit": False,
-    })
+    consumer = Consumer(
+        {
+            **quiet,
+            "group.id": topic,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
     try:
         consumer.subscribe([topic])
         msg = None
@@ -125,26 +132,60 @@ class Kafka:
         java = install.java()
         workdir.mkdir(parents=True, exist_ok=True)
         props = workdir / "server.properties"
-        props.write_text(kafka_server_properties(
-            port=self.port, controller_port=self.controller_port, log_dir=workdir / "data"))
+        props.write_text(
+            kafka_server_properties(
+                port=self.port, controller_port=self.controller_port, log_dir=workdir / "data"
+            )
+        )
         log4j = workdir / "log4j2.properties"
         log4j.write_text(_LOG4J2.format(log=table.log_dir / "kafka-server.log"))
-        jvm = [java, "-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-Djava.awt.headless=true",
-               f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{libs}/*"]
+        jvm = [
+            java,
+            "-Xms256m",
+            "-Xmx1g",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={log4j}",
+            "-cp",
+            f"{libs}/*",
+        ]
         fmt_log = table.log_dir / "kafka-format.log"
         with fmt_log.open("wb") as out:
             fmt = subprocess.run(
-                [*jvm, "kafka.tools.StorageTool", "format", "-t", kafka_cluster_id(),
-                 "-c", str(props)], stdout=out, stderr=subprocess.STDOUT, check=False)
+                [
+                    *jvm,
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "-t",
+                    kafka_cluster_id(),
+                    "-c",
+                    str(props),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                check=False,
+            )
         if fmt.returncode != 0:
-            raise StartError(f"kafka: formatting KRaft storage failed (exit {fmt.returncode})."
-                             f"\n--- last lines of {fmt_log} ---\n{tail(fmt_log)}")
-        table.start("kafka", [*jvm, "kafka.Kafka", str(props)],
-                    ports=[self.port, self.controller_port])
-        table.wait_until("kafka", lambda: port_open(self.port), timeout=120,
-                         what=f"broker listening on {self.bootstrap}")
-        table.wait_until("kafka", lambda: kafka_roundtrip(self.bootstrap), timeout=120,
-                         what="produce/consume round-trip", interval=1.0)
+            raise StartError(
+                f"kafka: formatting KRaft storage failed (exit {fmt.returncode})."
+                f"\n--- last lines of {fmt_log} ---\n{tail(fmt_log)}"
+            )
+        table.start(
+            "kafka", [*jvm, "kafka.Kafka", str(props)], ports=[self.port, self.controller_port]
+        )
+        table.wait_until(
+            "kafka",
+            lambda: port_open(self.port),
+            timeout=120,
+            what=f"broker listening on {self.bootstrap}",
+        )
+        table.wait_until(
+            "kafka",
+            lambda: kafka_roundtrip(self.bootstrap),
+            timeout=120,
+            what="produce/consume round-trip",
+            interval=1.0,
+        )
         return {"KAFKA_BOOTSTRAP_SERVERS": self.bootstrap, "KAFKA_LIBS": str(libs)}
 
 
@@ -178,8 +219,9 @@ class Redis:
         conf.chmod(0o600)
         table.start("redis", [install.redis_server(), str(conf)], ports=[self.port])
         client = redis.Redis.from_url(self.url, socket_timeout=2)
-        table.wait_until("redis", lambda: bool(client.ping()), timeout=30,
-                         what="authenticated PING")
+        table.wait_until(
+            "redis", lambda: bool(client.ping()), timeout=30, what="authenticated PING"
+        )
         client.close()
         return {"REDIS_URL": self.url}
 
@@ -187,8 +229,7 @@ class Redis:
 # ---------------------------------------------------------------------- Kubernetes
 
 
-def _https_ok(url: str, *, ca: Path | None, cert: pki.CertFiles | None,
-              expect: str = "ok") -> bool:
+def _https_ok(url: str, *, ca: Path | None, cert: pki.CertFiles | None, expect: str = "ok") -> bool:
     ctx = ssl.create_default_context(cafile=str(ca)) if ca else ssl.create_default_context()
     if ca is None:
         ctx.check_hostname = False
@@ -219,70 +260,112 @@ class KubeControlPlane:
         workdir.mkdir(parents=True, exist_ok=True)
         certs = pki.generate(workdir / "pki")
         kubeconfig = workdir / "kubeconfig"
-        kubeconfig.write_text(pki.kubeconfig(self.server, certs.ca.cert, certs.admin,
-                                             user="hftpipe-admin"))
+        kubeconfig.write_text(
+            pki.kubeconfig(self.server, certs.ca.cert, certs.admin, user="hftpipe-admin")
+        )
         kcm_kubeconfig = workdir / "controller-manager.kubeconfig"
-        kcm_kubeconfig.write_text(pki.kubeconfig(
-            self.server, certs.ca.cert, certs.controller_manager,
-            user="system:kube-controller-manager"))
+        kcm_kubeconfig.write_text(
+            pki.kubeconfig(
+                self.server,
+                certs.ca.cert,
+                certs.controller_manager,
+                user="system:kube-controller-manager",
+            )
+        )
 
         etcd_url = f"http://127.0.0.1:{self.etcd_port}"
         peer_url = f"http://127.0.0.1:{self.etcd_peer_port}"
-        table.start("etcd", [
-            install.etcd(), "--name", "hftpipe", "--data-dir", str(workdir / "etcd"),
-            "--listen-client-urls", etcd_url, "--advertise-client-urls", etcd_url,
-            "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
-            "--initial-cluster", f"hftpipe={peer_url}",
-            "--quota-backend-bytes", str(2 * 1024**3),
-        ], ports=[self.etcd_port, self.etcd_peer_port])
-        table.wait_until("etcd", lambda: httpx.get(f"{etcd_url}/health", timeout=2).json()
-                         .get("health") == "true", timeout=30, what="GET /health")
+        table.start(
+            "etcd",
+            [
+                install.etcd(),
+                "--name",
+                "hftpipe",
+                "--data-dir",
+                str(workdir / "etcd"),
+                "--listen-client-urls",
+                etcd_url,
+                "--advertise-client-urls",
+                etcd_url,
+                "--listen-peer-urls",
+                peer_url,
+                "--initial-advertise-peer-urls",
+                peer_url,
+                "--initial-cluster",
+                f"hftpipe={peer_url}",
+                "--quota-backend-bytes",
+                str(2 * 1024**3),
+            ],
+            ports=[self.etcd_port, self.etcd_peer_port],
+        )
+        table.wait_until(
+            "etcd",
+            lambda: httpx.get(f"{etcd_url}/health", timeout=2).json().get("health") == "true",
+            timeout=30,
+            what="GET /health",
+        )
 
-        table.start("kube-apiserver", [
-            str(kube_bin / "kube-apiserver"),
-            f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
-            f"--secure-port={self.apiserver_port}",
-            f"--tls-cert-file={certs.apiserver.cert}",
-            f"--tls-private-key-file={certs.apiserver.key}",
-            f"--client-ca-file={certs.ca.cert}",
-            "--authorization-mode=RBAC",
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            f"--service-account-key-file={certs.service_account_pub}",
-            f"--service-account-signing-key-file={certs.service_account_key}",
-            "--service-cluster-ip-range=10.0.0.0/24",
-            "--allow-privileged=true",
-            # One API server, no kubelets: no lease-based endpoint reconciling, no
-            # priority-and-fairness bookkeeping to slow a 2-core machine down.
-            "--endpoint-reconciler-type=none",
-            "--enable-priority-and-fairness=false",
-            "--profiling=false",
-        ], ports=[self.apiserver_port])
+        table.start(
+            "kube-apiserver",
+            [
+                str(kube_bin / "kube-apiserver"),
+                f"--etcd-servers={etcd_url}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={self.apiserver_port}",
+                f"--tls-cert-file={certs.apiserver.cert}",
+                f"--tls-private-key-file={certs.apiserver.key}",
+                f"--client-ca-file={certs.ca.cert}",
+                "--authorization-mode=RBAC",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-account-key-file={certs.service_account_pub}",
+                f"--service-account-signing-key-file={certs.service_account_key}",
+                "--service-cluster-ip-range=10.0.0.0/24",
+                "--allow-privileged=true",
+                # One API server, no kubelets: no lease-based endpoint reconciling, no
+                # priority-and-fairness bookkeeping to slow a 2-core machine down.
+                "--endpoint-reconciler-type=none",
+                "--enable-priority-and-fairness=false",
+                "--profiling=false",
+            ],
+            ports=[self.apiserver_port],
+        )
         table.wait_until(
             "kube-apiserver",
             lambda: _https_ok(f"{self.server}/readyz", ca=certs.ca.cert, cert=certs.admin),
-            timeout=180, what="GET /readyz", interval=0.5)
+            timeout=180,
+            what="GET /readyz",
+            interval=0.5,
+        )
 
-        table.start("kube-controller-manager", [
-            str(kube_bin / "kube-controller-manager"),
-            f"--kubeconfig={kcm_kubeconfig}",
-            f"--authentication-kubeconfig={kcm_kubeconfig}",
-            f"--authorization-kubeconfig={kcm_kubeconfig}",
-            "--bind-address=127.0.0.1", f"--secure-port={self.kcm_port}",
-            "--leader-elect=false",
-            "--use-service-account-credentials=true",
-            f"--service-account-private-key-file={certs.service_account_key}",
-            f"--root-ca-file={certs.ca.cert}",
-            f"--cluster-signing-cert-file={certs.ca.cert}",
-            f"--cluster-signing-key-file={certs.ca.key}",
-            # Garbage collection, Deployment -> ReplicaSet -> Pod, Jobs, namespaces
-            # and service accounts are what the operator relies on.
-            "--controllers=*",
-        ], ports=[self.kcm_port])
+        table.start(
+            "kube-controller-manager",
+            [
+                str(kube_bin / "kube-controller-manager"),
+                f"--kubeconfig={kcm_kubeconfig}",
+                f"--authentication-kubeconfig={kcm_kubeconfig}",
+                f"--authorization-kubeconfig={kcm_kubeconfig}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={self.kcm_port}",
+                "--leader-elect=false",
+                "--use-service-account-credentials=true",
+                f"--service-account-private-key-file={certs.service_account_key}",
+                f"--root-ca-file={certs.ca.cert}",
+                f"--cluster-signing-cert-file={certs.ca.cert}",
+                f"--cluster-signing-key-file={certs.ca.key}",
+                # Garbage collection, Deployment -> ReplicaSet -> Pod, Jobs, namespaces
+                # and service accounts are what the operator relies on.
+                "--controllers=*",
+            ],
+            ports=[self.kcm_port],
+        )
         table.wait_until(
             "kube-controller-manager",
             lambda: _https_ok(f"https://127.0.0.1:{self.kcm_port}/healthz", ca=None, cert=None),
-            timeout=120, what="GET /healthz", interval=0.5)
+            timeout=120,
+            what="GET /healthz",
+            interval=0.5,
+        )
         return {
             "KUBECONFIG": str(kubeconfig),
             "KUBE_API_SERVER": self.server,

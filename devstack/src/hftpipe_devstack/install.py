@@ -108,12 +108,17 @@ class _Ticker:
         log(f"  {self._what}: done in {time.monotonic() - self._started:.0f} s")
 
 
-def _run(cmd: Sequence[str], *, cwd: Path | None = None, env: dict[str, str] | None = None,
-         what: str) -> str:
+def _run(
+    cmd: Sequence[str], *, cwd: Path | None = None, env: dict[str, str] | None = None, what: str
+) -> str:
     """Run a build step; on failure raise with the tail of its output."""
     proc = subprocess.run(
-        list(cmd), cwd=cwd, env={**os.environ, **(env or {})},
-        capture_output=True, text=True, check=False,
+        list(cmd),
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-30:])
@@ -173,9 +178,16 @@ def ensure_kafka() -> Path:
         (tmp / "pom.xml").write_text(_KAFKA_POM.format(kafka=versions.KAFKA, log4j=versions.LOG4J))
         with _Ticker("resolving Kafka jars"):
             _run(
-                ["mvn", "-B", "-q", "-f", str(tmp / "pom.xml"),
-                 f"{_DEPENDENCY_PLUGIN}:copy-dependencies",
-                 f"-DoutputDirectory={tmp / 'libs'}", "-DincludeScope=runtime"],
+                [
+                    "mvn",
+                    "-B",
+                    "-q",
+                    "-f",
+                    str(tmp / "pom.xml"),
+                    f"{_DEPENDENCY_PLUGIN}:copy-dependencies",
+                    f"-DoutputDirectory={tmp / 'libs'}",
+                    "-DincludeScope=runtime",
+                ],
                 what="Maven resolving Kafka",
             )
         jars = sorted(p.name for p in (tmp / "libs").glob("*.jar"))
@@ -252,8 +264,12 @@ def ensure_kubernetes() -> Path:
         src.mkdir()
         env = {"GOFLAGS": "-mod=mod", "CGO_ENABLED": "0", "GOTOOLCHAIN": "local"}
         info = json.loads(
-            _run(["go", "mod", "download", "-json", f"k8s.io/kubernetes@v{version}"],
-                 cwd=src, env=env, what="downloading k8s.io/kubernetes")
+            _run(
+                ["go", "mod", "download", "-json", f"k8s.io/kubernetes@v{version}"],
+                cwd=src,
+                env=env,
+                what="downloading k8s.io/kubernetes",
+            )
         )
         (src / "go.mod").write_text(wrapper_go_mod(Path(info["GoMod"]).read_text(), version))
         imports = "\n".join(f'\t_ "k8s.io/kubernetes/cmd/{b}"' for b in KUBE_BINARIES)
@@ -264,10 +280,19 @@ def ensure_kubernetes() -> Path:
             _run(["go", "mod", "tidy"], cwd=src, env=env, what="go mod tidy (Kubernetes)")
         with _Ticker("compiling Kubernetes"):
             _run(
-                ["go", "build", "-trimpath", "-ldflags", _kube_ldflags(version),
-                 "-o", str(tmp / "bin") + "/",
-                 *(f"k8s.io/kubernetes/cmd/{b}" for b in KUBE_BINARIES)],
-                cwd=src, env=env, what="go build (Kubernetes)",
+                [
+                    "go",
+                    "build",
+                    "-trimpath",
+                    "-ldflags",
+                    _kube_ldflags(version),
+                    "-o",
+                    str(tmp / "bin") + "/",
+                    *(f"k8s.io/kubernetes/cmd/{b}" for b in KUBE_BINARIES),
+                ],
+                cwd=src,
+                env=env,
+                what="go build (Kubernetes)",
             )
         shutil.rmtree(src)
 
@@ -287,13 +312,20 @@ class GoTool:
 
     def ensure(self) -> Path:
         """Path of the binary, installing it on first use."""
+
         def build(tmp: Path) -> None:
             require_tool("go", "Install Go 1.24+ (https://go.dev/doc/install).")
             log(f"installing {self.name} {self.version} (go install)")
             with _Ticker(f"building {self.name}"):
                 _run(
-                    ["go", "install", "-trimpath", "-ldflags", "-s -w",
-                     f"{self.package}@{self.version}"],
+                    [
+                        "go",
+                        "install",
+                        "-trimpath",
+                        "-ldflags",
+                        "-s -w",
+                        f"{self.package}@{self.version}",
+                    ],
                     env={"GOBIN": str(tmp / "bin"), "CGO_ENABLED": "0"},
                     what=f"go install {self.name}",
                 )

@@ -33,9 +33,11 @@ _REF = "#/definitions/"
 # them the same way.
 _WIDENED: dict[str, dict[str, Any]] = {
     "io.k8s.apimachinery.pkg.util.intstr.IntOrString": {
-        "oneOf": [{"type": "string"}, {"type": "integer"}]},
+        "oneOf": [{"type": "string"}, {"type": "integer"}]
+    },
     "io.k8s.apimachinery.pkg.api.resource.Quantity": {
-        "oneOf": [{"type": "string"}, {"type": "number"}]},
+        "oneOf": [{"type": "string"}, {"type": "number"}]
+    },
 }
 
 
@@ -48,7 +50,7 @@ def _refs(node: Any) -> Iterator[str]:
     if isinstance(node, dict):
         ref = node.get("$ref")
         if isinstance(ref, str) and ref.startswith(_REF):
-            yield ref[len(_REF):]
+            yield ref[len(_REF) :]
         for value in node.values():
             yield from _refs(value)
     elif isinstance(node, list):
@@ -129,7 +131,8 @@ def write_from_server(kubectl: str, kubeconfig: Path, directory: Path) -> int:
 
     raw = subprocess.run(
         [kubectl, "--kubeconfig", str(kubeconfig), "get", "--raw", "/openapi/v2"],
-        capture_output=True, check=True,
+        capture_output=True,
+        check=True,
     ).stdout
     return write(json.loads(raw), directory)
 

@@ -85,9 +85,15 @@ def generate(directory: Path) -> ControlPlanePki:
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, key_cert_sign=True, crl_sign=True,
-                content_commitment=False, key_encipherment=False, data_encipherment=False,
-                key_agreement=False, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -95,7 +101,7 @@ def generate(directory: Path) -> ControlPlanePki:
     )
 
     def issue(
-        stem: str, subject: x509.Name, usage: ExtendedKeyUsageOID, sans: list[x509.GeneralName]
+        stem: str, subject: x509.Name, usage: x509.ObjectIdentifier, sans: list[x509.GeneralName]
     ) -> CertFiles:
         key = _key()
         builder = (
@@ -137,8 +143,10 @@ def generate(directory: Path) -> ControlPlanePki:
         "admin", _name("hftpipe-admin", "system:masters"), ExtendedKeyUsageOID.CLIENT_AUTH, []
     )
     controller_manager = issue(
-        "controller-manager", _name("system:kube-controller-manager"),
-        ExtendedKeyUsageOID.CLIENT_AUTH, [],
+        "controller-manager",
+        _name("system:kube-controller-manager"),
+        ExtendedKeyUsageOID.CLIENT_AUTH,
+        [],
     )
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     sa_priv = _write(directory / "sa.key", _pem_key(sa_key))
@@ -158,12 +166,24 @@ def kubeconfig(server: str, ca: Path, client: CertFiles, *, user: str) -> str:
     doc = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "hftpipe-local", "cluster": {
-            "server": server, "certificate-authority": str(ca)}}],
-        "users": [{"name": user, "user": {
-            "client-certificate": str(client.cert), "client-key": str(client.key)}}],
-        "contexts": [{"name": "hftpipe-local", "context": {
-            "cluster": "hftpipe-local", "user": user, "namespace": "default"}}],
+        "clusters": [
+            {
+                "name": "hftpipe-local",
+                "cluster": {"server": server, "certificate-authority": str(ca)},
+            }
+        ],
+        "users": [
+            {
+                "name": user,
+                "user": {"client-certificate": str(client.cert), "client-key": str(client.key)},
+            }
+        ],
+        "contexts": [
+            {
+                "name": "hftpipe-local",
+                "context": {"cluster": "hftpipe-local", "user": user, "namespace": "default"},
+            }
+        ],
         "current-context": "hftpipe-local",
     }
     return yaml.safe_dump(doc, sort_keys=False)

@@ -134,8 +134,9 @@ def ephemeral_stack(components: Iterable[str] = ALL_COMPONENTS) -> Iterator[Stac
     root = Path(tempfile.gettempdir()) / "hftpipe-stacks"
     root.mkdir(exist_ok=True)
     reap_stale(root)
-    stack = Stack(Path(tempfile.mkdtemp(prefix="stack-", dir=root)),
-                  tuple(components), tie_to_parent=True)
+    stack = Stack(
+        Path(tempfile.mkdtemp(prefix="stack-", dir=root)), tuple(components), tie_to_parent=True
+    )
     try:
         stack.up()
         yield stack
