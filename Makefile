@@ -90,4 +90,4 @@ test-integration: venv ## integration + e2e tiers against the real local stack
 .PHONY: test
 test: lint ## lint, type checks, then every test tier against the real stack
 	$(PY) -m hftpipe_devstack install
-	@$(call pytest,tests)
+	@$(call pytest,tests/unit tests/integration $(wildcard tests/e2e))
