@@ -1,0 +1,124 @@
+"""Names shared by every worker, the operator, the charts and the README: defined once here.
+
+- Kafka topics of a job,
+- the Redis key layout,
+- the consumer group ids.
+
+Anything that needs one of these names imports it from here; tests check that
+the README and the charts agree with this module.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+PREFIX = "hftpipe"
+_JOB_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def check_job_name(job: str) -> str:
+    """A job name is a DNS label (it names Kubernetes objects, topics and keys)."""
+    if not _JOB_RE.match(job):
+        raise ValueError(
+            f"job name {job!r} is not valid: use 1-63 lowercase letters, digits and '-', "
+            "starting and ending with a letter or digit (it becomes a Kubernetes name)"
+        )
+    return job
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The Kafka topics of one replay job."""
+
+    bars: str
+    metrics: str
+    deadletter: str
+
+    @classmethod
+    def for_job(cls, job: str) -> Topics:
+        """``hftpipe.<job>.bars``, ``.metrics`` and ``.deadletter``."""
+        check_job_name(job)
+        return cls(
+            bars=f"{PREFIX}.{job}.bars",
+            metrics=f"{PREFIX}.{job}.metrics",
+            deadletter=f"{PREFIX}.{job}.deadletter",
+        )
+
+
+@dataclass(frozen=True)
+class Groups:
+    """The Kafka consumer groups of one replay job (progress is read from them)."""
+
+    processor: str
+    loader: str
+
+    @classmethod
+    def for_job(cls, job: str) -> Groups:
+        """``hftpipe.<job>.processor`` and ``hftpipe.<job>.loader``."""
+        check_job_name(job)
+        return cls(processor=f"{PREFIX}.{job}.processor", loader=f"{PREFIX}.{job}.loader")
+
+
+@dataclass(frozen=True)
+class RedisKeys:
+    """The Redis key layout of one job. All keys share ``hftpipe:<job>:`` so one job's
+    keys can be listed (``SCAN MATCH hftpipe:<job>:*``) and deleted together.
+
+    ============================================  ===========  ==============================
+    key                                           type         content
+    ============================================  ===========  ==============================
+    ``hftpipe:<job>:latest:<symbol>``             hash         latest metrics, one O(1) HGETALL:
+                                                               ``time``, ``close``, ``seq``,
+                                                               ``session_vwap`` and
+                                                               ``<window>:<metric>`` fields
+    ``hftpipe:<job>:history:<symbol>``            sorted set   one JSON member per bar, score =
+                                                               event time (ms); ZRANGE BYSCORE
+                                                               for a time range; trimmed to the
+                                                               newest ``history_limit`` bars
+    ``hftpipe:<job>:symbols``                     set          symbols seen
+    ``hftpipe:<job>:offset:<partition>``          string       next offset of the bars topic's
+                                                               partition (exactly-once: written
+                                                               in the same MULTI as the outputs)
+    ``hftpipe:<job>:state:<partition>``           string       window-state snapshot for the
+                                                               partition at that offset
+    ============================================  ===========  ==============================
+    """
+
+    job: str
+
+    @property
+    def base(self) -> str:
+        """``hftpipe:<job>``."""
+        return f"{PREFIX}:{check_job_name(self.job)}"
+
+    def latest(self, symbol: str) -> str:
+        """Hash of the newest metrics of a symbol."""
+        return f"{self.base}:latest:{symbol}"
+
+    def history(self, symbol: str) -> str:
+        """Sorted set of per-bar metrics of a symbol, scored by event time in ms."""
+        return f"{self.base}:history:{symbol}"
+
+    @property
+    def symbols(self) -> str:
+        """Set of the symbols seen."""
+        return f"{self.base}:symbols"
+
+    def offset(self, partition: int) -> str:
+        """Next offset to read of a bars partition, written in one MULTI with the outputs.
+
+        One key per partition (not a hash) so that a processor can WATCH exactly
+        its own partitions: a zombie that lost a partition in a rebalance then
+        fails its transaction instead of overwriting the new owner's results.
+        """
+        return f"{self.base}:offset:{partition}"
+
+    def state(self, partition: int) -> str:
+        """Snapshot of the window state of one input partition."""
+        return f"{self.base}:state:{partition}"
+
+    @property
+    def pattern(self) -> str:
+        """``SCAN MATCH`` pattern for every key of the job."""
+        return f"{self.base}:*"

@@ -1,0 +1,173 @@
+"""Every Prometheus metric the workers export, defined once, plus the HTTP endpoint.
+
+Names share the ``hftpipe_`` prefix. Dashboards and alert rules may only use
+names listed here (a test checks them against this registry), and the README's
+metrics table is generated from it.
+
+The endpoint serves ``/metrics`` and ``/healthz`` (liveness: the process runs)
+and ``/readyz`` (readiness: the worker has connected and is doing its job).
+"""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+"""The workers' own registry (not the global one), so tests can read it in isolation."""
+
+_LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+RECORDS_IN = Counter(
+    "hftpipe_records_in",
+    "Records read by a worker",
+    ["worker", "job", "topic"],
+    registry=REGISTRY,
+)
+RECORDS_OUT = Counter(
+    "hftpipe_records_out",
+    "Records written by a worker",
+    ["worker", "job", "sink"],
+    registry=REGISTRY,
+)
+BYTES_OUT = Counter(
+    "hftpipe_bytes_out",
+    "Bytes written by a worker",
+    ["worker", "job", "sink"],
+    registry=REGISTRY,
+)
+ERRORS = Counter(
+    "hftpipe_errors",
+    "Errors by reason",
+    ["worker", "job", "reason"],
+    registry=REGISTRY,
+)
+DEAD_LETTERS = Counter(
+    "hftpipe_dead_letters",
+    "Source rows set aside to the dead-letter topic, by reason",
+    ["job", "reason"],
+    registry=REGISTRY,
+)
+BATCH_SIZE = Histogram(
+    "hftpipe_batch_size",
+    "Records per processed batch",
+    ["worker", "job"],
+    buckets=(1, 10, 100, 500, 1000, 5000, 10_000, 50_000, 100_000),
+    registry=REGISTRY,
+)
+CONSUMER_LAG = Gauge(
+    "hftpipe_consumer_lag",
+    "End offset minus committed offset, per partition",
+    ["worker", "job", "topic", "partition"],
+    registry=REGISTRY,
+)
+EVENT_TO_REDIS_SECONDS = Histogram(
+    "hftpipe_event_to_redis_seconds",
+    "From a bar's send time (Kafka record timestamp) to the Redis commit of its metrics",
+    ["job"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+LOADER_ROWS = Counter(
+    "hftpipe_loader_rows",
+    "Rows merged into the warehouse",
+    ["job", "table", "backend"],
+    registry=REGISTRY,
+)
+LOADER_BATCH_SECONDS = Histogram(
+    "hftpipe_loader_batch_seconds",
+    "Time to merge one micro-batch into the warehouse",
+    ["job", "backend"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+REPLAY_ROWS_DONE = Gauge(
+    "hftpipe_replay_rows_done",
+    "Source rows handled by the producer so far",
+    ["job"],
+    registry=REGISTRY,
+)
+REPLAY_ROWS_TOTAL = Gauge(
+    "hftpipe_replay_rows_total",
+    "Data rows in the source file (0 until counted)",
+    ["job"],
+    registry=REGISTRY,
+)
+LATEST_VWAP = Gauge(
+    "hftpipe_latest_vwap",
+    "Latest rolling VWAP per symbol and window",
+    ["job", "symbol", "window"],
+    registry=REGISTRY,
+)
+READY = Gauge("hftpipe_ready", "1 when the worker is ready", ["worker", "job"], registry=REGISTRY)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    ready: ClassVar[threading.Event]
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/metrics"):
+            body, status, ctype = generate_latest(REGISTRY), 200, CONTENT_TYPE_LATEST
+        elif self.path.startswith("/healthz"):
+            body, status, ctype = b"ok\n", 200, "text/plain"
+        elif self.path.startswith("/readyz"):
+            ok = self.ready.is_set()
+            body, status, ctype = (
+                (b"ok\n", 200, "text/plain") if ok else (b"not ready\n", 503, "text/plain")
+            )
+        else:
+            body, status, ctype = b"not found\n", 404, "text/plain"
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        """Scrapes every few seconds would drown the worker's own logs."""
+
+
+class MetricsServer:
+    """``/metrics``, ``/healthz`` and ``/readyz`` on a background thread."""
+
+    def __init__(self, port: int, host: str = "0.0.0.0") -> None:  # noqa: S104 - pods listen on all
+        self.ready = threading.Event()
+        handler = type("Handler", (_Handler,), {"ready": self.ready})
+        self._server = ThreadingHTTPServer((host, port), handler)
+        self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def start(self) -> MetricsServer:
+        """Start serving; returns self."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving."""
+        self._server.shutdown()
+        self._server.server_close()

@@ -1,0 +1,334 @@
+"""VWAP processor: bars from Kafka -> rolling metrics -> Redis, exactly once.
+
+Exactly-once into Redis, without Kafka transactions: for each batch of one input
+partition, the metrics, the next offset to read and a snapshot of the
+partition's window state are written in **one Redis MULTI/EXEC**. Redis, not
+Kafka's committed offsets, is the source of truth for where to resume: on
+partition assignment the processor reads the stored offset and state and seeks
+there. A processor killed at any instant has either written a whole batch
+(offset and state included) or nothing of it, so a restart recomputes exactly
+what is missing and Redis ends identical to an uninterrupted run.
+
+Fencing: the transaction WATCHes the partition's offset key and checks it still
+holds the offset this processor read; a processor that lost the partition in a
+rebalance (a zombie) fails its EXEC instead of overwriting the new owner.
+
+Kafka offsets are committed too, after Redis, only so that lag and progress are
+visible to Kafka tooling and the operator.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+import orjson
+import redis
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, Producer, TopicPartition
+
+from . import codec
+from .contract import Groups, RedisKeys, Topics
+from .csvformat import BarBatch
+from .metrics import DEFAULT_WINDOWS, MetricsBatch, MetricsEngine
+from .observability import (
+    BATCH_SIZE,
+    CONSUMER_LAG,
+    EVENT_TO_REDIS_SECONDS,
+    LATEST_VWAP,
+    READY,
+    RECORDS_IN,
+    RECORDS_OUT,
+)
+from .settings import KafkaSettings, RedisSettings
+
+log = logging.getLogger("hftpipe.processor")
+
+
+class LostPartition(RuntimeError):
+    """Another processor now owns the partition (its offset moved under us)."""
+
+
+def redis_client(settings: RedisSettings) -> redis.Redis:
+    """A Redis client from settings (URL, optional ACL user/password and TLS CA)."""
+    kwargs: dict[str, Any] = {}
+    if settings.username:
+        kwargs["username"] = settings.username
+    if settings.password:
+        kwargs["password"] = settings.password.get_secret_value()
+    if settings.tls_ca_file:
+        kwargs["ssl_ca_certs"] = settings.tls_ca_file
+    return redis.Redis.from_url(settings.url, **kwargs)
+
+
+def metrics_documents(batch: BarBatch, metrics: MetricsBatch) -> list[dict[str, Any]]:
+    """One document per processed bar: the bar's close and every window's metrics (pure).
+
+    This is the history member in Redis and the value on the metrics topic.
+    Undefined metrics (zero-volume VWAP, stdev of one bar) are ``None``.
+    """
+    close = batch.close[metrics.row]
+    volume_bar = batch.volume[metrics.row]
+    cols = {
+        "n": metrics.n_bars.tolist(),
+        "volume": metrics.volume.tolist(),
+        "vwap": metrics.vwap.tolist(),
+        "sma": metrics.sma.tolist(),
+        "std": metrics.std.tolist(),
+        "ret_std": metrics.ret_std.tolist(),
+    }
+    docs = []
+    for i, (symbol, ts, seq, c, v) in enumerate(zip(
+        metrics.symbol.tolist(), metrics.ts_ns.tolist(), metrics.seq.tolist(),
+        close.tolist(), volume_bar.tolist(), strict=True,
+    )):
+        windows = {}
+        for k, label in enumerate(metrics.windows):
+            windows[label] = {
+                name: (None if isinstance(col[i][k], float) and math.isnan(col[i][k])
+                       else col[i][k])
+                for name, col in cols.items()
+            }
+        docs.append({"symbol": symbol, "ts_ns": ts, "seq": seq, "close": c, "bar_volume": v,
+                     "windows": windows})
+    return docs
+
+
+def latest_fields(doc: dict[str, Any]) -> dict[str, str]:
+    """The ``latest:<symbol>`` hash of a metrics document: flat ``<window>:<metric>`` fields.
+
+    A metric that is undefined is stored as an empty string (Redis has no null).
+    """
+    fields = {"ts_ns": str(doc["ts_ns"]), "seq": str(doc["seq"]), "close": repr(doc["close"])}
+    for label, values in doc["windows"].items():
+        for name, value in values.items():
+            fields[f"{label}:{name}"] = "" if value is None else repr(value)
+    return fields
+
+
+@dataclass
+class _Partition:
+    engine: MetricsEngine
+    offset: int | None
+    """Next offset to read as stored in Redis; None if this job never wrote it."""
+
+
+@dataclass
+class ProcessorReport:
+    """Totals of one processor run."""
+
+    bars_in: int = 0
+    bars_out: int = 0
+    batches: int = 0
+    ignored: int = 0
+    seconds: float = 0.0
+    partitions: set[int] = field(default_factory=set)
+
+
+class Processor:
+    """Consumes one job's bars topic and keeps its metrics in Redis."""
+
+    def __init__(
+        self,
+        *,
+        job: str,
+        kafka: KafkaSettings,
+        redis_settings: RedisSettings,
+        windows: Sequence[str] = DEFAULT_WINDOWS,
+        batch_max: int = 20_000,
+        publish_metrics: bool = True,
+    ) -> None:
+        self.job, self.kafka, self.redis_settings = job, kafka, redis_settings
+        self.windows = tuple(windows)
+        self.batch_max = batch_max
+        self.publish_metrics = publish_metrics
+        self.topics, self.groups, self.keys = (
+            Topics.for_job(job), Groups.for_job(job), RedisKeys(job))
+        self.redis = redis_client(redis_settings)
+        self.stop = threading.Event()
+        self._parts: dict[int, _Partition] = {}
+        self._consumer: Consumer | None = None
+
+    # -- partition lifecycle --------------------------------------------------
+
+    def _load(self, partition: int) -> _Partition:
+        offset_raw, state = self.redis.mget(self.keys.offset(partition), self.keys.state(partition))
+        if offset_raw is None:
+            return _Partition(MetricsEngine(self.windows), None)
+        engine = MetricsEngine.restore(bytes(state), expect_windows=self.windows) if state else \
+            MetricsEngine(self.windows)
+        return _Partition(engine, int(offset_raw))
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            part = self._parts[tp.partition] = self._load(tp.partition)
+            tp.offset = OFFSET_BEGINNING if part.offset is None else part.offset
+            log.info("assigned %s[%d], resuming at %s", tp.topic, tp.partition,
+                     "the beginning" if part.offset is None else f"offset {part.offset}")
+        consumer.incremental_assign(partitions)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Every finished batch is already in Redis; nothing to flush, just forget.
+        for tp in partitions:
+            self._parts.pop(tp.partition, None)
+        consumer.incremental_unassign(partitions)
+
+    # -- the loop -------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT: finish the current batch, commit, exit cleanly."""
+        def handler(signum: int, _frame: FrameType | None) -> None:
+            log.info("signal %d: finishing the current batch, then stopping", signum)
+            self.stop.set()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def run(self, *, until_caught_up: bool = False, idle_timeout: float = 5.0) -> ProcessorReport:
+        """Process until stopped (or, with ``until_caught_up``, until every assigned
+        partition is at its end offset and nothing arrived for ``idle_timeout`` seconds)."""
+        consumer = Consumer(self.kafka.consumer(self.groups.processor))
+        self._consumer = consumer
+        producer = Producer(self.kafka.producer()) if self.publish_metrics else None
+        consumer.subscribe([self.topics.bars], on_assign=self._on_assign,
+                           on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        report = ProcessorReport()
+        started = time.monotonic()
+        last_data = time.monotonic()
+        READY.labels("processor", self.job).set(1)
+        try:
+            while not self.stop.is_set():
+                msgs = consumer.consume(self.batch_max, timeout=0.05)
+                if not msgs:
+                    if until_caught_up and time.monotonic() - last_data > idle_timeout and \
+                            self._caught_up(consumer):
+                        break
+                    continue
+                last_data = time.monotonic()
+                by_partition: dict[int, list[Message]] = {}
+                for msg in msgs:
+                    err = msg.error()
+                    if err is not None:
+                        if err.fatal():
+                            raise KafkaException(err)
+                        log.warning("consumer error: %s", err)
+                        continue
+                    by_partition.setdefault(msg.partition() or 0, []).append(msg)
+                for partition, batch in by_partition.items():
+                    self._process(partition, batch, producer, report)
+                if producer is not None:
+                    producer.poll(0)
+        finally:
+            READY.labels("processor", self.job).set(0)
+            if producer is not None:
+                producer.flush(30)
+            consumer.close()
+            self._consumer = None
+        report.seconds = time.monotonic() - started
+        return report
+
+    def _caught_up(self, consumer: Consumer) -> bool:
+        assigned = consumer.assignment()
+        if not assigned:
+            return False
+        for tp in assigned:
+            _, high = consumer.get_watermark_offsets(tp, timeout=5, cached=False)
+            part = self._parts.get(tp.partition)
+            done = part.offset if part and part.offset is not None else 0
+            CONSUMER_LAG.labels("processor", self.job, tp.topic, str(tp.partition)).set(high - done)
+            if done < high:
+                return False
+        return True
+
+    def _process(self, partition: int, msgs: list[Message], producer: Producer | None,
+                 report: ProcessorReport) -> None:
+        part = self._parts.get(partition)
+        if part is None:  # revoked while the batch was in flight
+            return
+        first = msgs[0].offset() or 0
+        if part.offset is not None and first < part.offset:
+            # Re-delivered records already in Redis (e.g. after a seek race): drop them.
+            msgs = [m for m in msgs if (m.offset() or 0) >= part.offset]
+            if not msgs:
+                return
+        bars = BarBatch.from_bars([codec.decode_bar(m.value() or b"") for m in msgs])
+        ignored_before = part.engine.ignored
+        metrics = part.engine.update_batch(bars)
+        docs = metrics_documents(bars, metrics)
+        next_offset = (msgs[-1].offset() or 0) + 1
+        self._commit_to_redis(partition, part, docs, next_offset)
+        part.offset = next_offset
+
+        now = time.time()
+        for m in msgs:
+            _, ts_ms = m.timestamp()
+            EVENT_TO_REDIS_SECONDS.labels(self.job).observe(max(0.0, now - ts_ms / 1000))
+        report.bars_in += len(msgs)
+        report.bars_out += len(docs)
+        report.batches += 1
+        report.ignored += part.engine.ignored - ignored_before
+        report.partitions.add(partition)
+        RECORDS_IN.labels("processor", self.job, self.topics.bars).inc(len(msgs))
+        RECORDS_OUT.labels("processor", self.job, "redis").inc(len(docs))
+        BATCH_SIZE.labels("processor", self.job).observe(len(msgs))
+        if docs:
+            last = docs[-1]
+            for label, values in last["windows"].items():
+                if values["vwap"] is not None:
+                    LATEST_VWAP.labels(self.job, last["symbol"], label).set(values["vwap"])
+        if producer is not None:
+            for doc in docs:
+                value = orjson.dumps(doc)
+                while True:
+                    try:
+                        producer.produce(self.topics.metrics, value=value,
+                                         key=doc["symbol"].encode())
+                        break
+                    except BufferError:
+                        producer.poll(0.05)
+            RECORDS_OUT.labels("processor", self.job, self.topics.metrics).inc(len(docs))
+        if self._consumer is not None:
+            self._consumer.commit(offsets=[TopicPartition(self.topics.bars, partition, next_offset)],
+                                  asynchronous=True)
+
+    def _commit_to_redis(self, partition: int, part: _Partition, docs: list[dict[str, Any]],
+                         next_offset: int) -> None:
+        keys = self.keys
+        limit = self.redis_settings.history_limit
+        offset_key = keys.offset(partition)
+        expected = None if part.offset is None else str(part.offset).encode()
+        latest: dict[str, dict[str, Any]] = {}
+        history: dict[str, dict[bytes, float]] = {}
+        for doc in docs:
+            latest[doc["symbol"]] = doc
+            if limit:
+                history.setdefault(doc["symbol"], {})[orjson.dumps(doc)] = doc["ts_ns"] // 1_000_000
+        with self.redis.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(offset_key)
+                if pipe.get(offset_key) != expected:
+                    raise LostPartition(f"partition {partition}: offset moved under us")
+                pipe.multi()
+                for symbol, doc in latest.items():
+                    pipe.hset(keys.latest(symbol), mapping=latest_fields(doc))
+                    pipe.sadd(keys.symbols, symbol)
+                for symbol, members in history.items():
+                    pipe.zadd(keys.history(symbol), members)
+                    pipe.zremrangebyrank(keys.history(symbol), 0, -(limit + 1))
+                pipe.set(offset_key, next_offset)
+                pipe.set(keys.state(partition), part.engine.snapshot())
+                pipe.execute()
+            except redis.WatchError as exc:
+                raise LostPartition(f"partition {partition}: another processor wrote it") from exc
+
+
+def latest_metrics(client: redis.Redis, job: str, symbol: str) -> dict[str, float | None]:
+    """The latest metrics of a symbol, parsed (one HGETALL)."""
+    raw: dict[bytes, bytes] = client.hgetall(RedisKeys(job).latest(symbol))  # type: ignore[assignment]
+    return {k.decode(): (float(v) if v else None) for k, v in raw.items()}
