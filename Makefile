@@ -68,6 +68,10 @@ stack-down: venv ## stop every process of the local stack
 stack-status: venv ## list the local stack's processes
 	$(PY) -m hftpipe_devstack --dir $(STACK_DIR) status
 
+.PHONY: demo
+demo: system-deps venv ## replay the shipped BTC bars: Kafka -> Redis + DuckDB, then a report
+	$(VENV)/bin/hftpipe demo --stack-dir $(STACK_DIR)
+
 .PHONY: fmt
 fmt: venv ## format the code
 	$(VENV)/bin/ruff format .
@@ -88,6 +92,6 @@ test-integration: venv ## integration + e2e tiers against the real local stack
 	@$(call pytest,tests/integration $(wildcard tests/e2e))
 
 .PHONY: test
-test: lint ## lint, type checks, then every test tier against the real stack
+test: system-deps lint ## lint, type checks, then every test tier against the real stack
 	$(PY) -m hftpipe_devstack install
 	@$(call pytest,tests/unit tests/integration $(wildcard tests/e2e))

@@ -152,6 +152,9 @@ def process(
     until_caught_up: Annotated[bool, typer.Option(
         "--until-caught-up", envvar="HFTPIPE_UNTIL_CAUGHT_UP",
         help="Exit once every partition is processed to its end and idle.")] = False,
+    create_topics: Annotated[bool, typer.Option(
+        "--create-topics/--no-create-topics", envvar="HFTPIPE_CREATE_TOPICS",
+        help="Create the metrics topic if missing.")] = True,
     profile: ProfileOpt = "throughput",
     metrics_port: MetricsPortOpt = 9101,
     log_json: LogJsonOpt = False,
@@ -165,6 +168,8 @@ def process(
                           batch_max=batch_max)
     processor.install_signal_handlers()
     processor.redis.ping()  # fail fast, with Redis's own message, on a bad URL or password
+    if create_topics:
+        processor.ensure_metrics_topic()
     if server:
         server.ready.set()
     report = processor.run(until_caught_up=until_caught_up)

@@ -20,7 +20,6 @@ visible to Kafka tooling and the operator.
 from __future__ import annotations
 
 import logging
-import math
 import signal
 import threading
 import time
@@ -31,12 +30,22 @@ from typing import Any
 
 import orjson
 import redis
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient
 
 from . import codec
 from .contract import Groups, RedisKeys, Topics
-from .csvformat import BarBatch
-from .metrics import DEFAULT_WINDOWS, MetricsBatch, MetricsEngine
+from .bars import Bar
+from .kafka_admin import ensure_topics, partition_count
+from .metrics import DEFAULT_WINDOWS, MetricsEngine, WindowMetrics
 from .observability import (
     BATCH_SIZE,
     CONSUMER_LAG,
@@ -67,37 +76,24 @@ def redis_client(settings: RedisSettings) -> redis.Redis:
     return redis.Redis.from_url(settings.url, **kwargs)
 
 
-def metrics_documents(batch: BarBatch, metrics: MetricsBatch) -> list[dict[str, Any]]:
-    """One document per processed bar: the bar's close and every window's metrics (pure).
+def metrics_document(bar: Bar, windows: list[WindowMetrics]) -> dict[str, Any]:
+    """The metrics of one bar as a document: its close and every window's metrics (pure).
 
     This is the history member in Redis and the value on the metrics topic.
     Undefined metrics (zero-volume VWAP, stdev of one bar) are ``None``.
     """
-    close = batch.close[metrics.row]
-    volume_bar = batch.volume[metrics.row]
-    cols = {
-        "n": metrics.n_bars.tolist(),
-        "volume": metrics.volume.tolist(),
-        "vwap": metrics.vwap.tolist(),
-        "sma": metrics.sma.tolist(),
-        "std": metrics.std.tolist(),
-        "ret_std": metrics.ret_std.tolist(),
+    return {
+        "symbol": bar.symbol,
+        "ts_ns": bar.ts_ns,
+        "seq": bar.seq,
+        "close": bar.close,
+        "bar_volume": bar.volume,
+        "windows": {
+            m.window: {"n": m.n_bars, "volume": m.volume, "vwap": m.vwap, "sma": m.sma,
+                       "std": m.std, "ret_std": m.ret_std}
+            for m in windows
+        },
     }
-    docs = []
-    for i, (symbol, ts, seq, c, v) in enumerate(zip(
-        metrics.symbol.tolist(), metrics.ts_ns.tolist(), metrics.seq.tolist(),
-        close.tolist(), volume_bar.tolist(), strict=True,
-    )):
-        windows = {}
-        for k, label in enumerate(metrics.windows):
-            windows[label] = {
-                name: (None if isinstance(col[i][k], float) and math.isnan(col[i][k])
-                       else col[i][k])
-                for name, col in cols.items()
-            }
-        docs.append({"symbol": symbol, "ts_ns": ts, "seq": seq, "close": c, "bar_volume": v,
-                     "windows": windows})
-    return docs
 
 
 def latest_fields(doc: dict[str, Any]) -> dict[str, str]:
@@ -154,6 +150,22 @@ class Processor:
         self.stop = threading.Event()
         self._parts: dict[int, _Partition] = {}
         self._consumer: Consumer | None = None
+        self._delivery_errors: list[str] = []
+
+    def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            self._delivery_errors.append(str(err))
+
+    def ensure_metrics_topic(self, replication: int = 1) -> None:
+        """Create the metrics topic like the bars topic (same partition count) if missing."""
+        admin = AdminClient(self.kafka.common())
+        partitions = partition_count(admin, self.topics.bars)
+        if partitions == 0:
+            raise RuntimeError(
+                f"the bars topic {self.topics.bars} does not exist yet: start the producer "
+                "(it creates it) or create it first"
+            )
+        ensure_topics(admin, {self.topics.metrics: partitions}, replication)
 
     # -- partition lifecycle --------------------------------------------------
 
@@ -195,7 +207,9 @@ class Processor:
         partition is at its end offset and nothing arrived for ``idle_timeout`` seconds)."""
         consumer = Consumer(self.kafka.consumer(self.groups.processor))
         self._consumer = consumer
-        producer = Producer(self.kafka.producer()) if self.publish_metrics else None
+        producer = None
+        if self.publish_metrics:
+            producer = Producer({**self.kafka.producer(), "on_delivery": self._on_delivery})
         consumer.subscribe([self.topics.bars], on_assign=self._on_assign,
                            on_revoke=self._on_revoke, on_lost=self._on_revoke)
         report = ProcessorReport()
@@ -224,14 +238,23 @@ class Processor:
                     self._process(partition, batch, producer, report)
                 if producer is not None:
                     producer.poll(0)
+                    self._raise_delivery_errors()
         finally:
             READY.labels("processor", self.job).set(0)
-            if producer is not None:
-                producer.flush(30)
+            if producer is not None and producer.flush(30) > 0:
+                self._delivery_errors.append("metrics still queued after 30 s")
             consumer.close()
             self._consumer = None
+        self._raise_delivery_errors()
         report.seconds = time.monotonic() - started
         return report
+
+    def _raise_delivery_errors(self) -> None:
+        if self._delivery_errors:
+            raise KafkaException(
+                f"{len(self._delivery_errors)} metrics record(s) not delivered to "
+                f"{self.topics.metrics}: {self._delivery_errors[:3]}"
+            )
 
     def _caught_up(self, consumer: Consumer) -> bool:
         assigned = consumer.assignment()
@@ -257,10 +280,17 @@ class Processor:
             msgs = [m for m in msgs if (m.offset() or 0) >= part.offset]
             if not msgs:
                 return
-        bars = BarBatch.from_bars([codec.decode_bar(m.value() or b"") for m in msgs])
         ignored_before = part.engine.ignored
-        metrics = part.engine.update_batch(bars)
-        docs = metrics_documents(bars, metrics)
+        # Bar by bar, not update_batch: the per-bar path gives the same bits however
+        # the stream is cut into batches, and batch boundaries differ between a
+        # run that was killed and one that was not. Exactly-once means identical.
+        docs = []
+        update = part.engine.update
+        for m in msgs:
+            bar = codec.decode_bar(m.value() or b"")
+            windows = update(bar)
+            if windows:
+                docs.append(metrics_document(bar, windows))
         next_offset = (msgs[-1].offset() or 0) + 1
         self._commit_to_redis(partition, part, docs, next_offset)
         part.offset = next_offset

@@ -28,9 +28,10 @@ from typing import IO, Any
 import fsspec  # type: ignore[import-untyped]
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
 
 from . import codec
+from .kafka_admin import ensure_topics, partition_count
 from .csvformat import BarBatch, BarReader, ColumnMapping, RejectedRow
 from .observability import DEAD_LETTERS, RECORDS_OUT, REPLAY_ROWS_DONE, REPLAY_ROWS_TOTAL
 from .pacing import Pacer, Pacing
@@ -59,23 +60,6 @@ class ResumePoint:
     def empty(self) -> bool:
         """Nothing was produced before."""
         return not self.last_seq and self.last_dead_line == 0
-
-
-def ensure_topics(
-    admin: AdminClient, names: dict[str, int], replication: int, timeout: float = 30
-) -> None:
-    """Create missing topics (``name -> partitions``); existing ones are left as they are."""
-    existing = admin.list_topics(timeout=timeout).topics
-    new = [NewTopic(n, p, replication) for n, p in names.items() if n not in existing]
-    if not new:
-        return
-    for name, future in admin.create_topics(new, operation_timeout=timeout).items():
-        try:
-            future.result(timeout)
-            log.info("created topic %s", name)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise
 
 
 def _last_records(consumer: Consumer, topic: str, timeout: float = 10) -> dict[int, Message]:
@@ -232,8 +216,7 @@ class Replay:
         if self.create_topics:
             ensure_topics(admin, {self.bars_topic: self.partitions, self.dead_topic: 1},
                           self.replication)
-        partitions = len(admin.list_topics(self.bars_topic, timeout=30)
-                         .topics[self.bars_topic].partitions)
+        partitions = partition_count(admin, self.bars_topic)
         if partitions == 0:
             raise RuntimeError(f"topic {self.bars_topic} does not exist: create it or pass "
                                "--create-topics")
