@@ -17,7 +17,7 @@ import time
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 SAMPLE = "btcusdt_1h_binance.csv.gz"
 DEMO_WINDOWS = ("4h", "1d", "7d", "30d")
@@ -52,8 +52,9 @@ def _lag(bootstrap: str, group: str, topics: list[str]) -> int:
     """Records of ``topics`` not yet committed by ``group`` (what the operator reads)."""
     from confluent_kafka import Consumer, TopicPartition  # noqa: PLC0415
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
-                         "enable.auto.commit": False})
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
+    )
     try:
         tps = []
         for topic in topics:
@@ -78,9 +79,9 @@ def _last_json(output: str) -> dict[str, Any]:
 
 def run_demo(
     *, source: str | None, stack_dir: Path, keep_stack: bool, symbol: str = "BTCUSDT"
-) -> int:  # noqa: PLR0915
+) -> int:
     """Run the demo; returns an exit code."""
-    from .contract import Groups, RedisKeys, Topics  # noqa: PLC0415
+    from .contract import Groups, Topics  # noqa: PLC0415
 
     env_stack, started = _stack_env(stack_dir)
     job = "demo-" + datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
@@ -94,16 +95,26 @@ def run_demo(
     t0 = time.monotonic()
     workers = {
         # Windows suited to hourly bars (the processor's default is 5m,15m,1h,1d).
-        "process": subprocess.Popen([*cli, "process", "--metrics-port", "0",
-                                     "--windows", ",".join(DEMO_WINDOWS)], env=env,
-                                    stdout=subprocess.PIPE, text=True),
-        "load": subprocess.Popen([*cli, "load", "--metrics-port", "0",
-                                  "--warehouse", f"duckdb:///{warehouse}"], env=env,
-                                 stdout=subprocess.PIPE, text=True),
+        "process": subprocess.Popen(
+            [*cli, "process", "--metrics-port", "0", "--windows", ",".join(DEMO_WINDOWS)],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        ),
+        "load": subprocess.Popen(
+            [*cli, "load", "--metrics-port", "0", "--warehouse", f"duckdb:///{warehouse}"],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        ),
     }
-    produce = subprocess.run([*cli, "produce", src, "--speed", "max", "--metrics-port", "0",
-                              "--symbol", symbol],
-                             env=env, stdout=subprocess.PIPE, text=True, check=False)
+    produce = subprocess.run(
+        [*cli, "produce", src, "--speed", "max", "--metrics-port", "0", "--symbol", symbol],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        check=False,
+    )
     if produce.returncode != 0:
         for proc in workers.values():
             proc.send_signal(signal.SIGTERM)
@@ -113,8 +124,10 @@ def run_demo(
     bootstrap = env_stack["KAFKA_BOOTSTRAP_SERVERS"]
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
-        lags = (_lag(bootstrap, groups.processor, [topics.bars]),
-                _lag(bootstrap, groups.loader, [topics.bars, topics.metrics]))
+        lags = (
+            _lag(bootstrap, groups.processor, [topics.bars]),
+            _lag(bootstrap, groups.loader, [topics.bars, topics.metrics]),
+        )
         dead = [n for n, p in workers.items() if p.poll() is not None]
         if dead:
             print(f"worker(s) {dead} exited early", file=sys.stderr)
@@ -133,12 +146,46 @@ def run_demo(
             print(f"{name} exited with {proc.returncode}", file=sys.stderr)
             return 1
 
+    _report(
+        job=job,
+        symbol=symbol,
+        redis_url=env_stack["REDIS_URL"],
+        warehouse=warehouse,
+        produced=produced,
+        outputs=outputs,
+        elapsed=elapsed,
+    )
+    if keep_stack or not started:
+        print(
+            f"\nThe local stack keeps running (state in {stack_dir}); "
+            "stop it with 'make stack-down'."
+        )
+    else:
+        from hftpipe_devstack.stack import Stack  # noqa: PLC0415
+
+        Stack(stack_dir.resolve()).down()
+        print("\nThe local stack was stopped.")
+    return 0
+
+
+def _report(
+    *,
+    job: str,
+    symbol: str,
+    redis_url: str,
+    warehouse: Path,
+    produced: dict[str, Any],
+    outputs: dict[str, dict[str, Any]],
+    elapsed: float,
+) -> None:
+    """Print the demo's report: counts, rates, latest VWAPs (Redis), volatile days (DuckDB)."""
     import duckdb  # noqa: PLC0415
     import redis  # noqa: PLC0415
 
+    from .contract import RedisKeys  # noqa: PLC0415
     from .warehouse.queries import most_volatile_days  # noqa: PLC0415
 
-    client = redis.Redis.from_url(env_stack["REDIS_URL"], decode_responses=True)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
     keys = RedisKeys(job)
     print("\n=== hftpipe demo report ===")
     print(f"job                 {job}")
@@ -149,13 +196,17 @@ def run_demo(
     print(f"bars loaded         {outputs['load'].get('bars', 0):,} -> {warehouse}")
     print(f"metric rows loaded  {outputs['load'].get('metrics_rows', 0):,}")
     print(f"producer rate       {produced.get('rows_per_second', 0):,} rows/s")
-    print(f"end to end          {produced.get('produced', 0) / elapsed:,.0f} bars/s "
-          f"({elapsed:.1f} s, producer start to loader caught up)")
-    for symbol in sorted(client.smembers(keys.symbols)):
-        latest = client.hgetall(keys.latest(symbol))
+    print(
+        f"end to end          {produced.get('produced', 0) / elapsed:,.0f} bars/s "
+        f"({elapsed:.1f} s, producer start to loader caught up)"
+    )
+    for seen in sorted(cast("set[str]", client.smembers(keys.symbols))):
+        latest = cast("dict[str, str]", client.hgetall(keys.latest(seen)))
         when = datetime.fromtimestamp(int(latest["ts_ns"]) / 1e9, UTC)
-        print(f"\nlatest metrics for {symbol} at {when:%Y-%m-%d %H:%M} UTC "
-              f"(HGETALL {keys.latest(symbol)})")
+        print(
+            f"\nlatest metrics for {seen} at {when:%Y-%m-%d %H:%M} UTC "
+            f"(HGETALL {keys.latest(seen)})"
+        )
         print(f"  close {float(latest['close']):,.2f}")
         for window in (*DEMO_WINDOWS, "session"):
             vwap = latest.get(f"{window}:vwap")
@@ -165,12 +216,3 @@ def run_demo(
     with duckdb.connect(str(warehouse), read_only=True) as con:
         print("\nthe four most volatile days (DuckDB):")
         print(most_volatile_days(con, job, symbol).to_string(index=False))
-    if keep_stack or not started:
-        print(f"\nThe local stack keeps running (state in {stack_dir}); "
-              "stop it with 'make stack-down'.")
-    else:
-        from hftpipe_devstack.stack import Stack  # noqa: PLC0415
-
-        Stack(stack_dir.resolve()).down()
-        print("\nThe local stack was stopped.")
-    return 0

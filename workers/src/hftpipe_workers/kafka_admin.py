@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -25,6 +26,30 @@ def ensure_topics(
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
+    # A created topic is not usable until every partition has a leader; clients
+    # that ask for offsets before that get NOT_LEADER_FOR_PARTITION.
+    wait_for_leaders(admin, [t.topic for t in new], timeout)
+
+
+def wait_for_leaders(admin: AdminClient, topics: list[str], timeout: float = 30) -> None:
+    """Block until every partition of ``topics`` has a leader."""
+    deadline = time.monotonic() + timeout
+    while True:
+        metadata = admin.list_topics(timeout=timeout).topics
+        pending = [
+            t
+            for t in topics
+            if t not in metadata
+            or metadata[t].error is not None
+            or any(p.leader < 0 or p.error is not None for p in metadata[t].partitions.values())
+        ]
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"topics {pending} have partitions without a leader after {timeout} s"
+            )
+        time.sleep(0.1)
 
 
 def partition_count(admin: AdminClient, topic: str, timeout: float = 30) -> int:

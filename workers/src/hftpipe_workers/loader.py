@@ -34,20 +34,15 @@ from .observability import (
 )
 from .settings import KafkaSettings
 from .warehouse import Sink
+from .warehouse.schema import BAR_METRICS, BARS
 
 log = logging.getLogger("hftpipe.loader")
-
-BAR_COLUMNS = ("job", "symbol", "bar_time", "open", "high", "low", "close", "volume", "seq")
-METRIC_COLUMNS = (
-    "job", "symbol", "bar_time", "window", "window_seconds", "vwap", "sma_close", "std_close",
-    "std_log_return", "bar_count", "session_vwap",
-)
 
 
 def bars_frame(job: str, values: list[bytes]) -> pd.DataFrame:
     """Rows of the ``bars`` table from bars-topic values (pure)."""
     bars = [codec.decode_bar(v) for v in values]
-    frame = pd.DataFrame(
+    return pd.DataFrame(
         {
             "job": job,
             "symbol": [b.symbol for b in bars],
@@ -59,9 +54,8 @@ def bars_frame(job: str, values: list[bytes]) -> pd.DataFrame:
             "volume": [b.volume for b in bars],
             "seq": pd.array([b.seq for b in bars], dtype="int64"),
         },
-        columns=list(BAR_COLUMNS),
+        columns=list(BARS.input_columns),
     )
-    return frame
 
 
 def metrics_frame(job: str, values: list[bytes]) -> pd.DataFrame:
@@ -76,9 +70,22 @@ def metrics_frame(job: str, values: list[bytes]) -> pd.DataFrame:
                 continue
             if label not in seconds:
                 seconds[label] = parse_window(label).ns // 1_000_000_000
-            rows.append((job, doc["symbol"], doc["ts_ns"], label, seconds[label], m["vwap"],
-                         m["sma"], m["std"], m["ret_std"], m["n"], session))
-    frame = pd.DataFrame(rows, columns=list(METRIC_COLUMNS))
+            rows.append(
+                (
+                    job,
+                    doc["symbol"],
+                    doc["ts_ns"],
+                    label,
+                    seconds[label],
+                    m["vwap"],
+                    m["sma"],
+                    m["std"],
+                    m["ret_std"],
+                    m["n"],
+                    session,
+                )
+            )
+    frame = pd.DataFrame(rows, columns=list(BAR_METRICS.input_columns))
     frame["bar_time"] = pd.to_datetime(frame["bar_time"], unit="ns")
     for col in ("vwap", "sma_close", "std_close", "std_log_return", "session_vwap"):
         frame[col] = frame[col].astype("float64")
@@ -117,6 +124,7 @@ class Loader:
 
     def install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT: finish and commit the current batch, then exit cleanly."""
+
         def handler(signum: int, _frame: FrameType | None) -> None:
             log.info("signal %d: finishing the current batch, then stopping", signum)
             self.stop.set()
@@ -136,8 +144,11 @@ class Loader:
             while not self.stop.is_set():
                 batch = self._collect(consumer)
                 if not batch:
-                    if until_caught_up and time.monotonic() - last_data > idle_timeout and \
-                            self._caught_up(consumer):
+                    if (
+                        until_caught_up
+                        and time.monotonic() - last_data > idle_timeout
+                        and self._caught_up(consumer)
+                    ):
                         break
                     continue
                 last_data = time.monotonic()
@@ -155,8 +166,9 @@ class Loader:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            msgs = consumer.consume(min(10_000, self.batch_max - len(batch)),
-                                    timeout=min(remaining, 0.2))
+            msgs = consumer.consume(
+                min(10_000, self.batch_max - len(batch)), timeout=min(remaining, 0.2)
+            )
             for msg in msgs:
                 err = msg.error()
                 if err is not None:
@@ -188,8 +200,9 @@ class Loader:
         for m in batch:
             key = (m.topic() or "", m.partition() or 0)
             ends[key] = max(ends.get(key, 0), (m.offset() or 0) + 1)
-        consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in ends.items()],
-                        asynchronous=False)
+        consumer.commit(
+            offsets=[TopicPartition(t, p, o) for (t, p), o in ends.items()], asynchronous=False
+        )
         report.batches += 1
         RECORDS_IN.labels("loader", self.job, self.topics.bars).inc(len(bar_values))
         RECORDS_IN.labels("loader", self.job, self.topics.metrics).inc(len(metric_values))

@@ -42,8 +42,8 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 
 from . import codec
-from .contract import Groups, RedisKeys, Topics
 from .bars import Bar
+from .contract import Groups, RedisKeys, Topics
 from .kafka_admin import ensure_topics, partition_count
 from .metrics import DEFAULT_WINDOWS, MetricsEngine, WindowMetrics
 from .observability import (
@@ -89,11 +89,21 @@ def metrics_document(bar: Bar, windows: list[WindowMetrics]) -> dict[str, Any]:
         "close": bar.close,
         "bar_volume": bar.volume,
         "windows": {
-            m.window: {"n": m.n_bars, "volume": m.volume, "vwap": m.vwap, "sma": m.sma,
-                       "std": m.std, "ret_std": m.ret_std}
+            m.window: {
+                "n": m.n_bars,
+                "volume": m.volume,
+                "vwap": m.vwap,
+                "sma": m.sma,
+                "std": m.std,
+                "ret_std": m.ret_std,
+            }
             for m in windows
         },
     }
+
+
+def _as_bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
 
 
 def latest_fields(doc: dict[str, Any]) -> dict[str, str]:
@@ -145,7 +155,10 @@ class Processor:
         self.batch_max = batch_max
         self.publish_metrics = publish_metrics
         self.topics, self.groups, self.keys = (
-            Topics.for_job(job), Groups.for_job(job), RedisKeys(job))
+            Topics.for_job(job),
+            Groups.for_job(job),
+            RedisKeys(job),
+        )
         self.redis = redis_client(redis_settings)
         self.stop = threading.Event()
         self._parts: dict[int, _Partition] = {}
@@ -173,16 +186,23 @@ class Processor:
         offset_raw, state = self.redis.mget(self.keys.offset(partition), self.keys.state(partition))
         if offset_raw is None:
             return _Partition(MetricsEngine(self.windows), None)
-        engine = MetricsEngine.restore(bytes(state), expect_windows=self.windows) if state else \
-            MetricsEngine(self.windows)
+        engine = (
+            MetricsEngine.restore(_as_bytes(state), expect_windows=self.windows)
+            if state
+            else MetricsEngine(self.windows)
+        )
         return _Partition(engine, int(offset_raw))
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             part = self._parts[tp.partition] = self._load(tp.partition)
             tp.offset = OFFSET_BEGINNING if part.offset is None else part.offset
-            log.info("assigned %s[%d], resuming at %s", tp.topic, tp.partition,
-                     "the beginning" if part.offset is None else f"offset {part.offset}")
+            log.info(
+                "assigned %s[%d], resuming at %s",
+                tp.topic,
+                tp.partition,
+                "the beginning" if part.offset is None else f"offset {part.offset}",
+            )
         consumer.incremental_assign(partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -195,6 +215,7 @@ class Processor:
 
     def install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT: finish the current batch, commit, exit cleanly."""
+
         def handler(signum: int, _frame: FrameType | None) -> None:
             log.info("signal %d: finishing the current batch, then stopping", signum)
             self.stop.set()
@@ -210,8 +231,12 @@ class Processor:
         producer = None
         if self.publish_metrics:
             producer = Producer({**self.kafka.producer(), "on_delivery": self._on_delivery})
-        consumer.subscribe([self.topics.bars], on_assign=self._on_assign,
-                           on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        consumer.subscribe(
+            [self.topics.bars],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )
         report = ProcessorReport()
         started = time.monotonic()
         last_data = time.monotonic()
@@ -220,8 +245,11 @@ class Processor:
             while not self.stop.is_set():
                 msgs = consumer.consume(self.batch_max, timeout=0.05)
                 if not msgs:
-                    if until_caught_up and time.monotonic() - last_data > idle_timeout and \
-                            self._caught_up(consumer):
+                    if (
+                        until_caught_up
+                        and time.monotonic() - last_data > idle_timeout
+                        and self._caught_up(consumer)
+                    ):
                         break
                     continue
                 last_data = time.monotonic()
@@ -269,8 +297,13 @@ class Processor:
                 return False
         return True
 
-    def _process(self, partition: int, msgs: list[Message], producer: Producer | None,
-                 report: ProcessorReport) -> None:
+    def _process(
+        self,
+        partition: int,
+        msgs: list[Message],
+        producer: Producer | None,
+        report: ProcessorReport,
+    ) -> None:
         part = self._parts.get(partition)
         if part is None:  # revoked while the batch was in flight
             return
@@ -313,22 +346,28 @@ class Processor:
                 if values["vwap"] is not None:
                     LATEST_VWAP.labels(self.job, last["symbol"], label).set(values["vwap"])
         if producer is not None:
-            for doc in docs:
-                value = orjson.dumps(doc)
-                while True:
-                    try:
-                        producer.produce(self.topics.metrics, value=value,
-                                         key=doc["symbol"].encode())
-                        break
-                    except BufferError:
-                        producer.poll(0.05)
-            RECORDS_OUT.labels("processor", self.job, self.topics.metrics).inc(len(docs))
+            self._publish(producer, docs)
         if self._consumer is not None:
-            self._consumer.commit(offsets=[TopicPartition(self.topics.bars, partition, next_offset)],
-                                  asynchronous=True)
+            self._consumer.commit(
+                offsets=[TopicPartition(self.topics.bars, partition, next_offset)],
+                asynchronous=True,
+            )
 
-    def _commit_to_redis(self, partition: int, part: _Partition, docs: list[dict[str, Any]],
-                         next_offset: int) -> None:
+    def _publish(self, producer: Producer, docs: list[dict[str, Any]]) -> None:
+        """Each bar's metrics to the metrics topic too (for the loader and anyone else)."""
+        for doc in docs:
+            value = orjson.dumps(doc)
+            while True:
+                try:
+                    producer.produce(self.topics.metrics, value=value, key=doc["symbol"].encode())
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+        RECORDS_OUT.labels("processor", self.job, self.topics.metrics).inc(len(docs))
+
+    def _commit_to_redis(
+        self, partition: int, part: _Partition, docs: list[dict[str, Any]], next_offset: int
+    ) -> None:
         keys = self.keys
         limit = self.redis_settings.history_limit
         offset_key = keys.offset(partition)
@@ -341,12 +380,13 @@ class Processor:
                 history.setdefault(doc["symbol"], {})[orjson.dumps(doc)] = doc["ts_ns"] // 1_000_000
         with self.redis.pipeline(transaction=True) as pipe:
             try:
-                pipe.watch(offset_key)
+                pipe.watch(offset_key)  # type: ignore[no-untyped-call]
                 if pipe.get(offset_key) != expected:
                     raise LostPartition(f"partition {partition}: offset moved under us")
                 pipe.multi()
                 for symbol, doc in latest.items():
-                    pipe.hset(keys.latest(symbol), mapping=latest_fields(doc))
+                    # redis-py types the mapping key invariantly; dict[str, str] works.
+                    pipe.hset(keys.latest(symbol), mapping=latest_fields(doc))  # type: ignore[arg-type]
                     pipe.sadd(keys.symbols, symbol)
                 for symbol, members in history.items():
                     pipe.zadd(keys.history(symbol), members)

@@ -25,14 +25,14 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-import fsspec  # type: ignore[import-untyped]
+import fsspec
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from . import codec
-from .kafka_admin import ensure_topics, partition_count
 from .csvformat import BarBatch, BarReader, ColumnMapping, RejectedRow
+from .kafka_admin import ensure_topics, partition_count
 from .observability import DEAD_LETTERS, RECORDS_OUT, REPLAY_ROWS_DONE, REPLAY_ROWS_TOTAL
 from .pacing import Pacer, Pacing
 from .settings import KafkaSettings
@@ -90,14 +90,17 @@ def _last_records(consumer: Consumer, topic: str, timeout: float = 10) -> dict[i
 
 def find_resume_point(settings: KafkaSettings, bars_topic: str, dead_topic: str) -> ResumePoint:
     """Read where an earlier run of this job stopped."""
-    consumer = Consumer({**settings.common(), "group.id": "hftpipe-producer-resume",
-                         "enable.auto.commit": False})
+    consumer = Consumer(
+        {**settings.common(), "group.id": "hftpipe-producer-resume", "enable.auto.commit": False}
+    )
     try:
         point = ResumePoint()
         for partition, msg in _last_records(consumer, bars_topic).items():
             point.last_seq[partition] = codec.decode_bar(msg.value() or b"").seq
         for msg in _last_records(consumer, dead_topic).values():
-            point.last_dead_line = max(point.last_dead_line, int(orjson.loads(msg.value() or b"{}")["line"]))
+            point.last_dead_line = max(
+                point.last_dead_line, int(orjson.loads(msg.value() or b"{}")["line"])
+            )
         return point
     finally:
         consumer.close()
@@ -113,7 +116,9 @@ def open_source(url: str) -> tuple[IO[bytes], Callable[[], float]]:
     raw: IO[bytes] = fs_file.open()
     size = float(fs_file.fs.size(fs_file.path) or 0)
     compression = fsspec.utils.infer_compression(url)
-    stream: IO[bytes] = fsspec.compression.compr[compression](raw, mode="rb") if compression else raw
+    stream: IO[bytes] = (
+        fsspec.compression.compr[compression](raw, mode="rb") if compression else raw
+    )
 
     def fraction() -> float:
         try:
@@ -171,7 +176,8 @@ class _Progress:
         print(
             f"[produce] {rows:,}{total} rows ({done:6.1%}), {rows / elapsed:,.0f} rows/s, "
             f"ETA {eta:,.0f} s",
-            file=sys.stderr, flush=True,
+            file=sys.stderr,
+            flush=True,
         )
 
 
@@ -203,7 +209,10 @@ class Replay:
         self.symbol, self.mapping, self.start_ns, self.end_ns = symbol, mapping, start_ns, end_ns
         self.partitions, self.replication = partitions, replication
         self.create_topics, self.count_source_rows, self.show_progress = (
-            create_topics, count_source_rows, progress)
+            create_topics,
+            count_source_rows,
+            progress,
+        )
         self._failed: list[str] = []
 
     def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
@@ -214,16 +223,22 @@ class Replay:
         """Replay the file; raises if any record could not be delivered."""
         admin = AdminClient(self.kafka.common())
         if self.create_topics:
-            ensure_topics(admin, {self.bars_topic: self.partitions, self.dead_topic: 1},
-                          self.replication)
+            ensure_topics(
+                admin, {self.bars_topic: self.partitions, self.dead_topic: 1}, self.replication
+            )
         partitions = partition_count(admin, self.bars_topic)
         if partitions == 0:
-            raise RuntimeError(f"topic {self.bars_topic} does not exist: create it or pass "
-                               "--create-topics")
+            raise RuntimeError(
+                f"topic {self.bars_topic} does not exist: create it or pass --create-topics"
+            )
         resume = find_resume_point(self.kafka, self.bars_topic, self.dead_topic)
         if not resume.empty:
-            log.info("resuming: topic already holds bars up to seq %s per partition, dead "
-                     "letters up to line %d", resume.last_seq, resume.last_dead_line)
+            log.info(
+                "resuming: topic already holds bars up to seq %s per partition, dead "
+                "letters up to line %d",
+                resume.last_seq,
+                resume.last_dead_line,
+            )
         total = count_rows(self.source) if self.count_source_rows else 0
         REPLAY_ROWS_TOTAL.labels(self.job).set(total)
         producer = Producer({**self.kafka.producer(), "on_delivery": self._on_delivery})
@@ -234,10 +249,17 @@ class Replay:
             stream, fraction = open_source(self.source)
             stack.enter_context(stream)
             progress = _Progress(total, fraction)
-            reader = BarReader(stream, source=self.source, symbol=self.symbol,
-                               mapping=self.mapping, start_ns=self.start_ns, end_ns=self.end_ns)
-            log.info("reading %s: %s; pacing: %s", self.source, reader.layout.describe(),
-                     self.pacing)
+            reader = BarReader(
+                stream,
+                source=self.source,
+                symbol=self.symbol,
+                mapping=self.mapping,
+                start_ns=self.start_ns,
+                end_ns=self.end_ns,
+            )
+            log.info(
+                "reading %s: %s; pacing: %s", self.source, reader.layout.describe(), self.pacing
+            )
             for chunk in reader:
                 report.rows_read += len(chunk.bars) + len(chunk.rejected) + chunk.out_of_range
                 report.out_of_range += chunk.out_of_range
@@ -245,8 +267,7 @@ class Replay:
                     if row.line > resume.last_dead_line:
                         self._dead_letter(producer, row)
                         report.dead_lettered += 1
-                sent, skipped = self._send(producer, chunk.bars, partitions, resume, pacer,
-                                           started)
+                sent, skipped = self._send(producer, chunk.bars, partitions, resume, pacer, started)
                 report.produced += sent
                 report.skipped_already_in_kafka += skipped
                 if self._failed:
@@ -268,12 +289,20 @@ class Replay:
 
     def _dead_letter(self, producer: Producer, row: RejectedRow) -> None:
         DEAD_LETTERS.labels(self.job, row.kind).inc()
-        payload = orjson.dumps({"source": row.source, "line": row.line, "kind": row.kind,
-                                "reason": row.reason, "text": row.text})
+        payload = orjson.dumps(
+            {
+                "source": row.source,
+                "line": row.line,
+                "kind": row.kind,
+                "reason": row.reason,
+                "text": row.text,
+            }
+        )
         self._produce(producer, self.dead_topic, None, payload, 0)
 
-    def _produce(self, producer: Producer, topic: str, key: bytes | None, value: bytes,
-                 partition: int) -> None:
+    def _produce(
+        self, producer: Producer, topic: str, key: bytes | None, value: bytes, partition: int
+    ) -> None:
         while True:
             try:
                 producer.produce(topic, value=value, key=key, partition=partition)
@@ -281,16 +310,25 @@ class Replay:
             except BufferError:
                 producer.poll(0.05)  # local queue full: let deliveries drain
 
-    def _send(self, producer: Producer, batch: BarBatch, partitions: int, resume: ResumePoint,
-              pacer: Pacer, started: float) -> tuple[int, int]:
+    def _send(
+        self,
+        producer: Producer,
+        batch: BarBatch,
+        partitions: int,
+        resume: ResumePoint,
+        pacer: Pacer,
+        started: float,
+    ) -> tuple[int, int]:
         sent = skipped = 0
         paced = self.pacing.mode != "max"
         cache: dict[str, tuple[bytes, int]] = {}
         for bar in batch.bars():
             entry = cache.get(bar.symbol)
             if entry is None:
-                entry = cache[bar.symbol] = (bar.symbol.encode(),
-                                             partition_for(bar.symbol, partitions))
+                entry = cache[bar.symbol] = (
+                    bar.symbol.encode(),
+                    partition_for(bar.symbol, partitions),
+                )
             key, partition = entry
             if resume.bar_done(partition, bar.seq):
                 skipped += 1
@@ -306,10 +344,18 @@ class Replay:
         return sent, skipped
 
 
-def iter_dead_letters(settings: KafkaSettings, topic: str, timeout: float = 10) -> Iterator[dict[str, Any]]:
+def iter_dead_letters(
+    settings: KafkaSettings, topic: str, timeout: float = 10
+) -> Iterator[dict[str, Any]]:
     """Every dead letter of a topic (for reports and tests)."""
-    consumer = Consumer({**settings.common(), "group.id": "hftpipe-deadletter-reader",
-                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    consumer = Consumer(
+        {
+            **settings.common(),
+            "group.id": "hftpipe-deadletter-reader",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
     try:
         metadata = consumer.list_topics(topic, timeout=timeout).topics[topic]
         for partition in metadata.partitions:

@@ -51,7 +51,9 @@ _CONSUMER_PROFILES: dict[str, dict[str, str | int | float | bool]] = {
 class KafkaSettings(BaseSettings):
     """How to reach Kafka (``HFTPIPE_KAFKA_*``)."""
 
-    model_config = SettingsConfigDict(env_prefix="HFTPIPE_KAFKA_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="HFTPIPE_KAFKA_", extra="ignore", populate_by_name=True
+    )
 
     bootstrap_servers: str = Field(
         default="127.0.0.1:9092",
@@ -73,6 +75,9 @@ class KafkaSettings(BaseSettings):
 
     ssl_ca_location: str | None = None
     """CA bundle path for SSL listeners (Strimzi's cluster CA)."""
+
+    session_timeout_ms: int = Field(default=10_000, ge=6_000)
+    """Consumer group session timeout: how soon a dead worker's partitions move."""
 
     profile: KafkaProfile = "throughput"
     """``throughput`` (batching, lz4) or ``latency`` (no lingering, tiny fetch waits)."""
@@ -112,6 +117,10 @@ class KafkaSettings(BaseSettings):
             "auto.offset.reset": "earliest",
             "isolation.level": "read_committed",
             "partition.assignment.strategy": "cooperative-sticky",
+            # A crashed pod's partitions move after this long (the broker's minimum
+            # is 6 s); the default 45 s would stall a restarted job for that long.
+            "session.timeout.ms": self.session_timeout_ms,
+            "heartbeat.interval.ms": max(1000, self.session_timeout_ms // 3),
             **_CONSUMER_PROFILES[self.profile],
         }
 
@@ -119,7 +128,9 @@ class KafkaSettings(BaseSettings):
 class RedisSettings(BaseSettings):
     """How to reach Redis and how much history to keep (``HFTPIPE_REDIS_*``)."""
 
-    model_config = SettingsConfigDict(env_prefix="HFTPIPE_REDIS_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="HFTPIPE_REDIS_", extra="ignore", populate_by_name=True
+    )
 
     url: str = Field(
         default="redis://127.0.0.1:6379/0",

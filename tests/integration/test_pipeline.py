@@ -1,0 +1,517 @@
+"""The data plane against the real stack: producer, processor and loader, crashes included.
+
+The workers run as processes with the same CLI a pod runs (``python -m
+hftpipe_workers ...``) wherever a test kills them; the Redis output is compared
+with a pandas oracle computed here, independently of the engine.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import duckdb
+import fakesnow
+import numpy as np
+import orjson
+import pandas as pd  # type: ignore[import-untyped]
+import pytest
+import redis
+from confluent_kafka import Consumer, TopicPartition
+
+from hftpipe_workers import codec
+from hftpipe_workers.contract import Groups, RedisKeys, Topics
+from hftpipe_workers.loader import Loader
+from hftpipe_workers.processor import Processor
+from hftpipe_workers.producer import iter_dead_letters
+from hftpipe_workers.settings import KafkaSettings, RedisSettings
+from hftpipe_workers.warehouse import open_sink
+
+SHARED_BTC = (
+    Path(__file__).resolve().parents[2].parent / "shared" / "data" / ("btcusdt_1h_binance.csv.gz")
+)
+BTC_ROWS = 55_765
+CLI = [sys.executable, "-m", "hftpipe_workers"]
+
+
+@pytest.fixture(scope="module")
+def btc_file() -> Path:
+    assert SHARED_BTC.exists(), f"the shared BTC bars are missing at {SHARED_BTC}"
+    return SHARED_BTC
+
+
+@pytest.fixture
+def job() -> str:
+    return f"t-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def kafka(kafka_bootstrap: str) -> KafkaSettings:
+    return KafkaSettings(bootstrap_servers=kafka_bootstrap)
+
+
+@pytest.fixture
+def redis_settings(redis_url: str) -> RedisSettings:
+    return RedisSettings(url=redis_url)
+
+
+def produce(env: dict[str, str], job: str, source: Path, *args: str) -> dict[str, Any]:
+    out = subprocess.run(
+        [*CLI, "produce", str(source), "--job", job, "--metrics-port", "-1", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    parsed: dict[str, Any] = orjson.loads(out.stdout.strip().splitlines()[-1])
+    return parsed
+
+
+def topic_records(bootstrap: str, topic: str) -> Iterator[tuple[int, bytes]]:
+    """(partition, value) of every record of a topic, read with assign (no group)."""
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "test-reader", "enable.auto.commit": False}
+    )
+    try:
+        meta = consumer.list_topics(topic, timeout=10).topics[topic]
+        for p in meta.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            if high <= low:
+                continue
+            consumer.assign([TopicPartition(topic, p, low)])
+            pos = low
+            while pos < high:
+                msg = consumer.poll(10)
+                assert msg is not None, f"stalled reading {topic}[{p}] at {pos}"
+                assert msg.error() is None
+                pos = (msg.offset() or 0) + 1
+                yield p, msg.value() or b""
+    finally:
+        consumer.close()
+
+
+def generated_minute_file(
+    path: Path, *, symbols: int = 3, bars: int = 20_000, seed: int = 7
+) -> Path:
+    """Multi-symbol minute bars (generated, not real): random walks with gaps and
+    zero-volume bars, interleaved by time, with a symbol column."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for k in range(symbols):
+        minutes = np.cumsum(rng.choice([1, 1, 1, 1, 2, 5, 90], size=bars))
+        ts = pd.Timestamp("2024-03-01", tz="UTC") + pd.to_timedelta(minutes, unit="min")
+        close = 100.0 * (k + 1) * np.exp(np.cumsum(rng.normal(0, 1e-3, bars)))
+        open_ = np.concatenate(([close[0]], close[:-1]))
+        high = np.maximum(open_, close) * (1 + rng.uniform(0, 1e-3, bars))
+        low = np.minimum(open_, close) * (1 - rng.uniform(0, 1e-3, bars))
+        volume = rng.exponential(2.0, bars)
+        volume[rng.random(bars) < 0.05] = 0.0
+        frames.append(
+            pd.DataFrame(
+                {
+                    "timestamp": ts.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    "symbol": f"SYM{k}",
+                    "open": open_,
+                    "high": high,
+                    "low": low,
+                    "close": close,
+                    "volume": volume,
+                    "_t": ts,
+                }
+            )
+        )
+    frame = pd.concat(frames).sort_values(["_t", "symbol"], kind="stable").drop(columns="_t")
+    frame.to_csv(path, index=False, float_format="%.10g")
+    return path
+
+
+# ------------------------------------------------------------------------ producer
+
+
+def test_producer_resumes_after_sigkill_with_every_row_exactly_once(
+    subprocess_env: dict[str, str], kafka_bootstrap: str, job: str, btc_file: Path
+) -> None:
+    topics = Topics.for_job(job)
+    proc = subprocess.Popen(
+        [
+            *CLI,
+            "produce",
+            str(btc_file),
+            "--job",
+            job,
+            "--symbol",
+            "BTCUSDT",
+            "--rate",
+            "15000",
+            "--metrics-port",
+            "-1",
+        ],
+        env=subprocess_env,
+        stderr=subprocess.DEVNULL,
+    )
+    first: list[tuple[int, bytes]] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(first) < 5_000:
+        time.sleep(0.3)
+        try:
+            first = list(topic_records(kafka_bootstrap, topics.bars))
+        except KeyError:  # topic not created yet
+            continue
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = len(list(topic_records(kafka_bootstrap, topics.bars)))
+    assert 0 < partial < BTC_ROWS, "the kill must land mid-replay for this test to mean anything"
+
+    report = produce(subprocess_env, job, btc_file, "--symbol", "BTCUSDT", "--speed", "max")
+    assert report["skipped_already_in_kafka"] == partial
+    assert report["produced"] == BTC_ROWS - partial
+    seqs = sorted(codec.decode_bar(v).seq for _, v in topic_records(kafka_bootstrap, topics.bars))
+    assert seqs == list(range(BTC_ROWS))  # no gap, no duplicate
+
+
+def test_bad_rows_go_to_the_dead_letter_topic_with_line_numbers(
+    subprocess_env: dict[str, str],
+    kafka: KafkaSettings,
+    kafka_bootstrap: str,
+    job: str,
+    tmp_path: Path,
+) -> None:
+    lines = ["Timestamp,Open,High,Low,Close,Volume"]
+    t = prev = 1_700_000_000
+    bad = {
+        5: lambda: f"{prev + 30},10,abc,9,10,1",  # unparseable number
+        9: lambda: f"{prev + 30},10,9,11,10,1",  # high < low
+        12: lambda: f"{prev + 30},10,11,9,10,-3",  # negative volume
+        15: lambda: f"{prev - 600},10,11,9,10.5,1",  # time goes backwards
+        18: lambda: f"{prev},10,11,9,10.5,1",  # same time as the previous bar
+    }
+    for line_no in range(2, 30):
+        if line_no in bad:
+            lines.append(bad[line_no]())
+            continue
+        t += 60
+        lines.append(f"{t},10,11,9,10.5,2")
+        prev = t
+    path = tmp_path / "bad.csv"
+    path.write_text("\n".join(lines) + "\n")
+
+    report = produce(subprocess_env, job, path, "--symbol", "BTCUSD", "--speed", "max")
+    dead = sorted(iter_dead_letters(kafka, Topics.for_job(job).deadletter), key=lambda d: d["line"])
+    assert [d["line"] for d in dead] == sorted(bad)
+    assert report["dead_lettered"] == len(bad)
+    assert all(d["source"] == str(path) and d["reason"] for d in dead)
+    kinds = {d["line"]: d["kind"] for d in dead}
+    assert kinds[15] != kinds[5]
+    good = list(topic_records(kafka_bootstrap, Topics.for_job(job).bars))
+    assert len(good) == 28 - len(bad) == report["produced"]
+
+
+# ---------------------------------------------------------------- processor oracle
+
+
+def _std(values: np.ndarray) -> float:
+    return float(np.std(values, ddof=1)) if len(values) > 1 else np.nan
+
+
+def oracle(frame: pd.DataFrame, window: str) -> pd.DataFrame:
+    """Rolling metrics per symbol with pandas, independently of the engine: (t - W, t]."""
+    # pandas reads "5m" as five months: spell minutes "min".
+    window = window[:-1] + {"s": "s", "m": "min", "h": "h", "d": "D"}[window[-1]]
+    out = []
+    for _symbol, group in frame.groupby("symbol", sort=False):
+        g = group.set_index("time").sort_index()
+        tp = (g["high"] + g["low"] + g["close"]) / 3
+
+        def roll(series: pd.Series, w: str = window) -> Any:
+            return series.rolling(w, closed="right")
+
+        vol = roll(g["volume"]).sum()
+        vwap = roll(tp * g["volume"]).sum() / vol
+        out.append(
+            pd.DataFrame(
+                {
+                    "symbol": g["symbol"],
+                    "vwap": vwap.where(vol > 0),
+                    "sma": roll(g["close"]).mean(),
+                    # Not rolling().std(): pandas' online variance loses digits when a
+                    # window's closes are nearly equal (1e-5 relative seen on real BTC
+                    # bars); numpy's two-pass std over each window is the exact oracle.
+                    "std": roll(g["close"]).apply(_std, raw=True),
+                    "n": roll(g["close"]).count(),
+                }
+            )
+        )
+    return pd.concat(out).reset_index()
+
+
+def redis_history(client: redis.Redis, job: str) -> list[dict[str, Any]]:
+    keys = RedisKeys(job)
+    docs = []
+    symbols = cast("set[bytes]", client.smembers(keys.symbols))
+    for symbol in sorted(symbols):
+        members = cast("list[bytes]", client.zrange(keys.history(symbol.decode()), 0, -1))
+        docs += [orjson.loads(m) for m in members]
+    return docs
+
+
+def assert_close(actual: pd.Series, expected: pd.Series, what: str) -> None:
+    a, e = actual.to_numpy(float), expected.to_numpy(float)
+    assert np.array_equal(np.isnan(a), np.isnan(e)), f"{what}: nulls differ"
+    ok = ~np.isnan(e)
+    rel = np.abs(a[ok] - e[ok]) / np.maximum(np.abs(e[ok]), 1e-300)
+    assert rel.max(initial=0) <= 1e-9, f"{what}: max relative error {rel.max()}"
+
+
+@pytest.mark.parametrize("dataset", ["btc-hourly", "generated-minute"])
+def test_processor_output_in_redis_equals_a_pandas_oracle(
+    dataset: str,
+    subprocess_env: dict[str, str],
+    kafka: KafkaSettings,
+    redis_settings: RedisSettings,
+    redis_url: str,
+    job: str,
+    btc_file: Path,
+    tmp_path: Path,
+) -> None:
+    if dataset == "btc-hourly":
+        source, windows, args = btc_file, ["1h", "4h", "1d"], ["--symbol", "BTCUSDT"]
+        with gzip.open(source) as f:
+            frame = pd.read_csv(f, usecols=["date", "high", "low", "close", "volume"])
+        frame["time"] = pd.to_datetime(frame.pop("date"), utc=True)
+        frame["symbol"] = "BTCUSDT"
+    else:
+        source = generated_minute_file(tmp_path / "gen.csv")
+        windows, args = ["5m", "15m", "1h", "1d"], []
+        frame = pd.read_csv(source)
+        frame["time"] = pd.to_datetime(frame.pop("timestamp"), utc=True)
+    produce(subprocess_env, job, source, *args, "--speed", "max")
+    processor = Processor(job=job, kafka=kafka, redis_settings=redis_settings, windows=windows)
+    processor.ensure_metrics_topic()
+    report = processor.run(until_caught_up=True, idle_timeout=1.0)
+    assert report.bars_in == len(frame)
+
+    client = redis.Redis.from_url(redis_url)
+    docs = pd.DataFrame(redis_history(client, job))
+    assert len(docs) == len(frame)
+    docs["time"] = pd.to_datetime(docs["ts_ns"], utc=True)
+    for window in windows:
+        expected = oracle(frame, window).sort_values(["symbol", "time"]).reset_index(drop=True)
+        got = docs.sort_values(["symbol", "time"]).reset_index(drop=True)
+        assert (got["time"] == expected["time"]).all()
+        metrics = got["windows"].map(lambda w, k=window: w[k])
+        for name in ("vwap", "sma", "std"):
+            assert_close(
+                metrics.map(lambda m, n=name: np.nan if m[n] is None else m[n]),
+                expected[name],
+                f"{dataset} {window} {name}",
+            )
+        assert (metrics.map(lambda m: m["n"]) == expected["n"]).all()
+    # the latest hash is one O(1) read and agrees with the newest history entry
+    newest = docs.sort_values("ts_ns").groupby("symbol").tail(1)
+    for _, row in newest.iterrows():
+        latest = client.hgetall(RedisKeys(job).latest(row["symbol"]))
+        assert int(latest[b"seq"]) == row["seq"]
+
+
+# ------------------------------------------------------------ processor SIGKILLs
+
+
+def redis_snapshot(client: redis.Redis, job: str) -> dict[str, Any]:
+    """Every key of a job, with the job name taken out, as comparable values."""
+    keys = RedisKeys(job)
+    out: dict[str, Any] = {}
+    for key in client.scan_iter(match=keys.pattern, count=1000):
+        name = key.decode().replace(keys.base, "JOB")
+        kind = client.type(key)
+        if kind == b"hash":
+            out[name] = client.hgetall(key)
+        elif kind == b"zset":
+            out[name] = client.zrange(key, 0, -1, withscores=True)
+        elif kind == b"set":
+            out[name] = sorted(cast("set[bytes]", client.smembers(key)))
+        else:
+            out[name] = client.get(key)
+    return out
+
+
+def test_processor_killed_at_five_random_points_leaves_redis_identical(
+    subprocess_env: dict[str, str],
+    kafka: KafkaSettings,
+    redis_settings: RedisSettings,
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    source = generated_minute_file(tmp_path / "gen.csv", bars=40_000)
+    total = 3 * 40_000
+    clean, killed = f"clean-{uuid.uuid4().hex[:6]}", f"killed-{uuid.uuid4().hex[:6]}"
+    for job in (clean, killed):
+        produce(subprocess_env, job, source, "--speed", "max")
+    client = redis.Redis.from_url(redis_url)
+
+    def run_processor(job: str, *extra: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [*CLI, "process", "--job", job, "--metrics-port", "-1", "--batch-max", "2000", *extra],
+            env=subprocess_env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    assert run_processor(clean, "--until-caught-up").wait(timeout=300) == 0
+
+    rng = random.Random(42)
+    targets = sorted(rng.uniform(0.05, 0.95) * total for _ in range(5))
+    keys = RedisKeys(killed)
+    for target in targets:
+        proc = run_processor(killed)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            done = sum(int(client.get(keys.offset(p)) or 0) for p in range(3))
+            if done >= target:
+                break
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert done < total, "the kill must land before the end"
+    assert run_processor(killed, "--until-caught-up").wait(timeout=300) == 0
+
+    assert redis_snapshot(client, killed) == redis_snapshot(client, clean)
+
+
+# -------------------------------------------------------------------------- loader
+
+
+def test_loader_killed_mid_batch_leaves_one_row_per_bar_in_duckdb(
+    subprocess_env: dict[str, str],
+    kafka: KafkaSettings,
+    redis_settings: RedisSettings,
+    job: str,
+    btc_file: Path,
+    tmp_path: Path,
+) -> None:
+    produce(subprocess_env, job, btc_file, "--symbol", "BTCUSDT", "--speed", "max")
+    processor = Processor(job=job, kafka=kafka, redis_settings=redis_settings, windows=["1h", "1d"])
+    processor.ensure_metrics_topic()
+    processor.run(until_caught_up=True, idle_timeout=1.0)
+    db = tmp_path / "wh.duckdb"
+    cmd = [
+        *CLI,
+        "load",
+        "--job",
+        job,
+        "--metrics-port",
+        "-1",
+        "--warehouse",
+        f"duckdb:///{db}",
+        "--batch-max",
+        "5000",
+    ]
+    proc = subprocess.Popen(
+        cmd, env=subprocess_env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL
+    )
+    groups = Groups.for_job(job)
+    consumer = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": groups.loader})
+    deadline = time.monotonic() + 120
+    committed = 0
+    while time.monotonic() < deadline and committed < 10_000:
+        tps = [TopicPartition(Topics.for_job(job).bars, p) for p in range(3)]
+        committed = sum(max(tp.offset, 0) for tp in consumer.committed(tps, timeout=10))
+        time.sleep(0.05)
+    consumer.close()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 0 < committed < BTC_ROWS
+
+    out = subprocess.run(
+        [*cmd, "--until-caught-up"],
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    with duckdb.connect(str(db), read_only=True) as con:
+        rows, keys = con.execute(
+            "SELECT count(*), count(DISTINCT (symbol, bar_time)) FROM bars WHERE job = ?", [job]
+        ).fetchone() or (0, 0)
+        metric_rows, metric_keys = con.execute(
+            'SELECT count(*), count(DISTINCT (symbol, bar_time, "window")) FROM bar_metrics '
+            "WHERE job = ?",
+            [job],
+        ).fetchone() or (0, 0)
+    assert rows == keys == BTC_ROWS
+    assert metric_rows == metric_keys == 2 * BTC_ROWS
+
+
+class _CrashAfterWrite(Exception):
+    pass
+
+
+def test_loader_crash_before_commit_leaves_one_row_per_bar_in_fakesnow(
+    subprocess_env: dict[str, str],
+    kafka: KafkaSettings,
+    job: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Snowflake through the real connector code path, served by fakesnow in-process."""
+    source = generated_minute_file(tmp_path / "gen.csv", symbols=2, bars=3_000)
+    produce(subprocess_env, job, source, "--speed", "max")
+    for var, value in {
+        "HFTPIPE_SNOWFLAKE_ACCOUNT": "acct",
+        "HFTPIPE_SNOWFLAKE_USER": "u",
+        "HFTPIPE_SNOWFLAKE_PASSWORD": "p",
+        "HFTPIPE_SNOWFLAKE_DATABASE": "HFT",
+        "HFTPIPE_SNOWFLAKE_SCHEMA": "PUBLIC",
+        "HFTPIPE_SNOWFLAKE_WAREHOUSE": "WH",
+    }.items():
+        monkeypatch.setenv(var, value)
+    with fakesnow.patch(db_path=str(tmp_path / "fakesnow")), open_sink("snowflake://") as sink:
+        real_write = sink.write
+        calls = {"n": 0}
+
+        def crashing_write(table: str, frame: pd.DataFrame) -> int:
+            n = real_write(table, frame)
+            calls["n"] += 1
+            if calls["n"] == 2:  # the rows are in, the offsets are not committed
+                raise _CrashAfterWrite
+            return n
+
+        monkeypatch.setattr(sink, "write", crashing_write)
+        loader = Loader(job=job, kafka=kafka, sink=sink, backend="snowflake", batch_max=1_000)
+        with pytest.raises(_CrashAfterWrite):
+            loader.run(until_caught_up=True, idle_timeout=1.0)
+        monkeypatch.setattr(sink, "write", real_write)
+        Loader(job=job, kafka=kafka, sink=sink, backend="snowflake").run(
+            until_caught_up=True, idle_timeout=1.0
+        )
+        counts = sink.query(
+            "SELECT count(*) AS n, count(DISTINCT symbol || '|' || bar_time) AS k "
+            "FROM bars WHERE job = $job",
+            {"job": job},
+        )
+    assert int(counts.iloc[0, 0]) == int(counts.iloc[0, 1]) == 6_000
+
+
+def test_cli_help_for_every_command(subprocess_env: dict[str, str]) -> None:
+    for command in ("produce", "process", "load", "demo"):
+        out = subprocess.run(
+            [*CLI, command, "--help"],
+            env={**os.environ},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert out.returncode == 0, out.stderr
+        assert "Usage" in out.stdout

@@ -1,0 +1,126 @@
+"""Kafka message values: round trips, the wire form, and errors that say what is wrong."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from hftpipe_workers.bars import Bar
+from hftpipe_workers.codec import (
+    SCHEMA_VERSION,
+    CodecError,
+    decode_bar,
+    decode_metrics,
+    encode_bar,
+    encode_bars,
+    encode_metrics,
+)
+from hftpipe_workers.csvformat import BarBatch
+from hftpipe_workers.metrics import WindowMetrics
+
+BAR = Bar("BTCUSDT", 1_502_942_400_000_000_123, 4261.48, 4313.62, 4261.32, 4308.83, 47.181009, 0, 2)
+METRICS = WindowMetrics("BTCUSDT", "5m", BAR.ts_ns, 17, 5, 120.5, 4301.2, 4300.9, 3.1, 0.0007)
+
+
+def test_bar_round_trip_is_exact() -> None:
+    awkward = BAR._replace(
+        open=0.1 + 0.2,
+        high=1e300,
+        low=5e-324,
+        close=0.30000000000000004,
+        volume=0.0,
+        seq=2**40,
+        line=0,
+    )
+    for bar in (BAR, awkward):
+        assert decode_bar(encode_bar(bar)) == bar
+
+
+def test_bar_wire_form_is_compact_and_versioned() -> None:
+    assert encode_bar(BAR) == (
+        b'{"sv":1,"s":"BTCUSDT","t":1502942400000000123,"o":4261.48,"h":4313.62,'
+        b'"l":4261.32,"c":4308.83,"v":47.181009,"q":0,"ln":2}'
+    )
+    assert SCHEMA_VERSION == 1
+
+
+def test_integers_are_accepted_for_floats_and_line_is_optional() -> None:
+    msg = b'{"sv":1,"s":"X","t":1,"o":1,"h":2,"l":1,"c":2,"v":0,"q":3}'
+    bar = decode_bar(msg)
+    assert bar == Bar("X", 1, 1.0, 2.0, 1.0, 2.0, 0.0, 3, 0)
+    assert isinstance(bar.open, float)
+
+
+def test_metrics_round_trip_with_and_without_undefined_values() -> None:
+    empty = METRICS._replace(n_bars=1, volume=0.0, vwap=None, std=None, ret_std=None)
+    for m in (METRICS, empty):
+        assert decode_metrics(encode_metrics(m)) == m
+    assert orjson.loads(encode_metrics(empty)) == {
+        "sv": 1,
+        "s": "BTCUSDT",
+        "w": "5m",
+        "t": BAR.ts_ns,
+        "q": 17,
+        "n": 1,
+        "v": 0.0,
+        "vw": None,
+        "ma": 4300.9,
+        "sd": None,
+        "rsd": None,
+    }
+
+
+def test_a_batch_encodes_bar_by_bar() -> None:
+    other = BAR._replace(symbol="ETHUSDT", seq=1, line=3)
+    assert list(encode_bars(BarBatch.from_bars([BAR, other]))) == [
+        encode_bar(BAR),
+        encode_bar(other),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"not json", r"bad bar message: not JSON \(.*\); message: b'not json'"),
+        (b"[1, 2]", "bad bar message: expected a JSON object, got list"),
+        (b'{"sv":2,"s":"X"}', r"schema version \(sv\) is 2, this reader knows version 1"),
+        (b'{"s":"X"}', r"schema version \(sv\) is None"),
+        (b'{"sv":1,"s":"X","t":1,"o":1,"h":1,"l":1,"c":1,"q":0}', "field 'v' is missing"),
+        (
+            b'{"sv":1,"s":7,"t":1,"o":1,"h":1,"l":1,"c":1,"v":1,"q":0}',
+            "field 's' must be a string, got 7",
+        ),
+        (
+            b'{"sv":1,"s":"X","t":1.5,"o":1,"h":1,"l":1,"c":1,"v":1,"q":0}',
+            "field 't' must be an integer, got 1.5",
+        ),
+        (
+            b'{"sv":1,"s":"X","t":1,"o":1,"h":1,"l":1,"c":1,"v":1,"q":true}',
+            "field 'q' must be an integer, got True",
+        ),
+        (
+            b'{"sv":1,"s":"X","t":1,"o":"1","h":1,"l":1,"c":1,"v":1,"q":0}',
+            "field 'o' must be a number, got '1'",
+        ),
+        (
+            b'{"sv":1,"s":"X","t":1,"o":1,"h":1,"l":2,"c":1,"v":1,"q":0}',
+            r"bad bar message: high 1.0 is below low 2.0; message: b'\{",
+        ),
+        (b'{"sv":1,"s":"","t":1,"o":1,"h":1,"l":1,"c":1,"v":1,"q":0}', "symbol is empty"),
+        (b'{"sv":1,"s":"X","t":1,"o":NaN,"h":1,"l":1,"c":1,"v":1,"q":0}', "not JSON"),
+    ],
+)
+def test_malformed_bar_messages_say_what_is_wrong(data: bytes, message: str) -> None:
+    with pytest.raises(CodecError, match=message):
+        decode_bar(data)
+
+
+def test_malformed_metrics_messages_say_what_is_wrong() -> None:
+    good = orjson.loads(encode_metrics(METRICS))
+    with pytest.raises(CodecError, match="bad metrics message: field 'w' is missing"):
+        decode_metrics(orjson.dumps({k: v for k, v in good.items() if k != "w"}))
+    with pytest.raises(CodecError, match="field 'vw' must be a number, got 'x'"):
+        decode_metrics(orjson.dumps({**good, "vw": "x"}))
+    long_message = orjson.dumps({**good, "s": "X" * 500, "n": None})
+    with pytest.raises(CodecError, match=r"field 'n' must be an integer.*\(cut\)$"):
+        decode_metrics(long_message)

@@ -1,0 +1,203 @@
+"""Kafka message values: bars and window metrics as compact JSON (orjson).
+
+Field names are short because there is one message per bar (and one per bar
+and window): at millions of messages, every byte counts on the wire and in the
+log. Every message carries its schema version in ``sv``; a decoder rejects a
+version it does not know instead of guessing.
+
+Bar message, schema 1::
+
+    {"sv":1,"s":"BTCUSDT","t":1502942400000000000,"o":4261.48,"h":4313.62,
+     "l":4261.32,"c":4308.83,"v":47.181009,"q":0,"ln":2}
+
+    sv  schema version (1)        s  symbol
+    t   bar time, ns since the epoch, UTC (an integer; above 2**53, so readers
+        that hold JSON numbers as doubles must read it as a 64-bit integer)
+    o h l c  open, high, low, close   v  volume
+    q   seq (position among the bars accepted from the source)
+    ln  source line number (header = line 1; 0 when unknown)
+
+Metrics message, schema 1::
+
+    {"sv":1,"s":"BTCUSDT","w":"5m","t":...,"q":17,"n":5,"v":120.5,
+     "vw":4301.2,"ma":4300.9,"sd":3.1,"rsd":0.0007}
+
+    w  window label ("5m", "session"...)   t, q  time and seq of the bar
+    n  bars in the window   v  window volume   vw  VWAP (null: zero volume)
+    ma SMA of close   sd  stdev of close (null: < 2 bars)
+    rsd  stdev of log returns (null: < 2 returns)
+
+Floats are written in their shortest exact form, so decoding gives back the
+very same float.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Final
+
+import orjson
+
+from hftpipe_workers.bars import Bar, validate_bar
+from hftpipe_workers.csvformat import BarBatch
+from hftpipe_workers.metrics import WindowMetrics
+
+SCHEMA_VERSION: Final = 1
+
+
+class CodecError(ValueError):
+    """A message value that is not a valid message of a known schema."""
+
+
+def encode_bar(bar: Bar) -> bytes:
+    """The Kafka value of one bar."""
+    return orjson.dumps(
+        {
+            "sv": SCHEMA_VERSION,
+            "s": bar.symbol,
+            "t": bar.ts_ns,
+            "o": bar.open,
+            "h": bar.high,
+            "l": bar.low,
+            "c": bar.close,
+            "v": bar.volume,
+            "q": bar.seq,
+            "ln": bar.line,
+        }
+    )
+
+
+def encode_bars(batch: BarBatch) -> Iterator[bytes]:
+    """The Kafka values of a batch's bars, in order."""
+    for bar in batch.bars():
+        yield encode_bar(bar)
+
+
+def decode_bar(data: bytes) -> Bar:
+    """A bar from its Kafka value; CodecError says what is wrong with a bad one.
+
+    The bar is also validated (high >= low and so on): a message that decodes
+    to an impossible bar is as unusable as one that does not decode.
+    """
+    msg = _load(data, "bar")
+    try:
+        bar = Bar(
+            symbol=_str(msg, "s"),
+            ts_ns=_int(msg, "t"),
+            open=_float(msg, "o"),
+            high=_float(msg, "h"),
+            low=_float(msg, "l"),
+            close=_float(msg, "c"),
+            volume=_float(msg, "v"),
+            seq=_int(msg, "q"),
+            line=_int(msg, "ln") if "ln" in msg else 0,
+        )
+    except _FieldError as exc:
+        raise CodecError(f"bad bar message: {exc}; message: {_preview(data)}") from None
+    problem = validate_bar(bar)
+    if problem is not None:
+        raise CodecError(f"bad bar message: {problem}; message: {_preview(data)}")
+    return bar
+
+
+def encode_metrics(m: WindowMetrics) -> bytes:
+    """The Kafka value of one window's metrics."""
+    return orjson.dumps(
+        {
+            "sv": SCHEMA_VERSION,
+            "s": m.symbol,
+            "w": m.window,
+            "t": m.ts_ns,
+            "q": m.seq,
+            "n": m.n_bars,
+            "v": m.volume,
+            "vw": m.vwap,
+            "ma": m.sma,
+            "sd": m.std,
+            "rsd": m.ret_std,
+        }
+    )
+
+
+def decode_metrics(data: bytes) -> WindowMetrics:
+    """Window metrics from their Kafka value; CodecError says what is wrong with a bad one."""
+    msg = _load(data, "metrics")
+    try:
+        return WindowMetrics(
+            symbol=_str(msg, "s"),
+            window=_str(msg, "w"),
+            ts_ns=_int(msg, "t"),
+            seq=_int(msg, "q"),
+            n_bars=_int(msg, "n"),
+            volume=_float(msg, "v"),
+            vwap=_opt_float(msg, "vw"),
+            sma=_float(msg, "ma"),
+            std=_opt_float(msg, "sd"),
+            ret_std=_opt_float(msg, "rsd"),
+        )
+    except _FieldError as exc:
+        raise CodecError(f"bad metrics message: {exc}; message: {_preview(data)}") from None
+
+
+# -- helpers ----------------------------------------------------------------------
+
+
+class _FieldError(Exception):
+    pass
+
+
+def _preview(data: bytes) -> str:
+    return repr(data[:200]) + (" (cut)" if len(data) > 200 else "")
+
+
+def _load(data: bytes, kind: str) -> dict[str, Any]:
+    try:
+        msg = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise CodecError(
+            f"bad {kind} message: not JSON ({exc}); message: {_preview(data)}"
+        ) from None
+    if not isinstance(msg, dict):
+        raise CodecError(
+            f"bad {kind} message: expected a JSON object, got {type(msg).__name__}; "
+            f"message: {_preview(data)}"
+        )
+    version = msg.get("sv")
+    if version != SCHEMA_VERSION:
+        raise CodecError(
+            f"bad {kind} message: schema version (sv) is {version!r}, this reader knows "
+            f"version {SCHEMA_VERSION}; upgrade the reader or check the producer; "
+            f"message: {_preview(data)}"
+        )
+    return msg
+
+
+def _get(msg: dict[str, Any], key: str) -> Any:
+    if key not in msg:
+        raise _FieldError(f"field {key!r} is missing")
+    return msg[key]
+
+
+def _str(msg: dict[str, Any], key: str) -> str:
+    value = _get(msg, key)
+    if not isinstance(value, str):
+        raise _FieldError(f"field {key!r} must be a string, got {value!r}")
+    return value
+
+
+def _int(msg: dict[str, Any], key: str) -> int:
+    value = _get(msg, key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _FieldError(f"field {key!r} must be an integer, got {value!r}")
+    return value
+
+
+def _float(msg: dict[str, Any], key: str) -> float:
+    value = _get(msg, key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _FieldError(f"field {key!r} must be a number, got {value!r}")
+    return float(value)
+
+
+def _opt_float(msg: dict[str, Any], key: str) -> float | None:
+    return None if _get(msg, key) is None else _float(msg, key)

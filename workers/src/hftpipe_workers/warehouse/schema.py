@@ -1,0 +1,408 @@
+"""The warehouse tables, defined once, and the pure preparation of a batch for them.
+
+The two tables (``bars`` and ``bar_metrics``) are described here as data: a
+tuple of :class:`Column` per :class:`Table`. Everything else is generated from
+that: the ``CREATE TABLE`` and ``MERGE`` statements of both backends
+(:func:`create_table_sql`, :func:`merge_sql`), the validation of incoming
+batches (:func:`prepare_batch`) and the docs table (:func:`markdown_table`).
+
+Time: ``bar_time`` and ``loaded_at`` are **UTC stored without a time zone**
+(DuckDB ``TIMESTAMP``, Snowflake ``TIMESTAMP_NTZ(6)``), at microsecond
+precision, which both backends share. A naive value always means UTC; a
+tz-aware input is converted to UTC first. Naive-as-UTC rather than
+``TIMESTAMPTZ``/``TIMESTAMP_LTZ`` because those render (and cast to ``DATE``) in
+the *session's* time zone, so "the day of a bar" would depend on who runs the
+query; a naive UTC timestamp means the same thing in every session.
+
+Nulls: a nullable DOUBLE column (``vwap``, the standard deviations,
+``session_vwap``) is NULL where the metric is undefined; a NaN in the input
+means "undefined" and is stored as NULL, never as NaN, so ``IS NULL`` and
+``count(col)`` work in SQL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final, Literal, NamedTuple
+
+import numpy as np
+import pandas as pd  # type: ignore[import-untyped]  # pandas-stubs not in the lock
+
+Dialect = Literal["duckdb", "snowflake"]
+
+LOADED_AT: Final = "loaded_at"
+"""Column set by the sink (one UTC time per written batch), never by the caller."""
+
+
+class BatchError(ValueError):
+    """A batch does not fit its table: the message names the table, column and what to do."""
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a warehouse table."""
+
+    name: str
+    duckdb_type: str
+    snowflake_type: str
+    nullable: bool = False
+    key: bool = False
+    doc: str = ""
+
+    def sql_type(self, dialect: Dialect) -> str:
+        """The column's type in *dialect*."""
+        return self.duckdb_type if dialect == "duckdb" else self.snowflake_type
+
+
+@dataclass(frozen=True)
+class Table:
+    """One warehouse table: its columns, in order, and its natural key."""
+
+    name: str
+    columns: tuple[Column, ...]
+    doc: str = ""
+
+    @property
+    def key(self) -> tuple[str, ...]:
+        """The natural key: names of the key columns, in column order."""
+        return tuple(c.name for c in self.columns if c.key)
+
+    @property
+    def input_columns(self) -> tuple[str, ...]:
+        """The columns a batch must have: all but ``loaded_at``."""
+        return tuple(c.name for c in self.columns if c.name != LOADED_AT)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """All column names, in order."""
+        return tuple(c.name for c in self.columns)
+
+
+# Types in both dialects. Snowflake BIGINT and DOUBLE are synonyms of
+# NUMBER(38,0) and FLOAT; the synonyms are used so the two DDLs read alike.
+_TEXT: Final = ("VARCHAR", "VARCHAR")
+_TIME: Final = ("TIMESTAMP", "TIMESTAMP_NTZ(6)")
+_FLOAT: Final = ("DOUBLE", "DOUBLE")
+_INT: Final = ("BIGINT", "BIGINT")
+
+
+def _col(
+    name: str, types: tuple[str, str], doc: str, *, nullable: bool = False, key: bool = False
+) -> Column:
+    return Column(name, types[0], types[1], nullable=nullable, key=key, doc=doc)
+
+
+_KEY_COLUMNS: Final = (
+    _col("job", _TEXT, "ReplayJob name the row belongs to", key=True),
+    _col("symbol", _TEXT, "instrument, e.g. BTCUSDT", key=True),
+    _col("bar_time", _TIME, "bar open time, UTC (stored without time zone)", key=True),
+)
+_LOADED_AT_COLUMN: Final = _col(
+    LOADED_AT, _TIME, "when the sink last wrote this row, UTC (set by the sink)"
+)
+
+BARS: Final = Table(
+    "bars",
+    (
+        *_KEY_COLUMNS,
+        _col("open", _FLOAT, "first trade price of the bar"),
+        _col("high", _FLOAT, "highest trade price"),
+        _col("low", _FLOAT, "lowest trade price"),
+        _col("close", _FLOAT, "last trade price"),
+        _col("volume", _FLOAT, "traded quantity (base asset)"),
+        _col("seq", _INT, "position of the bar among the bars accepted from its source, from 0"),
+        _LOADED_AT_COLUMN,
+    ),
+    doc="One OHLCV bar per job, symbol and bar time.",
+)
+
+BAR_METRICS: Final = Table(
+    "bar_metrics",
+    (
+        *_KEY_COLUMNS,
+        _col("window", _TEXT, "window name, e.g. '5m'", key=True),
+        _col("window_seconds", _INT, "window length in seconds"),
+        _col(
+            "vwap", _FLOAT, "typical-price VWAP; NULL when the window's volume is 0", nullable=True
+        ),
+        _col("sma_close", _FLOAT, "mean close over the window"),
+        _col("std_close", _FLOAT, "sample std of close; NULL with < 2 bars", nullable=True),
+        _col(
+            "std_log_return",
+            _FLOAT,
+            "sample std of log returns of close; NULL with < 2 returns",
+            nullable=True,
+        ),
+        _col("bar_count", _INT, "bars in the window"),
+        _col("session_vwap", _FLOAT, "VWAP since 00:00 UTC; NULL while volume is 0", nullable=True),
+        _LOADED_AT_COLUMN,
+    ),
+    doc="Rolling metrics of each bar, one row per window.",
+)
+
+TABLES: Final[dict[str, Table]] = {t.name: t for t in (BARS, BAR_METRICS)}
+
+
+def table(name: str) -> Table:
+    """The table called *name*, or a :class:`BatchError` listing the known ones."""
+    try:
+        return TABLES[name]
+    except KeyError:
+        raise BatchError(
+            f"unknown warehouse table {name!r}: use one of {', '.join(sorted(TABLES))}"
+        ) from None
+
+
+# --- SQL generation ------------------------------------------------------------------
+
+
+def quote(name: str, dialect: Dialect) -> str:
+    """*name* as a quoted identifier of *dialect*.
+
+    Every identifier is quoted because ``window`` is a reserved word (in DuckDB,
+    and in ANSI SQL whose keywords Snowflake reserves). In Snowflake the quoted
+    name is upper case, which is exactly what an unquoted name resolves to, so
+    ad-hoc queries can still say ``select close from bars``.
+    """
+    return f'"{name.upper()}"' if dialect == "snowflake" else f'"{name}"'
+
+
+def create_table_sql(tbl: Table, dialect: Dialect) -> str:
+    """``CREATE TABLE IF NOT EXISTS`` for *tbl* in *dialect*, with its primary key.
+
+    DuckDB enforces the primary key (a second guard against duplicates);
+    Snowflake only records it, which documents the natural key for tools.
+    """
+    lines = [
+        f"    {quote(c.name, dialect)} {c.sql_type(dialect)}{'' if c.nullable else ' NOT NULL'}"
+        for c in tbl.columns
+    ]
+    keys = ", ".join(quote(k, dialect) for k in tbl.key)
+    lines.append(f"    PRIMARY KEY ({keys})")
+    body = ",\n".join(lines)
+    return f"CREATE TABLE IF NOT EXISTS {quote(tbl.name, dialect)} (\n{body}\n)"
+
+
+def merge_sql(tbl: Table, dialect: Dialect, source: str) -> str:
+    """``MERGE`` of the staged rows in *source* (a table or view name) into *tbl*.
+
+    Matched on the natural key: a matched row gets every non-key column from the
+    source, an unmatched one is inserted. Re-delivering a batch therefore leaves
+    the rows as they are (only ``loaded_at`` moves), never adds any. *source*
+    must not hold a key twice (see :func:`prepare_batch`).
+
+    The target's ``SET`` columns are unqualified: DuckDB rejects ``t.col`` there,
+    Snowflake accepts either form.
+    """
+
+    def q(name: str) -> str:
+        return quote(name, dialect)
+
+    on = " AND ".join(f"t.{q(k)} = s.{q(k)}" for k in tbl.key)
+    updates = ", ".join(f"{q(c)} = s.{q(c)}" for c in tbl.names if c not in tbl.key)
+    columns = ", ".join(q(c) for c in tbl.names)
+    values = ", ".join(f"s.{q(c)}" for c in tbl.names)
+    # Identifiers come from this module's constants, never from input: no injection.
+    return (
+        f"MERGE INTO {q(tbl.name)} AS t\n"  # noqa: S608
+        f"USING {source} AS s\n"
+        f"ON {on}\n"
+        f"WHEN MATCHED THEN UPDATE SET {updates}\n"
+        f"WHEN NOT MATCHED THEN INSERT ({columns}) VALUES ({values})"
+    )
+
+
+def markdown_table(tbl: Table) -> str:
+    """A Markdown table of *tbl*'s columns, for the README."""
+    rows = [
+        "| column | DuckDB | Snowflake | null | key | meaning |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    rows += [
+        f"| `{c.name}` | {c.duckdb_type} | {c.snowflake_type} | {'yes' if c.nullable else 'no'}"
+        f" | {'yes' if c.key else ''} | {c.doc} |"
+        for c in tbl.columns
+    ]
+    return "\n".join(rows)
+
+
+# --- batch preparation (pure) --------------------------------------------------------
+
+
+class PreparedBatch(NamedTuple):
+    """A batch ready to stage: validated, typed, one row per key, ``loaded_at`` set."""
+
+    frame: pd.DataFrame
+    duplicates: int
+    """Rows dropped because a later row of the same batch had the same key."""
+
+
+_NS_PER_US: Final = 1_000
+
+
+def prepare_batch(tbl: Table, frame: pd.DataFrame, loaded_at: datetime) -> PreparedBatch:
+    """Check *frame* against *tbl*, coerce its types, drop in-batch duplicate keys.
+
+    - The columns must be exactly :attr:`Table.input_columns` (any order);
+      ``loaded_at`` is set here, to *loaded_at* (naive UTC) for every row.
+    - ``VARCHAR``: non-empty strings. ``TIMESTAMP``: ``datetime64`` (naive =
+      UTC, or tz-aware, converted to UTC) or integer nanoseconds since the
+      epoch (the project's ``ts_ns``), whole microseconds. ``DOUBLE``: numbers,
+      finite; NaN only in nullable columns, where it becomes NULL. ``BIGINT``:
+      integers.
+    - Rows with the same natural key: the **last** one wins. A MERGE whose
+      source holds a key twice goes wrong in every backend: Snowflake fails on
+      an existing key (ERROR_ON_NONDETERMINISTIC_MERGE) and inserts a new key
+      twice (its primary key is not enforced); DuckDB updates an existing row
+      twice, in no defined order. So keys are made unique here, before staging.
+
+    Raises :class:`BatchError` naming the table, the column and the fix.
+    """
+    _check_columns(tbl, frame)
+    if loaded_at.tzinfo is not None:
+        loaded_at = loaded_at.astimezone(UTC)
+    n = len(frame)
+    data: dict[str, object] = {}
+    for col in tbl.columns:
+        if col.name == LOADED_AT:
+            continue
+        data[col.name] = _coerce(tbl, col, frame[col.name])
+    out = pd.DataFrame(data, index=pd.RangeIndex(n))
+    out[LOADED_AT] = pd.Series(
+        np.full(n, np.datetime64(loaded_at.replace(tzinfo=None), "us")), dtype="datetime64[ns]"
+    )
+
+    dup = out.duplicated(subset=list(tbl.key), keep="last")
+    duplicates = int(dup.sum())
+    if duplicates:
+        out = out[~dup.to_numpy()].reset_index(drop=True)
+    return PreparedBatch(out, duplicates)
+
+
+def _check_columns(tbl: Table, frame: pd.DataFrame) -> None:
+    got = [str(c) for c in frame.columns]
+    expected = tbl.input_columns
+    repeated = sorted({c for c in got if got.count(c) > 1})
+    missing = [c for c in expected if c not in got]
+    extra = [c for c in got if c not in expected]
+    if not (missing or extra or repeated):
+        return
+    problems = []
+    if missing:
+        problems.append(f"missing columns {missing}")
+    if extra:
+        hint = " (loaded_at is set by the sink: drop it)" if LOADED_AT in extra else ""
+        problems.append(f"unexpected columns {extra}{hint}")
+    if repeated:
+        problems.append(f"repeated columns {repeated}")
+    raise BatchError(
+        f"batch for table {tbl.name!r} does not match its schema: {'; '.join(problems)}. "
+        f"A {tbl.name} batch has exactly the columns {', '.join(expected)}."
+    )
+
+
+def _first(mask: pd.Series) -> int:
+    """Position of the first True in *mask*."""
+    return int(np.flatnonzero(mask.to_numpy())[0])
+
+
+def _bad(tbl: Table, col: Column, what: str, mask: pd.Series | None = None) -> BatchError:
+    where = ""
+    if mask is not None:
+        where = f" in {int(mask.sum())} row(s), first at row {_first(mask)} of the batch"
+    return BatchError(f"{tbl.name}.{col.name}: {what}{where}")
+
+
+def _coerce(tbl: Table, col: Column, series: pd.Series) -> pd.Series:
+    """*series* as the pandas dtype staged for *col*, or a :class:`BatchError`."""
+    kind = col.duckdb_type
+    if kind == "VARCHAR":
+        return _coerce_text(tbl, col, series)
+    if kind == "TIMESTAMP":
+        return _coerce_time(tbl, col, series)
+    if kind == "DOUBLE":
+        return _coerce_float(tbl, col, series)
+    if kind == "BIGINT":
+        return _coerce_int(tbl, col, series)
+    raise AssertionError(f"no coercion for {kind}")  # a new type in the schema needs one
+
+
+def _coerce_text(tbl: Table, col: Column, series: pd.Series) -> pd.Series:
+    if isinstance(series.dtype, pd.CategoricalDtype):
+        series = series.astype(object)
+    null = series.isna()
+    if null.any():
+        raise _bad(tbl, col, "is null", null)
+    kind = pd.api.types.infer_dtype(series, skipna=False)
+    if kind not in ("string", "empty"):
+        raise _bad(tbl, col, f"must hold strings, got {kind} (dtype {series.dtype})")
+    empty = series == ""
+    if empty.any():
+        raise _bad(tbl, col, "is an empty string", empty)
+    return series.astype(object).reset_index(drop=True)
+
+
+def _coerce_time(tbl: Table, col: Column, series: pd.Series) -> pd.Series:
+    dtype = series.dtype
+    if isinstance(dtype, pd.DatetimeTZDtype):
+        series = series.dt.tz_convert("UTC").dt.tz_localize(None)
+    elif pd.api.types.is_integer_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype):
+        series = pd.to_datetime(series.astype("int64"), unit="ns")
+    elif not pd.api.types.is_datetime64_dtype(dtype):
+        raise _bad(
+            tbl,
+            col,
+            f"must be datetime64 (naive = UTC, or tz-aware) or int nanoseconds since the "
+            f"epoch, got dtype {dtype}; convert with pd.to_datetime(values, utc=True)",
+        )
+    series = series.astype("datetime64[ns]").reset_index(drop=True)
+    null = series.isna()
+    if null.any():
+        raise _bad(tbl, col, "is null (NaT)", null)
+    sub_us = pd.Series(series.to_numpy().view("int64") % _NS_PER_US != 0)
+    if sub_us.any():
+        raise _bad(
+            tbl,
+            col,
+            "has sub-microsecond precision, which the warehouse does not store; "
+            "round with .dt.floor('us') if that is intended",
+            sub_us,
+        )
+    return series
+
+
+def _coerce_float(tbl: Table, col: Column, series: pd.Series) -> pd.Series:
+    dtype = series.dtype
+    if pd.api.types.is_bool_dtype(dtype) or not pd.api.types.is_numeric_dtype(dtype):
+        raise _bad(tbl, col, f"must be numeric, got dtype {dtype}")
+    values = series.astype("float64").reset_index(drop=True)  # pd.NA becomes NaN
+    null = values.isna()
+    if null.any() and not col.nullable:
+        raise _bad(tbl, col, "is null or NaN but the column is NOT NULL", null)
+    infinite = pd.Series(np.isinf(values.to_numpy()))
+    if infinite.any():
+        raise _bad(tbl, col, "is infinite", infinite)
+    if col.nullable:
+        # The nullable Float64 dtype carries NULL as a mask, not as NaN: DuckDB's
+        # pandas scan and pyarrow (write_pandas' Parquet files) both load it as
+        # NULL, without relying on their NaN-as-NULL conventions.
+        return values.astype("Float64")
+    return values
+
+
+def _coerce_int(tbl: Table, col: Column, series: pd.Series) -> pd.Series:
+    dtype = series.dtype
+    if pd.api.types.is_bool_dtype(dtype) or not pd.api.types.is_numeric_dtype(dtype):
+        raise _bad(tbl, col, f"must be integers, got dtype {dtype}")
+    series = series.reset_index(drop=True)
+    null = series.isna()
+    if null.any():
+        raise _bad(tbl, col, "is null", null)
+    if pd.api.types.is_float_dtype(dtype):
+        # A float column of whole numbers is an int column that met a NaN once.
+        floats = series.astype("float64").to_numpy()
+        fractional = pd.Series(~np.isfinite(floats) | (floats != np.round(floats)))
+        if fractional.any():
+            raise _bad(tbl, col, "must be whole numbers", fractional)
+    return series.astype("int64")

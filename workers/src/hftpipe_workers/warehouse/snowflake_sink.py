@@ -1,0 +1,286 @@
+"""Snowflake sink: stage a batch with ``write_pandas``, then ``MERGE`` it.
+
+``snowflake.connector`` is imported inside the functions that use it, for two
+reasons: it takes over a second to import, which a loader writing to DuckDB
+should not pay; and fakesnow (the in-process fake used by the tests) patches the
+module attributes ``snowflake.connector.connect`` and
+``snowflake.connector.pandas_tools.write_pandas``, so they must be looked up at
+call time, never bound by ``from ... import`` at module load.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import pandas as pd  # type: ignore[import-untyped]  # pandas-stubs not in the lock
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from hftpipe_workers.warehouse.base import Sink
+from hftpipe_workers.warehouse.schema import TABLES, Table, create_table_sql, merge_sql, quote
+
+if TYPE_CHECKING:
+    from snowflake.connector import SnowflakeConnection
+
+ENV_PREFIX: Final = "HFTPIPE_SNOWFLAKE_"
+
+
+class SnowflakeConfigError(ValueError):
+    """The Snowflake settings cannot work; the message names the variables to set."""
+
+
+def env_var(field: str) -> str:
+    """The variable of a :class:`SnowflakeSettings` field (``schema_`` -> ``..._SCHEMA``)."""
+    return ENV_PREFIX + field.rstrip("_").upper()
+
+
+class SnowflakeSettings(BaseSettings):
+    """Where and how to connect to Snowflake, from ``HFTPIPE_SNOWFLAKE_*`` variables.
+
+    Authentication is by password or by key pair (a private key file, or the PEM
+    text itself for secrets mounted as variables), exactly one of them. Empty
+    variables count as unset.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_ignore_empty=True,
+        extra="forbid",
+        populate_by_name=True,
+        use_attribute_docstrings=True,
+    )
+
+    account: str = ""
+    """Account identifier, ``<orgname>-<account_name>`` (or a legacy locator such as
+    ``xy12345.eu-west-1``). Required."""
+
+    user: str = ""
+    """Login name of the user the loader connects as. Required."""
+
+    password: SecretStr | None = None
+    """Password of *user*. Set this or a private key, not both."""
+
+    private_key_path: Path | None = None
+    """PEM file holding *user*'s private key for key-pair authentication
+    (PKCS#8, optionally encrypted)."""
+
+    private_key: SecretStr | None = None
+    """The PEM text of the private key, instead of *private_key_path*."""
+
+    private_key_passphrase: SecretStr | None = None
+    """Passphrase of an encrypted private key; leave unset for an unencrypted one."""
+
+    role: str | None = None
+    """Role to use; unset means the user's default role."""
+
+    warehouse: str | None = None
+    """Virtual warehouse that runs the MERGEs; unset means the user's default warehouse."""
+
+    database: str = ""
+    """Database holding the tables. Required."""
+
+    # Named schema_ because BaseModel has a (deprecated) ``schema`` method, and
+    # given the alias ``schema`` for callers. pydantic-settings reads the variable
+    # named by an alias *without* env_prefix (it would read SCHEMA), so validation
+    # uses the full variable name instead, and _schema_keyword maps schema=...
+    schema_: str = Field(default="PUBLIC", alias="schema", validation_alias=ENV_PREFIX + "SCHEMA")
+    """Schema holding the tables; it must exist (the sink creates tables, not schemas)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _schema_keyword(cls, data: Any) -> Any:  # pydantic hands over the raw input
+        """``SnowflakeSettings(schema="X")`` -> the ``schema_`` field (and wins over the env)."""
+        if isinstance(data, dict) and "schema" in data:
+            data = dict(data)
+            data[ENV_PREFIX + "SCHEMA"] = data.pop("schema")
+        return data
+
+    @model_validator(mode="after")
+    def _complete(self) -> SnowflakeSettings:
+        problems = [
+            f"set {env_var(name)}"
+            for name in ("account", "user", "database")
+            if not getattr(self, name)
+        ]
+        keys = [n for n in ("private_key_path", "private_key") if getattr(self, n) is not None]
+        if self.password is None and not keys:
+            problems.append(
+                f"set {env_var('password')}, or {env_var('private_key_path')} (or "
+                f"{env_var('private_key')}) for key-pair authentication"
+            )
+        elif len(keys) + (self.password is not None) > 1:
+            given = ", ".join(env_var(n) for n in ["password", *keys] if getattr(self, n))
+            problems.append(f"set only one way to authenticate, got {given}")
+        if self.private_key_passphrase is not None and not keys:
+            problems.append(
+                f"{env_var('private_key_passphrase')} is set but no private key is: "
+                f"set {env_var('private_key_path')} or unset the passphrase"
+            )
+        if self.private_key_path is not None and not self.private_key_path.is_file():
+            problems.append(
+                f"{env_var('private_key_path')}={self.private_key_path} is not a file: "
+                "point it at the PEM file of the private key"
+            )
+        if problems:
+            raise SnowflakeConfigError("Snowflake settings incomplete: " + "; ".join(problems))
+        return self
+
+
+def private_key_der(settings: SnowflakeSettings) -> bytes:
+    """The settings' private key, decrypted, as the PKCS#8 DER bytes the connector takes.
+
+    Read here rather than by the connector so a wrong passphrase or a file that is
+    not a key gets a message saying which variable to fix.
+    """
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415 - rarely needed
+
+    if settings.private_key_path is not None:
+        source = env_var("private_key_path") + f"={settings.private_key_path}"
+        pem = settings.private_key_path.read_bytes()
+    elif settings.private_key is not None:
+        source = env_var("private_key")
+        pem = settings.private_key.get_secret_value().encode()
+    else:
+        raise SnowflakeConfigError("no private key configured (password authentication)")
+    passphrase = settings.private_key_passphrase
+    try:
+        key = serialization.load_pem_private_key(
+            pem, password=None if passphrase is None else passphrase.get_secret_value().encode()
+        )
+    except TypeError as e:  # encrypted without passphrase, or passphrase for a plain key
+        raise SnowflakeConfigError(
+            f"private key from {source}: {e}; set or unset {env_var('private_key_passphrase')}"
+        ) from None
+    except ValueError:  # wrong passphrase, or not a PEM private key at all
+        raise SnowflakeConfigError(
+            f"cannot read the private key from {source}: wrong "
+            f"{env_var('private_key_passphrase')}, or not a PEM private key"
+        ) from None
+    return key.private_bytes(
+        encoding=serialization.Encoding.DER,
+        format=serialization.PrivateFormat.PKCS8,
+        encryption_algorithm=serialization.NoEncryption(),
+    )
+
+
+def connect_kwargs(settings: SnowflakeSettings) -> dict[str, Any]:
+    """Keyword arguments for ``snowflake.connector.connect`` (pure but for reading the key)."""
+    kwargs: dict[str, Any] = {
+        "account": settings.account,
+        "user": settings.user,
+        "database": settings.database,
+        "schema": settings.schema_,
+        # Snowflake's default session zone is America/Los_Angeles. The tables hold
+        # naive UTC (TIMESTAMP_NTZ) and are unaffected, but CURRENT_TIMESTAMP and
+        # any LTZ value in an ad-hoc query would not be UTC without this.
+        "session_parameters": {"TIMEZONE": "UTC"},
+    }
+    if settings.role:
+        kwargs["role"] = settings.role
+    if settings.warehouse:
+        kwargs["warehouse"] = settings.warehouse
+    if settings.password is not None:
+        kwargs["password"] = settings.password.get_secret_value()
+    else:
+        kwargs["private_key"] = private_key_der(settings)
+    return kwargs
+
+
+_PARAM: Final = re.compile(r"\$([a-z_][a-z0-9_]*)")
+
+
+def pyformat(sql: str) -> str:
+    """*sql* with DuckDB-style ``$name`` parameters as the connector's ``%(name)s``.
+
+    The queries of :mod:`~hftpipe_workers.warehouse.queries` are written once,
+    for DuckDB (so the README shows them runnable); this lets Snowflake run them
+    too. ``$1``-style positional references are left alone.
+    """
+    return _PARAM.sub(r"%(\1)s", sql.replace("%", "%%"))
+
+
+class SnowflakeSink(Sink):
+    """Writes to Snowflake; settings from :class:`SnowflakeSettings` (the environment
+    when not given).
+
+    Each write stages the batch into a session-temporary table with
+    ``write_pandas`` (Parquet upload + ``COPY``), then runs one ``MERGE``,
+    which is atomic. Temporary, so two loaders writing the same schema never see
+    each other's staging rows, and nothing is left behind.
+    """
+
+    def __init__(self, settings: SnowflakeSettings | None = None) -> None:
+        super().__init__()
+        self.settings = settings if settings is not None else SnowflakeSettings()
+        import snowflake.connector  # noqa: PLC0415 - see the module docstring
+
+        self._conn: SnowflakeConnection | None = snowflake.connector.connect(
+            **connect_kwargs(self.settings)
+        )
+
+    @property
+    def connection(self) -> SnowflakeConnection:
+        """The open connection."""
+        if self._conn is None:
+            raise RuntimeError("Snowflake sink is closed")
+        return self._conn
+
+    def ensure_tables(self) -> None:
+        """``CREATE TABLE IF NOT EXISTS`` ``bars`` and ``bar_metrics`` in the configured schema."""
+        with self.connection.cursor() as cur:
+            for tbl in TABLES.values():
+                cur.execute(create_table_sql(tbl, "snowflake"))
+
+    def _merge(self, tbl: Table, staged: pd.DataFrame) -> int:
+        import snowflake.connector.pandas_tools  # noqa: PLC0415 - see the module docstring
+
+        staging = f"HFTPIPE_STAGING_{tbl.name.upper()}"
+        # Upper-case column names, quoted by write_pandas: the staging columns are
+        # then the same identifiers as unquoted names, and "WINDOW" (reserved) works.
+        success, _chunks, rows, _ = snowflake.connector.pandas_tools.write_pandas(
+            self.connection,
+            staged.rename(columns=str.upper),
+            staging,
+            auto_create_table=True,
+            overwrite=True,
+            use_logical_type=True,  # naive datetime64 -> TIMESTAMP_NTZ, not a number
+            quote_identifiers=True,
+            table_type="temporary",
+        )
+        if not success or rows != len(staged):
+            raise RuntimeError(
+                f"staging {len(staged)} {tbl.name} rows into {staging} loaded {rows}: "
+                "see the COPY errors in Snowflake's query history"
+            )
+        # fakesnow (the tests) runs this MERGE as written: it rewrites it into a
+        # temporary join table, an UPDATE and an INSERT (so it is atomic only in
+        # Snowflake), and needs the unqualified SET targets merge_sql emits anyway.
+        # Its write_pandas creates the staging table from the pandas dtypes rather
+        # than from Parquet, with the column names unquoted, and supports datetime
+        # columns only with use_logical_type=True, which real Snowflake wants too.
+        with self.connection.cursor() as cur:
+            cur.execute(merge_sql(tbl, "snowflake", quote(staging, "snowflake")))
+            counts = cur.fetchone()
+        # One column per action: rows inserted, rows updated (Decimal under fakesnow).
+        assert counts is not None
+        return sum(int(v) for v in counts)
+
+    def query(self, sql: str, params: Mapping[str, object] | None = None) -> pd.DataFrame:
+        """Run *sql* written with ``$name`` parameters (see :func:`pyformat`)."""
+        with self.connection.cursor() as cur:
+            if params:
+                cur.execute(pyformat(sql), dict(params))
+            else:  # the connector interpolates nothing without params: leave '%' as it is
+                cur.execute(sql)
+            frame = cur.fetch_pandas_all()
+        frame.columns = [str(c).lower() for c in frame.columns]
+        return frame
+
+    def close(self) -> None:
+        """Close the connection (temporary staging tables go with the session)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
