@@ -60,30 +60,41 @@ class Groups:
         return cls(processor=f"{PREFIX}.{job}.processor", loader=f"{PREFIX}.{job}.loader")
 
 
+REDIS_LAYOUT: tuple[tuple[str, str, str], ...] = (
+    (
+        "hftpipe:<job>:latest:<symbol>",
+        "hash",
+        "newest metrics of a symbol, one O(1) `HGETALL`: `ts_ns`, `seq`, `close` and "
+        "`<window>:<metric>` for metric in n, volume, vwap, sma, std, ret_std (empty = null)",
+    ),
+    (
+        "hftpipe:<job>:history:<symbol>",
+        "sorted set",
+        "one JSON document per bar (close + every window's metrics), score = event time in ms: "
+        "`ZRANGE ... BYSCORE <from_ms> <to_ms>`; trimmed to the newest "
+        "`HFTPIPE_REDIS_HISTORY_LIMIT` bars",
+    ),
+    ("hftpipe:<job>:symbols", "set", "symbols seen"),
+    (
+        "hftpipe:<job>:offset:<partition>",
+        "string",
+        "next offset of that bars-topic partition, written in the same MULTI/EXEC as the "
+        "outputs (exactly-once resume point)",
+    ),
+    (
+        "hftpipe:<job>:state:<partition>",
+        "string",
+        "snapshot of that partition's window state at that offset",
+    ),
+)
+"""The Redis key layout: (key pattern, type, content). Rendered into the README."""
+
+
 @dataclass(frozen=True)
 class RedisKeys:
-    """The Redis key layout of one job. All keys share ``hftpipe:<job>:`` so one job's
-    keys can be listed (``SCAN MATCH hftpipe:<job>:*``) and deleted together.
-
-    ============================================  ===========  ==============================
-    key                                           type         content
-    ============================================  ===========  ==============================
-    ``hftpipe:<job>:latest:<symbol>``             hash         latest metrics, one O(1) HGETALL:
-                                                               ``time``, ``close``, ``seq``,
-                                                               ``session_vwap`` and
-                                                               ``<window>:<metric>`` fields
-    ``hftpipe:<job>:history:<symbol>``            sorted set   one JSON member per bar, score =
-                                                               event time (ms); ZRANGE BYSCORE
-                                                               for a time range; trimmed to the
-                                                               newest ``history_limit`` bars
-    ``hftpipe:<job>:symbols``                     set          symbols seen
-    ``hftpipe:<job>:offset:<partition>``          string       next offset of the bars topic's
-                                                               partition (exactly-once: written
-                                                               in the same MULTI as the outputs)
-    ``hftpipe:<job>:state:<partition>``           string       window-state snapshot for the
-                                                               partition at that offset
-    ============================================  ===========  ==============================
-    """
+    """The Redis key layout of one job (see :data:`REDIS_LAYOUT`). All keys share
+    ``hftpipe:<job>:`` so one job's keys can be listed (``SCAN MATCH
+    hftpipe:<job>:*``) and deleted together."""
 
     job: str
 

@@ -27,6 +27,7 @@ from .metrics import SESSION, parse_window
 from .observability import (
     BATCH_SIZE,
     CONSUMER_LAG,
+    ERRORS,
     LOADER_BATCH_SECONDS,
     LOADER_ROWS,
     READY,
@@ -175,6 +176,7 @@ class Loader:
                     if err.fatal():
                         raise KafkaException(err)
                     log.warning("consumer error: %s", err)
+                    ERRORS.labels("loader", self.job, "consume").inc()
                     continue
                 batch.append(msg)
             if not msgs and batch:

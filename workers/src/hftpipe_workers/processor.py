@@ -49,6 +49,7 @@ from .metrics import DEFAULT_WINDOWS, MetricsEngine, WindowMetrics
 from .observability import (
     BATCH_SIZE,
     CONSUMER_LAG,
+    ERRORS,
     EVENT_TO_REDIS_SECONDS,
     LATEST_VWAP,
     READY,
@@ -168,6 +169,7 @@ class Processor:
     def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
         if err is not None:
             self._delivery_errors.append(str(err))
+            ERRORS.labels("processor", self.job, "delivery").inc()
 
     def ensure_metrics_topic(self, replication: int = 1) -> None:
         """Create the metrics topic like the bars topic (same partition count) if missing."""
@@ -260,6 +262,7 @@ class Processor:
                         if err.fatal():
                             raise KafkaException(err)
                         log.warning("consumer error: %s", err)
+                        ERRORS.labels("processor", self.job, "consume").inc()
                         continue
                     by_partition.setdefault(msg.partition() or 0, []).append(msg)
                 for partition, batch in by_partition.items():
@@ -395,6 +398,7 @@ class Processor:
                 pipe.set(keys.state(partition), part.engine.snapshot())
                 pipe.execute()
             except redis.WatchError as exc:
+                ERRORS.labels("processor", self.job, "lost_partition").inc()
                 raise LostPartition(f"partition {partition}: another processor wrote it") from exc
 
 

@@ -33,7 +33,14 @@ from confluent_kafka.admin import AdminClient
 from . import codec
 from .csvformat import BarBatch, BarReader, ColumnMapping, RejectedRow
 from .kafka_admin import ensure_topics, partition_count
-from .observability import DEAD_LETTERS, RECORDS_OUT, REPLAY_ROWS_DONE, REPLAY_ROWS_TOTAL
+from .observability import (
+    BYTES_OUT,
+    DEAD_LETTERS,
+    ERRORS,
+    RECORDS_OUT,
+    REPLAY_ROWS_DONE,
+    REPLAY_ROWS_TOTAL,
+)
 from .pacing import Pacer, Pacing
 from .settings import KafkaSettings
 
@@ -218,6 +225,7 @@ class Replay:
     def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
         if err is not None:
             self._failed.append(str(err))
+            ERRORS.labels("producer", self.job, "delivery").inc()
 
     def run(self) -> ReplayReport:
         """Replay the file; raises if any record could not be delivered."""
@@ -319,7 +327,7 @@ class Replay:
         pacer: Pacer,
         started: float,
     ) -> tuple[int, int]:
-        sent = skipped = 0
+        sent = skipped = size = 0
         paced = self.pacing.mode != "max"
         cache: dict[str, tuple[bytes, int]] = {}
         for bar in batch.bars():
@@ -338,9 +346,12 @@ class Replay:
                 if wait > 0.001:
                     producer.poll(0)
                     time.sleep(wait)
-            self._produce(producer, self.bars_topic, key, codec.encode_bar(bar), partition)
+            value = codec.encode_bar(bar)
+            self._produce(producer, self.bars_topic, key, value, partition)
             sent += 1
+            size += len(value)
         producer.poll(0)
+        BYTES_OUT.labels("producer", self.job, self.bars_topic).inc(size)
         return sent, skipped
 
 

@@ -52,7 +52,10 @@ class KafkaSettings(BaseSettings):
     """How to reach Kafka (``HFTPIPE_KAFKA_*``)."""
 
     model_config = SettingsConfigDict(
-        env_prefix="HFTPIPE_KAFKA_", extra="ignore", populate_by_name=True
+        env_prefix="HFTPIPE_KAFKA_",
+        extra="ignore",
+        populate_by_name=True,
+        use_attribute_docstrings=True,
     )
 
     bootstrap_servers: str = Field(
@@ -129,7 +132,10 @@ class RedisSettings(BaseSettings):
     """How to reach Redis and how much history to keep (``HFTPIPE_REDIS_*``)."""
 
     model_config = SettingsConfigDict(
-        env_prefix="HFTPIPE_REDIS_", extra="ignore", populate_by_name=True
+        env_prefix="HFTPIPE_REDIS_",
+        extra="ignore",
+        populate_by_name=True,
+        use_attribute_docstrings=True,
     )
 
     url: str = Field(
@@ -154,7 +160,9 @@ class RedisSettings(BaseSettings):
 class JobSettings(BaseSettings):
     """Which replay job a worker belongs to (``HFTPIPE_JOB``)."""
 
-    model_config = SettingsConfigDict(env_prefix="HFTPIPE_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="HFTPIPE_", extra="ignore", use_attribute_docstrings=True
+    )
 
     job: str = "demo"
     """Job name: names the topics, consumer groups and Redis keys (a DNS label)."""
