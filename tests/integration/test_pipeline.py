@@ -477,6 +477,7 @@ def test_loader_crash_before_commit_leaves_one_row_per_bar_in_fakesnow(
         "HFTPIPE_SNOWFLAKE_WAREHOUSE": "WH",
     }.items():
         monkeypatch.setenv(var, value)
+    (tmp_path / "fakesnow").mkdir()
     with fakesnow.patch(db_path=str(tmp_path / "fakesnow")), open_sink("snowflake://") as sink:
         real_write = sink.write
         calls = {"n": 0}
