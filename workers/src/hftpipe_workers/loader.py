@@ -10,11 +10,9 @@ which changes nothing: replays and crashes never duplicate rows.
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 from dataclasses import dataclass
-from types import FrameType
 from typing import Any
 
 import orjson
@@ -23,6 +21,7 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from . import codec
 from .contract import Groups, Topics
+from .lifecycle import stop_on_signals
 from .metrics import SESSION, parse_window
 from .observability import (
     BATCH_SIZE,
@@ -125,13 +124,7 @@ class Loader:
 
     def install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT: finish and commit the current batch, then exit cleanly."""
-
-        def handler(signum: int, _frame: FrameType | None) -> None:
-            log.info("signal %d: finishing the current batch, then stopping", signum)
-            self.stop.set()
-
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
+        stop_on_signals(self.stop, log)
 
     def run(self, *, until_caught_up: bool = False, idle_timeout: float = 5.0) -> LoaderReport:
         """Load until stopped (or caught up and idle, with ``until_caught_up``)."""

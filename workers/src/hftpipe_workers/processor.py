@@ -20,12 +20,10 @@ visible to Kafka tooling and the operator.
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from types import FrameType
 from typing import Any
 
 import orjson
@@ -45,6 +43,7 @@ from . import codec
 from .bars import Bar
 from .contract import Groups, RedisKeys, Topics
 from .kafka_admin import ensure_topics, partition_count
+from .lifecycle import stop_on_signals
 from .metrics import DEFAULT_WINDOWS, MetricsEngine, WindowMetrics
 from .observability import (
     BATCH_SIZE,
@@ -216,14 +215,8 @@ class Processor:
     # -- the loop -------------------------------------------------------------
 
     def install_signal_handlers(self) -> None:
-        """SIGTERM/SIGINT: finish the current batch, commit, exit cleanly."""
-
-        def handler(signum: int, _frame: FrameType | None) -> None:
-            log.info("signal %d: finishing the current batch, then stopping", signum)
-            self.stop.set()
-
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
+        """SIGTERM/SIGINT: finish and commit the current batch, then exit cleanly."""
+        stop_on_signals(self.stop, log)
 
     def run(self, *, until_caught_up: bool = False, idle_timeout: float = 5.0) -> ProcessorReport:
         """Process until stopped (or, with ``until_caught_up``, until every assigned
