@@ -98,8 +98,14 @@ class Stack:
             raise
         env["HFTPIPE_STACK_DIR"] = str(self.state_dir)
         self.env = env
+        # Put the stack's own kubectl, helm and kubeconform first on PATH, so that
+        # plain `kubectl` after `source .stack/env` matches the server's version.
+        tool_dirs = sorted(
+            {str(Path(env[k]).parent) for k in ("KUBECTL", "HELM", "KUBECONFORM") if k in env}
+        )
         self.env_file.write_text(
             "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(env.items()))
+            + f'export PATH={shlex.quote(":".join(tool_dirs))}:"$PATH"\n'
         )
         return env
 
