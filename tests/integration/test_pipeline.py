@@ -256,12 +256,26 @@ def oracle(frame: pd.DataFrame, window: str) -> pd.DataFrame:
 
 
 def redis_history(client: redis.Redis, job: str) -> list[dict[str, Any]]:
+    """Every bar's metrics from the Redis history, as plain dicts."""
     keys = RedisKeys(job)
-    docs = []
+    docs: list[dict[str, Any]] = []
     symbols = cast("set[bytes]", client.smembers(keys.symbols))
     for symbol in sorted(symbols):
         members = cast("list[bytes]", client.zrange(keys.history(symbol.decode()), 0, -1))
-        docs += [orjson.loads(m) for m in members]
+        for member in members:
+            decoded = codec.decode_bar_metrics(member)
+            windows = {
+                m.window: {"vwap": m.vwap, "sma": m.sma, "std": m.std, "n": m.n_bars}
+                for m in decoded.windows
+            }
+            docs.append(
+                {
+                    "symbol": decoded.symbol,
+                    "ts_ns": decoded.ts_ns,
+                    "seq": decoded.seq,
+                    "windows": windows,
+                }
+            )
     return docs
 
 

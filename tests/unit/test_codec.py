@@ -10,16 +10,20 @@ from hftpipe_workers.codec import (
     SCHEMA_VERSION,
     CodecError,
     decode_bar,
-    decode_metrics,
+    decode_bar_metrics,
     encode_bar,
+    encode_bar_metrics,
     encode_bars,
-    encode_metrics,
 )
 from hftpipe_workers.csvformat import BarBatch
 from hftpipe_workers.metrics import WindowMetrics
 
 BAR = Bar("BTCUSDT", 1_502_942_400_000_000_123, 4261.48, 4313.62, 4261.32, 4308.83, 47.181009, 0, 2)
 METRICS = WindowMetrics("BTCUSDT", "5m", BAR.ts_ns, 17, 5, 120.5, 4301.2, 4300.9, 3.1, 0.0007)
+SESSION = METRICS._replace(
+    window="session", n_bars=1, volume=0.0, vwap=None, std=None, ret_std=None
+)
+BAR17 = BAR._replace(seq=17)
 
 
 def test_bar_round_trip_is_exact() -> None:
@@ -51,22 +55,26 @@ def test_integers_are_accepted_for_floats_and_line_is_optional() -> None:
     assert isinstance(bar.open, float)
 
 
-def test_metrics_round_trip_with_and_without_undefined_values() -> None:
-    empty = METRICS._replace(n_bars=1, volume=0.0, vwap=None, std=None, ret_std=None)
-    for m in (METRICS, empty):
-        assert decode_metrics(encode_metrics(m)) == m
-    assert orjson.loads(encode_metrics(empty)) == {
+def test_bar_metrics_round_trip_with_and_without_undefined_values() -> None:
+    message = encode_bar_metrics(BAR17, [METRICS, SESSION])
+    decoded = decode_bar_metrics(message)
+    assert decoded.windows == (METRICS, SESSION)
+    assert (decoded.symbol, decoded.ts_ns, decoded.seq) == ("BTCUSDT", BAR.ts_ns, 17)
+    assert (decoded.close, decoded.bar_volume) == (BAR.close, BAR.volume)
+    assert decoded.window("session") == SESSION
+    with pytest.raises(KeyError, match="1h"):
+        decoded.window("1h")
+    assert orjson.loads(message) == {
         "sv": 1,
         "s": "BTCUSDT",
-        "w": "5m",
         "t": BAR.ts_ns,
         "q": 17,
-        "n": 1,
-        "v": 0.0,
-        "vw": None,
-        "ma": 4300.9,
-        "sd": None,
-        "rsd": None,
+        "c": BAR.close,
+        "bv": BAR.volume,
+        "w": {
+            "5m": {"n": 5, "v": 120.5, "vw": 4301.2, "ma": 4300.9, "sd": 3.1, "rsd": 0.0007},
+            "session": {"n": 1, "v": 0.0, "vw": None, "ma": 4300.9, "sd": None, "rsd": None},
+        },
     }
 
 
@@ -116,11 +124,14 @@ def test_malformed_bar_messages_say_what_is_wrong(data: bytes, message: str) -> 
 
 
 def test_malformed_metrics_messages_say_what_is_wrong() -> None:
-    good = orjson.loads(encode_metrics(METRICS))
+    good = orjson.loads(encode_bar_metrics(BAR17, [METRICS]))
     with pytest.raises(CodecError, match="bad metrics message: field 'w' is missing"):
-        decode_metrics(orjson.dumps({k: v for k, v in good.items() if k != "w"}))
+        decode_bar_metrics(orjson.dumps({k: v for k, v in good.items() if k != "w"}))
+    bad_vwap = {**good, "w": {"5m": {**good["w"]["5m"], "vw": "x"}}}
     with pytest.raises(CodecError, match="field 'vw' must be a number, got 'x'"):
-        decode_metrics(orjson.dumps({**good, "vw": "x"}))
-    long_message = orjson.dumps({**good, "s": "X" * 500, "n": None})
+        decode_bar_metrics(orjson.dumps(bad_vwap))
+    long_message = orjson.dumps(
+        {**good, "s": "X" * 500, "w": {"5m": {**good["w"]["5m"], "n": None}}}
+    )
     with pytest.raises(CodecError, match=r"field 'n' must be an integer.*\(cut\)$"):
-        decode_metrics(long_message)
+        decode_bar_metrics(long_message)

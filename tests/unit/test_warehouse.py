@@ -642,34 +642,17 @@ def test_categorical_text_and_aware_loaded_at_are_accepted() -> None:
 
 def test_the_loader_builds_frames_with_the_schema_columns() -> None:
     """Frames the loader builds from Kafka values fit the one schema exactly."""
-    import orjson  # noqa: PLC0415
-
     from hftpipe_workers import codec  # noqa: PLC0415
     from hftpipe_workers.bars import Bar  # noqa: PLC0415
     from hftpipe_workers.loader import bars_frame, metrics_frame  # noqa: PLC0415
+    from hftpipe_workers.metrics import WindowMetrics  # noqa: PLC0415
 
     bar = Bar("BTCUSDT", 1_700_000_000_000_000_000, 1.0, 2.0, 0.5, 1.5, 0.0, 7, 3)
     frame = bars_frame("j", [codec.encode_bar(bar)])
     assert tuple(frame.columns) == BARS.input_columns
-    doc = {
-        "symbol": "BTCUSDT",
-        "ts_ns": bar.ts_ns,
-        "seq": 7,
-        "close": 1.5,
-        "bar_volume": 0.0,
-        "windows": {
-            "5m": {"n": 1, "volume": 0.0, "vwap": None, "sma": 1.5, "std": None, "ret_std": None},
-            "session": {
-                "n": 1,
-                "volume": 0.0,
-                "vwap": None,
-                "sma": 1.5,
-                "std": None,
-                "ret_std": None,
-            },
-        },
-    }
-    metrics = metrics_frame("j", [orjson.dumps(doc)])
+    five = WindowMetrics("BTCUSDT", "5m", bar.ts_ns, 7, 1, 0.0, None, 1.5, None, None)
+    message = codec.encode_bar_metrics(bar, [five, five._replace(window="session")])
+    metrics = metrics_frame("j", [message])
     assert tuple(metrics.columns) == BAR_METRICS.input_columns
     assert len(metrics) == 1  # the session window is a column, not a row
     assert metrics.loc[0, "window_seconds"] == 300

@@ -17,15 +17,18 @@ Bar message, schema 1::
     q   seq (position among the bars accepted from the source)
     ln  source line number (header = line 1; 0 when unknown)
 
-Metrics message, schema 1::
+Metrics message, schema 1: one per bar, every window; it is both the value on
+the metrics topic and the member of the Redis history sorted set::
 
-    {"sv":1,"s":"BTCUSDT","w":"5m","t":...,"q":17,"n":5,"v":120.5,
-     "vw":4301.2,"ma":4300.9,"sd":3.1,"rsd":0.0007}
+    {"sv":1,"s":"BTCUSDT","t":...,"q":17,"c":4308.83,"bv":47.18,
+     "w":{"5m":{"n":5,"v":120.5,"vw":4301.2,"ma":4300.9,"sd":3.1,"rsd":0.0007},
+          "session":{...}}}
 
-    w  window label ("5m", "session"...)   t, q  time and seq of the bar
-    n  bars in the window   v  window volume   vw  VWAP (null: zero volume)
-    ma SMA of close   sd  stdev of close (null: < 2 bars)
-    rsd  stdev of log returns (null: < 2 returns)
+    t, q  time and seq of the bar   c  its close   bv  its volume
+    w     window label ("5m", "session"...) -> metrics:
+          n  bars in the window   v  window volume   vw  VWAP (null: zero volume)
+          ma SMA of close   sd  stdev of close (null: < 2 bars)
+          rsd  stdev of log returns (null: < 2 returns)
 
 Floats are written in their shortest exact form, so decoding gives back the
 very same float.
@@ -33,8 +36,8 @@ very same float.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any, Final
+from collections.abc import Iterator, Sequence
+from typing import Any, Final, NamedTuple
 
 import orjson
 
@@ -100,42 +103,80 @@ def decode_bar(data: bytes) -> Bar:
     return bar
 
 
-def encode_metrics(m: WindowMetrics) -> bytes:
-    """The Kafka value of one window's metrics."""
+class BarMetrics(NamedTuple):
+    """The metrics of one bar: the bar's close and volume and every window's metrics."""
+
+    symbol: str
+    ts_ns: int
+    seq: int
+    close: float
+    bar_volume: float
+    windows: tuple[WindowMetrics, ...]
+
+    def window(self, label: str) -> WindowMetrics:
+        """The metrics of one window by label (``"5m"``, ``"session"``...)."""
+        for m in self.windows:
+            if m.window == label:
+                return m
+        raise KeyError(f"no window {label!r} in {[m.window for m in self.windows]}")
+
+
+def encode_bar_metrics(bar: Bar, windows: Sequence[WindowMetrics]) -> bytes:
+    """The metrics message of one bar (all windows): Kafka value and Redis history member."""
     return orjson.dumps(
         {
             "sv": SCHEMA_VERSION,
-            "s": m.symbol,
-            "w": m.window,
-            "t": m.ts_ns,
-            "q": m.seq,
-            "n": m.n_bars,
-            "v": m.volume,
-            "vw": m.vwap,
-            "ma": m.sma,
-            "sd": m.std,
-            "rsd": m.ret_std,
+            "s": bar.symbol,
+            "t": bar.ts_ns,
+            "q": bar.seq,
+            "c": bar.close,
+            "bv": bar.volume,
+            "w": {
+                m.window: {
+                    "n": m.n_bars,
+                    "v": m.volume,
+                    "vw": m.vwap,
+                    "ma": m.sma,
+                    "sd": m.std,
+                    "rsd": m.ret_std,
+                }
+                for m in windows
+            },
         }
     )
 
 
-def decode_metrics(data: bytes) -> WindowMetrics:
-    """Window metrics from their Kafka value; CodecError says what is wrong with a bad one."""
+def decode_bar_metrics(data: bytes) -> BarMetrics:
+    """A bar's metrics from their message; CodecError says what is wrong with a bad one."""
     msg = _load(data, "metrics")
     try:
-        return WindowMetrics(
-            symbol=_str(msg, "s"),
-            window=_str(msg, "w"),
-            ts_ns=_int(msg, "t"),
-            seq=_int(msg, "q"),
-            n_bars=_int(msg, "n"),
-            volume=_float(msg, "v"),
-            vwap=_opt_float(msg, "vw"),
-            sma=_float(msg, "ma"),
-            std=_opt_float(msg, "sd"),
-            ret_std=_opt_float(msg, "rsd"),
+        symbol, ts_ns, seq = _str(msg, "s"), _int(msg, "t"), _int(msg, "q")
+        windows = _get(msg, "w")
+        if not isinstance(windows, dict):
+            raise _FieldError("'w' must be an object of windows")
+        return BarMetrics(
+            symbol=symbol,
+            ts_ns=ts_ns,
+            seq=seq,
+            close=_float(msg, "c"),
+            bar_volume=_float(msg, "bv"),
+            windows=tuple(
+                WindowMetrics(
+                    symbol=symbol,
+                    window=label,
+                    ts_ns=ts_ns,
+                    seq=seq,
+                    n_bars=_int(w, "n"),
+                    volume=_float(w, "v"),
+                    vwap=_opt_float(w, "vw"),
+                    sma=_float(w, "ma"),
+                    std=_opt_float(w, "sd"),
+                    ret_std=_opt_float(w, "rsd"),
+                )
+                for label, w in windows.items()
+            ),
         )
-    except _FieldError as exc:
+    except (_FieldError, TypeError, AttributeError) as exc:
         raise CodecError(f"bad metrics message: {exc}; message: {_preview(data)}") from None
 
 

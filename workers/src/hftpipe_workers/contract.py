@@ -70,7 +70,8 @@ REDIS_LAYOUT: tuple[tuple[str, str, str], ...] = (
     (
         "hftpipe:<job>:history:<symbol>",
         "sorted set",
-        "one JSON document per bar (close + every window's metrics), score = event time in ms: "
+        "one metrics message per bar (the metrics topic's value, see `codec.py`), score = "
+        "event time in ms: "
         "`ZRANGE ... BYSCORE <from_ms> <to_ms>`; trimmed to the newest "
         "`HFTPIPE_REDIS_HISTORY_LIMIT` bars",
     ),

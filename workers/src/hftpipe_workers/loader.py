@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 import pandas as pd  # type: ignore[import-untyped]
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
@@ -59,29 +58,32 @@ def bars_frame(job: str, values: list[bytes]) -> pd.DataFrame:
 
 
 def metrics_frame(job: str, values: list[bytes]) -> pd.DataFrame:
-    """Rows of the ``bar_metrics`` table (one per bar and window) from metrics-topic values."""
+    """Rows of the ``bar_metrics`` table (one per bar and window) from metrics-topic values.
+
+    The session window becomes the ``session_vwap`` column of every row, not a row.
+    """
     rows: list[tuple[Any, ...]] = []
     seconds: dict[str, int] = {}
     for value in values:
-        doc = orjson.loads(value)
-        session = doc["windows"].get(SESSION, {}).get("vwap")
-        for label, m in doc["windows"].items():
-            if label == SESSION:
+        doc = codec.decode_bar_metrics(value)
+        session = next((m.vwap for m in doc.windows if m.window == SESSION), None)
+        for m in doc.windows:
+            if m.window == SESSION:
                 continue
-            if label not in seconds:
-                seconds[label] = parse_window(label).ns // 1_000_000_000
+            if m.window not in seconds:
+                seconds[m.window] = parse_window(m.window).ns // 1_000_000_000
             rows.append(
                 (
                     job,
-                    doc["symbol"],
-                    doc["ts_ns"],
-                    label,
-                    seconds[label],
-                    m["vwap"],
-                    m["sma"],
-                    m["std"],
-                    m["ret_std"],
-                    m["n"],
+                    doc.symbol,
+                    doc.ts_ns,
+                    m.window,
+                    seconds[m.window],
+                    m.vwap,
+                    m.sma,
+                    m.std,
+                    m.ret_std,
+                    m.n_bars,
                     session,
                 )
             )

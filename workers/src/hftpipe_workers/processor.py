@@ -24,9 +24,8 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
-import orjson
 import redis
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -76,45 +75,34 @@ def redis_client(settings: RedisSettings) -> redis.Redis:
     return redis.Redis.from_url(settings.url, **kwargs)
 
 
-def metrics_document(bar: Bar, windows: list[WindowMetrics]) -> dict[str, Any]:
-    """The metrics of one bar as a document: its close and every window's metrics (pure).
+class _Output(NamedTuple):
+    """One processed bar: the bar, its metrics per window, and the encoded message."""
 
-    This is the history member in Redis and the value on the metrics topic.
-    Undefined metrics (zero-volume VWAP, stdev of one bar) are ``None``.
-    """
-    return {
-        "symbol": bar.symbol,
-        "ts_ns": bar.ts_ns,
-        "seq": bar.seq,
-        "close": bar.close,
-        "bar_volume": bar.volume,
-        "windows": {
-            m.window: {
-                "n": m.n_bars,
-                "volume": m.volume,
-                "vwap": m.vwap,
-                "sma": m.sma,
-                "std": m.std,
-                "ret_std": m.ret_std,
-            }
-            for m in windows
-        },
-    }
+    bar: Bar
+    windows: list[WindowMetrics]
+    message: bytes
 
 
 def _as_bytes(value: bytes | str) -> bytes:
     return value if isinstance(value, bytes) else value.encode()
 
 
-def latest_fields(doc: dict[str, Any]) -> dict[str, str]:
-    """The ``latest:<symbol>`` hash of a metrics document: flat ``<window>:<metric>`` fields.
+def latest_fields(bar: Bar, windows: list[WindowMetrics]) -> dict[str, str]:
+    """The ``latest:<symbol>`` hash of a bar: flat ``<window>:<metric>`` fields (pure).
 
     A metric that is undefined is stored as an empty string (Redis has no null).
     """
-    fields = {"ts_ns": str(doc["ts_ns"]), "seq": str(doc["seq"]), "close": repr(doc["close"])}
-    for label, values in doc["windows"].items():
-        for name, value in values.items():
-            fields[f"{label}:{name}"] = "" if value is None else repr(value)
+    fields = {"ts_ns": str(bar.ts_ns), "seq": str(bar.seq), "close": repr(bar.close)}
+    for m in windows:
+        for name, value in (
+            ("n", m.n_bars),
+            ("volume", m.volume),
+            ("vwap", m.vwap),
+            ("sma", m.sma),
+            ("std", m.std),
+            ("ret_std", m.ret_std),
+        ):
+            fields[f"{m.window}:{name}"] = "" if value is None else repr(value)
     return fields
 
 
@@ -313,13 +301,13 @@ class Processor:
         # Bar by bar, not update_batch: the per-bar path gives the same bits however
         # the stream is cut into batches, and batch boundaries differ between a
         # run that was killed and one that was not. Exactly-once means identical.
-        docs = []
+        docs: list[_Output] = []
         update = part.engine.update
         for m in msgs:
             bar = codec.decode_bar(m.value() or b"")
             windows = update(bar)
             if windows:
-                docs.append(metrics_document(bar, windows))
+                docs.append(_Output(bar, windows, codec.encode_bar_metrics(bar, windows)))
         next_offset = (msgs[-1].offset() or 0) + 1
         self._commit_to_redis(partition, part, docs, next_offset)
         part.offset = next_offset
@@ -338,9 +326,9 @@ class Processor:
         BATCH_SIZE.labels("processor", self.job).observe(len(msgs))
         if docs:
             last = docs[-1]
-            for label, values in last["windows"].items():
-                if values["vwap"] is not None:
-                    LATEST_VWAP.labels(self.job, last["symbol"], label).set(values["vwap"])
+            for wm in last.windows:
+                if wm.vwap is not None:
+                    LATEST_VWAP.labels(self.job, wm.symbol, wm.window).set(wm.vwap)
         if producer is not None:
             self._publish(producer, docs)
         if self._consumer is not None:
@@ -349,31 +337,32 @@ class Processor:
                 asynchronous=True,
             )
 
-    def _publish(self, producer: Producer, docs: list[dict[str, Any]]) -> None:
+    def _publish(self, producer: Producer, docs: list[_Output]) -> None:
         """Each bar's metrics to the metrics topic too (for the loader and anyone else)."""
         for doc in docs:
-            value = orjson.dumps(doc)
             while True:
                 try:
-                    producer.produce(self.topics.metrics, value=value, key=doc["symbol"].encode())
+                    producer.produce(
+                        self.topics.metrics, value=doc.message, key=doc.bar.symbol.encode()
+                    )
                     break
                 except BufferError:
                     producer.poll(0.05)
         RECORDS_OUT.labels("processor", self.job, self.topics.metrics).inc(len(docs))
 
     def _commit_to_redis(
-        self, partition: int, part: _Partition, docs: list[dict[str, Any]], next_offset: int
+        self, partition: int, part: _Partition, docs: list[_Output], next_offset: int
     ) -> None:
         keys = self.keys
         limit = self.redis_settings.history_limit
         offset_key = keys.offset(partition)
         expected = None if part.offset is None else str(part.offset).encode()
-        latest: dict[str, dict[str, Any]] = {}
+        latest: dict[str, _Output] = {}
         history: dict[str, dict[bytes, float]] = {}
         for doc in docs:
-            latest[doc["symbol"]] = doc
+            latest[doc.bar.symbol] = doc
             if limit:
-                history.setdefault(doc["symbol"], {})[orjson.dumps(doc)] = doc["ts_ns"] // 1_000_000
+                history.setdefault(doc.bar.symbol, {})[doc.message] = doc.bar.ts_ns // 1_000_000
         with self.redis.pipeline(transaction=True) as pipe:
             try:
                 pipe.watch(offset_key)  # type: ignore[no-untyped-call]
@@ -382,7 +371,7 @@ class Processor:
                 pipe.multi()
                 for symbol, doc in latest.items():
                     # redis-py types the mapping key invariantly; dict[str, str] works.
-                    pipe.hset(keys.latest(symbol), mapping=latest_fields(doc))  # type: ignore[arg-type]
+                    pipe.hset(keys.latest(symbol), mapping=latest_fields(doc.bar, doc.windows))  # type: ignore[arg-type]
                     pipe.sadd(keys.symbols, symbol)
                 for symbol, members in history.items():
                     pipe.zadd(keys.history(symbol), members)
