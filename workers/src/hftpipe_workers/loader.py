@@ -26,6 +26,7 @@ from .observability import (
     BATCH_SIZE,
     CONSUMER_LAG,
     ERRORS,
+    LAG_EXPORT_SECONDS,
     LOADER_BATCH_SECONDS,
     LOADER_ROWS,
     READY,
@@ -134,10 +135,13 @@ class Loader:
         consumer.subscribe([self.topics.bars, self.topics.metrics])
         self.sink.ensure_tables()
         report = LoaderReport()
-        started = last_data = time.monotonic()
+        started = last_data = last_lag = time.monotonic()
         READY.labels("loader", self.job).set(1)
         try:
             while not self.stop.is_set():
+                if time.monotonic() - last_lag > LAG_EXPORT_SECONDS:
+                    self._export_lag(consumer)
+                    last_lag = time.monotonic()
                 batch = self._collect(consumer)
                 if not batch:
                     if (
@@ -205,15 +209,20 @@ class Loader:
         RECORDS_IN.labels("loader", self.job, self.topics.metrics).inc(len(metric_values))
         BATCH_SIZE.labels("loader", self.job).observe(len(batch))
 
-    def _caught_up(self, consumer: Consumer) -> bool:
+    def _export_lag(self, consumer: Consumer) -> dict[tuple[str, int], int] | None:
+        """Lag per assigned partition (end offset minus committed offset), exported as
+        a gauge; None while nothing is assigned."""
         assigned = consumer.assignment()
         if not assigned:
-            return False
-        committed = consumer.committed(assigned, timeout=10)
-        for tp in committed:
+            return None
+        lags = {}
+        for tp in consumer.committed(assigned, timeout=10):
             _, high = consumer.get_watermark_offsets(tp, timeout=5, cached=False)
-            done = max(tp.offset, 0)
-            CONSUMER_LAG.labels("loader", self.job, tp.topic, str(tp.partition)).set(high - done)
-            if done < high:
-                return False
-        return True
+            lag = max(0, high - max(tp.offset, 0))
+            lags[(tp.topic, tp.partition)] = lag
+            CONSUMER_LAG.labels("loader", self.job, tp.topic, str(tp.partition)).set(lag)
+        return lags
+
+    def _caught_up(self, consumer: Consumer) -> bool:
+        lags = self._export_lag(consumer)
+        return lags is not None and not any(lags.values())

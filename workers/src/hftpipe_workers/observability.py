@@ -23,6 +23,9 @@ from prometheus_client import (
     generate_latest,
 )
 
+LAG_EXPORT_SECONDS = 5.0
+"""How often the long-running workers refresh the consumer-lag gauges from the broker."""
+
 REGISTRY = CollectorRegistry(auto_describe=True)
 """The workers' own registry (not the global one), so tests can read it in isolation."""
 

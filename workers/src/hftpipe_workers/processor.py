@@ -49,6 +49,7 @@ from .observability import (
     CONSUMER_LAG,
     ERRORS,
     EVENT_TO_REDIS_SECONDS,
+    LAG_EXPORT_SECONDS,
     LATEST_VWAP,
     READY,
     RECORDS_IN,
@@ -222,10 +223,13 @@ class Processor:
         )
         report = ProcessorReport()
         started = time.monotonic()
-        last_data = time.monotonic()
+        last_data = last_lag = time.monotonic()
         READY.labels("processor", self.job).set(1)
         try:
             while not self.stop.is_set():
+                if time.monotonic() - last_lag > LAG_EXPORT_SECONDS:
+                    self._export_lag(consumer)
+                    last_lag = time.monotonic()
                 msgs = consumer.consume(self.batch_max, timeout=0.05)
                 if not msgs:
                     if (
@@ -268,18 +272,26 @@ class Processor:
                 f"{self.topics.metrics}: {self._delivery_errors[:3]}"
             )
 
-    def _caught_up(self, consumer: Consumer) -> bool:
+    def _export_lag(self, consumer: Consumer) -> dict[int, int] | None:
+        """Lag per assigned partition (end offset minus the offset stored in Redis),
+        exported as a gauge; None while nothing is assigned."""
         assigned = consumer.assignment()
         if not assigned:
-            return False
+            return None
+        lags = {}
         for tp in assigned:
             _, high = consumer.get_watermark_offsets(tp, timeout=5, cached=False)
             part = self._parts.get(tp.partition)
             done = part.offset if part and part.offset is not None else 0
-            CONSUMER_LAG.labels("processor", self.job, tp.topic, str(tp.partition)).set(high - done)
-            if done < high:
-                return False
-        return True
+            lags[tp.partition] = max(0, high - done)
+            CONSUMER_LAG.labels("processor", self.job, tp.topic, str(tp.partition)).set(
+                lags[tp.partition]
+            )
+        return lags
+
+    def _caught_up(self, consumer: Consumer) -> bool:
+        lags = self._export_lag(consumer)
+        return lags is not None and not any(lags.values())
 
     def _process(
         self,
