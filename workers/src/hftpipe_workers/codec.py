@@ -79,9 +79,17 @@ def encode_bars(batch: BarBatch) -> Iterator[bytes]:
 def decode_bar(data: bytes) -> Bar:
     """A bar from its Kafka value; CodecError says what is wrong with a bad one.
 
+    The common case, a well-formed message of a valid bar, takes a fast path
+    (one dict lookup and one type check per field: the processor decodes every
+    bar, and the careful path cost 40% of its time); anything unusual falls
+    through to the careful path, which names the problem.
+
     The bar is also validated (high >= low and so on): a message that decodes
     to an impossible bar is as unusable as one that does not decode.
     """
+    fast = _decode_bar_fast(data)
+    if fast is not None:
+        return fast
     msg = _load(data, "bar")
     try:
         bar = Bar(
@@ -119,6 +127,35 @@ class BarMetrics(NamedTuple):
             if m.window == label:
                 return m
         raise KeyError(f"no window {label!r} in {[m.window for m in self.windows]}")
+
+
+_NUMBER = (int, float)
+
+
+def _decode_bar_fast(data: bytes) -> Bar | None:
+    """The bar if ``data`` is a well-formed, valid bar message; None otherwise."""
+    try:
+        m = orjson.loads(data)
+        s, t, q = m["s"], m["t"], m["q"]
+        o, h, lo, c, v = m["o"], m["h"], m["l"], m["c"], m["v"]
+        ln = m.get("ln", 0)
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+    if (
+        m.get("sv") != SCHEMA_VERSION
+        or type(s) is not str
+        or type(t) is not int
+        or type(q) is not int
+        or type(ln) is not int
+        or type(o) not in _NUMBER
+        or type(h) not in _NUMBER
+        or type(lo) not in _NUMBER
+        or type(c) not in _NUMBER
+        or type(v) not in _NUMBER
+    ):
+        return None
+    bar = Bar(s, t, float(o), float(h), float(lo), float(c), float(v), q, ln)
+    return bar if validate_bar(bar) is None else None
 
 
 def encode_bar_metrics(bar: Bar, windows: Sequence[WindowMetrics]) -> bytes:
