@@ -1,0 +1,522 @@
+"""Pure builders of a ReplayJob's Kubernetes objects: ``build_<component>_<kind>(job)``.
+
+Each returns a plain manifest (a dict) named after the job (:class:`~.naming.Names`)
+and labelled with :mod:`.labels`; none calls the API or sets an owner: the
+handlers adopt (``kopf.adopt``) and create or patch what these return.
+
+The workers are configured the way they are on a laptop: the settings go into
+a ConfigMap of ``HFTPIPE_*`` variables (names read from the workers' CLI and
+settings classes by :mod:`.workerapi`) that every worker loads with
+``envFrom``; credentials come as ``secretKeyRef`` variables, each only in the
+workers that need it. Every pod runs as the image's user 10001 under the
+``restricted`` Pod Security Standard, with a read-only root file system.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Final
+
+from hftpipe_workers.contract import Topics
+from hftpipe_workers.settings import KafkaSettings, RedisSettings
+from hftpipe_workers.warehouse.snowflake_sink import SnowflakeSettings
+
+from . import labels
+from .labels import Component, Worker
+from .naming import Names
+from .spec import ReplayJob, ReplayJobSpec
+from .workerapi import COMMANDS, METRICS_PORTS, cli_envvar, settings_envvar
+
+STRIMZI_API_VERSION: Final = "kafka.strimzi.io/v1"
+"""Strimzi 0.49 added the ``v1`` API to every Strimzi CRD and 1.0 serves nothing else,
+so ``v1`` works with every Strimzi release from 0.49 on (``v1beta2`` stops at 0.5x)."""
+
+POD_MONITOR_API_VERSION: Final = "monitoring.coreos.com/v1"
+
+RUN_AS: Final = 10001
+"""The workers image's user and group (``workers/Dockerfile``)."""
+
+TMP_MOUNT: Final = "/tmp"  # noqa: S108 - a private emptyDir, not a shared /tmp
+WAREHOUSE_MOUNT: Final = "/var/lib/hftpipe"
+KAFKA_CA_MOUNT: Final = "/etc/hftpipe/kafka-ca"
+KAFKA_CA_FILE: Final = "ca.crt"
+METRICS_PORT_NAME: Final = "metrics"
+
+POD_SECURITY_CONTEXT: Final[dict[str, Any]] = {
+    "runAsNonRoot": True,
+    "runAsUser": RUN_AS,
+    "runAsGroup": RUN_AS,
+    "fsGroup": RUN_AS,  # the DuckDB volume must be writable by the worker
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY_CONTEXT: Final[dict[str, Any]] = {
+    "runAsNonRoot": True,
+    "runAsUser": RUN_AS,
+    "runAsGroup": RUN_AS,
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+USAGE_ERROR_EXIT_CODE: Final = 2
+"""``hftpipe produce`` exits 2 for a bad option, an unknown layout or a missing file:
+retrying cannot help, so the Job fails at once instead of using up its backoffLimit."""
+
+
+# ------------------------------------------------------------------- worker settings
+
+
+def bootstrap_servers(job: ReplayJob) -> str:
+    """``kafka.bootstrapServers``, or the bootstrap Service of the Strimzi cluster."""
+    kafka = job.spec.kafka
+    if kafka.bootstrap_servers is not None:
+        return kafka.bootstrap_servers
+    cluster = kafka.strimzi_cluster
+    if cluster is None:  # the spec's rules forbid it; keep mypy and readers sure
+        raise ValueError("kafka needs exactly one of bootstrapServers or strimziCluster")
+    namespace = cluster.namespace or job.namespace
+    return f"{cluster.name}-kafka-bootstrap.{namespace}.svc:{cluster.port}"
+
+
+def security_protocol(spec: ReplayJobSpec) -> str:
+    """Kafka ``security.protocol`` implied by ``credentials`` and ``tls``."""
+    sasl, tls = spec.kafka.credentials is not None, spec.kafka.tls is not None
+    return {
+        (False, False): "PLAINTEXT",
+        (False, True): "SSL",
+        (True, False): "SASL_PLAINTEXT",
+        (True, True): "SASL_SSL",
+    }[(sasl, tls)]
+
+
+def warehouse_url(spec: ReplayJobSpec) -> str:
+    """The loader's ``--warehouse``: the DuckDB file on its volume, or ``snowflake://``."""
+    if spec.warehouse.type == "snowflake":
+        return "snowflake://"
+    return f"duckdb:///{WAREHOUSE_MOUNT}/{spec.warehouse.duckdb.path}"
+
+
+def worker_settings(job: ReplayJob) -> dict[str, str]:
+    """The non-secret ``HFTPIPE_*`` variables of every worker (the ConfigMap's data)."""
+    spec = job.spec
+    kafka, pacing, source = spec.kafka, spec.pacing, spec.source
+    env = {
+        cli_envvar("produce", "job"): job.name,
+        cli_envvar("produce", "log_json"): "true",
+        cli_envvar("produce", "profile"): kafka.profile,
+        # With Strimzi the operator creates the topics as KafkaTopics; a worker that
+        # created one itself would race the Topic Operator.
+        cli_envvar("produce", "create_topics"): "false" if kafka.strimzi_cluster else "true",
+        cli_envvar("produce", "partitions"): str(kafka.topic.partitions),
+        cli_envvar("produce", "replication"): str(kafka.topic.replicas),
+        cli_envvar("process", "windows"): ",".join(spec.processing.windows),
+        cli_envvar("load", "warehouse"): warehouse_url(spec),
+        settings_envvar(KafkaSettings, "bootstrap_servers"): bootstrap_servers(job),
+        settings_envvar(KafkaSettings, "security_protocol"): security_protocol(spec),
+        settings_envvar(RedisSettings, "url"): spec.redis.url,
+        settings_envvar(RedisSettings, "history_limit"): str(spec.redis.history_limit),
+    }
+    if pacing.speed is not None:
+        env[cli_envvar("produce", "speed")] = pacing.speed
+    elif pacing.rate is not None:
+        env[cli_envvar("produce", "rate")] = repr(pacing.rate)
+    else:
+        env[cli_envvar("produce", "speed")] = "max"
+    for param, value in (
+        ("symbol", source.symbol),
+        ("start", source.start),
+        ("end", source.end),
+        ("mapping", source.mapping),
+    ):
+        if value is not None:
+            env[cli_envvar("produce", param)] = value
+    if kafka.credentials is not None:
+        env[settings_envvar(KafkaSettings, "sasl_mechanism")] = (
+            kafka.credentials.secret_ref.mechanism
+        )
+    if kafka.tls is not None:
+        env[settings_envvar(KafkaSettings, "ssl_ca_location")] = f"{KAFKA_CA_MOUNT}/{KAFKA_CA_FILE}"
+    snowflake = spec.warehouse.snowflake
+    if spec.warehouse.type == "snowflake" and snowflake is not None:
+        for field, value in (
+            ("account", snowflake.account),
+            ("user", snowflake.user),
+            ("database", snowflake.database),
+            ("schema_", snowflake.schema_),
+            ("warehouse", snowflake.warehouse),
+            ("role", snowflake.role),
+        ):
+            if value is not None:
+                env[settings_envvar(SnowflakeSettings, field)] = value
+    return dict(sorted(env.items()))
+
+
+def config_hash(settings: dict[str, str]) -> str:
+    """Short hash of the settings, put on pod templates so a change rolls the pods."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _secret_var(name: str, secret: str, key: str) -> dict[str, Any]:
+    # optional: false: a missing Secret or key stops the pod with an error that
+    # names them (CreateContainerConfigError) instead of a worker without credentials.
+    return {
+        "name": name,
+        "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": False}},
+    }
+
+
+def secret_env(spec: ReplayJobSpec, worker: Worker) -> list[dict[str, Any]]:
+    """The credentials ``worker`` needs, as ``secretKeyRef`` variables (values never copied)."""
+    env: list[dict[str, Any]] = []
+    if spec.kafka.credentials is not None:
+        ref = spec.kafka.credentials.secret_ref
+        env += [
+            _secret_var(
+                settings_envvar(KafkaSettings, "sasl_username"), ref.name, ref.username_key
+            ),
+            _secret_var(
+                settings_envvar(KafkaSettings, "sasl_password"), ref.name, ref.password_key
+            ),
+        ]
+    if worker == "processor" and spec.redis.credentials is not None:
+        redis_ref = spec.redis.credentials.secret_ref
+        if redis_ref.username_key is not None:
+            env.append(
+                _secret_var(
+                    settings_envvar(RedisSettings, "username"),
+                    redis_ref.name,
+                    redis_ref.username_key,
+                )
+            )
+        env.append(
+            _secret_var(
+                settings_envvar(RedisSettings, "password"), redis_ref.name, redis_ref.password_key
+            )
+        )
+    snowflake = spec.warehouse.snowflake
+    if worker == "loader" and spec.warehouse.type == "snowflake" and snowflake is not None:
+        sf_ref = snowflake.secret_ref
+        for field, key in (
+            ("password", sf_ref.password_key),
+            ("private_key", sf_ref.private_key_key),
+            ("private_key_passphrase", sf_ref.private_key_passphrase_key),
+        ):
+            if key is not None:
+                env.append(_secret_var(settings_envvar(SnowflakeSettings, field), sf_ref.name, key))
+    return env
+
+
+# ---------------------------------------------------------------------------- pods
+
+
+def _metadata(
+    job: ReplayJob, name: str, component: Component, namespace: str | None = None
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": namespace or job.namespace,
+        "labels": labels.labels(job.name, component),
+    }
+
+
+def _volumes(job: ReplayJob, worker: Worker) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volumes, volumeMounts) of a worker's pod."""
+    spec = job.spec
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": "512Mi"}}]
+    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": TMP_MOUNT}]
+    if spec.kafka.tls is not None:
+        ca = spec.kafka.tls.ca_secret_ref
+        volumes.append(
+            {
+                "name": "kafka-ca",
+                "secret": {
+                    "secretName": ca.name,
+                    "items": [{"key": ca.key, "path": KAFKA_CA_FILE}],
+                },
+            }
+        )
+        mounts.append({"name": "kafka-ca", "mountPath": KAFKA_CA_MOUNT, "readOnly": True})
+    source_volume = spec.source.volume
+    if worker == "producer" and source_volume is not None:
+        if source_volume.claim_name is not None:
+            volume_source: dict[str, Any] = {
+                "persistentVolumeClaim": {"claimName": source_volume.claim_name, "readOnly": True}
+            }
+        else:
+            volume_source = dict(source_volume.volume_source or {})
+        volumes.append({"name": "source", **volume_source})
+        mounts.append({"name": "source", "mountPath": spec.source.mount_path, "readOnly": True})
+    if worker == "loader" and spec.warehouse.type == "duckdb":
+        claim = spec.warehouse.duckdb.claim_name or Names(job.name).warehouse
+        volumes.append({"name": "warehouse", "persistentVolumeClaim": {"claimName": claim}})
+        mounts.append({"name": "warehouse", "mountPath": WAREHOUSE_MOUNT})
+    return volumes, mounts
+
+
+def _container(job: ReplayJob, worker: Worker) -> dict[str, Any]:
+    spec = job.spec
+    port = METRICS_PORTS[worker]
+    args = [spec.source.url] if worker == "producer" else []
+    _, mounts = _volumes(job, worker)
+    return {
+        "name": worker,
+        "image": spec.images.workers,
+        "imagePullPolicy": spec.images.pull_policy,
+        "command": ["hftpipe", COMMANDS[worker], *args],
+        "envFrom": [{"configMapRef": {"name": Names(job.name).settings}}],
+        "env": [
+            {"name": cli_envvar(COMMANDS[worker], "metrics_port"), "value": str(port)},
+            # The image's user has no home directory; libraries that cache there
+            # (Snowflake's OCSP cache) get the writable /tmp instead.
+            {"name": "HOME", "value": TMP_MOUNT},
+            *secret_env(spec, worker),
+        ],
+        "ports": [{"name": METRICS_PORT_NAME, "containerPort": port, "protocol": "TCP"}],
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": METRICS_PORT_NAME},
+            "initialDelaySeconds": 5,
+            "periodSeconds": 10,
+            "timeoutSeconds": 3,
+            "failureThreshold": 3,
+        },
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": METRICS_PORT_NAME},
+            "periodSeconds": 5,
+            "timeoutSeconds": 3,
+            "failureThreshold": 3,
+        },
+        "resources": getattr(spec.resources, worker).to_api(),
+        "securityContext": dict(CONTAINER_SECURITY_CONTEXT),
+        "volumeMounts": mounts,
+    }
+
+
+def _pod_template(job: ReplayJob, worker: Worker, restart_policy: str) -> dict[str, Any]:
+    volumes, _ = _volumes(job, worker)
+    pod: dict[str, Any] = {
+        "containers": [_container(job, worker)],
+        "restartPolicy": restart_policy,
+        "securityContext": dict(POD_SECURITY_CONTEXT),
+        # Workers never call the Kubernetes API.
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        # SIGTERM makes a worker finish and commit its batch before it exits.
+        "terminationGracePeriodSeconds": 60,
+        "volumes": volumes,
+    }
+    if job.spec.images.pull_secrets:
+        pod["imagePullSecrets"] = [{"name": n} for n in job.spec.images.pull_secrets]
+    return {
+        "metadata": {
+            "labels": labels.labels(job.name, worker),
+            "annotations": {labels.CONFIG_HASH: config_hash(worker_settings(job))},
+        },
+        "spec": pod,
+    }
+
+
+# ------------------------------------------------------------------------ builders
+
+
+def build_settings_configmap(job: ReplayJob) -> dict[str, Any]:
+    """ConfigMap ``<job>-settings``: the workers' ``HFTPIPE_*`` settings, no secrets."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(job, Names(job.name).settings, "settings"),
+        "data": worker_settings(job),
+    }
+
+
+def build_producer_job(job: ReplayJob) -> dict[str, Any]:
+    """Job ``<job>-producer``: ``hftpipe produce <source>``, once to completion.
+
+    Failed pods are retried ``restartPolicy.maxRestarts`` times (the producer
+    resumes after the last row in Kafka); usage errors fail the Job at once, and
+    evictions do not count. ``spec.suspend`` suspends the Job.
+    """
+    settings_hash = config_hash(worker_settings(job))
+    metadata = _metadata(job, Names(job.name).producer, "producer")
+    # The pod template of a Job cannot change: the handler compares this hash to
+    # decide when to replace the Job.
+    metadata["annotations"] = {labels.CONFIG_HASH: settings_hash}
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": metadata,
+        "spec": {
+            "backoffLimit": job.spec.restart_policy.max_restarts,
+            "completions": 1,
+            "parallelism": 1,
+            "suspend": job.spec.suspend,
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {
+                            "containerName": "producer",
+                            "operator": "In",
+                            "values": [USAGE_ERROR_EXIT_CODE],
+                        },
+                    },
+                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                ]
+            },
+            "template": _pod_template(job, "producer", restart_policy="Never"),
+        },
+    }
+
+
+def _deployment(
+    job: ReplayJob, worker: Worker, name: str, replicas: int, strategy: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(job, name, worker),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels.selector_labels(job.name, worker)},
+            "strategy": strategy,
+            "revisionHistoryLimit": 3,
+            "template": _pod_template(job, worker, restart_policy="Always"),
+        },
+    }
+
+
+def build_processor_deployment(job: ReplayJob, *, complete: bool = False) -> dict[str, Any]:
+    """Deployment ``<job>-processor``: ``processing.replicas`` processors, 0 when the job is
+    suspended or complete."""
+    stopped = job.spec.suspend or complete
+    return _deployment(
+        job,
+        "processor",
+        Names(job.name).processor,
+        0 if stopped else job.spec.processing.replicas,
+        # Surplus processors during a rollout are harmless (Redis fencing), gaps are not.
+        {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+    )
+
+
+def build_loader_deployment(job: ReplayJob, *, complete: bool = False) -> dict[str, Any]:
+    """Deployment ``<job>-loader``: one loader, 0 when the job is suspended or complete."""
+    stopped = job.spec.suspend or complete
+    return _deployment(
+        job,
+        "loader",
+        Names(job.name).loader,
+        0 if stopped else 1,
+        # One writer at a time: DuckDB allows one, and its volume is ReadWriteOnce.
+        {"type": "Recreate"},
+    )
+
+
+def build_metrics_service(job: ReplayJob) -> dict[str, Any]:
+    """Headless Service ``<job>-metrics``: every worker's metrics port, one DNS name per pod."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(job, Names(job.name).metrics, "metrics"),
+        "spec": {
+            "clusterIP": "None",
+            "selector": labels.selector_labels(job.name),
+            # A worker that is not ready is the one whose metrics matter most.
+            "publishNotReadyAddresses": True,
+            "ports": [
+                {"name": worker, "port": port, "targetPort": port, "protocol": "TCP"}
+                for worker, port in METRICS_PORTS.items()
+            ],
+        },
+    }
+
+
+def build_workers_podmonitor(job: ReplayJob) -> dict[str, Any]:
+    """PodMonitor ``<job>-workers``: Prometheus scrapes every worker's ``metrics`` port."""
+    return {
+        "apiVersion": POD_MONITOR_API_VERSION,
+        "kind": "PodMonitor",
+        "metadata": _metadata(job, Names(job.name).pod_monitor, "metrics"),
+        "spec": {
+            "selector": {"matchLabels": labels.selector_labels(job.name)},
+            "podTargetLabels": [labels.JOB, labels.COMPONENT],
+            "podMetricsEndpoints": [
+                {
+                    "port": METRICS_PORT_NAME,
+                    "path": "/metrics",
+                    "interval": job.spec.monitoring.interval,
+                    # The workers label their series job=<ReplayJob>; keep that over
+                    # Prometheus' own job label, which dashboards do not query.
+                    "honorLabels": True,
+                }
+            ],
+        },
+    }
+
+
+def build_topic_kafkatopics(job: ReplayJob) -> list[dict[str, Any]]:
+    """Strimzi KafkaTopics of the job's topics, when ``kafka.strimziCluster`` is set.
+
+    Named like the topics themselves (valid Kubernetes names, Strimzi's
+    recommendation), in the cluster's namespace, where its Topic Operator looks.
+    The dead-letter topic has one partition, as the producer creates it.
+    """
+    cluster = job.spec.kafka.strimzi_cluster
+    if cluster is None:
+        return []
+    topics = Topics.for_job(job.name)
+    partitions, replicas = job.spec.kafka.topic.partitions, job.spec.kafka.topic.replicas
+    out = []
+    for topic, count in (
+        (topics.bars, partitions),
+        (topics.metrics, partitions),
+        (topics.deadletter, 1),
+    ):
+        metadata = _metadata(job, topic, "topic", namespace=cluster.namespace or job.namespace)
+        metadata["labels"][labels.STRIMZI_CLUSTER] = cluster.name
+        out.append(
+            {
+                "apiVersion": STRIMZI_API_VERSION,
+                "kind": "KafkaTopic",
+                "metadata": metadata,
+                "spec": {"partitions": count, "replicas": replicas},
+            }
+        )
+    return out
+
+
+def build_warehouse_pvc(job: ReplayJob) -> dict[str, Any]:
+    """PersistentVolumeClaim ``<job>-warehouse`` for the DuckDB file (used when
+    ``warehouse.duckdb.claimName`` is unset)."""
+    duckdb = job.spec.warehouse.duckdb
+    spec: dict[str, Any] = {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": str(duckdb.size)}},
+    }
+    if duckdb.storage_class_name is not None:
+        spec["storageClassName"] = duckdb.storage_class_name
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": _metadata(job, Names(job.name).warehouse, "warehouse"),
+        "spec": spec,
+    }
+
+
+def build_all(job: ReplayJob, *, complete: bool = False) -> list[dict[str, Any]]:
+    """Every object the job needs, in creation order (settings and storage first)."""
+    spec = job.spec
+    objects = [build_settings_configmap(job)]
+    if spec.warehouse.type == "duckdb" and spec.warehouse.duckdb.claim_name is None:
+        objects.append(build_warehouse_pvc(job))
+    objects += build_topic_kafkatopics(job)
+    objects += [
+        build_producer_job(job),
+        build_processor_deployment(job, complete=complete),
+        build_loader_deployment(job, complete=complete),
+        build_metrics_service(job),
+    ]
+    if spec.monitoring.pod_monitor:
+        objects.append(build_workers_podmonitor(job))
+    return objects

@@ -1,0 +1,648 @@
+"""The ReplayJob's ``spec`` as pydantic models: the one source of the CRD's spec schema.
+
+:mod:`.crd` renders these models (types, constraints, docstrings, defaults and
+:class:`~.apimodel.Rule` objects) into the CRD's OpenAPI schema, so the API
+server and :meth:`ReplayJobSpec.model_validate` accept, reject and default the
+same specs. Defaults that the workers also have (partitions, windows, Redis
+history, Snowflake schema, Kafka profile) are read from the workers' code, so
+a ReplayJob without them behaves like ``hftpipe`` run by hand.
+
+No field holds a secret: credentials are only ever named, by Secret and key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib.metadata import version
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import AfterValidator, Field, StringConstraints
+
+from hftpipe_workers import cli
+from hftpipe_workers.settings import KafkaProfile, KafkaSettings, RedisSettings
+from hftpipe_workers.warehouse.snowflake_sink import SnowflakeSettings
+
+from .apimodel import (
+    ApiModel,
+    Crd,
+    DnsLabel,
+    ObjectName,
+    Quantity,
+    Rule,
+    SecretKey,
+    Timestamp,
+    parse_timestamp,
+)
+from .naming import check_name
+from .workerapi import cli_default, settings_default
+
+DEFAULT_WORKERS_IMAGE: Final = f"hftpipe-workers:{version('hftpipe-workers')}"
+"""The workers' image built from this release (``workers/Dockerfile``)."""
+
+WINDOW_PATTERN: Final = r"^[1-9][0-9]*[smhd]$"
+SPEED_PATTERN: Final = r"^([1-9][0-9]*(\.[0-9]+)?|0\.[0-9]*[1-9][0-9]*)x$"
+BOOTSTRAP_PATTERN: Final = r"^[^,\s:]+:[0-9]{1,5}(,[^,\s:]+:[0-9]{1,5})*$"
+ABSOLUTE_PATH_PATTERN: Final = r"^/.*$"
+RELATIVE_PATH_PATTERN: Final = r"^[A-Za-z0-9_][-A-Za-z0-9_.]*(/[A-Za-z0-9_][-A-Za-z0-9_.]*)*$"
+DURATION_PATTERN: Final = r"^[1-9][0-9]*(ms|s|m|h)$"
+
+Layout = Literal["auto", "kaggle-btc", "binance", "generic"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+PullPolicy = Literal["Always", "IfNotPresent", "Never"]
+WarehouseType = Literal["duckdb", "snowflake"]
+
+Window = Annotated[str, StringConstraints(max_length=16, pattern=WINDOW_PATTERN)]
+AbsolutePath = Annotated[
+    str, StringConstraints(min_length=1, max_length=1024, pattern=ABSOLUTE_PATH_PATTERN)
+]
+
+
+def _unique(values: list[str]) -> list[str]:
+    duplicates = sorted({v for v in values if values.count(v) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate values {duplicates}")
+    return values
+
+
+def _count(*flags: bool) -> int:
+    return sum(1 for f in flags if f)
+
+
+# --------------------------------------------------------------------------- source
+
+
+class SourceVolume(ApiModel):
+    """Where a file-system source comes from: a PersistentVolumeClaim or any volume source."""
+
+    rules = (
+        Rule(
+            cel="has(self.claimName) != has(self.volumeSource)",
+            message="source.volume needs exactly one of claimName or volumeSource",
+            holds=lambda s: (s.claim_name is None) != (s.volume_source is None),
+        ),
+    )
+
+    claim_name: ObjectName | None = None
+    """Name of a PersistentVolumeClaim in the job's namespace that holds the file."""
+
+    volume_source: dict[str, Any] | None = None
+    """A Kubernetes volume source instead of a claim, as in a Pod's volumes without the
+    name, e.g. `{nfs: {server: nas, path: /exports/bars}}` or `{configMap: {name: bars}}`."""
+
+
+class SourceSpec(ApiModel):
+    """The CSV file to replay and which part of it."""
+
+    rules = (
+        Rule(
+            cel="!has(self.mapping) || self.layout == 'auto'",
+            message="set source.mapping or a source.layout other than 'auto', not both",
+            holds=lambda s: s.mapping is None or s.layout == "auto",
+            field_path=".mapping",
+        ),
+        Rule(
+            cel="!has(self.start) || !has(self.end) || timestamp(self.start) < timestamp(self.end)",
+            message="source.start must be before source.end",
+            holds=lambda s: (
+                s.start is None
+                or s.end is None
+                or parse_timestamp(s.start) < parse_timestamp(s.end)
+            ),
+            field_path=".end",
+        ),
+        Rule(
+            cel=(
+                "!has(self.volume) || self.url.startsWith(self.mountPath + '/')"
+                " || self.url.startsWith('file://' + self.mountPath + '/')"
+            ),
+            message="with source.volume, source.url must be a file under source.mountPath",
+            holds=lambda s: (
+                s.volume is None
+                or s.url.startswith(s.mount_path + "/")
+                or s.url.startswith("file://" + s.mount_path + "/")
+            ),
+            field_path=".url",
+        ),
+    )
+
+    url: Annotated[str, StringConstraints(min_length=1, max_length=2048)]
+    """The CSV file, optionally compressed (.gz, .bz2, .xz, .zst): a path in the
+    producer's container (on `volume`, or shipped in the image), or a file://,
+    s3://, gs:// or https:// URL."""
+
+    volume: SourceVolume | None = None
+    """A volume to mount in the producer's pod at `mountPath` (read-only) for a
+    file-system source."""
+
+    mount_path: AbsolutePath = "/data"
+    """Where `volume` is mounted in the producer's container."""
+
+    layout: Layout = "auto"
+    """Layout the file is expected to have; `auto` recognises it from the header
+    (kaggle-btc, binance and generic are recognised; the producer logs its choice)."""
+
+    mapping: Annotated[str, StringConstraints(min_length=1, max_length=512)] | None = None
+    """Column mapping for other layouts (the producer's `--mapping`), e.g.
+    `time=ts:unix_ms,open=o,high=h,low=l,close=c,volume=v,symbol=sym`."""
+
+    symbol: (
+        Annotated[str, StringConstraints(max_length=64, pattern=r"^[A-Za-z0-9][-A-Za-z0-9._:/]*$")]
+        | None
+    ) = None
+    """Symbol of every bar, for files without a symbol column (e.g. BTCUSDT)."""
+
+    start: Timestamp | None = None
+    """First bar time to replay (inclusive), RFC 3339 with a zone."""
+
+    end: Timestamp | None = None
+    """Bar time to stop at (exclusive), RFC 3339 with a zone; after `start`."""
+
+
+# --------------------------------------------------------------------------- pacing
+
+
+class PacingSpec(ApiModel):
+    """How fast bars are sent: exactly one of `speed`, `rate` or `max: true`."""
+
+    rules = (
+        Rule(
+            cel=(
+                "(has(self.speed) ? 1 : 0) + (has(self.rate) ? 1 : 0)"
+                " + (has(self.max) && self.max ? 1 : 0) == 1"
+            ),
+            message="pacing needs exactly one of speed, rate or max: true",
+            holds=lambda s: _count(s.speed is not None, s.rate is not None, s.max is True) == 1,
+        ),
+    )
+
+    speed: Annotated[str, StringConstraints(max_length=32, pattern=SPEED_PATTERN)] | None = None
+    """A multiple of real time on event time, e.g. `60x` (an hour of bars per minute)."""
+
+    rate: float | None = Field(default=None, gt=0)
+    """A fixed number of bars per second, whatever their times."""
+
+    max: bool | None = None
+    """`true`: as fast as Kafka takes them."""
+
+
+# ---------------------------------------------------------------------------- kafka
+
+
+class StrimziClusterRef(ApiModel):
+    """A Kafka cluster run by the Strimzi operator (its `Kafka` resource)."""
+
+    name: DnsLabel
+    """Name of the `Kafka` resource."""
+
+    namespace: DnsLabel | None = None
+    """Its namespace; unset means the ReplayJob's own. KafkaTopics are created there."""
+
+    port: int = Field(default=9092, ge=1, le=65535)
+    """Port of the listener to use on `<name>-kafka-bootstrap` (Strimzi's plain
+    listener is usually 9092, TLS 9093)."""
+
+
+class TopicSpec(ApiModel):
+    """The job's bars and metrics topics (the dead-letter topic has one partition)."""
+
+    partitions: int = Field(default=cli_default(cli.produce, "partitions"), ge=1, le=10_000)
+    """Partitions of the bars and metrics topics: the most processors that can work at once."""
+
+    replicas: int = Field(default=cli_default(cli.produce, "replication"), ge=1, le=32_767)
+    """Replication factor of the job's topics."""
+
+
+class KafkaSecretRef(ApiModel):
+    """A Secret holding a SASL user name and password."""
+
+    name: ObjectName
+    """Name of the Secret, in the job's namespace."""
+
+    username_key: SecretKey = "username"
+    """Key of the user name."""
+
+    password_key: SecretKey = "password"  # noqa: S105 - the name of a key, not a password
+    """Key of the password."""
+
+    mechanism: SaslMechanism = "SCRAM-SHA-512"
+    """SASL mechanism (Strimzi's `scram-sha-512` KafkaUsers use SCRAM-SHA-512)."""
+
+
+class KafkaCredentials(ApiModel):
+    """SASL authentication to Kafka."""
+
+    secret_ref: KafkaSecretRef
+    """The Secret with the user name and password."""
+
+
+class CaSecretRef(ApiModel):
+    """A Secret holding a PEM CA bundle."""
+
+    name: ObjectName
+    """Name of the Secret, in the job's namespace (e.g. a copy of Strimzi's
+    `<cluster>-cluster-ca-cert`)."""
+
+    key: SecretKey = "ca.crt"
+    """Key of the CA bundle."""
+
+
+class KafkaTls(ApiModel):
+    """TLS to Kafka's listener."""
+
+    ca_secret_ref: CaSecretRef
+    """CA bundle to verify the brokers with."""
+
+
+class KafkaSpec(ApiModel):
+    """The Kafka cluster and the job's topics: exactly one of `bootstrapServers` or
+    `strimziCluster`."""
+
+    rules = (
+        Rule(
+            cel="has(self.bootstrapServers) != has(self.strimziCluster)",
+            message="kafka needs exactly one of bootstrapServers or strimziCluster",
+            holds=lambda s: (s.bootstrap_servers is None) != (s.strimzi_cluster is None),
+        ),
+    )
+
+    bootstrap_servers: (
+        Annotated[str, StringConstraints(max_length=2048, pattern=BOOTSTRAP_PATTERN)] | None
+    ) = None
+    """Comma-separated `host:port` list; the workers create the topics they need."""
+
+    strimzi_cluster: StrimziClusterRef | None = None
+    """A Strimzi-managed cluster; the operator creates the topics as KafkaTopics."""
+
+    topic: TopicSpec = TopicSpec()
+    """The job's topics."""
+
+    credentials: KafkaCredentials | None = None
+    """SASL credentials; unset means no authentication."""
+
+    tls: KafkaTls | None = None
+    """TLS settings; unset means a plaintext listener."""
+
+    profile: KafkaProfile = settings_default(KafkaSettings, "profile")
+    """Client tuning: `throughput` (batching, lz4) or `latency` (no lingering)."""
+
+
+# ----------------------------------------------------------------------- processing
+
+
+class ProcessingSpec(ApiModel):
+    """The processor: rolling windows and how many run in parallel."""
+
+    windows: Annotated[
+        list[Window],
+        Field(min_length=1, max_length=16),
+        AfterValidator(_unique),
+        Crd({"x-kubernetes-list-type": "set"}),
+    ] = Field(default_factory=lambda: cli_default(cli.process, "windows").split(","))
+    """Rolling event-time windows: a positive number and s, m, h or d."""
+
+    replicas: int = Field(default=1, ge=1, le=10_000)
+    """Processor pods; at most `kafka.topic.partitions` (each needs a partition)."""
+
+
+# ---------------------------------------------------------------------------- redis
+
+
+class RedisSecretRef(ApiModel):
+    """A Secret holding the Redis password (and ACL user name)."""
+
+    name: ObjectName
+    """Name of the Secret, in the job's namespace."""
+
+    password_key: SecretKey = "password"  # noqa: S105 - the name of a key, not a password
+    """Key of the password."""
+
+    username_key: SecretKey | None = None
+    """Key of the ACL user name; unset means the default user."""
+
+
+class RedisCredentials(ApiModel):
+    """Redis authentication."""
+
+    secret_ref: RedisSecretRef
+    """The Secret with the password."""
+
+
+class RedisSpec(ApiModel):
+    """The Redis that serves the latest metrics."""
+
+    rules = (
+        Rule(
+            cel="!self.url.contains('@')",
+            message=(
+                "redis.url must not hold credentials (user:password@): put them in a Secret "
+                "and name it in redis.credentials.secretRef"
+            ),
+            holds=lambda s: "@" not in s.url,
+            field_path=".url",
+        ),
+    )
+
+    url: Annotated[
+        str, StringConstraints(max_length=2048, pattern=r"^rediss?://[^\s/]+(/[0-9]+)?$")
+    ]
+    """`redis://host:port/db`, or `rediss://` for TLS; no credentials."""
+
+    credentials: RedisCredentials | None = None
+    """Password (and user) from a Secret; unset means no authentication."""
+
+    history_limit: int = Field(default=settings_default(RedisSettings, "history_limit"), ge=0)
+    """Bars of per-symbol history kept in Redis; 0 keeps none."""
+
+
+# ------------------------------------------------------------------------ warehouse
+
+
+class DuckDBSpec(ApiModel):
+    """A DuckDB file on a PersistentVolumeClaim."""
+
+    claim_name: ObjectName | None = None
+    """An existing claim to use; unset means the operator creates `<job>-warehouse`."""
+
+    size: Quantity = "1Gi"
+    """Size of the claim the operator creates."""
+
+    storage_class_name: ObjectName | None = None
+    """Storage class of the claim the operator creates; unset means the cluster's default."""
+
+    path: Annotated[str, StringConstraints(max_length=255, pattern=RELATIVE_PATH_PATTERN)] = (
+        "hftpipe.duckdb"
+    )
+    """Path of the DuckDB file inside the volume."""
+
+
+class SnowflakeSecretRef(ApiModel):
+    """A Secret with the Snowflake password or private key: exactly one of `passwordKey`
+    or `privateKeyKey`."""
+
+    rules = (
+        Rule(
+            cel="has(self.passwordKey) != has(self.privateKeyKey)",
+            message=(
+                "warehouse.snowflake.secretRef needs exactly one of passwordKey or privateKeyKey"
+            ),
+            holds=lambda s: (s.password_key is None) != (s.private_key_key is None),
+        ),
+        Rule(
+            cel="!has(self.privateKeyPassphraseKey) || has(self.privateKeyKey)",
+            message="warehouse.snowflake.secretRef.privateKeyPassphraseKey needs privateKeyKey",
+            holds=lambda s: s.private_key_passphrase_key is None or s.private_key_key is not None,
+            field_path=".privateKeyPassphraseKey",
+        ),
+    )
+
+    name: ObjectName
+    """Name of the Secret, in the job's namespace."""
+
+    password_key: SecretKey | None = None
+    """Key of the password."""
+
+    private_key_key: SecretKey | None = None
+    """Key of the PEM private key (PKCS#8) for key-pair authentication."""
+
+    private_key_passphrase_key: SecretKey | None = None
+    """Key of the passphrase of an encrypted private key."""
+
+
+_SnowflakeName = Annotated[str, StringConstraints(min_length=1, max_length=255)]
+
+
+class SnowflakeSpec(ApiModel):
+    """Where to connect in Snowflake (the secret parts come from `secretRef`)."""
+
+    secret_ref: SnowflakeSecretRef
+    """The Secret with the password or private key."""
+
+    account: _SnowflakeName
+    """Account identifier, `<orgname>-<account_name>`."""
+
+    user: _SnowflakeName
+    """Login name of the user the loader connects as."""
+
+    database: _SnowflakeName
+    """Database holding the tables."""
+
+    schema_: _SnowflakeName = Field(
+        default=settings_default(SnowflakeSettings, "schema_"), alias="schema"
+    )
+    """Schema holding the tables; it must exist."""
+
+    warehouse: _SnowflakeName | None = None
+    """Virtual warehouse that runs the MERGEs; unset means the user's default."""
+
+    role: _SnowflakeName | None = None
+    """Role to use; unset means the user's default."""
+
+
+class WarehouseSpec(ApiModel):
+    """Where the loader keeps every bar and metric."""
+
+    rules = (
+        Rule(
+            cel="self.type != 'snowflake' || has(self.snowflake)",
+            message="warehouse.type snowflake needs the warehouse.snowflake section",
+            holds=lambda s: s.type != "snowflake" or s.snowflake is not None,
+            field_path=".type",
+        ),
+        Rule(
+            cel="!has(self.snowflake) || self.type == 'snowflake'",
+            message="warehouse.snowflake is only used with warehouse.type snowflake",
+            holds=lambda s: s.snowflake is None or s.type == "snowflake",
+            field_path=".snowflake",
+        ),
+    )
+
+    type: WarehouseType = "duckdb"
+    """`duckdb` (a file on a volume) or `snowflake`."""
+
+    duckdb: DuckDBSpec = DuckDBSpec()
+    """The DuckDB file, for type duckdb."""
+
+    snowflake: SnowflakeSpec | None = None
+    """The Snowflake connection, for type snowflake."""
+
+
+# --------------------------------------------------------------------- pods, policy
+
+
+class ImagesSpec(ApiModel):
+    """The container image of the workers."""
+
+    workers: Annotated[str, StringConstraints(min_length=1, max_length=512)] = DEFAULT_WORKERS_IMAGE
+    """Image with the `hftpipe` command (built from `workers/Dockerfile`)."""
+
+    pull_policy: PullPolicy = "IfNotPresent"
+    """Image pull policy."""
+
+    pull_secrets: Annotated[list[ObjectName], Field(max_length=16)] | None = None
+    """Secrets for a private registry."""
+
+
+class ResourceList(ApiModel):
+    """CPU and memory."""
+
+    cpu: Quantity | None = None
+    """CPU, e.g. `500m` or `2`."""
+
+    memory: Quantity | None = None
+    """Memory, e.g. `512Mi`."""
+
+
+class Resources(ApiModel):
+    """Requests and limits of one worker's container (no CPU limit by default: throttling
+    would distort the replay's timing)."""
+
+    requests: ResourceList | None = None
+    """What the scheduler reserves."""
+
+    limits: ResourceList | None = None
+    """What the container may not exceed."""
+
+
+def _resources(cpu: str, memory: str, memory_limit: str) -> Resources:
+    return Resources(
+        requests=ResourceList(cpu=cpu, memory=memory), limits=ResourceList(memory=memory_limit)
+    )
+
+
+class WorkerResources(ApiModel):
+    """Resources per worker; a worker's section, when given, replaces its defaults."""
+
+    producer: Resources = _resources("250m", "256Mi", "512Mi")
+    """The producer (parses CSV in chunks)."""
+
+    processor: Resources = _resources("500m", "256Mi", "1Gi")
+    """Each processor (window state of its partitions)."""
+
+    loader: Resources = _resources("250m", "512Mi", "1Gi")
+    """The loader (micro-batches of up to 50,000 rows)."""
+
+
+class RestartPolicy(ApiModel):
+    """How often a failing worker is restarted before the job is Failed."""
+
+    rules = (
+        Rule(
+            cel="self.backoffSeconds <= self.maxBackoffSeconds",
+            message="restartPolicy.backoffSeconds must not exceed maxBackoffSeconds",
+            holds=lambda s: s.backoff_seconds <= s.max_backoff_seconds,
+            field_path=".backoffSeconds",
+        ),
+    )
+
+    max_restarts: int = Field(default=3, ge=0, le=1000)
+    """Restarts of a worker before the job is Failed (the producer Job's backoffLimit)."""
+
+    backoff_seconds: int = Field(default=10, ge=1, le=86_400)
+    """First delay before the operator retries a failed step; doubles each time."""
+
+    max_backoff_seconds: int = Field(default=300, ge=1, le=86_400)
+    """Longest delay between retries."""
+
+
+class CleanupSpec(ApiModel):
+    """What is deleted with the ReplayJob (its pods and settings always are)."""
+
+    delete_topics: bool = True
+    """Delete the job's Kafka topics."""
+
+    delete_redis_keys: bool = False
+    """Delete the job's Redis keys (`hftpipe:<job>:*`)."""
+
+    delete_warehouse: bool = False
+    """Delete the DuckDB claim the operator created (never a claim you named)."""
+
+
+class MonitoringSpec(ApiModel):
+    """Prometheus scraping of the workers."""
+
+    pod_monitor: bool = True
+    """Create a PodMonitor (needs the Prometheus Operator's CRDs)."""
+
+    interval: Annotated[str, StringConstraints(max_length=16, pattern=DURATION_PATTERN)] = "15s"
+    """Scrape interval."""
+
+
+# ----------------------------------------------------------------------------- spec
+
+
+class ReplayJobSpec(ApiModel):
+    """Replay a CSV of OHLCV bars through Kafka into Redis and a warehouse."""
+
+    rules = (
+        Rule(
+            cel="self.processing.replicas <= self.kafka.topic.partitions",
+            message=(
+                "processing.replicas must not exceed kafka.topic.partitions: a processor "
+                "without a partition has nothing to do"
+            ),
+            holds=lambda s: s.processing.replicas <= s.kafka.topic.partitions,
+            field_path=".processing.replicas",
+        ),
+    )
+
+    source: SourceSpec
+    """The file to replay."""
+
+    pacing: PacingSpec = PacingSpec(max=True)
+    """How fast to replay; unset means as fast as possible."""
+
+    kafka: KafkaSpec
+    """The Kafka cluster and topics."""
+
+    processing: ProcessingSpec = ProcessingSpec()
+    """Rolling windows and processor replicas."""
+
+    redis: RedisSpec
+    """Where the latest metrics go."""
+
+    warehouse: WarehouseSpec = WarehouseSpec()
+    """Where every bar and metric goes."""
+
+    images: ImagesSpec = ImagesSpec()
+    """Container image of the workers."""
+
+    resources: WorkerResources = WorkerResources()
+    """Requests and limits per worker."""
+
+    suspend: bool = False
+    """`true` stops every worker (the producer resumes where it stopped)."""
+
+    restart_policy: RestartPolicy = RestartPolicy()
+    """Restarts and retry delays."""
+
+    cleanup: CleanupSpec = CleanupSpec()
+    """What is deleted with the job."""
+
+    monitoring: MonitoringSpec = MonitoringSpec()
+    """Prometheus scraping."""
+
+
+# ------------------------------------------------------------------------ a ReplayJob
+
+
+@dataclass(frozen=True)
+class ReplayJob:
+    """A ReplayJob as the builders need it: where it lives and its parsed spec."""
+
+    name: str
+    namespace: str
+    spec: ReplayJobSpec
+
+    def __post_init__(self) -> None:
+        check_name(self.name)
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> ReplayJob:
+        """From the object the API server returns (or kopf's ``body``)."""
+        meta = body["metadata"]
+        return cls(
+            name=meta["name"],
+            namespace=meta["namespace"],
+            spec=ReplayJobSpec.model_validate(body.get("spec") or {}),
+        )

@@ -1,0 +1,622 @@
+"""The ReplayJob's ``status``: its models (the CRD's status schema) and the pure roll-up.
+
+The handlers gather facts (the producer Job, the Deployments and their pods'
+restarts, the Kafka end offsets and the consumer groups' committed offsets, the
+producer's row counts from its metrics) into an :class:`Observed`;
+:func:`roll_up` turns them and the previous status into the new one. Nothing
+here talks to Kubernetes or Kafka, so every rule is unit-tested.
+
+The rules:
+
+- **Succeeded** (terminal) when the producer Job succeeded and the processor and
+  loader groups have consumed every record of the bars (and metrics) topics, at
+  this observation and the previous one with the same row counts: the
+  processor publishes metrics asynchronously after committing a batch, so one
+  observation with lag 0 could precede its last metrics.
+- **Failed** when the producer Job failed, or a processor or loader container
+  restarted more than ``restartPolicy.maxRestarts`` times.
+- **Suspended** when ``spec.suspend``.
+- **Running** when the producer runs (or is done) and every processor and the
+  loader are ready; **Pending** before that.
+
+Progress is the share of the source that has gone all the way through:
+(rows the producer read / rows in the file) x (rows processed and loaded /
+rows produced), with the ETA from its change since the previous observation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import ConfigDict, Field, StringConstraints
+
+from . import labels
+from .apimodel import ApiModel, Crd, Timestamp, parse_timestamp
+from .labels import Worker
+from .spec import ReplayJob, RestartPolicy
+
+Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
+ConditionStatus = Literal["True", "False", "Unknown"]
+FailedComponent = Literal["producer", "processor", "loader", "operator"]
+
+READY: Final = "Ready"
+"""Every worker that should run is running and ready."""
+COMPLETE: Final = "Complete"
+"""The whole file has been replayed, processed and loaded."""
+FAILED: Final = "Failed"
+"""A worker failed for good (see ``lastFailure``)."""
+SUSPENDED: Final = "Suspended"
+"""``spec.suspend`` stopped the workers."""
+CONDITION_TYPES: Final = (READY, COMPLETE, FAILED, SUSPENDED)
+
+
+class StatusModel(ApiModel):
+    """Status parts: unknown fields in a stored status are ignored, not an error."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class Condition(StatusModel):
+    """A standard condition (the shape of Kubernetes' ``metav1.Condition``)."""
+
+    type: Annotated[
+        str,
+        StringConstraints(
+            min_length=1,
+            max_length=316,
+            pattern=r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$",
+        ),
+    ]
+    """Ready, Complete, Failed or Suspended."""
+
+    status: ConditionStatus
+    """True, False or Unknown."""
+
+    reason: Annotated[
+        str,
+        StringConstraints(
+            min_length=1, max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+        ),
+    ]
+    """Why, in one CamelCase word."""
+
+    message: Annotated[str, StringConstraints(max_length=32_768)]
+    """Why, for humans."""
+
+    last_transition_time: Timestamp
+    """When the status last changed."""
+
+    observed_generation: int | None = Field(default=None, ge=0)
+    """The spec generation the condition was computed from."""
+
+
+class Progress(StatusModel):
+    """How far the replay is (row counts are Kafka records of the bars topic)."""
+
+    rows_total: int | None = Field(default=None, ge=0)
+    """Data rows in the source file, once the producer has counted them."""
+
+    rows_read: int | None = Field(default=None, ge=0)
+    """Source rows the producer has handled (sent, set aside or out of range)."""
+
+    rows_produced: int | None = Field(default=None, ge=0)
+    """Bars in the bars topic."""
+
+    rows_processed: int | None = Field(default=None, ge=0)
+    """Bars the processors have committed."""
+
+    rows_loaded: int | None = Field(default=None, ge=0)
+    """Bars the loader has committed to the warehouse."""
+
+    lag: int | None = Field(default=None, ge=0)
+    """Records not yet consumed, summed over the processor and loader groups."""
+
+    percent: (
+        Annotated[str, StringConstraints(max_length=8, pattern=r"^(100|[0-9]{1,2}\.[0-9])%$")]
+        | None
+    ) = None
+    """Share of the source through the whole pipeline, e.g. `42.5%`."""
+
+    eta_seconds: int | None = Field(default=None, ge=0)
+    """Estimated seconds to completion, from the progress since the last observation."""
+
+    updated_at: Timestamp | None = None
+    """When these numbers were observed."""
+
+
+class Failure(StatusModel):
+    """What failed last."""
+
+    time: Timestamp
+    """When it was seen."""
+
+    component: FailedComponent
+    """What failed."""
+
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+    """Why, in one word."""
+
+    message: Annotated[str, StringConstraints(max_length=32_768)]
+    """Why, and what to look at."""
+
+
+class ReplayJobStatus(StatusModel):
+    """Observed state of a ReplayJob, written by the operator."""
+
+    phase: Phase | None = None
+    """Pending, Running, Succeeded, Failed or Suspended."""
+
+    conditions: (
+        Annotated[
+            list[Condition],
+            Field(max_length=16),
+            Crd({"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]}),
+        ]
+        | None
+    ) = None
+    """Ready, Complete, Failed and Suspended."""
+
+    observed_generation: int | None = Field(default=None, ge=0)
+    """The spec generation this status describes."""
+
+    start_time: Timestamp | None = None
+    """When the replay started running."""
+
+    completion_time: Timestamp | None = None
+    """When it succeeded."""
+
+    restarts: int | None = Field(default=None, ge=0)
+    """Worker restarts seen (failed producer pods and container restarts)."""
+
+    last_failure: Failure | None = None
+    """The latest failure."""
+
+    progress: Progress | None = None
+    """Row counts, lag, percent and ETA."""
+
+    kopf: dict[str, Any] | None = None
+    """kopf's own bookkeeping (handler progress); kept as kopf writes it."""
+
+    def condition(self, type_: str) -> Condition | None:
+        """The condition of that type, if set."""
+        return next((c for c in self.conditions or () if c.type == type_), None)
+
+    def to_patch(self) -> dict[str, Any]:
+        """A merge patch for ``/status``: unset fields are ``null`` (removed), kopf's are left."""
+        return self.model_dump(mode="json", by_alias=True, exclude={"kopf"})
+
+
+# --------------------------------------------------------------------------- facts
+
+
+@dataclass(frozen=True)
+class ProducerFacts:
+    """The producer's Job and the row counts from its metrics."""
+
+    exists: bool = False
+    active: int = 0
+    succeeded: bool = False
+    failed: bool = False
+    failed_pods: int = 0
+    failure_reason: str = ""
+    failure_message: str = ""
+    start_time: str | None = None
+    rows_total: int | None = None
+    """``hftpipe_replay_rows_total`` (0 or None until counted)."""
+    rows_read: int | None = None
+    """``hftpipe_replay_rows_done``."""
+
+    @classmethod
+    def from_job(
+        cls,
+        job: Mapping[str, Any] | None,
+        *,
+        rows_total: int | None = None,
+        rows_read: int | None = None,
+    ) -> ProducerFacts:
+        """From a ``batch/v1`` Job as the API returns it (``None``: not created yet)."""
+        if job is None:
+            return cls(rows_total=rows_total, rows_read=rows_read)
+        status = job.get("status") or {}
+        # Only the terminal conditions count; SuccessCriteriaMet/FailureTarget precede them.
+        true = {c["type"]: c for c in status.get("conditions") or () if c.get("status") == "True"}
+        failed = true.get("Failed")
+        return cls(
+            exists=True,
+            active=int(status.get("active") or 0),
+            succeeded="Complete" in true,
+            failed=failed is not None,
+            failed_pods=int(status.get("failed") or 0),
+            failure_reason=(failed or {}).get("reason") or "",
+            failure_message=(failed or {}).get("message") or "",
+            start_time=status.get("startTime"),
+            rows_total=rows_total,
+            rows_read=rows_read,
+        )
+
+
+@dataclass(frozen=True)
+class WorkerFacts:
+    """A Deployment (processor or loader) and its pods' restarts."""
+
+    exists: bool = False
+    desired: int = 0
+    ready: int = 0
+    restarts: int = 0
+
+    @classmethod
+    def from_deployment(
+        cls, deployment: Mapping[str, Any] | None, pods: Iterable[Mapping[str, Any]] = ()
+    ) -> WorkerFacts:
+        """From an ``apps/v1`` Deployment and its pods as the API returns them."""
+        if deployment is None:
+            return cls()
+        restarts = sum(
+            int(cs.get("restartCount") or 0)
+            for pod in pods
+            for cs in (pod.get("status") or {}).get("containerStatuses") or ()
+        )
+        return cls(
+            exists=True,
+            desired=int((deployment.get("spec") or {}).get("replicas") or 0),
+            ready=int((deployment.get("status") or {}).get("readyReplicas") or 0),
+            restarts=restarts,
+        )
+
+    @property
+    def all_ready(self) -> bool:
+        """Wanted, and every wanted replica ready."""
+        return self.desired > 0 and self.ready >= self.desired
+
+
+def _consumed(end: Mapping[int, int], committed: Mapping[int, int]) -> int:
+    # A group with no commit on a partition has consumed nothing of it; Kafka's
+    # "no offset" sentinels are negative.
+    return sum(min(max(committed.get(p, 0), 0), e) for p, e in end.items())
+
+
+def _lag(end: Mapping[int, int], committed: Mapping[int, int]) -> int:
+    return sum(e for e in end.values()) - _consumed(end, committed)
+
+
+@dataclass(frozen=True)
+class OffsetFacts:
+    """End offsets of the job's topics and committed offsets of its groups, per partition.
+
+    The topics start at offset 0 (no retention deletes on a replay's topics).
+    """
+
+    bars_end: Mapping[int, int] = field(default_factory=dict)
+    metrics_end: Mapping[int, int] = field(default_factory=dict)
+    processor: Mapping[int, int] = field(default_factory=dict)
+    """Committed offsets of the processor group on the bars topic."""
+    loader_bars: Mapping[int, int] = field(default_factory=dict)
+    """Committed offsets of the loader group on the bars topic."""
+    loader_metrics: Mapping[int, int] = field(default_factory=dict)
+    """Committed offsets of the loader group on the metrics topic."""
+
+    @property
+    def rows_produced(self) -> int:
+        return sum(self.bars_end.values())
+
+    @property
+    def rows_processed(self) -> int:
+        return _consumed(self.bars_end, self.processor)
+
+    @property
+    def rows_loaded(self) -> int:
+        return _consumed(self.bars_end, self.loader_bars)
+
+    @property
+    def processor_lag(self) -> int:
+        return _lag(self.bars_end, self.processor)
+
+    @property
+    def loader_lag(self) -> int:
+        return _lag(self.bars_end, self.loader_bars) + _lag(self.metrics_end, self.loader_metrics)
+
+    @property
+    def lag(self) -> int:
+        return self.processor_lag + self.loader_lag
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Everything the roll-up needs to know about the cluster, at one moment."""
+
+    now: datetime
+    generation: int
+    producer: ProducerFacts = ProducerFacts()
+    processor: WorkerFacts = WorkerFacts()
+    loader: WorkerFacts = WorkerFacts()
+    offsets: OffsetFacts | None = None
+    """``None`` when Kafka could not be asked: progress stays as it was."""
+
+
+# ------------------------------------------------------------------------- roll-up
+
+
+def timestamp(moment: datetime) -> str:
+    """RFC 3339 in UTC with a ``Z``, to the second (as Kubernetes writes times)."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def done_fraction(
+    *,
+    rows_total: int | None,
+    rows_read: int | None,
+    rows_produced: int,
+    rows_processed: int,
+    rows_loaded: int,
+    producer_succeeded: bool = False,
+) -> float | None:
+    """Share of the source through the whole pipeline, or ``None`` while unknown."""
+    if producer_succeeded:
+        read = 1.0
+    elif rows_total and rows_read is not None:
+        read = min(1.0, rows_read / rows_total)
+    else:
+        return None
+    through = min(rows_processed, rows_loaded)
+    downstream = min(1.0, through / rows_produced) if rows_produced else 1.0
+    return read * downstream
+
+
+def _fraction_of(progress: Progress) -> float | None:
+    if progress.rows_produced is None:
+        return None
+    return done_fraction(
+        rows_total=progress.rows_total,
+        rows_read=progress.rows_read,
+        rows_produced=progress.rows_produced,
+        rows_processed=progress.rows_processed or 0,
+        rows_loaded=progress.rows_loaded or 0,
+    )
+
+
+def eta_seconds(fraction: float | None, now: datetime, previous: Progress | None) -> int | None:
+    """Seconds until the fraction reaches 1 at the pace since ``previous``."""
+    if fraction is None or previous is None or previous.updated_at is None:
+        return None
+    before = _fraction_of(previous)
+    if before is None:
+        return None
+    seconds = (now - parse_timestamp(previous.updated_at)).total_seconds()
+    gained = fraction - before
+    if seconds <= 0 or gained <= 0:
+        return None
+    return math.ceil((1.0 - fraction) * seconds / gained)
+
+
+def _percent(fraction: float | None, complete: bool) -> str | None:
+    if complete:
+        return "100%"
+    if fraction is None:
+        return None
+    # Never 100% before Complete: the last rows may still be on their way.
+    return f"{min(99.9, math.floor(fraction * 1000) / 10):.1f}%"
+
+
+def is_complete(
+    producer: ProducerFacts, offsets: OffsetFacts | None, previous: Progress | None
+) -> bool:
+    """The producer succeeded and both groups have consumed everything, twice in a row."""
+    if not producer.succeeded or offsets is None or offsets.lag != 0:
+        return False
+    return (
+        previous is not None
+        and previous.lag == 0
+        and previous.rows_produced == offsets.rows_produced
+        and previous.rows_loaded == offsets.rows_loaded
+    )
+
+
+def _progress(observed: Observed, previous: Progress | None, complete: bool) -> Progress | None:
+    offsets, producer = observed.offsets, observed.producer
+    if offsets is None:
+        return previous
+    fraction = done_fraction(
+        rows_total=producer.rows_total,
+        rows_read=producer.rows_read,
+        rows_produced=offsets.rows_produced,
+        rows_processed=offsets.rows_processed,
+        rows_loaded=offsets.rows_loaded,
+        producer_succeeded=producer.succeeded,
+    )
+    return Progress(
+        rows_total=producer.rows_total or None,
+        rows_read=producer.rows_read,
+        rows_produced=offsets.rows_produced,
+        rows_processed=offsets.rows_processed,
+        rows_loaded=offsets.rows_loaded,
+        lag=offsets.lag,
+        percent=_percent(fraction, complete),
+        eta_seconds=0 if complete else eta_seconds(fraction, observed.now, previous),
+        updated_at=timestamp(observed.now),
+    )
+
+
+def _failure(job: ReplayJob, observed: Observed) -> tuple[FailedComponent, str, str] | None:
+    """(component, reason, message) of a failure that ends the job, if any."""
+    producer = observed.producer
+    if producer.failed:
+        return (
+            "producer",
+            producer.failure_reason or "JobFailed",
+            producer.failure_message
+            or f"the producer Job failed after {producer.failed_pods} failed pod(s)",
+        )
+    limit = job.spec.restart_policy.max_restarts
+    workers: tuple[tuple[Worker, WorkerFacts], ...] = (
+        ("processor", observed.processor),
+        ("loader", observed.loader),
+    )
+    for worker, facts in workers:
+        if facts.restarts > limit:
+            return (
+                worker,
+                "RestartLimitExceeded",
+                f"the {worker} restarted {facts.restarts} times, more than "
+                f"restartPolicy.maxRestarts ({limit}); see its logs: kubectl logs -n "
+                f"{job.namespace} -l {labels.JOB}={job.name},{labels.COMPONENT}={worker} "
+                "--previous",
+            )
+    return None
+
+
+def _readiness(observed: Observed) -> tuple[bool, str]:
+    producer = observed.producer
+    parts = [
+        "producer "
+        + ("done" if producer.succeeded else "running" if producer.active else "not running"),
+        f"processor {observed.processor.ready}/{observed.processor.desired} ready",
+        f"loader {observed.loader.ready}/{observed.loader.desired} ready",
+    ]
+    ready = (
+        (producer.active > 0 or producer.succeeded)
+        and observed.processor.all_ready
+        and observed.loader.all_ready
+    )
+    return ready, ", ".join(parts)
+
+
+def _ready_reason(*, ready: bool, complete: bool, suspended: bool) -> str:
+    if complete:
+        return "Complete"
+    if suspended:
+        return "Suspended"
+    return "WorkersReady" if ready else "WorkersNotReady"
+
+
+def _condition(
+    previous: ReplayJobStatus | None,
+    type_: str,
+    status: bool,
+    reason: str,
+    message: str,
+    observed: Observed,
+) -> Condition:
+    value: ConditionStatus = "True" if status else "False"
+    before = previous.condition(type_) if previous else None
+    # lastTransitionTime moves only when the status does (as kubectl wait and humans expect).
+    since = (
+        before.last_transition_time
+        if before is not None and before.status == value
+        else timestamp(observed.now)
+    )
+    return Condition(
+        type=type_,
+        status=value,
+        reason=reason,
+        message=message,
+        last_transition_time=since,
+        observed_generation=observed.generation,
+    )
+
+
+def roll_up(
+    job: ReplayJob, observed: Observed, previous: ReplayJobStatus | None = None
+) -> ReplayJobStatus:
+    """The status that ``observed`` and the previous status imply (pure)."""
+    before = previous.progress if previous else None
+    complete = (previous is not None and previous.phase == "Succeeded") or is_complete(
+        observed.producer, observed.offsets, before
+    )
+    progress = _progress(observed, before, complete)
+    failure = None if complete else _failure(job, observed)
+    ready, readiness = _readiness(observed)
+    suspended = job.spec.suspend and not complete
+
+    phase: Phase
+    if complete:
+        phase = "Succeeded"
+    elif failure:
+        phase = "Failed"
+    elif suspended:
+        phase = "Suspended"
+    elif ready:
+        phase = "Running"
+    else:
+        phase = "Pending"
+
+    last_failure = previous.last_failure if previous else None
+    if failure is not None:
+        component, reason, message = failure
+        same = last_failure is not None and (
+            (last_failure.component, last_failure.reason, last_failure.message) == failure
+        )
+        if not same:
+            last_failure = Failure(
+                time=timestamp(observed.now),
+                component=component,
+                reason=reason,
+                message=message,
+            )
+
+    conditions = [
+        _condition(
+            previous,
+            READY,
+            ready and not complete and not suspended,
+            _ready_reason(ready=ready, complete=complete, suspended=suspended),
+            readiness,
+            observed,
+        ),
+        _condition(
+            previous,
+            COMPLETE,
+            complete,
+            "CaughtUp" if complete else "Replaying",
+            "the producer finished and the processor and loader consumed every record"
+            if complete
+            else "the replay is not finished",
+            observed,
+        ),
+        _condition(
+            previous,
+            FAILED,
+            failure is not None,
+            failure[1] if failure else "NoFailure",
+            f"{failure[0]}: {failure[2]}" if failure else "no worker failed for good",
+            observed,
+        ),
+        _condition(
+            previous,
+            SUSPENDED,
+            suspended,
+            "SuspendedBySpec" if suspended else "NotSuspended",
+            "spec.suspend is true: the workers are stopped" if suspended else "",
+            observed,
+        ),
+    ]
+
+    restarts = (
+        observed.producer.failed_pods + observed.processor.restarts + observed.loader.restarts
+    )
+    start_time = (previous.start_time if previous else None) or observed.producer.start_time
+    if start_time is None and phase == "Running":
+        start_time = timestamp(observed.now)
+    completion_time = previous.completion_time if previous else None
+    if complete and completion_time is None:
+        completion_time = timestamp(observed.now)
+
+    return ReplayJobStatus(
+        phase=phase,
+        conditions=conditions,
+        observed_generation=observed.generation,
+        start_time=start_time,
+        completion_time=completion_time,
+        # Pod restart counts reset when pods are replaced: never let the total go down.
+        restarts=max(restarts, (previous.restarts or 0) if previous else 0),
+        last_failure=last_failure,
+        progress=progress,
+    )
+
+
+def backoff_delay(policy: RestartPolicy, attempt: int) -> float:
+    """Seconds before retry ``attempt`` (0-based): doubling from backoffSeconds, capped."""
+    return float(min(policy.backoff_seconds * 2 ** max(attempt, 0), policy.max_backoff_seconds))
