@@ -72,6 +72,10 @@ stack-status: venv ## list the local stack's processes
 demo: system-deps venv ## replay the shipped BTC bars: Kafka -> Redis + DuckDB, then a report
 	$(VENV)/bin/hftpipe demo --stack-dir $(STACK_DIR)
 
+.PHONY: bench
+bench: venv ## benchmark suite (4M generated bars + real BTC bars); writes bench/results/
+	$(PY) bench/run.py
+
 .PHONY: docs
 docs: venv ## regenerate the README's reference tables from the code
 	$(PY) -m hftpipe_workers.docs README.md

@@ -1,0 +1,1 @@
+"""The hftpipe benchmark suite: ``python bench/run.py`` (``make bench``); see README.md."""

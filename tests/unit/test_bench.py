@@ -1,0 +1,208 @@
+"""The benchmark's pure parts: generated data, Kafka tool parsing, statistics, the table."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from hftpipe_workers.bars import NS_PER_SECOND, OK, reason_codes
+from hftpipe_workers.csvformat import BarReader
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:  # bench/ is a directory of the repo, not an installed package
+    sys.path.insert(0, str(REPO))
+
+from bench import datagen, stats  # noqa: E402 - importable once the repo root is on sys.path
+
+PRODUCER_PERF_OUTPUT = """\
+1614721 records sent, 322944.2 records/sec (38.80 MB/sec), 60.3 ms avg latency, 250.0 ms max \
+latency.
+4000000 records sent, 346530.4 records/sec (41.64 MB/sec), 57.12 ms avg latency, 301.00 ms max \
+latency, 41 ms 50th, 160 ms 95th, 210 ms 99th, 290 ms 99.9th.
+"""
+
+CONSUMER_PERF_OUTPUT = """\
+start.time, end.time, data.consumed.in.MB, MB.sec, data.consumed.in.nMsg, nMsg.sec, \
+rebalance.time.ms, fetch.time.ms, fetch.MB.sec, fetch.nMsg.sec
+2026-11-24 20:02:44:316, 2026-11-24 20:02:44:985, 64.7678, 96.8128, 500000, 747384.1555, \
+227, 442, 146.5334, 1131221.7195
+"""
+
+
+# -- generated data ----------------------------------------------------------------
+
+
+def test_generated_rows_are_valid_minute_bars() -> None:
+    block, last = datagen.chunk_rows(0, 5_000, datagen.START_PRICE)
+    ts, o, h, lo, c, v = block.T
+    assert (np.diff(ts) == 60).all()
+    assert ts[0] == datagen.FIRST_TIMESTAMP
+    assert (reason_codes(o, h, lo, c, v) == OK).all()
+    assert last == c[-1]
+    assert 0 < (v == 0).mean() < 0.2  # some quiet minutes, as in the real file
+
+
+def test_generated_file_is_read_as_the_kaggle_layout(tmp_path: Path) -> None:
+    path = datagen.ensure_dataset(3_000, tmp_path, log=False)
+    assert "generated" in path.name
+    assert path.read_text().splitlines()[1].startswith(f"{datagen.FIRST_TIMESTAMP}.0,")
+    with path.open("rb") as stream:
+        reader = BarReader(stream, source=str(path), symbol=datagen.SYMBOL)
+        chunks = list(reader)
+    assert reader.layout.name == "kaggle-btc"
+    assert sum(len(c.bars) for c in chunks) == 3_000
+    assert not any(c.rejected for c in chunks)
+    assert chunks[0].bars.ts_ns[0] == datagen.FIRST_TIMESTAMP * NS_PER_SECOND
+
+
+def test_a_smaller_data_set_is_a_prefix_of_a_larger_one(tmp_path: Path) -> None:
+    small = datagen.ensure_dataset(1_234, tmp_path, log=False).read_text().splitlines()
+    large = datagen.ensure_dataset(4_321, tmp_path, log=False).read_text().splitlines()
+    assert large[: len(small)] == small
+
+
+def test_the_data_set_is_generated_once_and_reused(tmp_path: Path) -> None:
+    path = datagen.ensure_dataset(500, tmp_path, log=False)
+    path.write_text(datagen.KAGGLE_HEADER + "\n")  # a marker: regenerating would overwrite it
+    assert datagen.ensure_dataset(500, tmp_path, log=False).read_text().count("\n") == 1
+    assert not list(tmp_path.glob("*.tmp*"))
+
+
+# -- Kafka's tools -------------------------------------------------------------------
+
+
+def test_producer_performance_summary_is_the_last_full_line() -> None:
+    parsed = stats.parse_producer_performance(PRODUCER_PERF_OUTPUT)
+    assert parsed["records"] == 4_000_000
+    assert parsed["records_per_second"] == 346530.4
+    assert parsed["latency_p99_ms"] == 210
+
+
+def test_tool_output_without_a_summary_is_an_error() -> None:
+    with pytest.raises(stats.ToolOutputError, match="ProducerPerformance"):
+        stats.parse_producer_performance("Exception in thread main\n")
+    with pytest.raises(stats.ToolOutputError, match="ConsumerPerformance"):
+        stats.parse_consumer_performance("WARN no records\n")
+
+
+def test_consumer_performance_header_and_values() -> None:
+    parsed = stats.parse_consumer_performance(CONSUMER_PERF_OUTPUT)
+    assert parsed["data.consumed.in.nMsg"] == 500_000
+    assert parsed["fetch.nMsg.sec"] == pytest.approx(1131221.7195)
+    assert parsed["start.time"] == "2026-11-24 20:02:44:316"
+
+
+# -- statistics ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("q", [0, 1, 50, 90, 99, 99.9, 100])
+def test_percentile_agrees_with_numpy(q: float) -> None:
+    values = sorted(np.random.default_rng(1).exponential(size=1_001).tolist())
+    assert stats.percentile(values, q) == pytest.approx(np.percentile(values, q))
+
+
+def test_latency_summary_is_in_milliseconds() -> None:
+    summary = stats.latency_summary([0.001, 0.002, 0.003])
+    assert summary["count"] == 3
+    assert summary["p50_ms"] == pytest.approx(2.0)
+    assert summary["max_ms"] == pytest.approx(3.0)
+    assert stats.latency_summary([]) == {"count": 0}
+
+
+def test_batch_summary_leaves_out_the_first_wait() -> None:
+    summary = stats.batch_summary([(100, 9.0, 0.010), (300, 0.050, 0.030)])
+    assert summary["mean_bars"] == 200
+    assert summary["mean_wait_ms"] == pytest.approx(50)
+    assert summary["processing_us_per_bar"] == pytest.approx(100)
+
+
+def test_rss_that_levels_off_is_flat_and_rss_that_keeps_growing_is_not() -> None:
+    levels = [(i * 1000, 100_000 + (50_000 if i > 2 else i * 20_000)) for i in range(1, 41)]
+    assert stats.rss_flatness(levels)["flat"] is True
+    growing = [(i * 1000, 100_000 + i * 5_000) for i in range(1, 41)]
+    verdict = stats.rss_flatness(growing)
+    assert verdict["flat"] is False
+    assert verdict["growth_after_quarter_mb"] > verdict["allowed_growth_mb"]
+
+
+def test_thin_keeps_the_ends() -> None:
+    thinned = stats.thin(list(range(1000)), keep=10)
+    assert len(thinned) == 10
+    assert (thinned[0], thinned[-1]) == (0, 999)
+
+
+def _results(**overrides: Any) -> dict[str, Any]:
+    results: dict[str, Any] = {
+        "end_to_end": {"bars_per_second": 250_000.0},
+        "ratios": {"processor_over_consumer_performance": 0.4},
+        "latency": {"rate": 10_000, "event_to_redis": {"p50_ms": 1.0, "p99_ms": 4.0}},
+        "processor_alone": {"rss": {"vm_hwm_mb": 120.0, "flatness": {"flat": False}}},
+    }
+    results.update(overrides)
+    return results
+
+
+def test_targets_are_judged_and_missing_figures_are_not_judged() -> None:
+    verdicts = {t.name: t.met for t in stats.evaluate_targets(_results())}
+    assert verdicts == {
+        "end-to-end rate": True,
+        "processor vs ConsumerPerformance": False,
+        "p99 event-to-Redis at 10,000 bars/s": True,
+        "processor peak RSS, flat": False,  # under 150 MB but growing
+    }
+    assert all(t.met is None for t in stats.evaluate_targets({}))
+
+
+def test_the_table_renders_even_when_phases_failed() -> None:
+    doc = {"results": {"end_to_end": {"error": "boom"}, "ratios": {}}}
+    table = stats.results_table(doc)
+    assert "| End to end (producer start -> processor caught up) | n/a |" in table
+    assert table.count("| n/a |") >= 4
+
+
+def test_the_readme_section_is_replaced_between_the_markers() -> None:
+    text = f"intro\n{stats.README_START}\nold table\n{stats.README_END}\noutro\n"
+    replaced = stats.replace_section(text, "new table\n")
+    assert replaced == f"intro\n{stats.README_START}\nnew table\n{stats.README_END}\noutro\n"
+    with pytest.raises(ValueError, match="markers"):
+        stats.replace_section("no markers", "x")
+
+
+def test_profile_breakdown_shares_of_the_total_and_renamed_functions() -> None:
+    def row(cumulative: float) -> stats.ProfileRow:
+        return (1, 1, 0.0, cumulative, {})
+
+    rows: dict[stats.ProfileKey, stats.ProfileRow] = {
+        ("/x/hftpipe_workers/processor.py", 10, "run"): row(10.0),
+        ("/x/hftpipe_workers/metrics.py", 20, "update"): row(4.0),
+        ("~", 0, "<method 'consume' of 'cimpl.Consumer' objects>"): row(1.0),
+    }
+    parts: list[stats.ProfilePart] = [
+        ("total", (("hftpipe_workers/processor.py", "run"),)),
+        ("metrics", (("hftpipe_workers/metrics.py", "update"),)),
+        ("consume", (("~", "'consume' of"),)),
+        ("gone", (("hftpipe_workers/processor.py", "renamed_away"),)),
+    ]
+    shares = {p["part"]: p["share"] for p in stats.profile_breakdown(rows, parts)}
+    assert shares == {"total": 1.0, "metrics": 0.4, "consume": 0.1, "gone": None}
+    assert "not called" in stats.profile_table(stats.profile_breakdown(rows, parts), 10)
+
+
+def test_a_sampled_stack_counts_for_its_innermost_known_frame() -> None:
+    stack = [
+        ("/usr/lib/python3.11/json/decoder.py", "decode"),
+        ("/x/hftpipe_workers/codec.py", "_float"),
+        ("/x/hftpipe_workers/codec.py", "decode_bar"),
+        ("/x/hftpipe_workers/processor.py", "_process"),
+        ("/x/hftpipe_workers/processor.py", "run"),
+    ]
+    assert stats.classify_stack(stack).startswith("decode bars")
+    assert stats.classify_stack(stack[3:]).startswith("_process loop")
+    assert stats.classify_stack([("/x/hftpipe_workers/codec.py", "encode_bar_metrics")]).startswith(
+        "encode metrics"
+    )
+    assert stats.classify_stack([("/elsewhere.py", "f")]) == "other"
