@@ -69,6 +69,33 @@ class ResumePoint:
         return not self.last_seq and self.last_dead_line == 0
 
 
+_TRANSIENT = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._TRANSPORT,
+    }
+)
+
+
+def _watermarks(consumer: Consumer, tp: TopicPartition, timeout: float) -> tuple[int, int]:
+    """Low and high offsets, retrying the errors a just-created topic gives for a moment.
+
+    Metadata can show a leader before that broker serves the partition, so the
+    first offset request after creating a topic may fail with NOT_LEADER.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(tp, timeout=timeout, cached=False)
+            return int(low), int(high)
+        except KafkaException as exc:
+            if exc.args[0].code() not in _TRANSIENT or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def _last_records(consumer: Consumer, topic: str, timeout: float = 10) -> dict[int, Message]:
     """The last record of every non-empty partition of ``topic``."""
     metadata = consumer.list_topics(topic, timeout=timeout).topics[topic]
@@ -76,7 +103,7 @@ def _last_records(consumer: Consumer, topic: str, timeout: float = 10) -> dict[i
         raise KafkaException(metadata.error)
     last: dict[int, Message] = {}
     for partition in metadata.partitions:
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout)
+        low, high = _watermarks(consumer, TopicPartition(topic, partition), timeout)
         if high <= low:
             continue
         consumer.assign([TopicPartition(topic, partition, high - 1)])
@@ -370,7 +397,7 @@ def iter_dead_letters(
     try:
         metadata = consumer.list_topics(topic, timeout=timeout).topics[topic]
         for partition in metadata.partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout)
+            low, high = _watermarks(consumer, TopicPartition(topic, partition), timeout)
             if high <= low:
                 continue
             consumer.assign([TopicPartition(topic, partition, low)])
