@@ -1,0 +1,412 @@
+"""The kopf handlers of the ReplayJob operator: thin edges around the pure modules.
+
+- create/resume/update: build every child (:mod:`.builders`), adopt it, and create or
+  patch it only where it differs (:func:`.reconcile.plan`);
+- a timer: observe the children and Kafka, roll the status up (:mod:`.status`), post
+  an Event per phase transition, stop the workers once the job is complete;
+- delete: children go with the job (owner references, the garbage collector); a
+  finalizer is added only when ``spec.cleanup`` asks to delete topics or Redis keys,
+  and that clean-up gives up after a short timeout rather than block the deletion.
+
+Run with ``kopf run -m hftpipe_operator.handlers`` or ``python -m hftpipe_operator.handlers``.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import kopf
+import redis
+from prometheus_client import start_http_server
+from pydantic import ValidationError
+
+from hftpipe_workers.contract import RedisKeys
+
+from . import builders, crd, labels, metrics
+from .kafka_facts import ClientConfig, KafkaUnavailable, delete_topics, read_offsets
+from .kube import Kube, Manifest, load_api_client
+from .naming import Names
+from .reconcile import (
+    KafkaReading,
+    job_patch,
+    kafka_condition,
+    phase_event,
+    plan,
+    stamp,
+    status_changed,
+    with_condition,
+)
+from .settings import OperatorSettings
+from .spec import ReplayJob
+from .status import (
+    READY,
+    Observed,
+    OffsetFacts,
+    ProducerFacts,
+    ReplayJobStatus,
+    WorkerFacts,
+    roll_up,
+)
+
+Log = logging.Logger | logging.LoggerAdapter[Any]
+
+SETTINGS: Final = OperatorSettings()
+RESOURCE: Final = (crd.GROUP, crd.VERSION, crd.PLURAL)
+PODMONITOR_CRD: Final = "podmonitors.monitoring.coreos.com"
+KAFKATOPIC_CRD: Final = "kafkatopics.kafka.strimzi.io"
+JOB_GONE_TIMEOUT: Final = 30.0
+"""Seconds to wait for a replaced producer Job to be gone before creating the new one."""
+
+PHASES: Final = metrics.PhaseBook()
+_metrics_served: set[int] = set()
+
+
+# --------------------------------------------------------------------------- start-up
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+    """Operator start -> kopf settings, the API client, the metrics endpoint."""
+    # Without timeouts a watch that the network silently drops is never renewed and
+    # the operator stalls (kopf's docs, "Configuration: API timeouts").
+    settings.watching.server_timeout = SETTINGS.watch_server_timeout
+    settings.watching.client_timeout = SETTINGS.watch_client_timeout
+    settings.watching.connect_timeout = 10
+    # kopf's bookkeeping goes to annotations, so status holds only the ReplayJob's own.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=labels.DOMAIN)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=labels.DOMAIN, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = f"{labels.DOMAIN}/cleanup"
+    settings.posting.enabled = SETTINGS.post_events
+    settings.posting.level = logging.INFO
+    settings.posting.reporting_component = labels.MANAGER
+    if SETTINGS.replicas > 1:
+        settings.peering.name = SETTINGS.peering_name
+        settings.peering.mandatory = True
+        settings.peering.standalone = False
+    memo.kube = Kube(load_api_client())
+    port = SETTINGS.metrics_port
+    if port and port not in _metrics_served:  # once per process (a restart in tests)
+        start_http_server(port)
+        _metrics_served.add(port)
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """Operator start -> credentials: the pod's service account, else ``$KUBECONFIG``."""
+    # kopf's default login through the kubernetes client reads the kubeconfig path
+    # the client fixed when it was imported, not $KUBECONFIG as set now.
+    info: kopf.ConnectionInfo | None = kopf.login_with_service_account(
+        **kwargs
+    ) or kopf.login_with_kubeconfig(**kwargs)
+    return info
+
+
+def _kube(memo: Any) -> Kube:
+    kube = getattr(memo, "kube", None)
+    if not isinstance(kube, Kube):
+        raise kopf.TemporaryError("the API client is not set up yet", delay=1)
+    return kube
+
+
+def _job(body: kopf.Body) -> ReplayJob:
+    try:
+        return ReplayJob.from_body(body)
+    except (ValidationError, ValueError) as exc:
+        kopf.warn(body, reason="InvalidSpec", message=str(exc))
+        raise kopf.PermanentError(f"invalid ReplayJob: {exc}") from exc
+
+
+def _previous(status: kopf.Status) -> ReplayJobStatus | None:
+    try:
+        return ReplayJobStatus.model_validate(dict(status)) if status else None
+    except ValidationError:
+        return None
+
+
+# -------------------------------------------------------------------------- children
+
+
+def _desired(job: ReplayJob, body: kopf.Body, kube: Kube, *, complete: bool) -> list[Manifest]:
+    """Every child to have, adopted where the job owns it."""
+    out = []
+    for manifest in builders.build_all(job, complete=complete):
+        kind = manifest["kind"]
+        if kind == "PodMonitor" and not kube.crd_exists(PODMONITOR_CRD):
+            continue
+        if kind == "KafkaTopic" and not kube.crd_exists(KAFKATOPIC_CRD):
+            kopf.warn(
+                body,
+                reason="NoStrimzi",
+                message=f"kafka.strimziCluster is set but {KAFKATOPIC_CRD} is not installed",
+            )
+            continue
+        owned = manifest["metadata"]["namespace"] == job.namespace
+        if kind == "PersistentVolumeClaim":
+            # The DuckDB file outlives its job unless cleanup.deleteWarehouse says otherwise.
+            owned = job.spec.cleanup.delete_warehouse
+        if owned:
+            kopf.adopt(manifest, owner=body)
+        out.append(stamp(manifest))
+    return out
+
+
+def _wait_gone(kube: Kube, manifest: Manifest) -> None:
+    deadline = time.monotonic() + JOB_GONE_TIMEOUT
+    while kube.read(manifest) is not None:
+        if time.monotonic() > deadline:
+            raise kopf.TemporaryError(f"{manifest['metadata']['name']} is still deleting", delay=5)
+        time.sleep(0.5)
+
+
+def ensure(kube: Kube, desired: Manifest, logger: Log) -> str:
+    """Make one child as ``desired`` says; the action taken."""
+    existing = kube.read(desired)
+    action = plan(existing, desired)
+    name = f"{desired['kind']} {desired['metadata']['name']}"
+    if action == "create":
+        kube.create(desired)
+    elif action == "replace":
+        # A Job's pod template is immutable: a changed one means a new Job (the
+        # producer resumes after the last row already in Kafka).
+        kube.delete(desired, propagation="Background")
+        _wait_gone(kube, desired)
+        kube.create(desired)
+    elif action == "apply":
+        if desired["kind"] == "Job":
+            kube.merge_patch(desired, job_patch(desired))
+        else:
+            kube.apply(desired)
+    if action != "keep":
+        logger.info(f"{name}: {action}")
+    return action
+
+
+@contextmanager
+def _measured() -> Iterator[None]:
+    started = time.monotonic()
+    try:
+        yield
+    except kopf.TemporaryError:
+        metrics.RECONCILIATIONS.labels(result="retry").inc()
+        raise
+    except Exception:
+        metrics.RECONCILIATIONS.labels(result="error").inc()
+        raise
+    else:
+        metrics.RECONCILIATIONS.labels(result="success").inc()
+    finally:
+        metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
+
+
+@kopf.on.resume(*RESOURCE)
+@kopf.on.create(*RESOURCE)
+@kopf.on.update(*RESOURCE)
+def reconcile(body: kopf.Body, status: kopf.Status, memo: Any, logger: Log, **_: Any) -> None:
+    """ReplayJob created, changed or seen at start -> every child created or patched."""
+    with _measured():
+        job = _job(body)
+        kube = _kube(memo)
+        complete = status.get("phase") == "Succeeded"
+        for manifest in _desired(job, body, kube, complete=complete):
+            ensure(kube, manifest, logger)
+
+
+# --------------------------------------------------------------------------- observe
+
+
+def kafka_config(job: ReplayJob, kube: Kube, ca_file: str | None) -> ClientConfig:
+    """librdkafka settings to reach the job's Kafka as its workers do."""
+    out: dict[str, str | int | float | bool] = {
+        "bootstrap.servers": builders.bootstrap_servers(job),
+        "security.protocol": builders.security_protocol(job.spec),
+    }
+    credentials = job.spec.kafka.credentials
+    if credentials is not None:
+        ref = credentials.secret_ref
+        out["sasl.mechanism"] = ref.mechanism
+        out["sasl.username"] = kube.secret_value(job.namespace, ref.name, ref.username_key)
+        out["sasl.password"] = kube.secret_value(job.namespace, ref.name, ref.password_key)
+    if ca_file is not None:
+        out["ssl.ca.location"] = ca_file
+    return out
+
+
+@contextmanager
+def _kafka(job: ReplayJob, kube: Kube) -> Iterator[ClientConfig]:
+    """The job's Kafka client settings, with its CA bundle in a temporary file if TLS."""
+    tls = job.spec.kafka.tls
+    if tls is None:
+        yield kafka_config(job, kube, None)
+        return
+    ca = kube.secret_value(job.namespace, tls.ca_secret_ref.name, tls.ca_secret_ref.key)
+    with tempfile.NamedTemporaryFile("w", suffix=".crt") as handle:
+        handle.write(ca)
+        handle.flush()
+        yield kafka_config(job, kube, handle.name)
+
+
+def _offsets(job: ReplayJob, kube: Kube) -> tuple[OffsetFacts | None, KafkaReading]:
+    try:
+        with _kafka(job, kube) as config:
+            offsets = read_offsets(config, job.name, SETTINGS.kafka_timeout)
+    except (KafkaUnavailable, KeyError) as exc:
+        return None, KafkaReading(ok=False, message=f"cannot read the job's offsets: {exc}")
+    return offsets, KafkaReading(ok=True, message="end offsets and group commits read")
+
+
+def _worker(kube: Kube, job: ReplayJob, name: str, worker: labels.Worker) -> WorkerFacts:
+    deployment = kube.get("apps/v1", "Deployment", job.namespace, name)
+    pods = kube.list("v1", "Pod", job.namespace, labels.selector_labels(job.name, worker))
+    return WorkerFacts.from_deployment(deployment, pods)
+
+
+def observe(kube: Kube, job: ReplayJob, generation: int) -> tuple[Observed, KafkaReading]:
+    """The facts about a job's children and its Kafka topics, now."""
+    names = Names(job.name)
+    offsets, reading = _offsets(job, kube)
+    observed = Observed(
+        now=datetime.now(UTC),
+        generation=generation,
+        producer=ProducerFacts.from_job(kube.get("batch/v1", "Job", job.namespace, names.producer)),
+        processor=_worker(kube, job, names.processor, "processor"),
+        loader=_worker(kube, job, names.loader, "loader"),
+        offsets=offsets,
+    )
+    return observed, reading
+
+
+@kopf.timer(*RESOURCE, interval=SETTINGS.status_interval, initial_delay=1.0)
+def update_status(
+    body: kopf.Body,
+    meta: kopf.Meta,
+    status: kopf.Status,
+    memo: Any,
+    patch: kopf.Patch,
+    logger: Log,
+    **_: Any,
+) -> None:
+    """Every few seconds -> status rolled up from the children and Kafka; Events on change."""
+    job = _job(body)
+    kube = _kube(memo)
+    previous = _previous(status)
+    observed, reading = observe(kube, job, int(meta.get("generation") or 0))
+    new = roll_up(job, observed, previous)
+    new = with_condition(new, kafka_condition(reading, observed.now, observed.generation, previous))
+    phase = new.phase or "Pending"
+    PHASES.set(job.namespace, job.name, phase)
+    PHASES.export()
+    event = phase_event(previous.phase if previous else None, phase)
+    if event is not None:
+        warning, text = event
+        ready = new.condition(READY)
+        if warning and new.last_failure is not None:
+            text = f"{text}: {new.last_failure.message}"
+        elif ready is not None and phase == "Pending":
+            text = f"{text}: {ready.message}"
+        (kopf.warn if warning else kopf.info)(body, reason=phase, message=text)
+    if new.phase == "Succeeded" and (previous is None or previous.phase != "Succeeded"):
+        # Nothing is left to consume: free the processors' and the loader's resources.
+        for manifest in (
+            builders.build_processor_deployment(job, complete=True),
+            builders.build_loader_deployment(job, complete=True),
+        ):
+            kopf.adopt(manifest, owner=body)
+            ensure(kube, stamp(manifest), logger)
+    if status_changed(previous, new):
+        for key, value in new.to_patch().items():
+            patch.status[key] = value
+
+
+def _gone(event: kopf.RawEvent, **_: Any) -> bool:
+    return event.get("type") == "DELETED"
+
+
+@kopf.on.event(*RESOURCE, when=_gone)
+def forget(name: str | None, namespace: str | None, **_: Any) -> None:
+    """ReplayJob gone -> dropped from the jobs-by-phase metric."""
+    if name and namespace:
+        PHASES.forget(namespace, name)
+        PHASES.export()
+
+
+# ---------------------------------------------------------------------------- delete
+
+
+def _cleanup_wanted(spec: kopf.Spec, **_: Any) -> bool:
+    cleanup = spec.get("cleanup") or {}
+    return bool(cleanup.get("deleteTopics", True) or cleanup.get("deleteRedisKeys", False))
+
+
+def _delete_redis_keys(job: ReplayJob, kube: Kube) -> int:
+    spec = job.spec.redis
+    username = password = None
+    if spec.credentials is not None:
+        ref = spec.credentials.secret_ref
+        password = kube.secret_value(job.namespace, ref.name, ref.password_key)
+        if ref.username_key is not None:
+            username = kube.secret_value(job.namespace, ref.name, ref.username_key)
+    timeout = SETTINGS.cleanup_timeout
+    client = redis.Redis.from_url(
+        spec.url,
+        username=username,
+        password=password,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+    )
+    try:
+        keys = list(client.scan_iter(match=RedisKeys(job.name).pattern, count=1000))
+        return int(client.delete(*keys)) if keys else 0
+    finally:
+        client.close()
+
+
+@kopf.on.delete(*RESOURCE, when=_cleanup_wanted)
+def cleanup(body: kopf.Body, memo: Any, logger: Log, **_: Any) -> None:
+    """ReplayJob deleted with cleanup.deleteTopics/deleteRedisKeys -> topics and keys deleted,
+    or a warning: a clean-up that cannot finish never holds the deletion."""
+    job = _job(body)
+    kube = _kube(memo)
+    if job.spec.cleanup.delete_topics:
+        try:
+            if job.spec.kafka.strimzi_cluster is not None:
+                for topic in builders.build_topic_kafkatopics(job):
+                    kube.delete(topic)
+            else:
+                with _kafka(job, kube) as config:
+                    deleted = delete_topics(config, job.name, SETTINGS.cleanup_timeout)
+                logger.info(f"deleted topics {deleted}")
+        except Exception as exc:  # noqa: BLE001 - any failure: report it and let the job go
+            kopf.warn(body, reason="CleanupFailed", message=f"topics not deleted: {exc}")
+    if job.spec.cleanup.delete_redis_keys:
+        try:
+            count = _delete_redis_keys(job, kube)
+            logger.info(f"deleted {count} Redis keys")
+        except Exception as exc:  # noqa: BLE001 - any failure: report it and let the job go
+            kopf.warn(body, reason="CleanupFailed", message=f"Redis keys not deleted: {exc}")
+
+
+# ------------------------------------------------------------------------------ main
+
+
+def main() -> None:
+    """Run the operator in the namespaces of ``HFTPIPE_OPERATOR_NAMESPACES`` (or all)."""
+    namespaces = SETTINGS.namespace_list
+    kopf.run(
+        standalone=SETTINGS.replicas == 1,
+        peering_name=SETTINGS.peering_name if SETTINGS.replicas > 1 else None,
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        liveness_endpoint=SETTINGS.liveness_endpoint or None,
+    )
+
+
+if __name__ == "__main__":
+    main()

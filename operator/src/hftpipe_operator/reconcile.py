@@ -1,0 +1,182 @@
+"""Pure decisions of the handlers: what to do with a child, when a status is worth writing.
+
+The handlers read a child, ask :func:`plan` what to do, and do it; they
+observe a job, roll its status up (:func:`.status.roll_up`), add
+:func:`kafka_condition`, and write it only when :func:`status_changed`.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final, Literal
+
+from . import labels
+from .status import Condition, ConditionStatus, ReplayJobStatus, timestamp
+
+APPLIED_HASH: Final = f"{labels.DOMAIN}/applied-hash"
+"""Annotation on every child: hash of the manifest last applied, so an unchanged child
+is left alone (its resourceVersion stays) and a changed one is patched."""
+
+TEMPLATE_HASH: Final = f"{labels.DOMAIN}/template-hash"
+"""Annotation on the producer Job: hash of its spec without ``suspend``. A Job's pod
+template is immutable, so a change of it means deleting and recreating the Job."""
+
+KAFKA_OBSERVED: Final = "KafkaObserved"
+"""Condition: the last observation could read the job's offsets from Kafka."""
+
+Action = Literal["create", "keep", "apply", "replace"]
+
+_PLURALS: Final = {
+    "ConfigMap": "configmaps",
+    "Service": "services",
+    "PersistentVolumeClaim": "persistentvolumeclaims",
+    "Secret": "secrets",
+    "Pod": "pods",
+    "Job": "jobs",
+    "Deployment": "deployments",
+    "PodMonitor": "podmonitors",
+    "KafkaTopic": "kafkatopics",
+}
+
+
+def object_path(api_version: str, kind: str, namespace: str, name: str | None = None) -> str:
+    """The REST path of a namespaced object (or of its collection when ``name`` is None)."""
+    plural = _PLURALS.get(kind)
+    if plural is None:
+        raise ValueError(f"no REST path known for kind {kind!r}")
+    base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    path = f"{base}/namespaces/{namespace}/{plural}"
+    return f"{path}/{name}" if name else path
+
+
+def _hash(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _without_hashes(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(dict(manifest))
+    metadata = out.get("metadata") or {}
+    annotations = metadata.get("annotations")
+    if annotations is not None:
+        for key in (APPLIED_HASH, TEMPLATE_HASH):
+            annotations.pop(key, None)
+        if not annotations:
+            del metadata["annotations"]
+    return out
+
+
+def template_hash(job: Mapping[str, Any]) -> str:
+    """Hash of a Job manifest's spec without ``suspend`` (the part that cannot change)."""
+    spec = {k: v for k, v in (job.get("spec") or {}).items() if k != "suspend"}
+    return _hash(spec)
+
+
+def stamp(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """``manifest`` with its :data:`APPLIED_HASH` (and, for a Job, :data:`TEMPLATE_HASH`)."""
+    out = _without_hashes(manifest)
+    annotations = out.setdefault("metadata", {}).setdefault("annotations", {})
+    annotations[APPLIED_HASH] = _hash(_without_hashes(manifest))
+    if out.get("kind") == "Job":
+        annotations[TEMPLATE_HASH] = template_hash(out)
+    return out
+
+
+def _annotation(obj: Mapping[str, Any] | None, key: str) -> str | None:
+    if obj is None:
+        return None
+    value = ((obj.get("metadata") or {}).get("annotations") or {}).get(key)
+    return value if isinstance(value, str) else None
+
+
+def plan(existing: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> Action:
+    """What to do to turn ``existing`` into ``desired`` (a :func:`stamp`-ed manifest).
+
+    ``create`` when missing, ``keep`` when the applied hash matches, ``replace`` a
+    Job whose immutable part changed, else ``apply`` (a server-side apply).
+    """
+    if existing is None:
+        return "create"
+    if _annotation(existing, APPLIED_HASH) == _annotation(desired, APPLIED_HASH):
+        return "keep"
+    if desired.get("kind") == "Job" and _annotation(existing, TEMPLATE_HASH) != _annotation(
+        desired, TEMPLATE_HASH
+    ):
+        return "replace"
+    return "apply"
+
+
+def job_patch(desired: Mapping[str, Any]) -> dict[str, Any]:
+    """The merge patch that brings a Job whose template is unchanged to ``desired``.
+
+    Only what a Job lets change: ``suspend``, and the labels and annotations.
+    """
+    metadata = desired.get("metadata") or {}
+    return {
+        "metadata": {
+            "labels": dict(metadata.get("labels") or {}),
+            "annotations": dict(metadata.get("annotations") or {}),
+        },
+        "spec": {"suspend": bool((desired.get("spec") or {}).get("suspend"))},
+    }
+
+
+@dataclass(frozen=True)
+class KafkaReading:
+    """How the last attempt to read the job's offsets went."""
+
+    ok: bool
+    message: str
+
+
+def kafka_condition(
+    reading: KafkaReading, now: datetime, generation: int, previous: ReplayJobStatus | None
+) -> Condition:
+    """The :data:`KAFKA_OBSERVED` condition (its transition time moves only with its status)."""
+    value: ConditionStatus = "True" if reading.ok else "False"
+    before = previous.condition(KAFKA_OBSERVED) if previous else None
+    since = (
+        before.last_transition_time
+        if before is not None and before.status == value
+        else timestamp(now)
+    )
+    return Condition(
+        type=KAFKA_OBSERVED,
+        status=value,
+        reason="OffsetsRead" if reading.ok else "KafkaUnreachable",
+        message=reading.message,
+        last_transition_time=since,
+        observed_generation=generation,
+    )
+
+
+def with_condition(status: ReplayJobStatus, condition: Condition) -> ReplayJobStatus:
+    """``status`` with ``condition`` added or replacing the one of its type."""
+    others = [c for c in status.conditions or () if c.type != condition.type]
+    return status.model_copy(update={"conditions": [*others, condition]})
+
+
+def _comparable(status: ReplayJobStatus | None) -> dict[str, Any]:
+    if status is None:
+        return {}
+    out = status.to_patch()
+    if out.get("progress"):
+        out["progress"] = {k: v for k, v in out["progress"].items() if k != "updatedAt"}
+    return out
+
+
+def status_changed(previous: ReplayJobStatus | None, new: ReplayJobStatus) -> bool:
+    """Whether ``new`` says more than ``previous`` (a fresher ``updatedAt`` alone does not):
+    an idle job's status is not rewritten every observation."""
+    return _comparable(previous) != _comparable(new)
+
+
+def phase_event(before: str | None, after: str) -> tuple[bool, str] | None:
+    """(is a warning, message) of the Event for a phase transition, or None when unchanged."""
+    if before == after:
+        return None
+    return after == "Failed", f"phase {before or 'none'} -> {after}"

@@ -1,0 +1,496 @@
+"""The ReplayJob operator's handlers, run by kopf against the real kube-apiserver 1.34.
+
+kube-controller-manager runs too (Deployments make ReplicaSets, the garbage
+collector deletes what a deleted job owned), but no scheduler or kubelet: pods
+never start, so a job stays Pending and says why.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import redis
+from kopf.testing import KopfRunner
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+from prometheus_client import REGISTRY
+
+from hftpipe_operator import crd, labels
+from hftpipe_operator.naming import Names
+from hftpipe_workers.contract import RedisKeys
+
+# Read by the operator's settings when kopf imports the handlers (once per session).
+os.environ.setdefault("HFTPIPE_OPERATOR_STATUS_INTERVAL", "2")
+os.environ.setdefault("HFTPIPE_OPERATOR_METRICS_PORT", "0")
+
+SUCCESSES = "hftpipe_operator_reconciliations_total"
+
+
+def _wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(0.3)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def api(kubeconfig: Path) -> client.ApiClient:
+    return config.new_client_from_config(config_file=str(kubeconfig))
+
+
+@pytest.fixture(scope="module")
+def installed(api: client.ApiClient) -> None:
+    """The ReplayJob CRD, installed (or replaced) and served."""
+    ext = client.ApiextensionsV1Api(api)
+    body = crd.build_crd()
+    try:
+        ext.create_custom_resource_definition(body)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+        current = ext.read_custom_resource_definition(crd.NAME)
+        body["metadata"]["resourceVersion"] = current.metadata.resource_version
+        ext.replace_custom_resource_definition(crd.NAME, body)
+    objects = client.CustomObjectsApi(api)
+
+    def serves() -> bool:
+        try:
+            objects.list_cluster_custom_object(crd.GROUP, crd.VERSION, crd.PLURAL)
+        except ApiException:
+            return False
+        return True
+
+    _wait(serves, 30, "the replayjobs endpoint to serve")
+
+
+@pytest.fixture
+def namespace(api: client.ApiClient, installed: None) -> Iterator[str]:
+    """A fresh namespace for one test."""
+    core = client.CoreV1Api(api)
+    name = f"op-{uuid.uuid4().hex[:8]}"
+    core.create_namespace({"metadata": {"name": name}})
+    yield name
+    core.delete_namespace(name)
+
+
+@pytest.fixture
+def operator_cmd(namespace: str, kubeconfig: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The ``kopf run`` command line of the operator, watching the test's namespace."""
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    return [
+        "run",
+        "--standalone",
+        f"--namespace={namespace}",
+        "--verbose",
+        "-m",
+        "hftpipe_operator.handlers",
+    ]
+
+
+@contextmanager
+def _operator(cmd: list[str]) -> Iterator[KopfRunner]:
+    with KopfRunner(cmd, timeout=120) as runner:
+        yield runner
+    assert runner.exit_code == 0, runner.output
+
+
+def _spec(kafka_bootstrap: str) -> dict[str, Any]:
+    return {
+        "source": {"url": "https://example.com/bars.csv.gz"},
+        "kafka": {"bootstrapServers": kafka_bootstrap, "topic": {"partitions": 2}},
+        "redis": {"url": "redis://127.0.0.1:6379/0"},
+        # A claim of the user's own: the operator creates no PersistentVolumeClaim.
+        "warehouse": {"duckdb": {"claimName": "warehouse"}},
+    }
+
+
+def _create_job(api: client.ApiClient, namespace: str, spec: dict[str, Any]) -> dict[str, Any]:
+    body = {
+        "apiVersion": crd.API_VERSION,
+        "kind": crd.KIND,
+        "metadata": {"name": f"rj-{uuid.uuid4().hex[:6]}"},
+        "spec": spec,
+    }
+    created: dict[str, Any] = client.CustomObjectsApi(api).create_namespaced_custom_object(
+        crd.GROUP, crd.VERSION, namespace, crd.PLURAL, body
+    )
+    return created
+
+
+def _get_job(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        found: dict[str, Any] = client.CustomObjectsApi(api).get_namespaced_custom_object(
+            crd.GROUP, crd.VERSION, namespace, crd.PLURAL, name
+        )
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return found
+
+
+def _patch_spec(api: client.ApiClient, namespace: str, name: str, spec: dict[str, Any]) -> None:
+    client.CustomObjectsApi(api).patch_namespaced_custom_object(
+        crd.GROUP, crd.VERSION, namespace, crd.PLURAL, name, {"spec": spec}
+    )
+
+
+def _children(api: client.ApiClient, namespace: str, job: str) -> dict[str, dict[str, Any]]:
+    """The job's children by ``Kind/name`` (as plain dicts)."""
+    selector = f"{labels.JOB}={job}"
+    core, apps, batch = client.CoreV1Api(api), client.AppsV1Api(api), client.BatchV1Api(api)
+    listings = {
+        "ConfigMap": core.list_namespaced_config_map,
+        "Service": core.list_namespaced_service,
+        "PersistentVolumeClaim": core.list_namespaced_persistent_volume_claim,
+        "Deployment": apps.list_namespaced_deployment,
+        "Job": batch.list_namespaced_job,
+    }
+    out = {}
+    for kind, listing in listings.items():
+        for item in listing(namespace, label_selector=selector).items:
+            out[f"{kind}/{item.metadata.name}"] = api.sanitize_for_serialization(item)
+    return out
+
+
+def _expected(job: str) -> set[str]:
+    names = Names(job)
+    return {
+        f"ConfigMap/{names.settings}",
+        f"Job/{names.producer}",
+        f"Deployment/{names.processor}",
+        f"Deployment/{names.loader}",
+        f"Service/{names.metrics}",
+    }
+
+
+def _versions(children: dict[str, dict[str, Any]]) -> dict[str, str]:
+    return {key: obj["metadata"]["resourceVersion"] for key, obj in children.items()}
+
+
+def _settled(api: client.ApiClient, namespace: str, job: str) -> dict[str, dict[str, Any]]:
+    """The children once their controllers have stopped updating them (same versions 2 s apart)."""
+
+    def same() -> dict[str, dict[str, Any]] | None:
+        before = _children(api, namespace, job)
+        time.sleep(2)
+        after = _children(api, namespace, job)
+        return after if _versions(before) == _versions(after) else None
+
+    settled: dict[str, dict[str, Any]] = _wait(same, 60, "the children to settle")
+    return settled
+
+
+def _all_children(api: client.ApiClient, namespace: str, job: str) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = _wait(
+        lambda: (c := _children(api, namespace, job)) and set(c) == _expected(job) and c,
+        60,
+        "the job's children",
+    )
+    return found
+
+
+def test_create_makes_exactly_the_children_owned_by_the_job(
+    api: client.ApiClient, namespace: str, operator_cmd: list[str], kafka_bootstrap: str
+) -> None:
+    with _operator(operator_cmd):
+        rj = _create_job(api, namespace, _spec(kafka_bootstrap))
+        name, uid = rj["metadata"]["name"], rj["metadata"]["uid"]
+        children = _all_children(api, namespace, name)
+        for key, obj in children.items():
+            (owner,) = obj["metadata"]["ownerReferences"]
+            assert owner["uid"] == uid, key
+            assert owner["kind"] == crd.KIND
+            assert owner["controller"] is True
+        # Pods never run here: the job is Pending and says why.
+        status = _wait(
+            lambda: (
+                ((_get_job(api, namespace, name) or {}).get("status") or {}).get("phase")
+                and _get_job(api, namespace, name)
+            ),
+            30,
+            "a status",
+        )["status"]
+        assert status["phase"] == "Pending"
+        conditions = {c["type"]: c for c in status["conditions"]}
+        assert conditions["Ready"]["status"] == "False"
+        assert conditions["Ready"]["reason"] == "WorkersNotReady"
+        assert "processor 0/1 ready" in conditions["Ready"]["message"]
+        assert conditions["KafkaObserved"]["status"] == "True"
+        assert status["progress"]["rowsProduced"] == 0
+        # kopf's bookkeeping is in annotations, not in the status the schema prunes.
+        assert "kopf" not in status
+        # The transition to Pending is an Event on the ReplayJob...
+        events = _wait(
+            lambda: [
+                e
+                for e in client.CoreV1Api(api)
+                .list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}")
+                .items
+                if e.reason == "Pending"
+            ],
+            30,
+            "the Pending event",
+        )
+        assert "phase none -> Pending" in events[0].message
+        # ...and the reconciliation is counted (the runner is in this process).
+        assert (REGISTRY.get_sample_value(SUCCESSES, {"result": "success"}) or 0) > 0
+        # No more children than expected appear later either.
+        time.sleep(3)
+        assert set(_children(api, namespace, name)) == _expected(name)
+
+
+def test_update_of_replicas_changes_only_the_processor(
+    api: client.ApiClient, namespace: str, operator_cmd: list[str], kafka_bootstrap: str
+) -> None:
+    with _operator(operator_cmd):
+        name = _create_job(api, namespace, _spec(kafka_bootstrap))["metadata"]["name"]
+        _all_children(api, namespace, name)
+        before = _versions(_settled(api, namespace, name))
+        _patch_spec(api, namespace, name, {"processing": {"replicas": 2}})
+        processor = f"Deployment/{Names(name).processor}"
+        _wait(
+            lambda: _children(api, namespace, name)[processor]["spec"]["replicas"] == 2,
+            30,
+            "the processor to scale to 2",
+        )
+        after = _versions(_settled(api, namespace, name))
+        changed = {key for key in before if before[key] != after[key]}
+        assert changed == {processor}
+
+
+def test_suspend_scales_to_zero_and_resume_scales_back(
+    api: client.ApiClient, namespace: str, operator_cmd: list[str], kafka_bootstrap: str
+) -> None:
+    names_of: Callable[[str], Names] = Names
+    with _operator(operator_cmd):
+        name = _create_job(api, namespace, _spec(kafka_bootstrap))["metadata"]["name"]
+        names = names_of(name)
+        job_uid = _all_children(api, namespace, name)[f"Job/{names.producer}"]["metadata"]["uid"]
+
+        def state() -> tuple[int, int, bool]:
+            c = _children(api, namespace, name)
+            return (
+                c[f"Deployment/{names.processor}"]["spec"]["replicas"],
+                c[f"Deployment/{names.loader}"]["spec"]["replicas"],
+                c[f"Job/{names.producer}"]["spec"]["suspend"],
+            )
+
+        _patch_spec(api, namespace, name, {"suspend": True})
+        _wait(lambda: state() == (0, 0, True), 30, "the workers to stop")
+        _wait(
+            lambda: (
+                ((_get_job(api, namespace, name) or {}).get("status") or {}).get("phase")
+                == "Suspended"
+            ),
+            30,
+            "phase Suspended",
+        )
+        _patch_spec(api, namespace, name, {"suspend": False})
+        _wait(lambda: state() == (1, 1, False), 30, "the workers to come back")
+        children = _children(api, namespace, name)
+        # Suspending is a patch of the Job, never a new Job.
+        assert children[f"Job/{names.producer}"]["metadata"]["uid"] == job_uid
+
+
+def test_a_changed_producer_template_replaces_the_job(
+    api: client.ApiClient, namespace: str, operator_cmd: list[str], kafka_bootstrap: str
+) -> None:
+    with _operator(operator_cmd):
+        name = _create_job(api, namespace, _spec(kafka_bootstrap))["metadata"]["name"]
+        key = f"Job/{Names(name).producer}"
+        old_uid = _all_children(api, namespace, name)[key]["metadata"]["uid"]
+        _patch_spec(api, namespace, name, {"source": {"symbol": "ETHUSDT"}})
+
+        def new_job() -> bool:
+            job = _children(api, namespace, name).get(key)
+            return job is not None and job["metadata"]["uid"] != old_uid
+
+        _wait(new_job, 60, "a new producer Job")
+        assert set(_children(api, namespace, name)) == _expected(name)
+
+
+def test_restarting_the_operator_creates_no_duplicates(
+    api: client.ApiClient, namespace: str, operator_cmd: list[str], kafka_bootstrap: str
+) -> None:
+    with _operator(operator_cmd):
+        name = _create_job(api, namespace, _spec(kafka_bootstrap))["metadata"]["name"]
+        _all_children(api, namespace, name)
+    before = _settled(api, namespace, name)
+    with _operator(operator_cmd):
+        # Wait for the resumed job's next status observation: the resume handler ran.
+        time.sleep(6)
+        after = _children(api, namespace, name)
+    assert set(after) == _expected(name)
+    assert {k: v["metadata"]["uid"] for k, v in after.items()} == {
+        k: v["metadata"]["uid"] for k, v in before.items()
+    }
+    assert _versions(after) == _versions(before)
+
+
+def test_deleting_the_job_deletes_every_child_through_the_garbage_collector(
+    api: client.ApiClient, namespace: str, operator_cmd: list[str], kafka_bootstrap: str
+) -> None:
+    with _operator(operator_cmd):
+        name = _create_job(api, namespace, _spec(kafka_bootstrap))["metadata"]["name"]
+        _all_children(api, namespace, name)
+        # cleanup.deleteTopics is on by default: the operator holds a finalizer...
+        finalizers = _wait(
+            lambda: (_get_job(api, namespace, name) or {}).get("metadata", {}).get("finalizers"),
+            30,
+            "the clean-up finalizer",
+        )
+        assert finalizers == [f"{labels.DOMAIN}/cleanup"]
+        client.CustomObjectsApi(api).delete_namespaced_custom_object(
+            crd.GROUP, crd.VERSION, namespace, crd.PLURAL, name
+        )
+        # ...and lets go of it once the (missing) topics are dealt with.
+        _wait(lambda: _get_job(api, namespace, name) is None, 30, "the ReplayJob to go")
+    _wait(lambda: not _children(api, namespace, name), 60, "the garbage collector")
+
+
+def test_unreachable_kafka_is_a_condition_and_does_not_hold_the_deletion(
+    api: client.ApiClient, namespace: str, operator_cmd: list[str]
+) -> None:
+    with _operator(operator_cmd):
+        # Nothing listens on port 1: every Kafka request of the operator times out.
+        name = _create_job(api, namespace, _spec("127.0.0.1:1"))["metadata"]["name"]
+
+        def kafka_condition() -> dict[str, Any] | None:
+            status = (_get_job(api, namespace, name) or {}).get("status") or {}
+            return next(
+                (c for c in status.get("conditions") or () if c["type"] == "KafkaObserved"), None
+            )
+
+        condition = _wait(kafka_condition, 60, "the KafkaObserved condition")
+        assert condition["status"] == "False"
+        assert condition["reason"] == "KafkaUnreachable"
+        status = (_get_job(api, namespace, name) or {})["status"]
+        assert status["phase"] == "Pending"
+        client.CustomObjectsApi(api).delete_namespaced_custom_object(
+            crd.GROUP, crd.VERSION, namespace, crd.PLURAL, name
+        )
+        # The topic clean-up gives up after its timeout and lets the job go.
+        _wait(lambda: _get_job(api, namespace, name) is None, 60, "the ReplayJob to go")
+
+
+@pytest.fixture
+def podmonitor_crd(api: client.ApiClient) -> Iterator[None]:
+    """A stand-in for the Prometheus Operator's PodMonitor CRD (schema-less), removed after."""
+    ext = client.ApiextensionsV1Api(api)
+    name = "podmonitors.monitoring.coreos.com"
+    body = {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": name},
+        "spec": {
+            "group": "monitoring.coreos.com",
+            "scope": "Namespaced",
+            "names": {"kind": "PodMonitor", "plural": "podmonitors", "singular": "podmonitor"},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "x-kubernetes-preserve-unknown-fields": True,
+                        }
+                    },
+                }
+            ],
+        },
+    }
+    try:
+        ext.create_custom_resource_definition(body)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+        yield  # installed by someone else: leave it
+        return
+    objects = client.CustomObjectsApi(api)
+
+    def serves() -> bool:
+        try:
+            objects.list_cluster_custom_object("monitoring.coreos.com", "v1", "podmonitors")
+        except ApiException:
+            return False
+        return True
+
+    _wait(serves, 30, "the podmonitors endpoint to serve")
+    yield
+    ext.delete_custom_resource_definition(name)
+
+
+def test_a_podmonitor_is_made_only_where_prometheus_operator_is_installed(
+    api: client.ApiClient,
+    namespace: str,
+    operator_cmd: list[str],
+    kafka_bootstrap: str,
+    podmonitor_crd: None,
+) -> None:
+    objects = client.CustomObjectsApi(api)
+
+    def podmonitors() -> list[dict[str, Any]]:
+        found = objects.list_namespaced_custom_object(
+            "monitoring.coreos.com", "v1", namespace, "podmonitors"
+        )
+        items: list[dict[str, Any]] = found["items"]
+        return items
+
+    with _operator(operator_cmd):
+        watched = _create_job(api, namespace, _spec(kafka_bootstrap))
+        unwatched = _create_job(
+            api, namespace, {**_spec(kafka_bootstrap), "monitoring": {"podMonitor": False}}
+        )
+        (monitor,) = _wait(podmonitors, 30, "the PodMonitor")
+        assert monitor["metadata"]["name"] == Names(watched["metadata"]["name"]).pod_monitor
+        assert monitor["metadata"]["ownerReferences"][0]["uid"] == watched["metadata"]["uid"]
+        _all_children(api, namespace, unwatched["metadata"]["name"])
+        assert len(podmonitors()) == 1
+
+
+def test_deleting_a_job_with_delete_redis_keys_deletes_its_keys(
+    api: client.ApiClient,
+    namespace: str,
+    operator_cmd: list[str],
+    kafka_bootstrap: str,
+    redis_url: str,
+) -> None:
+    url = urlsplit(redis_url)
+    password = url.password or ""
+    client.CoreV1Api(api).create_namespaced_secret(
+        namespace, {"metadata": {"name": "redis"}, "stringData": {"password": password}}
+    )
+    spec = {
+        **_spec(kafka_bootstrap),
+        "redis": {
+            "url": f"redis://{url.hostname}:{url.port}/0",
+            "credentials": {"secretRef": {"name": "redis"}},
+        },
+        "cleanup": {"deleteTopics": False, "deleteRedisKeys": True},
+    }
+    store = redis.Redis.from_url(redis_url)
+    with _operator(operator_cmd):
+        name = _create_job(api, namespace, spec)["metadata"]["name"]
+        keys = RedisKeys(name)
+        store.hset(keys.latest("BTCUSDT"), mapping={"close": "1"})
+        store.sadd(keys.symbols, "BTCUSDT")
+        _all_children(api, namespace, name)
+        client.CustomObjectsApi(api).delete_namespaced_custom_object(
+            crd.GROUP, crd.VERSION, namespace, crd.PLURAL, name
+        )
+        _wait(lambda: _get_job(api, namespace, name) is None, 30, "the ReplayJob to go")
+    assert list(store.scan_iter(match=keys.pattern)) == []

@@ -1,0 +1,211 @@
+"""The pure parts behind the operator's handlers: child plans, status writes, settings, metrics."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from hftpipe_operator import builders, metrics
+from hftpipe_operator.reconcile import (
+    APPLIED_HASH,
+    KAFKA_OBSERVED,
+    TEMPLATE_HASH,
+    KafkaReading,
+    job_patch,
+    kafka_condition,
+    object_path,
+    phase_event,
+    plan,
+    stamp,
+    status_changed,
+    with_condition,
+)
+from hftpipe_operator.settings import OperatorSettings
+from hftpipe_operator.spec import ReplayJob, ReplayJobSpec
+from hftpipe_operator.status import Observed, ReplayJobStatus, roll_up
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+SPEC: dict[str, Any] = {
+    "source": {"url": "https://example.com/bars.csv.gz"},
+    "kafka": {"bootstrapServers": "kafka:9092", "topic": {"partitions": 2}},
+    "redis": {"url": "redis://redis:6379/0"},
+}
+
+
+def _job(**changes: Any) -> ReplayJob:
+    return ReplayJob("btc", "ns", ReplayJobSpec.model_validate({**SPEC, **changes}))
+
+
+def _annotations(manifest: dict[str, Any]) -> dict[str, str]:
+    annotations: dict[str, str] = manifest["metadata"]["annotations"]
+    return annotations
+
+
+# ------------------------------------------------------------------------- paths
+
+
+@pytest.mark.parametrize(
+    ("api_version", "kind", "name", "path"),
+    [
+        ("v1", "ConfigMap", "a", "/api/v1/namespaces/ns/configmaps/a"),
+        ("batch/v1", "Job", "a", "/apis/batch/v1/namespaces/ns/jobs/a"),
+        ("apps/v1", "Deployment", None, "/apis/apps/v1/namespaces/ns/deployments"),
+        (
+            "monitoring.coreos.com/v1",
+            "PodMonitor",
+            "a",
+            "/apis/monitoring.coreos.com/v1/namespaces/ns/podmonitors/a",
+        ),
+    ],
+)
+def test_object_path_should_address_core_and_group_kinds(
+    api_version: str, kind: str, name: str | None, path: str
+) -> None:
+    assert object_path(api_version, kind, "ns", name) == path
+
+
+def test_object_path_should_refuse_an_unknown_kind() -> None:
+    with pytest.raises(ValueError, match="Ingress"):
+        object_path("networking.k8s.io/v1", "Ingress", "ns", "a")
+
+
+# --------------------------------------------------------------------------- plan
+
+
+def test_stamp_should_be_stable_and_leave_the_input_alone() -> None:
+    manifest = builders.build_metrics_service(_job())
+    stamped = stamp(manifest)
+    assert "annotations" not in manifest["metadata"]
+    assert stamp(stamped) == stamped  # re-stamping a stamped manifest changes nothing
+    assert TEMPLATE_HASH not in _annotations(stamped)
+
+
+def test_stamp_should_hash_a_job_template_without_suspend() -> None:
+    running = stamp(builders.build_producer_job(_job()))
+    suspended = stamp(builders.build_producer_job(_job(suspend=True)))
+    assert _annotations(running)[APPLIED_HASH] != _annotations(suspended)[APPLIED_HASH]
+    assert _annotations(running)[TEMPLATE_HASH] == _annotations(suspended)[TEMPLATE_HASH]
+
+
+def test_plan_should_create_a_missing_child() -> None:
+    assert plan(None, stamp(builders.build_settings_configmap(_job()))) == "create"
+
+
+def test_plan_should_keep_an_unchanged_child_whatever_the_server_added() -> None:
+    desired = stamp(builders.build_processor_deployment(_job()))
+    stored = {**desired, "status": {"readyReplicas": 0}}
+    stored["metadata"] = {**desired["metadata"], "resourceVersion": "42", "uid": "u"}
+    assert plan(stored, desired) == "keep"
+
+
+def test_plan_should_apply_a_changed_deployment() -> None:
+    stored = stamp(builders.build_processor_deployment(_job()))
+    desired = stamp(builders.build_processor_deployment(_job(processing={"replicas": 2})))
+    assert plan(stored, desired) == "apply"
+
+
+def test_plan_should_patch_a_job_whose_only_change_is_suspend() -> None:
+    stored = stamp(builders.build_producer_job(_job()))
+    desired = stamp(builders.build_producer_job(_job(suspend=True)))
+    assert plan(stored, desired) == "apply"
+    patch = job_patch(desired)
+    assert patch["spec"] == {"suspend": True}
+    assert patch["metadata"]["annotations"][APPLIED_HASH] == _annotations(desired)[APPLIED_HASH]
+
+
+def test_plan_should_replace_a_job_whose_pod_template_changed() -> None:
+    stored = stamp(builders.build_producer_job(_job()))
+    desired = stamp(
+        builders.build_producer_job(_job(source={**SPEC["source"], "symbol": "ETHUSDT"}))
+    )
+    assert plan(stored, desired) == "replace"
+
+
+# ------------------------------------------------------------------------- status
+
+
+def _status(job: ReplayJob, now: datetime, previous: ReplayJobStatus | None) -> ReplayJobStatus:
+    return roll_up(job, Observed(now=now, generation=1), previous)
+
+
+def test_kafka_condition_should_keep_its_transition_time_while_unchanged() -> None:
+    job = _job()
+    down = KafkaReading(ok=False, message="no broker answered")
+    first = with_condition(_status(job, NOW, None), kafka_condition(down, NOW, 1, None))
+    later = NOW + timedelta(minutes=1)
+    second = kafka_condition(down, later, 1, first)
+    assert second.last_transition_time == "2026-01-01T00:00:00Z"
+    assert second.reason == "KafkaUnreachable"
+    up = kafka_condition(KafkaReading(ok=True, message="ok"), later, 1, first)
+    assert (up.status, up.reason, up.last_transition_time) == (
+        "True",
+        "OffsetsRead",
+        "2026-01-01T00:01:00Z",
+    )
+
+
+def test_with_condition_should_replace_the_condition_of_its_type() -> None:
+    job = _job()
+    status = _status(job, NOW, None)
+    reading = KafkaReading(ok=True, message="ok")
+    once = with_condition(status, kafka_condition(reading, NOW, 1, None))
+    twice = with_condition(once, kafka_condition(reading, NOW, 1, once))
+    types = [c.type for c in twice.conditions or ()]
+    assert types.count(KAFKA_OBSERVED) == 1
+    assert len(types) == len(status.conditions or ()) + 1
+
+
+def test_status_changed_should_ignore_a_fresher_observation_time_alone() -> None:
+    job = _job()
+    first = _status(job, NOW, None)
+    again = _status(job, NOW + timedelta(seconds=10), first)
+    assert not status_changed(first, again)
+    assert status_changed(None, first)
+    suspended = _status(_job(suspend=True), NOW + timedelta(seconds=20), first)
+    assert status_changed(first, suspended)
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "event"),
+    [
+        (None, "Pending", (False, "phase none -> Pending")),
+        ("Pending", "Pending", None),
+        ("Running", "Failed", (True, "phase Running -> Failed")),
+        ("Running", "Succeeded", (False, "phase Running -> Succeeded")),
+    ],
+)
+def test_phase_event_should_speak_only_of_transitions(
+    before: str | None, after: str, event: tuple[bool, str] | None
+) -> None:
+    assert phase_event(before, after) == event
+
+
+# ----------------------------------------------------------------- settings, metrics
+
+
+def test_settings_should_read_the_operator_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HFTPIPE_OPERATOR_NAMESPACES", " a, b ,,")
+    monkeypatch.setenv("HFTPIPE_OPERATOR_STATUS_INTERVAL", "2.5")
+    settings = OperatorSettings()
+    assert settings.namespace_list == ["a", "b"]
+    assert settings.status_interval == 2.5
+
+
+def test_settings_should_default_to_cluster_wide() -> None:
+    assert OperatorSettings(namespaces="").namespace_list == []
+
+
+def test_phase_book_should_count_the_last_phase_of_each_job() -> None:
+    book = metrics.PhaseBook()
+    book.set("ns", "a", "Pending")
+    book.set("ns", "a", "Running")
+    book.set("ns", "b", "Running")
+    book.set("other", "a", "Failed")
+    book.forget("ns", "b")
+    counts = book.counts()
+    assert counts["Running"] == 1
+    assert counts["Failed"] == 1
+    assert counts["Pending"] == 0
+    assert set(counts) == set(metrics.PHASES)
