@@ -76,6 +76,10 @@ demo: system-deps venv ## replay the shipped BTC bars: Kafka -> Redis + DuckDB, 
 bench: venv ## benchmark suite (4M generated bars + real BTC bars); writes bench/results/
 	$(PY) bench/run.py
 
+.PHONY: manifests
+manifests: venv ## regenerate k8s/replayjob.yaml from the operator's example
+	$(PY) -c "from hftpipe_operator.crd import sample_yaml; open('k8s/replayjob.yaml', 'w').write(sample_yaml())"
+
 .PHONY: docs
 docs: venv ## regenerate the README's reference tables from the code
 	$(PY) -m hftpipe_workers.docs README.md

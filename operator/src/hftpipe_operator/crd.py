@@ -306,3 +306,15 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+SAMPLE_HEADER = """\
+# A ReplayJob of the BTC/USDT hourly bars shipped in the workers image.
+# kubectl apply -f k8s/replayjob.yaml && kubectl get replayjobs -w
+# Generated from hftpipe_operator.crd.example_replayjob (make manifests); edit a copy.
+"""
+
+
+def sample_yaml() -> str:
+    """``k8s/replayjob.yaml``: the example ReplayJob with a header."""
+    return SAMPLE_HEADER + yaml.safe_dump(example_replayjob(), sort_keys=False)
