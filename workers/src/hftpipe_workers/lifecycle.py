@@ -5,7 +5,12 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
+from collections.abc import Callable, Mapping
 from types import FrameType
+from typing import Any
+
+from .observability import LAG_EXPORT_SECONDS
 
 
 def stop_on_signals(stop: threading.Event, log: logging.Logger) -> None:
@@ -21,3 +26,41 @@ def stop_on_signals(stop: threading.Event, log: logging.Logger) -> None:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+
+
+class DrainClock:
+    """The bookkeeping the consuming workers' loops share.
+
+    Refreshes the consumer-lag gauges every :data:`LAG_EXPORT_SECONDS`, and, in
+    ``until_caught_up`` mode, says when to exit: nothing arrived for
+    ``idle_timeout`` seconds and every assigned partition has zero lag.
+    """
+
+    def __init__(
+        self,
+        export_lag: Callable[[], Mapping[Any, int] | None],
+        *,
+        until_caught_up: bool,
+        idle_timeout: float,
+    ) -> None:
+        self._export_lag = export_lag
+        self._until_caught_up = until_caught_up
+        self._idle_timeout = idle_timeout
+        self._last_data = self._last_lag = time.monotonic()
+
+    def before_poll(self) -> None:
+        """Refresh the lag gauges when they are due."""
+        if time.monotonic() - self._last_lag > LAG_EXPORT_SECONDS:
+            self._export_lag()
+            self._last_lag = time.monotonic()
+
+    def got_data(self) -> None:
+        """Records arrived: the idle clock restarts."""
+        self._last_data = time.monotonic()
+
+    def done_when_idle(self) -> bool:
+        """Whether a worker in ``until_caught_up`` mode has drained its input."""
+        if not self._until_caught_up or time.monotonic() - self._last_data <= self._idle_timeout:
+            return False
+        lags = self._export_lag()
+        return lags is not None and not any(lags.values())

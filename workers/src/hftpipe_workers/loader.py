@@ -20,13 +20,12 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from . import codec
 from .contract import Groups, Topics
-from .lifecycle import stop_on_signals
+from .lifecycle import DrainClock, stop_on_signals
 from .metrics import SESSION, parse_window
 from .observability import (
     BATCH_SIZE,
     CONSUMER_LAG,
     ERRORS,
-    LAG_EXPORT_SECONDS,
     LOADER_BATCH_SECONDS,
     LOADER_ROWS,
     READY,
@@ -135,23 +134,22 @@ class Loader:
         consumer.subscribe([self.topics.bars, self.topics.metrics])
         self.sink.ensure_tables()
         report = LoaderReport()
-        started = last_data = last_lag = time.monotonic()
+        started = time.monotonic()
+        clock = DrainClock(
+            lambda: self._export_lag(consumer),
+            until_caught_up=until_caught_up,
+            idle_timeout=idle_timeout,
+        )
         READY.labels("loader", self.job).set(1)
         try:
             while not self.stop.is_set():
-                if time.monotonic() - last_lag > LAG_EXPORT_SECONDS:
-                    self._export_lag(consumer)
-                    last_lag = time.monotonic()
+                clock.before_poll()
                 batch = self._collect(consumer)
                 if not batch:
-                    if (
-                        until_caught_up
-                        and time.monotonic() - last_data > idle_timeout
-                        and self._caught_up(consumer)
-                    ):
+                    if clock.done_when_idle():
                         break
                     continue
-                last_data = time.monotonic()
+                clock.got_data()
                 self._load(consumer, batch, report)
         finally:
             READY.labels("loader", self.job).set(0)
@@ -222,7 +220,3 @@ class Loader:
             lags[(tp.topic, tp.partition)] = lag
             CONSUMER_LAG.labels("loader", self.job, tp.topic, str(tp.partition)).set(lag)
         return lags
-
-    def _caught_up(self, consumer: Consumer) -> bool:
-        lags = self._export_lag(consumer)
-        return lags is not None and not any(lags.values())

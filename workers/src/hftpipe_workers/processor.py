@@ -43,14 +43,13 @@ from . import codec
 from .bars import Bar
 from .contract import Groups, RedisKeys, Topics
 from .kafka_admin import ensure_topics, partition_count
-from .lifecycle import stop_on_signals
+from .lifecycle import DrainClock, stop_on_signals
 from .metrics import DEFAULT_WINDOWS, MetricsEngine, WindowMetrics
 from .observability import (
     BATCH_SIZE,
     CONSUMER_LAG,
     ERRORS,
     EVENT_TO_REDIS_SECONDS,
-    LAG_EXPORT_SECONDS,
     LATEST_VWAP,
     READY,
     RECORDS_IN,
@@ -224,7 +223,11 @@ class Processor:
         )
         report = ProcessorReport()
         started = time.monotonic()
-        last_data = last_lag = time.monotonic()
+        clock = DrainClock(
+            lambda: self._export_lag(consumer),
+            until_caught_up=until_caught_up,
+            idle_timeout=idle_timeout,
+        )
         # Every bar allocates a few short-lived objects and the cyclic GC took a
         # quarter of the processor's time (bench/README.md); nothing here makes
         # reference cycles worth chasing that often. Freeze what startup built.
@@ -233,19 +236,13 @@ class Processor:
         READY.labels("processor", self.job).set(1)
         try:
             while not self.stop.is_set():
-                if time.monotonic() - last_lag > LAG_EXPORT_SECONDS:
-                    self._export_lag(consumer)
-                    last_lag = time.monotonic()
+                clock.before_poll()
                 msgs = self._next_batch(consumer)
                 if not msgs:
-                    if (
-                        until_caught_up
-                        and time.monotonic() - last_data > idle_timeout
-                        and self._caught_up(consumer)
-                    ):
+                    if clock.done_when_idle():
                         break
                     continue
-                last_data = time.monotonic()
+                clock.got_data()
                 by_partition: dict[int, list[Message]] = {}
                 for msg in msgs:
                     err = msg.error()
@@ -310,10 +307,6 @@ class Processor:
                 lags[tp.partition]
             )
         return lags
-
-    def _caught_up(self, consumer: Consumer) -> bool:
-        lags = self._export_lag(consumer)
-        return lags is not None and not any(lags.values())
 
     def _process(
         self,

@@ -1,0 +1,27 @@
+"""The drain clock: when a consuming worker in until-caught-up mode may exit."""
+
+from __future__ import annotations
+
+import time
+
+from hftpipe_workers.lifecycle import DrainClock
+
+
+def test_exits_only_after_idle_and_zero_lag() -> None:
+    lags: dict[int, int] | None = None
+    clock = DrainClock(lambda: lags, until_caught_up=True, idle_timeout=0.05)
+    assert not clock.done_when_idle()  # not idle long enough
+    time.sleep(0.06)
+    assert not clock.done_when_idle()  # nothing assigned yet
+    lags = {0: 3, 1: 0}
+    assert not clock.done_when_idle()  # partition 0 still behind
+    lags = {0: 0, 1: 0}
+    assert clock.done_when_idle()
+    clock.got_data()
+    assert not clock.done_when_idle()  # data just arrived: idle clock restarted
+
+
+def test_never_exits_when_not_draining() -> None:
+    clock = DrainClock(lambda: {0: 0}, until_caught_up=False, idle_timeout=0.0)
+    time.sleep(0.01)
+    assert not clock.done_when_idle()
