@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -59,6 +60,14 @@ def redis_url(stack_env: dict[str, str]) -> str:
 def kubeconfig(stack_env: dict[str, str]) -> Path:
     """Admin kubeconfig of the real API server."""
     return Path(stack_env["KUBECONFIG"])
+
+
+@pytest.fixture(scope="session")
+def api(kubeconfig: Path) -> Any:
+    """A Kubernetes API client (kubernetes.client.ApiClient) with the admin kubeconfig."""
+    from kubernetes import config  # noqa: PLC0415 - only the integration tiers need it
+
+    return config.new_client_from_config(config_file=str(kubeconfig))
 
 
 @pytest.fixture

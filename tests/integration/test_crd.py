@@ -9,18 +9,17 @@ from __future__ import annotations
 import copy
 import json
 import subprocess
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.rest import ApiException
 from pydantic import ValidationError
 
+from hftpipe_devstack.testing import wait_for
 from hftpipe_operator import builders, crd
 from hftpipe_operator.spec import ReplayJob, ReplayJobSpec
 from hftpipe_operator.status import (
@@ -45,20 +44,6 @@ SNOWFLAKE: dict[str, Any] = {
 }
 
 
-def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-@pytest.fixture(scope="module")
-def api(kubeconfig: Path) -> client.ApiClient:
-    return config.new_client_from_config(config_file=str(kubeconfig))
-
-
 @pytest.fixture(scope="module")
 def installed(api: client.ApiClient) -> dict[str, Any]:
     """The CRD, installed (or replaced) and Established."""
@@ -79,10 +64,10 @@ def installed(api: client.ApiClient) -> dict[str, Any]:
             c.type == "Established" and c.status == "True" for c in (found.status.conditions or [])
         )
 
-    _wait(established, 30, "the ReplayJob CRD to be Established")
+    wait_for(established, 30, "the ReplayJob CRD to be Established")
     # The CRD's REST endpoint can lag Established by a moment.
     objects = client.CustomObjectsApi(api)
-    _wait(
+    wait_for(
         lambda: _lists(objects),
         30,
         "the replayjobs endpoint to serve",
@@ -112,7 +97,7 @@ def namespace(api: client.ApiClient, installed: dict[str, Any]) -> Iterator[str]
         }
     )
     # Pods need the namespace's default ServiceAccount, which the controller-manager adds.
-    _wait(
+    wait_for(
         lambda: any(
             sa.metadata.name == "default" for sa in core.list_namespaced_service_account(name).items
         ),

@@ -19,10 +19,11 @@ from urllib.parse import urlsplit
 import pytest
 import redis
 from kopf.testing import KopfRunner
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.rest import ApiException
 from prometheus_client import REGISTRY
 
+from hftpipe_devstack.testing import wait_for
 from hftpipe_operator import crd, labels
 from hftpipe_operator.naming import Names
 from hftpipe_workers.contract import RedisKeys
@@ -32,21 +33,6 @@ os.environ.setdefault("HFTPIPE_OPERATOR_STATUS_INTERVAL", "2")
 os.environ.setdefault("HFTPIPE_OPERATOR_METRICS_PORT", "0")
 
 SUCCESSES = "hftpipe_operator_reconciliations_total"
-
-
-def _wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-@pytest.fixture(scope="module")
-def api(kubeconfig: Path) -> client.ApiClient:
-    return config.new_client_from_config(config_file=str(kubeconfig))
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +57,7 @@ def installed(api: client.ApiClient) -> None:
             return False
         return True
 
-    _wait(serves, 30, "the replayjobs endpoint to serve")
+    wait_for(serves, 30, "the replayjobs endpoint to serve")
 
 
 @pytest.fixture
@@ -188,12 +174,12 @@ def _settled(api: client.ApiClient, namespace: str, job: str) -> dict[str, dict[
         after = _children(api, namespace, job)
         return after if _versions(before) == _versions(after) else None
 
-    settled: dict[str, dict[str, Any]] = _wait(same, 60, "the children to settle")
+    settled: dict[str, dict[str, Any]] = wait_for(same, 60, "the children to settle")
     return settled
 
 
 def _all_children(api: client.ApiClient, namespace: str, job: str) -> dict[str, dict[str, Any]]:
-    found: dict[str, dict[str, Any]] = _wait(
+    found: dict[str, dict[str, Any]] = wait_for(
         lambda: (c := _children(api, namespace, job)) and set(c) == _expected(job) and c,
         60,
         "the job's children",
@@ -214,7 +200,7 @@ def test_create_makes_exactly_the_children_owned_by_the_job(
             assert owner["kind"] == crd.KIND
             assert owner["controller"] is True
         # Pods never run here: the job is Pending and says why.
-        status = _wait(
+        status = wait_for(
             lambda: (
                 ((_get_job(api, namespace, name) or {}).get("status") or {}).get("phase")
                 and _get_job(api, namespace, name)
@@ -232,7 +218,7 @@ def test_create_makes_exactly_the_children_owned_by_the_job(
         # kopf's bookkeeping is in annotations, not in the status the schema prunes.
         assert "kopf" not in status
         # The transition to Pending is an Event on the ReplayJob...
-        events = _wait(
+        events = wait_for(
             lambda: [
                 e
                 for e in client.CoreV1Api(api)
@@ -260,7 +246,7 @@ def test_update_of_replicas_changes_only_the_processor(
         before = _versions(_settled(api, namespace, name))
         _patch_spec(api, namespace, name, {"processing": {"replicas": 2}})
         processor = f"Deployment/{Names(name).processor}"
-        _wait(
+        wait_for(
             lambda: _children(api, namespace, name)[processor]["spec"]["replicas"] == 2,
             30,
             "the processor to scale to 2",
@@ -288,8 +274,8 @@ def test_suspend_scales_to_zero_and_resume_scales_back(
             )
 
         _patch_spec(api, namespace, name, {"suspend": True})
-        _wait(lambda: state() == (0, 0, True), 30, "the workers to stop")
-        _wait(
+        wait_for(lambda: state() == (0, 0, True), 30, "the workers to stop")
+        wait_for(
             lambda: (
                 ((_get_job(api, namespace, name) or {}).get("status") or {}).get("phase")
                 == "Suspended"
@@ -298,7 +284,7 @@ def test_suspend_scales_to_zero_and_resume_scales_back(
             "phase Suspended",
         )
         _patch_spec(api, namespace, name, {"suspend": False})
-        _wait(lambda: state() == (1, 1, False), 30, "the workers to come back")
+        wait_for(lambda: state() == (1, 1, False), 30, "the workers to come back")
         children = _children(api, namespace, name)
         # Suspending is a patch of the Job, never a new Job.
         assert children[f"Job/{names.producer}"]["metadata"]["uid"] == job_uid
@@ -317,7 +303,7 @@ def test_a_changed_producer_template_replaces_the_job(
             job = _children(api, namespace, name).get(key)
             return job is not None and job["metadata"]["uid"] != old_uid
 
-        _wait(new_job, 60, "a new producer Job")
+        wait_for(new_job, 60, "a new producer Job")
         assert set(_children(api, namespace, name)) == _expected(name)
 
 
@@ -346,7 +332,7 @@ def test_deleting_the_job_deletes_every_child_through_the_garbage_collector(
         name = _create_job(api, namespace, _spec(kafka_bootstrap))["metadata"]["name"]
         _all_children(api, namespace, name)
         # cleanup.deleteTopics is on by default: the operator holds a finalizer...
-        finalizers = _wait(
+        finalizers = wait_for(
             lambda: (_get_job(api, namespace, name) or {}).get("metadata", {}).get("finalizers"),
             30,
             "the clean-up finalizer",
@@ -356,8 +342,8 @@ def test_deleting_the_job_deletes_every_child_through_the_garbage_collector(
             crd.GROUP, crd.VERSION, namespace, crd.PLURAL, name
         )
         # ...and lets go of it once the (missing) topics are dealt with.
-        _wait(lambda: _get_job(api, namespace, name) is None, 30, "the ReplayJob to go")
-    _wait(lambda: not _children(api, namespace, name), 60, "the garbage collector")
+        wait_for(lambda: _get_job(api, namespace, name) is None, 30, "the ReplayJob to go")
+    wait_for(lambda: not _children(api, namespace, name), 60, "the garbage collector")
 
 
 def test_unreachable_kafka_is_a_condition_and_does_not_hold_the_deletion(
@@ -373,7 +359,7 @@ def test_unreachable_kafka_is_a_condition_and_does_not_hold_the_deletion(
                 (c for c in status.get("conditions") or () if c["type"] == "KafkaObserved"), None
             )
 
-        condition = _wait(kafka_condition, 60, "the KafkaObserved condition")
+        condition = wait_for(kafka_condition, 60, "the KafkaObserved condition")
         assert condition["status"] == "False"
         assert condition["reason"] == "KafkaUnreachable"
         status = (_get_job(api, namespace, name) or {})["status"]
@@ -382,7 +368,7 @@ def test_unreachable_kafka_is_a_condition_and_does_not_hold_the_deletion(
             crd.GROUP, crd.VERSION, namespace, crd.PLURAL, name
         )
         # The topic clean-up gives up after its timeout and lets the job go.
-        _wait(lambda: _get_job(api, namespace, name) is None, 60, "the ReplayJob to go")
+        wait_for(lambda: _get_job(api, namespace, name) is None, 60, "the ReplayJob to go")
 
 
 @pytest.fixture
@@ -429,7 +415,7 @@ def podmonitor_crd(api: client.ApiClient) -> Iterator[None]:
             return False
         return True
 
-    _wait(serves, 30, "the podmonitors endpoint to serve")
+    wait_for(serves, 30, "the podmonitors endpoint to serve")
     yield
     ext.delete_custom_resource_definition(name)
 
@@ -455,7 +441,7 @@ def test_a_podmonitor_is_made_only_where_prometheus_operator_is_installed(
         unwatched = _create_job(
             api, namespace, {**_spec(kafka_bootstrap), "monitoring": {"podMonitor": False}}
         )
-        (monitor,) = _wait(podmonitors, 30, "the PodMonitor")
+        (monitor,) = wait_for(podmonitors, 30, "the PodMonitor")
         assert monitor["metadata"]["name"] == Names(watched["metadata"]["name"]).pod_monitor
         assert monitor["metadata"]["ownerReferences"][0]["uid"] == watched["metadata"]["uid"]
         _all_children(api, namespace, unwatched["metadata"]["name"])
@@ -492,5 +478,5 @@ def test_deleting_a_job_with_delete_redis_keys_deletes_its_keys(
         client.CustomObjectsApi(api).delete_namespaced_custom_object(
             crd.GROUP, crd.VERSION, namespace, crd.PLURAL, name
         )
-        _wait(lambda: _get_job(api, namespace, name) is None, 30, "the ReplayJob to go")
+        wait_for(lambda: _get_job(api, namespace, name) is None, 30, "the ReplayJob to go")
     assert list(store.scan_iter(match=keys.pattern)) == []

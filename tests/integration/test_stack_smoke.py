@@ -17,10 +17,11 @@ import pytest
 import redis
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from hftpipe_devstack import kubeschemas
+from hftpipe_devstack.testing import wait_for
 
 SMOKE_CHART = Path(__file__).parent / "fixtures" / "smoke-chart"
 
@@ -149,20 +150,6 @@ CRD: dict[str, Any] = {
 }
 
 
-@pytest.fixture(scope="module")
-def api(kubeconfig: Path) -> client.ApiClient:
-    return config.new_client_from_config(config_file=str(kubeconfig))
-
-
-def _wait(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def test_api_server_enforces_crd_schema(api: client.ApiClient) -> None:
     ext = client.ApiextensionsV1Api(api)
     ext.create_custom_resource_definition(CRD)
@@ -173,7 +160,7 @@ def test_api_server_enforces_crd_schema(api: client.ApiClient) -> None:
             c.type == "Established" and c.status == "True" for c in (crd.status.conditions or [])
         )
 
-    _wait(established, 30, "the CRD to be Established")
+    wait_for(established, 30, "the CRD to be Established")
     objects = client.CustomObjectsApi(api)
 
     def make(spec: dict[str, Any]) -> Any:
@@ -231,7 +218,7 @@ def test_controller_manager_garbage_collects_dependents(api: client.ApiClient) -
             return bool(exc.status == 404)
         return False
 
-    _wait(child_gone, 60, "the garbage collector to delete the dependent ConfigMap")
+    wait_for(child_gone, 60, "the garbage collector to delete the dependent ConfigMap")
 
 
 def test_controller_manager_turns_deployments_into_pods(api: client.ApiClient) -> None:
@@ -252,7 +239,7 @@ def test_controller_manager_turns_deployments_into_pods(api: client.ApiClient) -
         },
     )
     selector = f"app={labels['app']}"
-    _wait(
+    wait_for(
         lambda: len(core.list_namespaced_pod("default", label_selector=selector).items) == 2,
         60,
         "Deployment -> ReplicaSet -> 2 Pods",

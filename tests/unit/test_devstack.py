@@ -205,3 +205,12 @@ def test_reaper_stops_stacks_whose_owner_died(tmp_path: Path) -> None:
     assert reap_stale(tmp_path) == [stack_dir]
     assert not alive(record)
     assert not stack_dir.exists()
+
+
+def test_wait_for_returns_the_first_truthy_result_or_names_what_never_happened() -> None:
+    from hftpipe_devstack.testing import wait_for  # noqa: PLC0415
+
+    answers = iter([None, False, {"ready": True}])
+    assert wait_for(lambda: next(answers), 5, "readiness", interval=0.001) == {"ready": True}
+    with pytest.raises(AssertionError, match="waiting for the moon"):
+        wait_for(lambda: None, 0.05, "the moon", interval=0.01)
