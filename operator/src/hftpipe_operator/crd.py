@@ -261,6 +261,61 @@ def build_crd() -> dict[str, Any]:
     }
 
 
+PEERING_GROUP: Final = "kopf.dev"
+
+
+def build_peering_crds() -> list[dict[str, Any]]:
+    """kopf's ``KopfPeering`` and ``ClusterKopfPeering`` CRDs (from kopf's docs, "Peering").
+
+    Operator replicas announce themselves in a peering object and only the one of
+    highest priority handles resources; kopf needs these CRDs (and the peering
+    object itself) whenever more than one replica runs.
+    """
+    crds: list[dict[str, Any]] = []
+    for kind, scope in (("ClusterKopfPeering", "Cluster"), ("KopfPeering", "Namespaced")):
+        plural = f"{kind.lower()}s"
+        crds.append(
+            {
+                "apiVersion": "apiextensions.k8s.io/v1",
+                "kind": "CustomResourceDefinition",
+                "metadata": {"name": f"{plural}.{PEERING_GROUP}"},
+                "spec": {
+                    "group": PEERING_GROUP,
+                    "scope": scope,
+                    "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
+                    "versions": [
+                        {
+                            "name": "v1",
+                            "served": True,
+                            "storage": True,
+                            "schema": {
+                                "openAPIV3Schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "status": {
+                                            "type": "object",
+                                            "x-kubernetes-preserve-unknown-fields": True,
+                                        }
+                                    },
+                                }
+                            },
+                        }
+                    ],
+                },
+            }
+        )
+    return crds
+
+
+def build_peering(name: str, namespace: str) -> dict[str, Any]:
+    """The ``KopfPeering`` object the replicas of a namespaced operator share."""
+    return {
+        "apiVersion": f"{PEERING_GROUP}/v1",
+        "kind": "KopfPeering",
+        "metadata": {"name": name, "namespace": namespace},
+    }
+
+
 def crd_yaml() -> str:
     """The CRD as YAML, with a header saying where it comes from."""
     body = yaml.safe_dump(build_crd(), sort_keys=False, width=100, allow_unicode=True)
