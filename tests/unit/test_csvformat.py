@@ -5,22 +5,26 @@ from __future__ import annotations
 import gzip
 import io
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import pytest
 
 from hftpipe_workers.bars import NS_PER_SECOND, Bar, parse_utc
 from hftpipe_workers.csvformat import (
+    KNOWN_LAYOUTS,
     BarBatch,
     BarReader,
     ColumnMapping,
     LayoutError,
+    LayoutName,
     ParsedChunk,
     RejectedRow,
     detect_layout,
     layout_from_mapping,
     read_bars,
 )
+from hftpipe_workers.settings import LayoutChoice
 
 SAMPLE = (
     Path(__file__).resolve().parents[2].parent / "shared" / "data" / "btcusdt_1h_binance.csv.gz"
@@ -114,6 +118,50 @@ def test_unknown_header_fails_fast_and_says_what_to_do() -> None:
     for name in ("kaggle-btc", "binance", "generic"):
         assert name in message
     assert "time=COLUMN:unix_s|unix_ms|iso,open=COLUMN" in message
+
+
+def test_an_explicit_layout_is_the_only_one_tried() -> None:
+    # Kaggle's column names with unix milliseconds: auto picks kaggle-btc (seconds),
+    # the generic layout named explicitly sniffs the milliseconds.
+    cols = ["Timestamp", "Open", "High", "Low", "Close", "Volume"]
+    row = ["1704067200000", "1", "1", "1", "1", "1"]
+    assert detect_layout(cols, first_row=row).name == "kaggle-btc"
+    assert detect_layout(cols, first_row=row, expect="kaggle-btc").name == "kaggle-btc"
+    generic = detect_layout(cols, first_row=row, expect="generic")
+    assert (generic.name, generic.time, generic.time_format) == (
+        "generic-unix-ms",
+        "Timestamp",
+        "unix_ms",
+    )
+    binance = ["date", "open", "high", "low", "close", "volume", "close_time"]
+    assert detect_layout(binance, expect="generic").name == "generic-iso"
+    assert detect_layout(binance, expect="auto").name == "binance"
+
+
+def test_a_header_that_does_not_match_the_named_layout_is_a_layout_error() -> None:
+    with pytest.raises(LayoutError) as err:
+        detect_layout(["time", "open", "high", "low", "close", "volume"], expect="binance")
+    message = str(err.value)
+    assert "does not match the binance layout that was asked for" in message
+    assert "Columns found: ['time', 'open'" in message
+    with pytest.raises(LayoutError, match="kaggle-btc layout"):
+        reader_for("date,open,high,low,close,volume\n", symbol="X", layout="kaggle-btc")
+
+
+def test_the_reader_reads_with_the_named_layout() -> None:
+    text = "Timestamp,Open,High,Low,Close,Volume\n1704067200000,1,2,0.5,1.5,10\n"
+    bars, rejected, _ = read_all(reader_for(text, symbol="X", layout="generic"))
+    assert rejected == []
+    assert [b.ts_ns for b in bars] == [1_704_067_200 * NS_PER_SECOND]
+    assert reader_for(text, symbol="X").layout.name == "kaggle-btc"
+    mapping = ColumnMapping.parse("time=Timestamp:unix_ms")
+    with pytest.raises(ValueError, match="not both"):
+        reader_for(text, symbol="X", mapping=mapping, layout="generic")
+
+
+def test_the_settings_offer_exactly_the_known_layouts() -> None:
+    assert set(get_args(LayoutChoice)) == {"auto", *KNOWN_LAYOUTS}
+    assert set(get_args(LayoutName)) == set(KNOWN_LAYOUTS)
 
 
 def test_duplicate_columns_and_empty_files_are_layout_errors() -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hftpipe_workers import docs
+from hftpipe_devstack import docs
 from hftpipe_workers.contract import REDIS_LAYOUT, Groups, RedisKeys, Topics, check_job_name
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -16,7 +16,7 @@ def test_readme_reference_tables_match_the_code() -> None:
     text = README.read_text()
     assert docs.render(text) == text, (
         "README.md's generated tables are stale: run "
-        "'.venv/bin/python -m hftpipe_workers.docs README.md'"
+        "'make docs' (.venv/bin/python -m hftpipe_devstack.docs README.md)"
     )
 
 

@@ -129,6 +129,7 @@ def worker_settings(job: ReplayJob) -> dict[str, str]:
         ("start", source.start),
         ("end", source.end),
         ("mapping", source.mapping),
+        ("layout", None if source.layout == "auto" else source.layout),
     ):
         if value is not None:
             env[cli_envvar("produce", param)] = value

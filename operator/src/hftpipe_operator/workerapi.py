@@ -1,24 +1,27 @@
 """What the operator knows of the workers' interface, read from the workers' own code.
 
 The ``hftpipe`` commands, their options' environment variables and defaults,
-and the settings classes' variables are looked up here, never spelled by hand:
-if a worker renames a variable, building a manifest fails instead of setting a
-variable nobody reads.
+and the connection settings' variables are looked up here in the workers'
+pydantic-settings classes (:mod:`hftpipe_workers.settings`: one class per
+command, from which the command's options are generated too), never spelled by
+hand: if a worker renames a variable, building a manifest fails instead of
+setting a variable nobody reads.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
-from functools import cache
 from typing import Any, Final
 
-import typer
-from pydantic import AliasChoices
 from pydantic_settings import BaseSettings
 
-from hftpipe_workers import cli
-from hftpipe_workers.settings import JobSettings, KafkaSettings, RedisSettings
+from hftpipe_workers.settings import (
+    COMMAND_SETTINGS,
+    JobSettings,
+    KafkaSettings,
+    RedisSettings,
+    env_names,
+)
 from hftpipe_workers.warehouse.snowflake_sink import SnowflakeSettings
 
 from .labels import Worker
@@ -39,9 +42,11 @@ SETTINGS_CLASSES: Final[tuple[type[BaseSettings], ...]] = (
 """The workers' pydantic-settings classes (connection settings, read from the environment)."""
 
 
-def cli_default(command: Callable[..., Any], param: str) -> Any:
-    """The default of ``param`` of a ``hftpipe`` command, as its typer signature declares it."""
-    return inspect.signature(command).parameters[param].default
+def command_settings(command: str | Callable[..., Any]) -> type[BaseSettings]:
+    """The settings class of ``hftpipe <command>`` (a name, or the ``hftpipe_workers.cli``
+    function), whose fields are the command's options."""
+    name = command if isinstance(command, str) else command.__name__
+    return COMMAND_SETTINGS[name]
 
 
 def settings_default(settings: type[BaseSettings], name: str) -> Any:
@@ -49,46 +54,36 @@ def settings_default(settings: type[BaseSettings], name: str) -> Any:
     return settings.model_fields[name].default
 
 
-@cache
-def _commands() -> dict[str, Any]:
-    # typer builds (vendored) click commands; read them by attribute, not by click's types.
-    commands = getattr(typer.main.get_command(cli.app), "commands", None)
-    if not isinstance(commands, dict):
-        raise TypeError("hftpipe_workers.cli.app is expected to have subcommands")
-    return dict(commands)
+def cli_default(command: str | Callable[..., Any], param: str) -> Any:
+    """The default of option ``param`` of a ``hftpipe`` command (e.g. ``cli.produce``)."""
+    return settings_default(command_settings(command), param)
 
 
 def cli_params(command: str) -> dict[str, Any]:
-    """The options and arguments of ``hftpipe <command>``, by Python name."""
-    return {p.name: p for p in _commands()[command].params if p.name}
-
-
-def cli_envvar(command: str, param: str) -> str:
-    """The environment variable that sets ``param`` of ``hftpipe <command>``."""
-    envvar = cli_params(command)[param].envvar
-    if not isinstance(envvar, str):
-        raise LookupError(f"hftpipe {command}: {param} has no single environment variable")
-    return envvar
+    """The options and arguments of ``hftpipe <command>`` (settings fields), by Python name."""
+    return dict(command_settings(command).model_fields)
 
 
 def settings_envvar(settings: type[BaseSettings], name: str) -> str:
     """The (first) environment variable of a settings field, as pydantic-settings reads it."""
-    alias = settings.model_fields[name].validation_alias
-    if isinstance(alias, AliasChoices) and isinstance(alias.choices[0], str):
-        return alias.choices[0]
-    if isinstance(alias, str):
-        return alias
-    config: dict[str, Any] = dict(settings.model_config)
-    return str(config.get("env_prefix", "")) + name.upper()
+    return env_names(settings, name)[0]
+
+
+def cli_envvar(command: str, param: str) -> str:
+    """The environment variable that sets ``param`` of ``hftpipe <command>``."""
+    settings = command_settings(command)
+    if param not in settings.model_fields:
+        raise LookupError(f"hftpipe {command} has no option {param!r}")
+    names = env_names(settings, param)
+    if len(names) != 1:
+        raise LookupError(f"hftpipe {command}: {param} has no single environment variable")
+    return names[0]
 
 
 def cli_envvars(command: str) -> set[str]:
     """Every variable ``hftpipe <command>`` reads through its options."""
-    return {
-        v
-        for p in cli_params(command).values()
-        for v in ([p.envvar] if isinstance(p.envvar, str) else p.envvar or [])
-    }
+    settings = command_settings(command)
+    return {v for name in settings.model_fields for v in env_names(settings, name)}
 
 
 def all_envvars() -> set[str]:
@@ -100,8 +95,6 @@ def all_envvars() -> set[str]:
 
 
 METRICS_PORTS: Final[dict[Worker, int]] = {
-    "producer": cli_default(cli.produce, "metrics_port"),
-    "processor": cli_default(cli.process, "metrics_port"),
-    "loader": cli_default(cli.load, "metrics_port"),
+    worker: cli_default(command, "metrics_port") for worker, command in COMMANDS.items()
 }
-"""Port of ``/metrics``, ``/healthz`` and ``/readyz`` per worker (the CLI's defaults)."""
+"""Port of ``/metrics``, ``/healthz`` and ``/readyz`` per worker (the commands' defaults)."""

@@ -1,64 +1,196 @@
 """``hftpipe produce | process | load | demo``: the workers' one command line.
 
-Each option can also be set by environment variable (shown in ``--help``);
-connection settings (Kafka, Redis, Snowflake) come from the pydantic-settings
-classes in :mod:`.settings` (``HFTPIPE_KAFKA_*``, ``HFTPIPE_REDIS_*``...), so a
-pod's environment and a laptop's ``source .stack/env`` configure the same code.
+Each command's options are generated from its pydantic-settings class in
+:mod:`.settings` (:class:`~.settings.ProduceSettings`...): the option of a field
+is read from the same environment variable as the field, its ``--help`` text is
+the field's docstring and its default the field's default. A command builds its
+settings object from the options given on the command line, and pydantic-settings
+reads the environment for the others: the command line beats the environment,
+which beats the defaults. An invalid value, from either, is a usage error (exit
+code 2) naming the option and its variable.
+
+Connection settings (Kafka, Redis, Snowflake) have no options: they come from
+the environment only (``HFTPIPE_KAFKA_*``, ``HFTPIPE_REDIS_*``...), so a pod's
+environment and a laptop's ``source .stack/env`` configure the same code.
+
+Importing this module stays cheap (typer and pydantic, no pandas or Kafka), so
+that ``--help`` is fast; each command imports what it runs.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import sys
-from pathlib import Path
-from typing import Annotated
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Annotated, Any, Final, TypeVar
 
 import typer
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings
 
-from .bars import parse_utc
-from .contract import Topics, check_job_name
-from .csvformat import ColumnMapping, LayoutError
-from .observability import MetricsServer
-from .pacing import Pacing
-from .settings import KafkaProfile, KafkaSettings, RedisSettings
+from .contract import Topics
+from .settings import (
+    DemoSettings,
+    KafkaSettings,
+    LoadSettings,
+    ProcessSettings,
+    ProduceSettings,
+    RedisSettings,
+    WorkerSettings,
+    env_names,
+)
+
+if TYPE_CHECKING:
+    from pydantic.fields import FieldInfo
+    from pydantic_core import ErrorDetails
+
+    from .observability import MetricsServer
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     help="hftpipe: replay market data through Kafka into Redis and a warehouse.",
+    # Plain help: rich's boxes cut long variable names at 80 columns.
+    rich_markup_mode=None,
 )
 
-JobOpt = Annotated[
-    str,
-    typer.Option(
-        "--job", envvar="HFTPIPE_JOB", help="Job name: names topics, groups and Redis keys."
-    ),
-]
-ProfileOpt = Annotated[
-    str,
-    typer.Option(
-        "--profile",
-        envvar="HFTPIPE_KAFKA_PROFILE",
-        help="Kafka client tuning: 'throughput' (batching, lz4) or 'latency'.",
-    ),
-]
-MetricsPortOpt = Annotated[
-    int,
-    typer.Option(
-        "--metrics-port",
-        envvar="HFTPIPE_METRICS_PORT",
-        help="Port for /metrics, /healthz and /readyz (0 picks a free port; -1 disables).",
-    ),
-]
-LogJsonOpt = Annotated[
-    bool,
-    typer.Option(
-        "--log-json/--log-text",
-        envvar="HFTPIPE_LOG_JSON",
-        help="Structured JSON logs (for log shippers).",
-    ),
-]
+S = TypeVar("S", bound=BaseSettings)
+
+_DECLS: Final[Mapping[str, tuple[str, ...]]] = {
+    "log_json": ("--log-json/--log-text",),
+    "until_caught_up": ("--until-caught-up",),
+    "keep_stack": ("--keep-stack/--stop-stack",),
+}
+"""Option names other than typer's default (``--name``, ``--name/--no-name`` for flags)."""
+
+_COMMON: Final = frozenset({*WorkerSettings.model_fields, "metrics_port"})
+"""Options every worker command has: listed last in ``--help``."""
+
+
+# ------------------------------------------------------------ options from settings
+
+
+def _help(field: FieldInfo) -> str:
+    return " ".join((field.description or "").split()).replace("``", "'")
+
+
+def _parameter(settings: type[BaseSettings], name: str, *, argument: bool) -> inspect.Parameter:
+    """The typer parameter of one settings field: its variable, help and default."""
+    field = settings.model_fields[name]
+    names = env_names(settings, name)
+    envvar: str | list[str] = names[0] if len(names) == 1 else list(names)
+    info: Any = (
+        typer.Argument(envvar=envvar, help=_help(field), show_envvar=True)
+        if argument
+        else typer.Option(*_DECLS.get(name, ()), envvar=envvar, help=_help(field))
+    )
+    return inspect.Parameter(
+        name,
+        inspect.Parameter.KEYWORD_ONLY,
+        annotation=Annotated[field.annotation, info],
+        default=inspect.Parameter.empty if field.is_required() else field.default,
+    )
+
+
+def _field_of(settings: type[BaseSettings], loc: tuple[int | str, ...]) -> str | None:
+    """The field an error location names (pydantic-settings reports env values by alias)."""
+    if not loc:
+        return None
+    key = str(loc[0]).lower()
+    for name in settings.model_fields:
+        if key == name or key in (v.lower() for v in env_names(settings, name)):
+            return name
+    return None
+
+
+class _Problems(typer.BadParameter):
+    """Several invalid values, each message already naming its option."""
+
+    def format_message(self) -> str:
+        return self.message
+
+
+def _message(error: ErrorDetails, *, secret: bool = False) -> str:
+    """Pydantic's message; with the value, unless it is secret or the message shows it."""
+    if error["type"] == "value_error":
+        return error["msg"].removeprefix("Value error, ")
+    value = error.get("input")
+    return error["msg"] + ("" if secret or isinstance(value, dict) else f" (got {value!r})")
+
+
+def _usage_error(
+    ctx: typer.Context, settings: type[BaseSettings], exc: ValidationError
+) -> typer.BadParameter:
+    """One usage error for every problem, each naming its option and variable."""
+    # typer's own parameter classes, typed as click's by the Context.
+    params: dict[str | None, Any] = {p.name: p for p in ctx.command.params}
+    errors: list[typer.BadParameter] = []
+    for error in exc.errors():
+        name = _field_of(settings, error["loc"])
+        param = params.get(name) if name else None
+        errors.append(typer.BadParameter(_message(error), ctx=ctx, param=param))
+    if len(errors) == 1:
+        return errors[0]
+    return _Problems("\n".join(e.format_message() for e in errors), ctx=ctx)
+
+
+def _settings_command(
+    settings: type[S], *, arguments: tuple[str, ...] = ()
+) -> Callable[[Callable[[S], None]], Callable[..., None]]:
+    """A typer command with one option per field of ``settings`` (``arguments`` are positional)
+    that calls the decorated function with the settings object."""
+
+    def decorate(body: Callable[[S], None]) -> Callable[..., None]:
+        def command(ctx: typer.Context, **values: Any) -> None:
+            # Only what the command line gave is passed: pydantic-settings reads the
+            # environment for the rest, and falls back on the defaults.
+            given = {
+                name: value
+                for name, value in values.items()
+                if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"
+            }
+            try:
+                chosen = settings(**given)
+            except ValidationError as exc:
+                raise _usage_error(ctx, settings, exc) from None
+            body(chosen)
+
+        # Arguments, then the command's own options, then those every worker has.
+        order = sorted(
+            settings.model_fields,
+            key=lambda n: (n not in arguments, n in _COMMON),
+        )
+        command.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+            [
+                inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context),
+                *(_parameter(settings, n, argument=n in arguments) for n in order),
+            ]
+        )
+        command.__name__ = command.__qualname__ = body.__name__
+        command.__doc__ = body.__doc__
+        command.__annotations__ = {}
+        return command
+
+    return decorate
+
+
+def _connection(settings: type[S], **values: Any) -> S:
+    """Connection settings from the environment; a bad variable is a usage error naming it."""
+    try:
+        return settings(**values)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = _field_of(settings, error["loc"])
+            where = " / ".join(env_names(settings, name)) if name else settings.__name__
+            secret = name is None or "Secret" in repr(settings.model_fields[name].annotation)
+            problems.append(f"Invalid value for {where}: {_message(error, secret=secret)}")
+        raise _Problems("\n".join(problems)) from None
+
+
+# ----------------------------------------------------------------------- running
 
 
 class _JsonFormatter(logging.Formatter):
@@ -75,6 +207,8 @@ class _JsonFormatter(logging.Formatter):
 
 
 def _setup(log_json: bool, metrics_port: int) -> MetricsServer | None:
+    from .observability import MetricsServer  # noqa: PLC0415 - keep --help fast
+
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         _JsonFormatter()
@@ -89,112 +223,37 @@ def _setup(log_json: bool, metrics_port: int) -> MetricsServer | None:
     return server
 
 
-def _kafka(profile: str) -> KafkaSettings:
-    if profile not in ("throughput", "latency"):
-        raise typer.BadParameter(f"--profile must be 'throughput' or 'latency', not {profile!r}")
-    chosen: KafkaProfile = "latency" if profile == "latency" else "throughput"
-    return KafkaSettings(profile=chosen)
-
-
-def _job(job: str) -> str:
-    try:
-        return check_job_name(job)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--job") from exc
+# ---------------------------------------------------------------------- commands
 
 
 @app.command()
-def produce(
-    source: Annotated[
-        str,
-        typer.Argument(
-            envvar="HFTPIPE_SOURCE",
-            help="CSV file: a path, file://, s3:// or https:// URL; .gz etc. decompressed.",
-        ),
-    ],
-    job: JobOpt = "demo",
-    speed: Annotated[
-        str | None,
-        typer.Option(envvar="HFTPIPE_SPEED", help="Pace on event time: '60x' real time, or 'max'."),
-    ] = None,
-    rate: Annotated[
-        float | None,
-        typer.Option(envvar="HFTPIPE_RATE", help="Pace at a fixed number of bars per second."),
-    ] = None,
-    symbol: Annotated[
-        str | None,
-        typer.Option(envvar="HFTPIPE_SYMBOL", help="Symbol for files without a symbol column."),
-    ] = None,
-    start: Annotated[
-        str | None,
-        typer.Option(
-            envvar="HFTPIPE_START", help="First bar time (inclusive), ISO-8601, UTC if naive."
-        ),
-    ] = None,
-    end: Annotated[
-        str | None, typer.Option(envvar="HFTPIPE_END", help="End bar time (exclusive), ISO-8601.")
-    ] = None,
-    mapping: Annotated[
-        str | None,
-        typer.Option(
-            envvar="HFTPIPE_MAPPING",
-            help="Column mapping for other layouts, e.g. "
-            "'time=ts:unix_ms,open=o,high=h,low=l,close=c,volume=v,symbol=sym'.",
-        ),
-    ] = None,
-    partitions: Annotated[
-        int,
-        typer.Option(
-            envvar="HFTPIPE_PARTITIONS", min=1, help="Partitions of the bars topic if created."
-        ),
-    ] = 3,
-    replication: Annotated[
-        int,
-        typer.Option(envvar="HFTPIPE_REPLICATION", min=1, help="Replication factor if created."),
-    ] = 1,
-    create_topics: Annotated[
-        bool,
-        typer.Option(
-            "--create-topics/--no-create-topics",
-            envvar="HFTPIPE_CREATE_TOPICS",
-            help="Create the job's topics if missing.",
-        ),
-    ] = True,
-    profile: ProfileOpt = "throughput",
-    metrics_port: MetricsPortOpt = 9100,
-    log_json: LogJsonOpt = False,
-) -> None:
+@_settings_command(ProduceSettings, arguments=("source",))
+def produce(settings: ProduceSettings) -> None:
     """Replay a CSV of OHLCV bars into Kafka (resumes where an earlier run stopped)."""
-    from .producer import Replay  # noqa: PLC0415 - keep --help fast
+    from .csvformat import LayoutError  # noqa: PLC0415 - keep --help fast
+    from .producer import Replay  # noqa: PLC0415
 
-    server = _setup(log_json, metrics_port)
-    try:
-        pacing = Pacing.parse(speed, rate)
-        column_mapping = ColumnMapping.parse(mapping) if mapping else None
-        start_ns = parse_utc(start) if start else None
-        end_ns = parse_utc(end) if end else None
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
-    if start_ns is not None and end_ns is not None and start_ns >= end_ns:
-        raise typer.BadParameter(f"--start {start} must be before --end {end}")
-    topics = Topics.for_job(_job(job))
+    kafka = _connection(KafkaSettings, profile=settings.profile)
+    server = _setup(settings.log_json, settings.metrics_port)
+    topics = Topics.for_job(settings.job)
     if server:
         server.ready.set()
     try:
         report = Replay(
-            job=job,
-            source=source,
+            job=settings.job,
+            source=settings.source,
             bars_topic=topics.bars,
             dead_topic=topics.deadletter,
-            kafka=_kafka(profile),
-            pacing=pacing,
-            symbol=symbol,
-            mapping=column_mapping,
-            start_ns=start_ns,
-            end_ns=end_ns,
-            partitions=partitions,
-            replication=replication,
-            create_topics=create_topics,
+            kafka=kafka,
+            pacing=settings.pacing,
+            symbol=settings.symbol,
+            mapping=settings.column_mapping,
+            layout=settings.layout,
+            start_ns=settings.start_ns,
+            end_ns=settings.end_ns,
+            partitions=settings.partitions,
+            replication=settings.replication,
+            create_topics=settings.create_topics,
         ).run()
     except (LayoutError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -215,55 +274,30 @@ def produce(
 
 
 @app.command()
-def process(
-    job: JobOpt = "demo",
-    windows: Annotated[
-        str,
-        typer.Option(
-            envvar="HFTPIPE_WINDOWS", help="Rolling windows, comma-separated (s, m, h, d)."
-        ),
-    ] = "5m,15m,1h,1d",
-    batch_max: Annotated[
-        int, typer.Option(envvar="HFTPIPE_BATCH_MAX", min=1, help="Most records per batch.")
-    ] = 20_000,
-    until_caught_up: Annotated[
-        bool,
-        typer.Option(
-            "--until-caught-up",
-            envvar="HFTPIPE_UNTIL_CAUGHT_UP",
-            help="Exit once every partition is processed to its end and idle.",
-        ),
-    ] = False,
-    create_topics: Annotated[
-        bool,
-        typer.Option(
-            "--create-topics/--no-create-topics",
-            envvar="HFTPIPE_CREATE_TOPICS",
-            help="Create the metrics topic if missing.",
-        ),
-    ] = True,
-    profile: ProfileOpt = "throughput",
-    metrics_port: MetricsPortOpt = 9101,
-    log_json: LogJsonOpt = False,
-) -> None:
+@_settings_command(ProcessSettings)
+def process(settings: ProcessSettings) -> None:
     """Compute rolling VWAP, SMA and volatility from the bars topic into Redis (exactly once)."""
-    from .processor import Processor  # noqa: PLC0415
+    from .processor import Processor  # noqa: PLC0415 - keep --help fast
 
-    server = _setup(log_json, metrics_port)
+    kafka = _connection(KafkaSettings, profile=settings.profile)
+    redis_settings = _connection(RedisSettings)
+    server = _setup(settings.log_json, settings.metrics_port)
     processor = Processor(
-        job=_job(job),
-        kafka=_kafka(profile),
-        redis_settings=RedisSettings(),
-        windows=[w.strip() for w in windows.split(",") if w.strip()],
-        batch_max=batch_max,
+        job=settings.job,
+        kafka=kafka,
+        redis_settings=redis_settings,
+        windows=settings.window_list,
+        batch_max=settings.batch_max,
     )
     processor.install_signal_handlers()
     processor.redis.ping()  # fail fast, with Redis's own message, on a bad URL or password
-    if create_topics:
-        processor.ensure_metrics_topic()
+    if settings.create_topics:
+        processor.ensure_metrics_topic(
+            replication=settings.replication, partitions=settings.partitions
+        )
     if server:
         server.ready.set()
-    report = processor.run(until_caught_up=until_caught_up)
+    report = processor.run(until_caught_up=settings.until_caught_up)
     typer.echo(
         json.dumps(
             {
@@ -278,47 +312,27 @@ def process(
 
 
 @app.command()
-def load(
-    job: JobOpt = "demo",
-    warehouse: Annotated[
-        str,
-        typer.Option(
-            envvar="HFTPIPE_WAREHOUSE",
-            help="duckdb:///path/file.duckdb (default) or snowflake:// (HFTPIPE_SNOWFLAKE_*).",
-        ),
-    ] = "duckdb:///hftpipe.duckdb",
-    batch_max: Annotated[int, typer.Option(envvar="HFTPIPE_LOAD_BATCH_MAX", min=1)] = 50_000,
-    batch_seconds: Annotated[float, typer.Option(envvar="HFTPIPE_LOAD_BATCH_SECONDS")] = 1.0,
-    until_caught_up: Annotated[
-        bool,
-        typer.Option(
-            "--until-caught-up",
-            envvar="HFTPIPE_UNTIL_CAUGHT_UP",
-            help="Exit once both topics are loaded to their end and idle.",
-        ),
-    ] = False,
-    profile: ProfileOpt = "throughput",
-    metrics_port: MetricsPortOpt = 9102,
-    log_json: LogJsonOpt = False,
-) -> None:
+@_settings_command(LoadSettings)
+def load(settings: LoadSettings) -> None:
     """Load bars and metrics into the warehouse (idempotent MERGE, offsets after commit)."""
-    from .loader import Loader  # noqa: PLC0415
+    from .loader import Loader  # noqa: PLC0415 - keep --help fast
     from .warehouse import open_sink  # noqa: PLC0415
 
-    server = _setup(log_json, metrics_port)
-    with open_sink(warehouse) as sink:
+    kafka = _connection(KafkaSettings, profile=settings.profile)
+    server = _setup(settings.log_json, settings.metrics_port)
+    with open_sink(settings.warehouse) as sink:
         loader = Loader(
-            job=_job(job),
-            kafka=_kafka(profile),
+            job=settings.job,
+            kafka=kafka,
             sink=sink,
-            backend=warehouse.split(":", 1)[0],
-            batch_max=batch_max,
-            batch_seconds=batch_seconds,
+            backend=settings.warehouse.split(":", 1)[0],
+            batch_max=settings.batch_max,
+            batch_seconds=settings.batch_seconds,
         )
         loader.install_signal_handlers()
         if server:
             server.ready.set()
-        report = loader.run(until_caught_up=until_caught_up)
+        report = loader.run(until_caught_up=settings.until_caught_up)
     typer.echo(
         json.dumps(
             {
@@ -332,22 +346,13 @@ def load(
 
 
 @app.command()
-def demo(
-    source: Annotated[
-        str | None,
-        typer.Option(
-            help="CSV to replay (default: the BTC/USDT hourly bars shipped with hftpipe)."
-        ),
-    ] = None,
-    stack_dir: Annotated[Path, typer.Option(help="Where the local stack keeps its state.")] = Path(
-        ".stack"
-    ),
-    keep_stack: Annotated[
-        bool,
-        typer.Option("--keep-stack/--stop-stack", help="Leave the local stack running afterwards."),
-    ] = True,
-) -> None:
+@_settings_command(DemoSettings)
+def demo(settings: DemoSettings) -> None:
     """Bring up the local stack, replay the BTC bars end to end, print a report."""
-    from .demo import run_demo  # noqa: PLC0415
+    from .demo import run_demo  # noqa: PLC0415 - keep --help fast
 
-    raise typer.Exit(run_demo(source=source, stack_dir=stack_dir, keep_stack=keep_stack))
+    raise typer.Exit(
+        run_demo(
+            source=settings.source, stack_dir=settings.stack_dir, keep_stack=settings.keep_stack
+        )
+    )

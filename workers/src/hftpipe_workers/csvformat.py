@@ -6,8 +6,10 @@ the caller's job), recognises the layout from the header and yields
 and a :class:`RejectedRow` for every other row, with its line number (the
 header is line 1), its text and the reason.
 
-Layouts are recognised from the header (see :data:`KNOWN_LAYOUTS`); for any
-other file the caller passes a :class:`ColumnMapping`.
+Layouts are recognised from the header (see :data:`KNOWN_LAYOUTS`), or the
+caller names the one the file must have (a header that does not match it is a
+:class:`LayoutError`, and a header that several layouts match is read the named
+way); for any other file the caller passes a :class:`ColumnMapping`.
 
 How it stays fast (the Kaggle minute file has ~4 million rows): the file is read
 in blocks of whole lines; numpy finds the line breaks and counts the fields of
@@ -170,7 +172,11 @@ class Layout:
         return f"{self.name} (time={self.time} as {self.time_format}, {cols}{sym})"
 
 
-KNOWN_LAYOUTS: Final = {
+LayoutName = Literal["kaggle-btc", "binance", "generic"]
+"""The layouts recognised from a header (``hftpipe produce --layout``; ``auto`` tries them
+in this order). ``settings.LayoutChoice`` repeats them for ``--help`` without pandas."""
+
+KNOWN_LAYOUTS: Final[dict[LayoutName, str]] = {
     "kaggle-btc": "Timestamp (unix seconds),Open,High,Low,Close,Volume or Volume_(BTC)",
     "binance": "date (ISO UTC),open,high,low,close,volume,close_time,...",
     "generic": (
@@ -203,52 +209,79 @@ def _sniff_numeric_time(value: str | None) -> TimeFormat:
     return "unix_ms" if abs(number) >= _UNIX_MS_THRESHOLD else "unix_s"
 
 
+def _kaggle_btc(cols: tuple[str, ...], _first_row: Sequence[str] | None) -> Layout | None:
+    present = set(cols)
+    if not {"Timestamp", "Open", "High", "Low", "Close"} <= present:
+        return None
+    volume = next((v for v in ("Volume", "Volume_(BTC)") if v in present), None)
+    if volume is None:
+        return None
+    return Layout(
+        "kaggle-btc", "Timestamp", "unix_s", "Open", "High", "Low", "Close", volume, None, cols
+    )
+
+
+def _binance(cols: tuple[str, ...], _first_row: Sequence[str] | None) -> Layout | None:
+    if cols[:6] == ("date", *_OHLCV) and "close_time" in cols:
+        return Layout("binance", "date", "iso", *_OHLCV, None, cols)
+    return None
+
+
+def _generic(cols: tuple[str, ...], first_row: Sequence[str] | None) -> Layout | None:
+    lower = {c.lower(): c for c in cols}
+    time_col = next((lower[t] for t in _GENERIC_TIME if t in lower), None)
+    if time_col is None or not all(k in lower for k in _OHLCV):
+        return None
+    sample = first_row[cols.index(time_col)] if first_row and len(first_row) == len(cols) else None
+    fmt = _sniff_numeric_time(sample)
+    name = {"iso": "generic-iso", "unix_s": "generic-unix-s", "unix_ms": "generic-unix-ms"}[fmt]
+    symbol = next((lower[s] for s in _GENERIC_SYMBOL if s in lower), None)
+    o, h, lo, c, v = (lower[k] for k in _OHLCV)
+    return Layout(name, time_col, fmt, o, h, lo, c, v, symbol, cols)
+
+
+_MATCHERS: Final[
+    dict[LayoutName, Callable[[tuple[str, ...], Sequence[str] | None], Layout | None]]
+] = {"kaggle-btc": _kaggle_btc, "binance": _binance, "generic": _generic}
+
+
 def detect_layout(
-    header: Sequence[str], *, source: str = "<csv>", first_row: Sequence[str] | None = None
+    header: Sequence[str],
+    *,
+    source: str = "<csv>",
+    first_row: Sequence[str] | None = None,
+    expect: LayoutName | Literal["auto"] = "auto",
 ) -> Layout:
     """Recognise the layout from the header.
 
-    ``first_row`` (the first data row, if any) only matters for the generic
-    layout, where it tells ISO text from unix seconds or milliseconds.
-    Raises LayoutError naming ``source``, the columns found and the known layouts.
+    ``expect`` names the layout the file must have; ``auto`` (the default) tries
+    every one of :data:`KNOWN_LAYOUTS` in turn. ``first_row`` (the first data row,
+    if any) only matters for the generic layout, where it tells ISO text from
+    unix seconds or milliseconds. Raises LayoutError naming ``source``, the
+    columns found and the known layouts.
     """
     cols = tuple(header)
     if len(set(cols)) != len(cols):
         dupes = sorted({c for c in cols if cols.count(c) > 1})
         raise _layout_error(source, cols, f"duplicate column names {dupes}")
-    present = set(cols)
-
-    if {"Timestamp", "Open", "High", "Low", "Close"} <= present:
-        volume = next((v for v in ("Volume", "Volume_(BTC)") if v in present), None)
-        if volume is not None:
-            return Layout(
-                "kaggle-btc",
-                "Timestamp",
-                "unix_s",
-                "Open",
-                "High",
-                "Low",
-                "Close",
-                volume,
-                None,
-                cols,
+    if expect != "auto":
+        if expect not in _MATCHERS:
+            raise ValueError(
+                f"unknown layout {expect!r}: expected auto or one of {', '.join(_MATCHERS)}"
             )
-
-    if cols[:6] == ("date", *_OHLCV) and "close_time" in present:
-        return Layout("binance", "date", "iso", *_OHLCV, None, cols)
-
-    lower = {c.lower(): c for c in cols}
-    time_col = next((lower[t] for t in _GENERIC_TIME if t in lower), None)
-    if time_col is not None and all(k in lower for k in _OHLCV):
-        sample = (
-            first_row[cols.index(time_col)] if first_row and len(first_row) == len(cols) else None
-        )
-        fmt = _sniff_numeric_time(sample)
-        name = {"iso": "generic-iso", "unix_s": "generic-unix-s", "unix_ms": "generic-unix-ms"}[fmt]
-        symbol = next((lower[s] for s in _GENERIC_SYMBOL if s in lower), None)
-        o, h, lo, c, v = (lower[k] for k in _OHLCV)
-        return Layout(name, time_col, fmt, o, h, lo, c, v, symbol, cols)
-
+        layout = _MATCHERS[expect](cols, first_row)
+        if layout is None:
+            raise _layout_error(
+                source,
+                cols,
+                f"the header does not match the {expect} layout that was asked for "
+                f"({KNOWN_LAYOUTS[expect]})",
+            )
+        return layout
+    for match in _MATCHERS.values():
+        layout = match(cols, first_row)
+        if layout is not None:
+            return layout
     raise _layout_error(source, cols, "the header matches no known CSV layout")
 
 
@@ -458,6 +491,8 @@ class BarReader:
     going backwards. ``start_ns`` (inclusive) and ``end_ns`` (exclusive) select
     a time range; rows outside it are counted in ``out_of_range`` and not checked
     further. ``symbol`` names the symbol of files without a symbol column.
+    ``layout`` names the layout the file must have (see :func:`detect_layout`);
+    it cannot be combined with a ``mapping``.
     """
 
     def __init__(
@@ -467,11 +502,16 @@ class BarReader:
         source: str | None = None,
         symbol: str | None = None,
         mapping: ColumnMapping | None = None,
+        layout: LayoutName | Literal["auto"] = "auto",
         start_ns: int | None = None,
         end_ns: int | None = None,
         block_bytes: int = 4 << 20,
     ) -> None:
         self.source = source if source is not None else str(getattr(stream, "name", "<stream>"))
+        if mapping is not None and layout != "auto":
+            raise ValueError(
+                f"{self.source}: give a column mapping or a layout ({layout}), not both"
+            )
         self._stream = stream
         self._block_bytes = block_bytes
         self._start = start_ns if start_ns is not None else np.iinfo(np.int64).min + 1
@@ -500,7 +540,10 @@ class BarReader:
             first = self._read_line()
             self._pending = first.encode()
             self.layout = detect_layout(
-                header, source=self.source, first_row=_fields_of(first.rstrip("\r\n"))
+                header,
+                source=self.source,
+                first_row=_fields_of(first.rstrip("\r\n")),
+                expect=layout,
             )
         if self.layout.symbol is None and not symbol:
             raise LayoutError(
@@ -788,10 +831,17 @@ def read_bars(
     mapping: ColumnMapping | None = None,
     start_ns: int | None = None,
     end_ns: int | None = None,
+    layout: LayoutName | Literal["auto"] = "auto",
 ) -> Iterator[ParsedChunk]:
     """Shorthand for iterating a :class:`BarReader` when the layout need not be logged."""
     return iter(
         BarReader(
-            stream, source=source, symbol=symbol, mapping=mapping, start_ns=start_ns, end_ns=end_ns
+            stream,
+            source=source,
+            symbol=symbol,
+            mapping=mapping,
+            start_ns=start_ns,
+            end_ns=end_ns,
+            layout=layout,
         )
     )

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Mapping
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -58,3 +60,31 @@ def partition_count(admin: AdminClient, topic: str, timeout: float = 30) -> int:
     if meta is None or meta.error is not None:
         return 0
     return len(meta.partitions)
+
+
+def wait_for_topics(
+    config: Mapping[str, str | int | float | bool],
+    topics: list[str],
+    stop: threading.Event,
+    *,
+    interval: float = 1.0,
+) -> bool:
+    """Block until every topic exists (another worker creates it); False if stopped first.
+
+    A consumer subscribed to a topic that does not exist yet notices it only at its
+    next metadata refresh (librdkafka's ``topic.metadata.refresh.interval.ms``, 5
+    minutes by default), so a loader that starts before the processor has created
+    the metrics topic would idle for minutes. Workers wait here before subscribing.
+    """
+    admin = AdminClient(dict(config))
+    said = False
+    while not stop.is_set():
+        present = admin.list_topics(timeout=10).topics
+        missing = [t for t in topics if t not in present or present[t].error is not None]
+        if not missing:
+            return True
+        if not said:
+            log.info("waiting for topics %s to be created", ", ".join(missing))
+            said = True
+        stop.wait(interval)
+    return False

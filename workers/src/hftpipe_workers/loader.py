@@ -20,6 +20,7 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from . import codec
 from .contract import Groups, Topics
+from .kafka_admin import wait_for_topics
 from .lifecycle import DrainClock, stop_on_signals
 from .metrics import SESSION, parse_window
 from .observability import (
@@ -130,8 +131,11 @@ class Loader:
 
     def run(self, *, until_caught_up: bool = False, idle_timeout: float = 5.0) -> LoaderReport:
         """Load until stopped (or caught up and idle, with ``until_caught_up``)."""
+        topics = [self.topics.bars, self.topics.metrics]
+        if not wait_for_topics(self.kafka.common(), topics, self.stop):
+            return LoaderReport()
         consumer = Consumer(self.kafka.consumer(self.groups.loader))
-        consumer.subscribe([self.topics.bars, self.topics.metrics])
+        consumer.subscribe(topics)
         self.sink.ensure_tables()
         report = LoaderReport()
         started = time.monotonic()

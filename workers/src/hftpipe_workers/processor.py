@@ -42,7 +42,7 @@ from confluent_kafka.admin import AdminClient
 from . import codec
 from .bars import Bar
 from .contract import Groups, RedisKeys, Topics
-from .kafka_admin import ensure_topics, partition_count
+from .kafka_admin import ensure_topics, partition_count, wait_for_topics
 from .lifecycle import DrainClock, stop_on_signals
 from .metrics import DEFAULT_WINDOWS, MetricsEngine, WindowMetrics
 from .observability import (
@@ -159,16 +159,17 @@ class Processor:
             self._delivery_errors.append(str(err))
             ERRORS.labels("processor", self.job, "delivery").inc()
 
-    def ensure_metrics_topic(self, replication: int = 1) -> None:
-        """Create the metrics topic like the bars topic (same partition count) if missing."""
+    def ensure_metrics_topic(self, replication: int = 1, partitions: int | None = None) -> None:
+        """Create the metrics topic if missing, with ``replication`` replicas and
+        ``partitions`` partitions (``None``: as many as the bars topic)."""
         admin = AdminClient(self.kafka.common())
-        partitions = partition_count(admin, self.topics.bars)
-        if partitions == 0:
+        bars_partitions = partition_count(admin, self.topics.bars)
+        if bars_partitions == 0:
             raise RuntimeError(
                 f"the bars topic {self.topics.bars} does not exist yet: start the producer "
                 "(it creates it) or create it first"
             )
-        ensure_topics(admin, {self.topics.metrics: partitions}, replication)
+        ensure_topics(admin, {self.topics.metrics: partitions or bars_partitions}, replication)
 
     # -- partition lifecycle --------------------------------------------------
 
@@ -210,6 +211,8 @@ class Processor:
     def run(self, *, until_caught_up: bool = False, idle_timeout: float = 5.0) -> ProcessorReport:
         """Process until stopped (or, with ``until_caught_up``, until every assigned
         partition is at its end offset and nothing arrived for ``idle_timeout`` seconds)."""
+        if not wait_for_topics(self.kafka.common(), [self.topics.bars], self.stop):
+            return ProcessorReport()
         consumer = Consumer(self.kafka.consumer(self.groups.processor))
         self._consumer = consumer
         producer = None

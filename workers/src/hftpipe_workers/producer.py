@@ -23,7 +23,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 import fsspec
 import orjson
@@ -31,7 +31,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from confluent_kafka.admin import AdminClient
 
 from . import codec
-from .csvformat import BarBatch, BarReader, ColumnMapping, RejectedRow
+from .csvformat import BarBatch, BarReader, ColumnMapping, LayoutName, RejectedRow
 from .kafka_admin import ensure_topics, partition_count
 from .observability import (
     BYTES_OUT,
@@ -229,6 +229,7 @@ class Replay:
         pacing: Pacing,
         symbol: str | None = None,
         mapping: ColumnMapping | None = None,
+        layout: LayoutName | Literal["auto"] = "auto",
         start_ns: int | None = None,
         end_ns: int | None = None,
         partitions: int = 3,
@@ -241,6 +242,7 @@ class Replay:
         self.bars_topic, self.dead_topic = bars_topic, dead_topic
         self.kafka, self.pacing = kafka, pacing
         self.symbol, self.mapping, self.start_ns, self.end_ns = symbol, mapping, start_ns, end_ns
+        self.layout: LayoutName | Literal["auto"] = layout
         self.partitions, self.replication = partitions, replication
         self.create_topics, self.count_source_rows, self.show_progress = (
             create_topics,
@@ -289,6 +291,7 @@ class Replay:
                 source=self.source,
                 symbol=self.symbol,
                 mapping=self.mapping,
+                layout=self.layout,
                 start_ns=self.start_ns,
                 end_ns=self.end_ns,
             )

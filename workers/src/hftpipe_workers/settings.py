@@ -4,18 +4,50 @@ One env prefix, ``HFTPIPE_``; the few variables the local stack writes
 (``KAFKA_BOOTSTRAP_SERVERS``, ``REDIS_URL``) are accepted as aliases so
 ``source .stack/env`` is enough to point a worker at it. Every default works
 against the local stack. Secrets are ``SecretStr``: never logged, never echoed.
+
+Connection settings (:class:`KafkaSettings`, :class:`RedisSettings`) are read
+from the environment only; the options of each ``hftpipe`` command are a
+settings class too (:class:`ProduceSettings`, :class:`ProcessSettings`,
+:class:`LoadSettings`, :class:`DemoSettings`), from which :mod:`.cli` builds the
+command's options: the command line beats the environment, which beats the
+defaults here. The field docstrings are the ``--help`` texts and the README's.
+
+This module stays light (no pandas or numpy at import) so that ``--help`` is
+fast: validators that need the parsers import them when they run.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .contract import check_job_name
 
+if TYPE_CHECKING:
+    from .csvformat import ColumnMapping
+    from .pacing import Pacing
+
 KafkaProfile = Literal["throughput", "latency"]
+
+LayoutChoice = Literal["auto", "kaggle-btc", "binance", "generic"]
+"""``auto`` or one of ``csvformat.KNOWN_LAYOUTS`` (a unit test keeps them equal; csvformat
+itself imports pandas, too slow to import for ``--help``)."""
+
+
+def env_names(settings: type[BaseSettings], name: str) -> tuple[str, ...]:
+    """The environment variables a settings field is read from, the preferred one first."""
+    field = settings.model_fields[name]
+    alias = field.validation_alias
+    if isinstance(alias, AliasChoices):
+        return tuple(c for c in alias.choices if isinstance(c, str))
+    if isinstance(alias, str):
+        return (alias,)
+    prefix = str(settings.model_config.get("env_prefix", ""))
+    return ((prefix + (field.alias or name)).upper(),)
+
 
 # librdkafka settings pull throughput and latency in opposite directions: larger
 # batches and longer lingering/fetch waits amortise per-request costs, but every
@@ -171,3 +203,256 @@ class JobSettings(BaseSettings):
     @classmethod
     def _valid_job(cls, value: str) -> str:
         return check_job_name(value)
+
+
+# ------------------------------------------------------------------ command options
+
+
+MetricsPort = Annotated[
+    int,
+    Field(
+        ge=-1,
+        le=65_535,
+        description="Port of /metrics, /healthz and /readyz (0 picks a free port; -1 serves none).",
+    ),
+]
+
+
+class WorkerSettings(JobSettings):
+    """Options every worker command has (``HFTPIPE_*``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HFTPIPE_",
+        extra="ignore",
+        populate_by_name=True,
+        use_attribute_docstrings=True,
+    )
+
+    profile: KafkaProfile = Field(
+        default="throughput", validation_alias=AliasChoices("HFTPIPE_KAFKA_PROFILE")
+    )
+    """Kafka client tuning: throughput (batching, lz4) or latency (no lingering, tiny
+    fetch waits)."""
+
+    log_json: bool = False
+    """Structured JSON logs (for log shippers) instead of plain text."""
+
+
+class ProduceSettings(WorkerSettings):
+    """Options of ``hftpipe produce``."""
+
+    source: str = Field(min_length=1)
+    """CSV file: a path, file://, s3:// or https:// URL; .gz, .bz2, .xz, .zst are
+    decompressed."""
+
+    speed: str | None = None
+    """Pace on event time: 60x is sixty times real time, max is as fast as possible
+    (the default unless a rate is given)."""
+
+    rate: float | None = Field(default=None, gt=0)
+    """Pace at a fixed number of bars per second instead of a speed."""
+
+    symbol: str | None = Field(default=None, min_length=1)
+    """Symbol of every bar, for files without a symbol column."""
+
+    start: str | None = None
+    """First bar time to replay (inclusive), ISO-8601; UTC if it has no offset."""
+
+    end: str | None = None
+    """Bar time to stop at (exclusive), ISO-8601; after the start."""
+
+    mapping: str | None = None
+    """Column mapping for other layouts, e.g.
+    time=ts:unix_ms,open=o,high=h,low=l,close=c,volume=v,symbol=sym."""
+
+    layout: LayoutChoice = "auto"
+    """Layout the file must have; auto recognises it from the header (a file that
+    several layouts match, e.g. a generic one with kaggle-btc's column names, is read
+    the named way)."""
+
+    partitions: int = Field(default=3, ge=1)
+    """Partitions of the bars topic, if it is created."""
+
+    replication: int = Field(default=1, ge=1)
+    """Replication factor of the job's topics, if they are created."""
+
+    create_topics: bool = True
+    """Create the bars and dead-letter topics if missing."""
+
+    metrics_port: MetricsPort = 9100
+
+    @field_validator("speed")
+    @classmethod
+    def _valid_speed(cls, value: str | None) -> str | None:
+        from .pacing import Pacing  # noqa: PLC0415 - pandas; not at import
+
+        if value is not None:
+            Pacing.parse(value, None)  # a ValueError is pydantic's validation error
+        return value
+
+    @field_validator("rate")
+    @classmethod
+    def _rate_or_speed(cls, value: float | None, info: ValidationInfo) -> float | None:
+        speed = info.data.get("speed")
+        if value is not None and speed is not None:
+            raise ValueError(f"give either a speed or a rate, not both (speed is {speed!r})")
+        return value
+
+    @field_validator("start", "end")
+    @classmethod
+    def _valid_time(cls, value: str | None, info: ValidationInfo) -> str | None:
+        from .bars import parse_utc  # noqa: PLC0415 - pandas; not at import
+
+        if value is None:
+            return None
+        ts_ns = parse_utc(value)
+        start = info.data.get("start")
+        if info.field_name == "end" and start is not None and parse_utc(start) >= ts_ns:
+            raise ValueError(f"the end {value!r} is not after the start {start!r}")
+        return value
+
+    @field_validator("mapping")
+    @classmethod
+    def _valid_mapping(cls, value: str | None) -> str | None:
+        from .csvformat import ColumnMapping  # noqa: PLC0415 - pandas; not at import
+
+        if value is not None:
+            ColumnMapping.parse(value)
+        return value
+
+    @field_validator("layout")
+    @classmethod
+    def _layout_or_mapping(cls, value: LayoutChoice, info: ValidationInfo) -> LayoutChoice:
+        if value != "auto" and info.data.get("mapping") is not None:
+            raise ValueError(f"give a column mapping or a layout ({value}), not both")
+        return value
+
+    @property
+    def pacing(self) -> Pacing:
+        """The parsed :attr:`speed` or :attr:`rate` (neither: max speed)."""
+        from .pacing import Pacing  # noqa: PLC0415
+
+        return Pacing.parse(self.speed, self.rate)
+
+    @property
+    def column_mapping(self) -> ColumnMapping | None:
+        """The parsed :attr:`mapping`."""
+        from .csvformat import ColumnMapping  # noqa: PLC0415
+
+        return ColumnMapping.parse(self.mapping) if self.mapping else None
+
+    @property
+    def start_ns(self) -> int | None:
+        """:attr:`start` in nanoseconds since the epoch."""
+        from .bars import parse_utc  # noqa: PLC0415
+
+        return parse_utc(self.start) if self.start else None
+
+    @property
+    def end_ns(self) -> int | None:
+        """:attr:`end` in nanoseconds since the epoch."""
+        from .bars import parse_utc  # noqa: PLC0415
+
+        return parse_utc(self.end) if self.end else None
+
+
+class ProcessSettings(WorkerSettings):
+    """Options of ``hftpipe process``."""
+
+    windows: str = Field(default="5m,15m,1h,1d", min_length=1)
+    """Rolling windows, comma-separated: a whole number of s, m, h or d each."""
+
+    batch_max: int = Field(default=20_000, ge=1)
+    """Most records per processed batch."""
+
+    until_caught_up: bool = False
+    """Exit once every partition is processed to its end and idle (for batch jobs and tests)."""
+
+    create_topics: bool = True
+    """Create the metrics topic if missing."""
+
+    partitions: int | None = Field(default=None, ge=1)
+    """Partitions of the metrics topic, if it is created; unset: as many as the bars topic."""
+
+    replication: int = Field(default=1, ge=1)
+    """Replication factor of the metrics topic, if it is created."""
+
+    metrics_port: MetricsPort = 9101
+
+    @field_validator("windows")
+    @classmethod
+    def _valid_windows(cls, value: str) -> str:
+        from .metrics import parse_window  # noqa: PLC0415 - numpy; not at import
+
+        labels = [w.strip() for w in value.split(",") if w.strip()]
+        if not labels:
+            raise ValueError("no window given: e.g. 5m,15m,1h,1d")
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"windows are repeated in {value!r}")
+        for label in labels:
+            parse_window(label)
+        return value
+
+    @property
+    def window_list(self) -> list[str]:
+        """:attr:`windows` as a list."""
+        return [w.strip() for w in self.windows.split(",") if w.strip()]
+
+
+class LoadSettings(WorkerSettings):
+    """Options of ``hftpipe load``."""
+
+    warehouse: str = "duckdb:///hftpipe.duckdb"
+    """duckdb:///path/file.duckdb, or snowflake:// (connection from HFTPIPE_SNOWFLAKE_*)."""
+
+    batch_max: int = Field(
+        default=50_000, ge=1, validation_alias=AliasChoices("HFTPIPE_LOAD_BATCH_MAX")
+    )
+    """Most rows per warehouse MERGE."""
+
+    batch_seconds: float = Field(
+        default=1.0, gt=0, validation_alias=AliasChoices("HFTPIPE_LOAD_BATCH_SECONDS")
+    )
+    """Longest wait, in seconds, to fill a batch before it is merged."""
+
+    until_caught_up: bool = False
+    """Exit once both topics are loaded to their end and idle (for batch jobs and tests)."""
+
+    metrics_port: MetricsPort = 9102
+
+    @field_validator("warehouse")
+    @classmethod
+    def _valid_warehouse(cls, value: str) -> str:
+        from .warehouse import parse_target  # noqa: PLC0415 - duckdb; not at import
+
+        parse_target(value)
+        return value
+
+
+class DemoSettings(BaseSettings):
+    """Options of ``hftpipe demo`` (``HFTPIPE_DEMO_*``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HFTPIPE_DEMO_",
+        extra="ignore",
+        populate_by_name=True,
+        use_attribute_docstrings=True,
+    )
+
+    source: str | None = None
+    """CSV to replay; unset: the BTC/USDT hourly bars shipped with hftpipe."""
+
+    stack_dir: Path = Path(".stack")
+    """Where the local stack keeps its state."""
+
+    keep_stack: bool = True
+    """Leave the local stack running afterwards."""
+
+
+COMMAND_SETTINGS: dict[str, type[BaseSettings]] = {
+    "produce": ProduceSettings,
+    "process": ProcessSettings,
+    "load": LoadSettings,
+    "demo": DemoSettings,
+}
+"""The settings class of each ``hftpipe`` command."""
