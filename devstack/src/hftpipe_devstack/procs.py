@@ -132,8 +132,13 @@ class ProcessTable:
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
         ports: Sequence[int] = (),
+        inherit_env: bool = True,
     ) -> ProcRecord:
-        """Start ``cmd`` in its own process group, output to ``logs/<name>.log``."""
+        """Start ``cmd`` in its own process group, output to ``logs/<name>.log``.
+
+        ``inherit_env=False`` starts from ``env`` alone (a pod's environment must not
+        pick up the test process's variables).
+        """
         log_path = self.log_dir / f"{name}.log"
         with log_path.open("ab") as log_file:
             proc = _SPAWNER.submit(
@@ -142,7 +147,7 @@ class ProcessTable:
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, **(env or {})},
+                env={**(os.environ if inherit_env else {}), **(env or {})},
                 cwd=cwd,
                 start_new_session=True,
                 preexec_fn=_die_with_parent if self._tie else None,
@@ -188,6 +193,18 @@ class ProcessTable:
             f"{name} was not ready after {timeout:.0f} s ({what}; last probe error: "
             f"{last_error!r}).\n--- last lines of {log_path} ---\n{tail(log_path)}"
         )
+
+    def stop(self, name: str, grace: float = 20.0) -> int | None:
+        """SIGTERM the named process group, SIGKILL it after ``grace``; its exit code."""
+        proc = self._popen.get(name)
+        if proc is None or proc.poll() is not None:
+            return None if proc is None else proc.returncode
+        _signal_group(proc.pid, signal.SIGTERM)
+        try:
+            return proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            _signal_group(proc.pid, signal.SIGKILL)
+            return proc.wait(timeout=5)
 
     def stop_all(self, grace: float = 20.0) -> list[str]:
         """SIGTERM every recorded process group, SIGKILL what is left after ``grace``.

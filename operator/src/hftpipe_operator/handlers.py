@@ -14,6 +14,7 @@ Run with ``kopf run -m hftpipe_operator.handlers`` or ``python -m hftpipe_operat
 from __future__ import annotations
 
 import logging
+import secrets
 import tempfile
 import time
 from collections.abc import Iterator
@@ -84,6 +85,11 @@ def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
         prefix=labels.DOMAIN, key="last-handled-configuration"
     )
     settings.persistence.finalizer = f"{labels.DOMAIN}/cleanup"
+    if SETTINGS.namespace_list:
+        # Named namespaces need no scanning: without this, kopf lists all namespaces
+        # (and CRDs) at start-up, which the least-privilege RBAC (rbac.py) does not
+        # allow, and it retries for about 90 s before falling back to the names given.
+        settings.scanning.disabled = True
     settings.posting.enabled = SETTINGS.post_events
     settings.posting.level = logging.INFO
     settings.posting.reporting_component = labels.MANAGER
@@ -399,9 +405,15 @@ def cleanup(body: kopf.Body, memo: Any, logger: Log, **_: Any) -> None:
 def main() -> None:
     """Run the operator in the namespaces of ``HFTPIPE_OPERATOR_NAMESPACES`` (or all)."""
     namespaces = SETTINGS.namespace_list
+    # What `kopf run` sets up for its CLI: log lines with the object they are about.
+    kopf.configure(verbose=SETTINGS.verbose, log_format=kopf.LogFormat.FULL)
     kopf.run(
         standalone=SETTINGS.replicas == 1,
         peering_name=SETTINGS.peering_name if SETTINGS.replicas > 1 else None,
+        # Replicas of equal priority all pause (kopf's docs, "Peering"): each takes its own.
+        priority=SETTINGS.peering_priority
+        if SETTINGS.peering_priority is not None
+        else secrets.randbelow(2**15),
         clusterwide=not namespaces,
         namespaces=namespaces,
         liveness_endpoint=SETTINGS.liveness_endpoint or None,

@@ -60,8 +60,9 @@ def namespaced_rules() -> list[Rule]:
         # Owner references with blockOwnerDeletion need `update` on the owner's
         # finalizers (the OwnerReferencesPermissionEnforcement admission plugin).
         _rule(crd.GROUP, [f"{crd.PLURAL}/finalizers"], ["update"]),
-        # The children (builders.py): settings, metrics Service, producer Job, workers.
-        _rule("", ["configmaps", "services"], MANAGE),
+        # The children (builders.py): settings, metrics Service, the DuckDB volume's
+        # claim, producer Job, workers.
+        _rule("", ["configmaps", "services", "persistentvolumeclaims"], MANAGE),
         _rule("batch", ["jobs"], MANAGE),
         _rule("apps", ["deployments"], MANAGE),
         _rule(STRIMZI_GROUP, ["kafkatopics"], MANAGE),

@@ -25,6 +25,10 @@ class OperatorSettings(BaseSettings):
     peering_name: str = "hftpipe-operator"
     """Name of the KopfPeering object the replicas share (used when replicas > 1)."""
 
+    peering_priority: int | None = Field(default=None, ge=0)
+    """This replica's peering priority (the highest active one works); unset picks a
+    random one, so replicas never tie (tied replicas all pause)."""
+
     watch_server_timeout: int = Field(default=300, ge=1)
     """Seconds the API server keeps a watch open; kopf then re-lists (without it a
     silently dropped connection stalls the operator)."""
@@ -46,6 +50,9 @@ class OperatorSettings(BaseSettings):
 
     liveness_endpoint: str = ""
     """kopf's liveness probe URL, e.g. ``http://0.0.0.0:8080/healthz``; empty serves none."""
+
+    verbose: bool = False
+    """Log kopf's debug messages too (every API call and handler step)."""
 
     metrics_port: int = Field(default=8000, ge=0, le=65535)
     """Port of the operator's Prometheus ``/metrics``; 0 serves none."""

@@ -1,0 +1,269 @@
+"""End to end without containers: ``kubectl apply`` a ReplayJob, and the pods the operator
+creates run as local processes until the job is Complete.
+
+Everything real but the container runtime: the API server and controller-manager of
+the local stack (Job, ReplicaSet, Deployment and garbage-collector controllers), the
+operator as its own process under a service account bound to exactly the chart's
+RBAC (:mod:`hftpipe_operator.rbac`), Kafka and Redis. :class:`LocalKubelet` binds the
+job's pods to a local Node and runs each container's command, arguments and
+environment (resolved from the real ConfigMap and Secret) as a process. So what the
+operator writes into its pods is what runs, and nothing else does.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import duckdb
+import numpy as np
+import pandas as pd  # type: ignore[import-untyped]
+import pytest
+import redis
+import yaml
+from oracle import assert_close, oracle, redis_history
+
+from hftpipe_devstack.kubelet import KubeRest, LocalKubelet
+from hftpipe_devstack.procs import ProcessTable, free_port, tail
+from hftpipe_devstack.testing import wait_for
+from hftpipe_operator import crd, labels, rbac
+from hftpipe_operator.naming import Names
+from hftpipe_workers.contract import RedisKeys
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+SAMPLE = REPO / "workers/src/hftpipe_workers/sample_data/btcusdt_1h_binance.csv.gz"
+OPERATOR_NAMESPACE = "hftpipe-system"
+WINDOWS = ["1h", "4h", "1d"]
+
+
+def _kubectl(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
+    done = subprocess.run(
+        ["kubectl", *args], env=env, input=stdin, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, f"kubectl {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def _apply(env: dict[str, str], docs: list[dict[str, Any]]) -> None:
+    _kubectl(env, "apply", "--server-side", "-f", "-", stdin=yaml.safe_dump_all(docs))
+
+
+def _token_kubeconfig(admin: Path, namespace: str, account: str, path: Path) -> Path:
+    """A kubeconfig that authenticates as the service account (a bound token)."""
+    kube = KubeRest(admin)
+    try:
+        issued = kube.request(
+            "POST",
+            f"/api/v1/namespaces/{namespace}/serviceaccounts/{account}/token",
+            {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+             "spec": {"expirationSeconds": 3600}},
+        )  # fmt: skip
+    finally:
+        kube.close()
+    config = yaml.safe_load(admin.read_text())
+    cluster = config["clusters"][0]
+    config.update(
+        {
+            "users": [{"name": account, "user": {"token": issued["status"]["token"]}}],
+            "contexts": [
+                {"name": account, "context": {"cluster": cluster["name"], "user": account}}
+            ],
+            "current-context": account,
+        }
+    )
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def namespace(stack_env: dict[str, str]) -> str:
+    """The namespace the operator watches, with the CRDs and RBAC in place."""
+    env = {**os.environ, **stack_env}
+    name = f"e2e-{uuid.uuid4().hex[:6]}"
+    _apply(env, [crd.build_crd(), *crd.build_peering_crds()])
+    _kubectl(env, "wait", "--for=condition=Established", f"crd/{crd.NAME}", "--timeout=60s")
+    for ns in (name, OPERATOR_NAMESPACE):
+        _apply(env, [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}])
+    _apply(env, rbac.build_rbac(namespace=OPERATOR_NAMESPACE, watch_namespaces=[name]))
+    return name
+
+
+@pytest.fixture(scope="module")
+def operator(
+    namespace: str, kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ProcessTable]:
+    """``hftpipe-operator`` as its own process, as its service account, watching ``namespace``."""
+    root = tmp_path_factory.mktemp("operator")
+    token_config = _token_kubeconfig(
+        kubeconfig, OPERATOR_NAMESPACE, labels.MANAGER, root / "kubeconfig"
+    )
+    table = ProcessTable(root, tie_to_parent=True)
+    env = {
+        "PATH": os.environ["PATH"],
+        "KUBECONFIG": str(token_config),
+        "HFTPIPE_OPERATOR_NAMESPACES": namespace,
+        "HFTPIPE_OPERATOR_STATUS_INTERVAL": "2",
+        "HFTPIPE_OPERATOR_METRICS_PORT": str(free_port()),
+        "HFTPIPE_OPERATOR_LIVENESS_ENDPOINT": f"http://127.0.0.1:{free_port()}/healthz",
+    }
+    table.start("operator", [str(VENV_BIN / "hftpipe-operator")], env=env, inherit_env=False)
+    yield table
+    table.stop_all(grace=15)
+
+
+@pytest.fixture(scope="module")
+def kubelet(
+    namespace: str, kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalKubelet]:
+    """The local Node: the job's pods run here as processes."""
+    with LocalKubelet(
+        kubeconfig,
+        tmp_path_factory.mktemp("kubelet"),
+        namespaces=[namespace],
+        binaries={"hftpipe": str(VENV_BIN / "hftpipe")},
+    ) as running:
+        yield running
+
+
+def _without_password(url: str) -> tuple[str, str]:
+    """``redis://default:pw@host:port/0`` -> (``redis://host:port/0``, ``pw``)."""
+    parts = urlsplit(url)
+    netloc = f"{parts.hostname}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc)), parts.password or ""
+
+
+def _status(env: dict[str, str], namespace: str, name: str) -> dict[str, Any]:
+    found = json.loads(_kubectl(env, "get", "replayjob", name, "-n", namespace, "-o", "json"))
+    status: dict[str, Any] = found.get("status") or {}
+    return status
+
+
+def test_a_replayjob_runs_to_complete_from_the_operators_pod_specs(
+    namespace: str,
+    operator: ProcessTable,
+    kubelet: LocalKubelet,
+    stack_env: dict[str, str],
+    kafka_bootstrap: str,
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    env = {**os.environ, **stack_env}
+    job = f"btc-{uuid.uuid4().hex[:6]}"
+    url, password = _without_password(redis_url)
+    _apply(
+        env,
+        [
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "redis", "namespace": namespace},
+                "stringData": {"password": password},
+            },
+            {
+                "apiVersion": crd.API_VERSION,
+                "kind": crd.KIND,
+                "metadata": {"name": job, "namespace": namespace},
+                "spec": {
+                    "source": {"url": str(SAMPLE), "symbol": "BTCUSDT"},
+                    "pacing": {"max": True},
+                    "kafka": {"bootstrapServers": kafka_bootstrap, "topic": {"partitions": 3}},
+                    "processing": {"windows": WINDOWS, "replicas": 2},
+                    "redis": {
+                        "url": url,
+                        "credentials": {"secretRef": {"name": "redis", "passwordKey": "password"}},
+                    },
+                },
+            },
+        ],
+    )
+    try:
+        _kubectl(
+            env, "wait", "--for=condition=Complete", f"replayjob/{job}", "-n", namespace,
+            f"--timeout={os.environ.get('HFTPIPE_E2E_TIMEOUT', '240')}s",
+        )  # fmt: skip
+    except AssertionError as exc:
+        raise AssertionError(
+            f"{exc}\nstatus: {_status(env, namespace, job)}\nkubelet errors: {kubelet.errors}\n"
+            f"{kubelet.logs(namespace)}\n==> operator <==\n"
+            f"{tail(operator.log_dir / 'operator.log', 60)}"
+        ) from exc
+
+    with gzip.open(SAMPLE) as f:
+        frame = pd.read_csv(f, usecols=["date", "high", "low", "close", "volume"])
+    rows = len(frame)
+
+    # The status, as a user sees it (the issue's resolution quotes this output).
+    status = _status(env, namespace, job)
+    (REPO / "tests/e2e/.last-status.yaml").write_text(
+        _kubectl(env, "get", "replayjob", job, "-n", namespace, "-o", "yaml")
+    )
+    assert status["phase"] == "Succeeded"
+    progress = status["progress"]
+    assert progress["rowsProduced"] == rows
+    assert progress["rowsProcessed"] == rows
+    assert progress["rowsLoaded"] == rows
+    assert progress["lag"] == 0
+    assert progress["percent"] == "100%"
+    assert status["restarts"] == 0, kubelet.logs(namespace)
+    conditions = {c["type"]: c["status"] for c in status["conditions"]}
+    assert conditions["Complete"] == "True"
+    assert conditions.get("Failed", "False") == "False"
+    printed = _kubectl(env, "get", "replayjobs", "-n", namespace)
+    assert printed.split()[:5] == ["NAME", "PHASE", "PROGRESS", "LAG", "AGE"], printed
+
+    # Redis holds the right metrics for every bar, against an independent pandas oracle.
+    frame["time"] = pd.to_datetime(frame.pop("date"), utc=True)
+    frame["symbol"] = "BTCUSDT"
+    client = redis.Redis.from_url(redis_url)
+    docs = pd.DataFrame(redis_history(client, job))
+    assert len(docs) == rows
+    docs["time"] = pd.to_datetime(docs["ts_ns"], utc=True)
+    got = docs.sort_values("time").reset_index(drop=True)
+    for window in WINDOWS:
+        expected = oracle(frame, window).sort_values("time").reset_index(drop=True)
+        metrics = got["windows"].map(lambda w, k=window: w[k])
+        for name in ("vwap", "sma", "std"):
+            assert_close(
+                metrics.map(lambda m, n=name: np.nan if m[n] is None else m[n]),
+                expected[name],
+                f"e2e {window} {name}",
+            )
+    latest = client.hgetall(RedisKeys(job).latest("BTCUSDT"))
+    assert int(latest[b"seq"]) == int(got["seq"].max())
+
+    # The warehouse on the loader's volume has each bar once.
+    claim = kubelet.root / "claims" / namespace / Names(job).warehouse
+    files = list(claim.glob("*.duckdb"))
+    assert len(files) == 1, f"no DuckDB file on the loader's volume {claim}"
+    with duckdb.connect(str(files[0]), read_only=True) as db:
+        count, distinct = db.execute(
+            "select count(*), count(distinct bar_time) from bars where job = ?", [job]
+        ).fetchone() or (0, 0)
+    assert (count, distinct) == (rows, rows)
+
+    # Complete: the processors and the loader are scaled down and their pods are gone.
+    kube = KubeRest(Path(stack_env["KUBECONFIG"]))
+    try:
+
+        def workers_gone() -> bool:
+            pods = kube.request("GET", f"/api/v1/namespaces/{namespace}/pods") or {}
+            return not [
+                p
+                for p in pods.get("items", [])
+                if p["metadata"]["name"].startswith((f"{job}-processor", f"{job}-loader"))
+            ]
+
+        wait_for(workers_gone, 60, "the processor and loader pods to go after Complete")
+    finally:
+        kube.close()
+    assert operator.exited("operator") is None, "the operator exited"
+    assert not kubelet.errors
