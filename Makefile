@@ -77,12 +77,12 @@ bench: venv ## benchmark suite (4M generated bars + real BTC bars); writes bench
 	$(PY) bench/run.py
 
 .PHONY: manifests
-manifests: venv ## regenerate k8s/replayjob.yaml from the operator's example
-	$(PY) -c "from hftpipe_operator.crd import sample_yaml; open('k8s/replayjob.yaml', 'w').write(sample_yaml())"
+manifests: venv ## regenerate the charts' CRD/RBAC files and k8s/ (raw manifests from the charts)
+	$(PY) -m hftpipe_devstack.charts manifests
 
 .PHONY: docs
 docs: venv ## regenerate the README's reference tables from the code
-	$(PY) -m hftpipe_workers.docs README.md
+	$(PY) -m hftpipe_devstack.docs README.md
 
 .PHONY: fmt
 fmt: venv ## format the code
