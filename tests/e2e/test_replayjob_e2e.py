@@ -147,6 +147,85 @@ def _status(env: dict[str, str], namespace: str, name: str) -> dict[str, Any]:
     return status
 
 
+@pytest.fixture(scope="module")
+def redis_secret(namespace: str, stack_env: dict[str, str], redis_url: str) -> str:
+    """A Secret with the Redis password (a ReplayJob's spec never holds one)."""
+    _, password = _without_password(redis_url)
+    _apply(
+        {**os.environ, **stack_env},
+        [
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "redis", "namespace": namespace},
+                "stringData": {"password": password},
+            }
+        ],
+    )
+    return "redis"
+
+
+def _spec(kafka_bootstrap: str, redis_url: str, secret: str, **overrides: Any) -> dict[str, Any]:
+    url, _ = _without_password(redis_url)
+    spec: dict[str, Any] = {
+        "source": {"url": str(SAMPLE), "symbol": "BTCUSDT"},
+        "pacing": {"max": True},
+        "kafka": {"bootstrapServers": kafka_bootstrap, "topic": {"partitions": 3}},
+        "processing": {"windows": WINDOWS, "replicas": 2},
+        "redis": {
+            "url": url,
+            "credentials": {"secretRef": {"name": secret, "passwordKey": "password"}},
+        },
+    }
+    spec.update(overrides)
+    return spec
+
+
+def _submit(env: dict[str, str], namespace: str, job: str, spec: dict[str, Any]) -> None:
+    _apply(
+        env,
+        [
+            {
+                "apiVersion": crd.API_VERSION,
+                "kind": crd.KIND,
+                "metadata": {"name": job, "namespace": namespace},
+                "spec": spec,
+            }
+        ],
+    )
+
+
+def _wait_condition(
+    env: dict[str, str],
+    namespace: str,
+    job: str,
+    condition: str,
+    kubelet: LocalKubelet,
+    operator: ProcessTable,
+    timeout: int = 240,
+) -> None:
+    """``kubectl wait --for=condition=<condition>``; on time-out, say everything we know."""
+    timeout = int(os.environ.get("HFTPIPE_E2E_TIMEOUT", timeout))
+    try:
+        _kubectl(
+            env, "wait", f"--for=condition={condition}", f"replayjob/{job}", "-n", namespace,
+            f"--timeout={timeout}s",
+        )  # fmt: skip
+    except AssertionError as exc:
+        raise AssertionError(
+            f"{exc}\nstatus: {_status(env, namespace, job)}\nkubelet errors: {kubelet.errors}\n"
+            f"{kubelet.logs(namespace, job)}\n==> operator <==\n"
+            f"{tail(operator.log_dir / 'operator.log', 60)}"
+        ) from exc
+
+
+def _job_pods(env: dict[str, str], namespace: str, job: str) -> list[str]:
+    listed = json.loads(
+        _kubectl(env, "get", "pods", "-n", namespace, "-l", f"{labels.JOB}={job}", "-o", "json")
+    )
+    return [p["metadata"]["name"] for p in listed["items"]]
+
+
 def test_a_replayjob_runs_to_complete_from_the_operators_pod_specs(
     namespace: str,
     operator: ProcessTable,
@@ -154,48 +233,12 @@ def test_a_replayjob_runs_to_complete_from_the_operators_pod_specs(
     stack_env: dict[str, str],
     kafka_bootstrap: str,
     redis_url: str,
-    tmp_path: Path,
+    redis_secret: str,
 ) -> None:
     env = {**os.environ, **stack_env}
     job = f"btc-{uuid.uuid4().hex[:6]}"
-    url, password = _without_password(redis_url)
-    _apply(
-        env,
-        [
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "metadata": {"name": "redis", "namespace": namespace},
-                "stringData": {"password": password},
-            },
-            {
-                "apiVersion": crd.API_VERSION,
-                "kind": crd.KIND,
-                "metadata": {"name": job, "namespace": namespace},
-                "spec": {
-                    "source": {"url": str(SAMPLE), "symbol": "BTCUSDT"},
-                    "pacing": {"max": True},
-                    "kafka": {"bootstrapServers": kafka_bootstrap, "topic": {"partitions": 3}},
-                    "processing": {"windows": WINDOWS, "replicas": 2},
-                    "redis": {
-                        "url": url,
-                        "credentials": {"secretRef": {"name": "redis", "passwordKey": "password"}},
-                    },
-                },
-            },
-        ],
-    )
-    try:
-        _kubectl(
-            env, "wait", "--for=condition=Complete", f"replayjob/{job}", "-n", namespace,
-            f"--timeout={os.environ.get('HFTPIPE_E2E_TIMEOUT', '240')}s",
-        )  # fmt: skip
-    except AssertionError as exc:
-        raise AssertionError(
-            f"{exc}\nstatus: {_status(env, namespace, job)}\nkubelet errors: {kubelet.errors}\n"
-            f"{kubelet.logs(namespace)}\n==> operator <==\n"
-            f"{tail(operator.log_dir / 'operator.log', 60)}"
-        ) from exc
+    _submit(env, namespace, job, _spec(kafka_bootstrap, redis_url, redis_secret))
+    _wait_condition(env, namespace, job, "Complete", kubelet, operator)
 
     with gzip.open(SAMPLE) as f:
         frame = pd.read_csv(f, usecols=["date", "high", "low", "close", "volume"])
@@ -267,3 +310,81 @@ def test_a_replayjob_runs_to_complete_from_the_operators_pod_specs(
         kube.close()
     assert operator.exited("operator") is None, "the operator exited"
     assert not kubelet.errors
+
+
+def _progress(env: dict[str, str], namespace: str, job: str) -> dict[str, Any]:
+    progress: dict[str, Any] = _status(env, namespace, job).get("progress") or {}
+    return progress
+
+
+def test_suspend_stops_every_pod_and_resume_continues_without_loss_or_duplicates(
+    namespace: str,
+    operator: ProcessTable,
+    kubelet: LocalKubelet,
+    stack_env: dict[str, str],
+    kafka_bootstrap: str,
+    redis_url: str,
+    redis_secret: str,
+) -> None:
+    env = {**os.environ, **stack_env}
+    job = f"pause-{uuid.uuid4().hex[:6]}"
+    # Paced, so the replay is still going when it is suspended (~14 s of bars).
+    spec = _spec(kafka_bootstrap, redis_url, redis_secret, pacing={"rate": 4000})
+    _submit(env, namespace, job, spec)
+    wait_for(
+        lambda: (_progress(env, namespace, job).get("rowsProduced") or 0) > 4000,
+        120,
+        "the replay to be under way",
+    )
+    _kubectl(env, "patch", "replayjob", job, "-n", namespace, "--type=merge",
+             "-p", '{"spec": {"suspend": true}}')  # fmt: skip
+    _wait_condition(env, namespace, job, "Suspended", kubelet, operator, timeout=60)
+    wait_for(lambda: not _job_pods(env, namespace, job), 90, "every pod of the job to stop")
+    paused = _progress(env, namespace, job)["rowsProduced"]
+    with gzip.open(SAMPLE) as f:
+        rows = sum(1 for _ in f) - 1
+    assert 0 < paused < rows, "suspended before the end, after the start"
+    assert _status(env, namespace, job)["phase"] == "Suspended"
+
+    _kubectl(env, "patch", "replayjob", job, "-n", namespace, "--type=merge",
+             "-p", '{"spec": {"suspend": false}}')  # fmt: skip
+    _wait_condition(env, namespace, job, "Complete", kubelet, operator)
+    progress = _progress(env, namespace, job)
+    assert (progress["rowsProduced"], progress["rowsProcessed"], progress["rowsLoaded"]) == (
+        rows,
+        rows,
+        rows,
+    ), "every row exactly once in Kafka, processed and loaded"
+    client = redis.Redis.from_url(redis_url)
+    history = redis_history(client, job)
+    assert len(history) == rows
+    assert len({doc["seq"] for doc in history}) == rows
+
+
+def test_a_missing_source_file_fails_the_job_with_the_reason(
+    namespace: str,
+    operator: ProcessTable,
+    kubelet: LocalKubelet,
+    stack_env: dict[str, str],
+    kafka_bootstrap: str,
+    redis_url: str,
+    redis_secret: str,
+    tmp_path: Path,
+) -> None:
+    env = {**os.environ, **stack_env}
+    job = f"broken-{uuid.uuid4().hex[:6]}"
+    missing = tmp_path / "no-such-bars.csv.gz"
+    spec = _spec(
+        kafka_bootstrap,
+        redis_url,
+        redis_secret,
+        source={"url": str(missing), "symbol": "BTCUSDT"},
+        restartPolicy={"maxRestarts": 1, "backoffSeconds": 1, "maxBackoffSeconds": 2},
+    )
+    _submit(env, namespace, job, spec)
+    _wait_condition(env, namespace, job, "Failed", kubelet, operator, timeout=180)
+    status = _status(env, namespace, job)
+    assert status["phase"] == "Failed"
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert "producer" in failed["message"], failed
+    assert status.get("completionTime") is None or status["phase"] == "Failed"

@@ -618,6 +618,9 @@ class LocalKubelet:
                 "startedAt": container.started_at,
                 "finishedAt": _now(),
             }
+            message = self._termination_message(container, code)
+            if message:
+                container.terminated["message"] = message
             container.ready, container.proc_name, pod.dirty = False, None, True
             restart = policy == "Always" or (policy == "OnFailure" and code != 0)
             if restart:
@@ -634,6 +637,19 @@ class LocalKubelet:
                 pod.phase, pod.dirty = phase, True
         if pod.dirty:
             self._write_status(pod)
+
+    def _termination_message(self, container: _Container, code: int) -> str:
+        # The kubelet's FallbackToLogsOnError: the last 80 lines (at most 2 KiB) of
+        # the log of a container that failed (no /dev/termination-log file here).
+        policy = container.spec.get("terminationMessagePolicy", "File")
+        if code == 0 or policy != "FallbackToLogsOnError" or container.proc_name is None:
+            return ""
+        log_path = self.table.log_dir / f"{container.proc_name}.log"
+        try:
+            text = log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return "\n".join(text.splitlines()[-80:])[-2048:]
 
     def _container_status(self, container: _Container) -> dict[str, Any]:
         state: dict[str, Any]
