@@ -373,17 +373,10 @@ def schemas(
 def test_rendered_chart_passes_kubeconform_strict(
     cluster: Cluster, schemas: Path, values: str
 ) -> None:
-    """kubeconform -strict on every rendered object but the CRDs.
-
-    The CRDs are left out because the kubeconform schema of CustomResourceDefinition that
-    ``kubeschemas`` writes is not a valid JSON schema (its strict pass treats the
-    ``properties`` map of JSONSchemaProps, which has members named ``properties`` and
-    ``format``, as a schema), so kubeconform reports "could not find schema". The API
-    server itself admits these CRDs in this module's helm install and dry runs.
-    """
+    """kubeconform -strict on every rendered object, the CRDs included."""
     objects = charts.render(CHART, [CHART / values] if values else [], RELEASE, NS_SYSTEM)
-    checked = [o for o in objects if o["kind"] != "CustomResourceDefinition"]
-    assert len(objects) - len(checked) == 3  # the ReplayJob CRD and kopf's two
+    checked = objects
+    assert sum(o["kind"] == "CustomResourceDefinition" for o in objects) == 3
     proc = subprocess.run(
         [cluster.env["KUBECONFORM"], *kubeschemas.kubeconform_args(schemas), "-"],
         input=yaml.safe_dump_all(checked, sort_keys=False),

@@ -82,13 +82,24 @@ def _refs(node: Any) -> Iterator[str]:
             yield from _refs(value)
 
 
+_SCHEMA_MAPS = frozenset({"properties", "patternProperties", "definitions"})
+
+
 def _strict(node: Any) -> Any:
     """Copy of ``node`` with ``additionalProperties: false`` on closed objects."""
     if isinstance(node, list):
         return [_strict(v) for v in node]
     if not isinstance(node, dict):
         return node
-    out = {k: _strict(v) for k, v in node.items()}
+    # `properties` (and `definitions`) map names to schemas: the map itself is not a
+    # schema, or a property called "properties" (JSONSchemaProps, in the CRD kind's
+    # own schema) would get `additionalProperties` added next to it.
+    out = {
+        k: {name: _strict(sub) for name, sub in v.items()}
+        if k in _SCHEMA_MAPS and isinstance(v, dict)
+        else _strict(v)
+        for k, v in node.items()
+    }
     if (
         "properties" in out
         and "additionalProperties" not in out
