@@ -65,6 +65,18 @@ Base name of the Redis objects (client Service, StatefulSet, Secret).
 {{- end }}
 
 {{/*
+An image reference from {repository, tag, digest}: `repository:tag`, or with a digest
+`repository:tag@digest` (the runtime pulls by digest; the tag stays for people).
+*/}}
+{{- define "hftpipe-stack.image" -}}
+{{- if .digest }}
+{{- printf "%s:%s@%s" .repository (toString .tag) .digest }}
+{{- else }}
+{{- printf "%s:%s" .repository (toString .tag) }}
+{{- end }}
+{{- end }}
+
+{{/*
 Secret holding the Redis password, and its key.
 */}}
 {{- define "hftpipe-stack.redisSecretName" -}}
