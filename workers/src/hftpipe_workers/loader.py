@@ -131,11 +131,15 @@ class Loader:
 
     def run(self, *, until_caught_up: bool = False, idle_timeout: float = 5.0) -> LoaderReport:
         """Load until stopped (or caught up and idle, with ``until_caught_up``)."""
-        topics = [self.topics.bars, self.topics.metrics]
-        if not wait_for_topics(self.kafka.common(), topics, self.stop):
+        # The bars topic comes first (the producer makes it); the metrics topic may
+        # appear later (the processor makes it), so refresh metadata often enough to
+        # notice it within seconds rather than librdkafka's default 5 minutes.
+        if not wait_for_topics(self.kafka.common(), [self.topics.bars], self.stop):
             return LoaderReport()
-        consumer = Consumer(self.kafka.consumer(self.groups.loader))
-        consumer.subscribe(topics)
+        consumer = Consumer(
+            {**self.kafka.consumer(self.groups.loader), "topic.metadata.refresh.interval.ms": 5000}
+        )
+        consumer.subscribe([self.topics.bars, self.topics.metrics])
         self.sink.ensure_tables()
         report = LoaderReport()
         started = time.monotonic()
