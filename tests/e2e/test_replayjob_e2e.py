@@ -251,6 +251,9 @@ def test_a_replayjob_runs_to_complete_from_the_operators_pod_specs(
     )
     assert status["phase"] == "Succeeded"
     progress = status["progress"]
+    # Rows in the source and rows read: the producer's record in the job's progress topic.
+    assert progress["rowsTotal"] == rows
+    assert progress["rowsRead"] == rows
     assert progress["rowsProduced"] == rows
     assert progress["rowsProcessed"] == rows
     assert progress["rowsLoaded"] == rows
@@ -373,7 +376,7 @@ def test_a_missing_source_file_fails_the_job_with_the_reason(
 ) -> None:
     env = {**os.environ, **stack_env}
     job = f"broken-{uuid.uuid4().hex[:6]}"
-    missing = tmp_path / "no-such-bars.csv.gz"
+    missing = REPO / "no-such-dir" / "bars.csv.gz"  # not under /tmp, which pods mount
     spec = _spec(
         kafka_bootstrap,
         redis_url,

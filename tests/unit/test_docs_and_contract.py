@@ -33,7 +33,7 @@ def test_every_redis_key_function_is_in_the_documented_layout() -> None:
 
 def test_topic_and_group_names() -> None:
     assert Topics.for_job("btc") == Topics(
-        "hftpipe.btc.bars", "hftpipe.btc.metrics", "hftpipe.btc.deadletter"
+        "hftpipe.btc.bars", "hftpipe.btc.metrics", "hftpipe.btc.deadletter", "hftpipe.btc.progress"
     )
     assert Groups.for_job("btc").processor == "hftpipe.btc.processor"
 

@@ -262,6 +262,15 @@ def test_every_alert_has_summary_description_and_severity() -> None:
         assert severity in SEVERITIES, f"{name}: severity {severity!r} not in {SEVERITIES}"
 
 
+def test_job_alerts_read_the_operators_phase_of_the_job() -> None:
+    """A failed job is named, and stalls count only while the operator says Running."""
+    by_name = {a["alert"]: a["expr"] for a in alerts()}
+    assert 'hftpipe_operator_job_phase{phase="Failed"}' in by_name["HftpipeReplayJobFailed"]
+    for stall in ("HftpipeConsumerStalled", "HftpipeReplayStalled"):
+        assert 'hftpipe_operator_job_phase{phase="Running"}' in by_name[stall], stall
+        assert "on (namespace, job)" in by_name[stall], stall
+
+
 def test_alert_names_are_unique() -> None:
     names = [a["alert"] for a in alerts()]
     assert len(names) == len(set(names))
@@ -338,13 +347,14 @@ def test_dashboard_has_the_expected_panels() -> None:
     assert all(e.startswith("histogram_quantile(") for e in quantiles)
 
 
-def test_price_panel_plots_a_close_gauge_once_one_is_exported() -> None:
-    """The workers export no close-price gauge today; when one appears, plot it."""
+def test_price_panel_plots_every_exported_close_gauge() -> None:
+    """Every close-price gauge the workers export is plotted against the VWAP."""
     closes = {n for n in exported_names() if "close" in n}
     vwap_panels = [
         p for p in query_panels() if any("hftpipe_latest_vwap" in t["expr"] for t in p["targets"])
     ]
     assert vwap_panels
+    assert "hftpipe_latest_close" in closes
     for close in closes:
         assert any(close in t["expr"] for p in vwap_panels for t in p["targets"]), (
             f"{close} is exported: plot it against the VWAP"

@@ -536,7 +536,9 @@ def test_strimzi_cluster_gets_kafkatopics_and_its_bootstrap_service() -> None:
         (names.bars, 6),
         (names.metrics, 6),
         (names.deadletter, 1),
+        (names.progress, 1),
     ]
+    assert topics[-1]["spec"]["config"] == {"cleanup.policy": "compact"}
     for topic in topics:
         assert topic["apiVersion"] == "kafka.strimzi.io/v1"
         assert topic["kind"] == "KafkaTopic"
@@ -546,7 +548,7 @@ def test_strimzi_cluster_gets_kafkatopics_and_its_bootstrap_service() -> None:
     settings = builders.worker_settings(job)
     assert settings["HFTPIPE_KAFKA_BOOTSTRAP_SERVERS"] == "events-kafka-bootstrap.kafka.svc:9092"
     assert settings["HFTPIPE_CREATE_TOPICS"] == "false"
-    assert [o["kind"] for o in builders.build_all(job)].count("KafkaTopic") == 3
+    assert [o["kind"] for o in builders.build_all(job)].count("KafkaTopic") == 4
 
     same_namespace = make_job(kafka={"strimziCluster": {"name": "events", "port": 9093}})
     assert builders.bootstrap_servers(same_namespace) == "events-kafka-bootstrap.markets.svc:9093"

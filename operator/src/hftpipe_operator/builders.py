@@ -18,7 +18,7 @@ import hashlib
 import json
 from typing import Any, Final
 
-from hftpipe_workers.contract import Topics
+from hftpipe_workers.contract import PROGRESS_TOPIC_CONFIG, Topics
 from hftpipe_workers.settings import KafkaSettings, RedisSettings
 from hftpipe_workers.warehouse.snowflake_sink import SnowflakeSettings
 
@@ -290,6 +290,9 @@ def _container(job: ReplayJob, worker: Worker) -> dict[str, Any]:
         },
         "resources": getattr(spec.resources, worker).to_api(),
         "securityContext": dict(CONTAINER_SECURITY_CONTEXT),
+        # A worker that exits with an error leaves the tail of its log as the
+        # container's termination message: the operator quotes it in the status.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": mounts,
     }
 
@@ -461,7 +464,8 @@ def build_topic_kafkatopics(job: ReplayJob) -> list[dict[str, Any]]:
 
     Named like the topics themselves (valid Kubernetes names, Strimzi's
     recommendation), in the cluster's namespace, where its Topic Operator looks.
-    The dead-letter topic has one partition, as the producer creates it.
+    The dead-letter and progress topics have one partition, as the producer creates
+    them; the progress topic is compacted (only the producer's latest record matters).
     """
     cluster = job.spec.kafka.strimzi_cluster
     if cluster is None:
@@ -469,19 +473,23 @@ def build_topic_kafkatopics(job: ReplayJob) -> list[dict[str, Any]]:
     topics = Topics.for_job(job.name)
     partitions, replicas = job.spec.kafka.topic.partitions, job.spec.kafka.topic.replicas
     out = []
-    for topic, count in (
-        (topics.bars, partitions),
-        (topics.metrics, partitions),
-        (topics.deadletter, 1),
+    for topic, count, config in (
+        (topics.bars, partitions, None),
+        (topics.metrics, partitions, None),
+        (topics.deadletter, 1, None),
+        (topics.progress, 1, PROGRESS_TOPIC_CONFIG),
     ):
         metadata = _metadata(job, topic, "topic", namespace=cluster.namespace or job.namespace)
         metadata["labels"][labels.STRIMZI_CLUSTER] = cluster.name
+        spec: dict[str, Any] = {"partitions": count, "replicas": replicas}
+        if config is not None:
+            spec["config"] = dict(config)
         out.append(
             {
                 "apiVersion": STRIMZI_API_VERSION,
                 "kind": "KafkaTopic",
                 "metadata": metadata,
-                "spec": {"partitions": count, "replicas": replicas},
+                "spec": spec,
             }
         )
     return out

@@ -278,10 +278,16 @@ def observe(kube: Kube, job: ReplayJob, generation: int) -> tuple[Observed, Kafk
     """The facts about a job's children and its Kafka topics, now."""
     names = Names(job.name)
     offsets, reading = _offsets(job, kube)
+    # Rows in the source and rows read: the producer's progress record in Kafka.
+    progress = offsets.producer_progress if offsets is not None else None
     observed = Observed(
         now=datetime.now(UTC),
         generation=generation,
-        producer=ProducerFacts.from_job(kube.get("batch/v1", "Job", job.namespace, names.producer)),
+        producer=ProducerFacts.from_job(
+            kube.get("batch/v1", "Job", job.namespace, names.producer),
+            rows_total=progress.rows_total if progress is not None else None,
+            rows_read=progress.rows_read if progress is not None else None,
+        ),
         processor=_worker(kube, job, names.processor, "processor"),
         loader=_worker(kube, job, names.loader, "loader"),
         offsets=offsets,

@@ -1,4 +1,5 @@
-"""What the operator asks Kafka: the job's end offsets and its groups' commits, and topic clean-up.
+"""What the operator asks Kafka: the job's end offsets, its groups' commits, the producer's
+progress record, and topic clean-up.
 
 Every call has a short timeout and raises :class:`KafkaUnavailable` when Kafka
 cannot answer, so an observation records that in a condition instead of failing.
@@ -7,17 +8,23 @@ cannot answer, so an observation records that in a condition instead of failing.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any, Final
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from hftpipe_workers.contract import Groups, Topics
+from hftpipe_workers.contract import Groups, ProducerProgress, Topics
 
 from .status import OffsetFacts
 
 ClientConfig = Mapping[str, str | int | float | bool]
+
+log = logging.getLogger(__name__)
+
+PROGRESS_TIMEOUT: Final = 2.0
+"""Seconds at most to fetch the producer's progress record: it is a nice-to-have."""
 
 _QUIET: Final[dict[str, Any]] = {
     # librdkafka logs a refused connection at error level every retry; that failure
@@ -79,15 +86,58 @@ def _committed(
     return {tp.partition: int(tp.offset) for tp in found}
 
 
+def last_progress(
+    consumer: Consumer, topic: str, partitions: list[int], timeout: float
+) -> ProducerProgress | None:
+    """The latest record of the progress topic (partition 0), or None: no such topic, no
+    record yet, or none readable within ``timeout``. Never raises for what it finds."""
+    if 0 not in partitions:
+        return None
+    try:
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=timeout)
+    except KafkaException as exc:  # e.g. a just-created topic without a leader yet
+        log.debug("offsets of %s[0]: %s", topic, exc)
+        return None
+    if high <= max(low, 0):
+        return None
+    consumer.assign([TopicPartition(topic, 0, high - 1)])
+    try:
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            msg = consumer.poll(min(left, 0.5))
+            if msg is None:
+                continue
+            if msg.error() is not None or msg.topic() != topic:
+                log.debug("reading %s: %s", topic, msg.error())
+                continue
+            try:
+                return ProducerProgress.decode(msg.value())
+            except ValueError as exc:
+                log.warning("%s[0]@%s: %s", topic, msg.offset(), exc)
+                return None
+        return None
+    finally:
+        consumer.unassign()
+
+
 def read_offsets(config: ClientConfig, job: str, timeout: float) -> OffsetFacts:
-    """End offsets of the job's bars and metrics topics and the commits of its groups."""
+    """End offsets of the job's bars and metrics topics, the commits of its groups, and
+    the producer's latest progress record."""
     topics, groups = Topics.for_job(job), Groups.for_job(job)
     try:
         consumer = _consumer(config, groups.processor)
         try:
-            partitions = _partitions(consumer, [topics.bars, topics.metrics], timeout)
+            partitions = _partitions(
+                consumer, [topics.bars, topics.metrics, topics.progress], timeout
+            )
             bars_end = _ends(consumer, topics.bars, partitions[topics.bars], timeout)
             metrics_end = _ends(consumer, topics.metrics, partitions[topics.metrics], timeout)
+            progress = last_progress(
+                consumer,
+                topics.progress,
+                partitions[topics.progress],
+                min(timeout, PROGRESS_TIMEOUT),
+            )
         finally:
             consumer.close()
         return OffsetFacts(
@@ -102,6 +152,7 @@ def read_offsets(config: ClientConfig, job: str, timeout: float) -> OffsetFacts:
             loader_metrics=_committed(
                 config, groups.loader, topics.metrics, partitions[topics.metrics], timeout
             ),
+            producer_progress=progress,
         )
     except KafkaException as exc:
         raise KafkaUnavailable(str(exc.args[0] if exc.args else exc)) from exc
@@ -110,7 +161,7 @@ def read_offsets(config: ClientConfig, job: str, timeout: float) -> OffsetFacts:
 def delete_topics(config: ClientConfig, job: str, timeout: float) -> list[str]:
     """Delete the job's topics; the names deleted (missing ones are not an error)."""
     topics = Topics.for_job(job)
-    names = [topics.bars, topics.metrics, topics.deadletter]
+    names = [topics.bars, topics.metrics, topics.deadletter, topics.progress]
     admin = AdminClient({**config, **_QUIET})
     futures = admin.delete_topics(names, operation_timeout=timeout, request_timeout=timeout)
     deleted = []

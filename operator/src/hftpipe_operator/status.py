@@ -2,7 +2,7 @@
 
 The handlers gather facts (the producer Job, the Deployments and their pods'
 restarts, the Kafka end offsets and the consumer groups' committed offsets, the
-producer's row counts from its metrics) into an :class:`Observed`;
+producer's row counts from its progress record in Kafka) into an :class:`Observed`;
 :func:`roll_up` turns them and the previous status into the new one. Nothing
 here talks to Kubernetes or Kafka, so every rule is unit-tested.
 
@@ -33,6 +33,8 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import ConfigDict, Field, StringConstraints
+
+from hftpipe_workers.contract import ProducerProgress
 
 from . import labels
 from .apimodel import ApiModel, Crd, Timestamp, parse_timestamp
@@ -195,7 +197,7 @@ class ReplayJobStatus(StatusModel):
 
 @dataclass(frozen=True)
 class ProducerFacts:
-    """The producer's Job and the row counts from its metrics."""
+    """The producer's Job and the row counts of its progress record (the progress topic)."""
 
     exists: bool = False
     active: int = 0
@@ -206,9 +208,9 @@ class ProducerFacts:
     failure_message: str = ""
     start_time: str | None = None
     rows_total: int | None = None
-    """``hftpipe_replay_rows_total`` (0 or None until counted)."""
+    """Data rows in the source (0 or None until counted): the progress record's ``rows_total``."""
     rows_read: int | None = None
-    """``hftpipe_replay_rows_done``."""
+    """Source rows the producer has handled: the progress record's ``rows_read``."""
 
     @classmethod
     def from_job(
@@ -218,7 +220,8 @@ class ProducerFacts:
         rows_total: int | None = None,
         rows_read: int | None = None,
     ) -> ProducerFacts:
-        """From a ``batch/v1`` Job as the API returns it (``None``: not created yet)."""
+        """From a ``batch/v1`` Job as the API returns it (``None``: not created yet) and
+        the row counts of the producer's progress record (``None``: no record)."""
         if job is None:
             return cls(rows_total=rows_total, rows_read=rows_read)
         status = job.get("status") or {}
@@ -298,6 +301,8 @@ class OffsetFacts:
     """Committed offsets of the loader group on the bars topic."""
     loader_metrics: Mapping[int, int] = field(default_factory=dict)
     """Committed offsets of the loader group on the metrics topic."""
+    producer_progress: ProducerProgress | None = None
+    """The producer's latest record in the progress topic; None when there is none."""
 
     @property
     def rows_produced(self) -> int:

@@ -10,8 +10,10 @@ the README and the charts agree with this module.
 
 from __future__ import annotations
 
+import json
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar, Final
 
 PREFIX = "hftpipe"
 _JOB_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -34,16 +36,87 @@ class Topics:
     bars: str
     metrics: str
     deadletter: str
+    progress: str
+    """One partition, compacted: the producer's latest :class:`ProducerProgress`."""
 
     @classmethod
     def for_job(cls, job: str) -> Topics:
-        """``hftpipe.<job>.bars``, ``.metrics`` and ``.deadletter``."""
+        """``hftpipe.<job>.bars``, ``.metrics``, ``.deadletter`` and ``.progress``."""
         check_job_name(job)
         return cls(
             bars=f"{PREFIX}.{job}.bars",
             metrics=f"{PREFIX}.{job}.metrics",
             deadletter=f"{PREFIX}.{job}.deadletter",
+            progress=f"{PREFIX}.{job}.progress",
         )
+
+
+PROGRESS_TOPIC_CONFIG: Final[dict[str, str]] = {"cleanup.policy": "compact"}
+"""Topic config of the progress topic: only the latest record per key matters."""
+
+
+@dataclass(frozen=True)
+class ProducerProgress:
+    """The producer's progress, as it writes it to the progress topic (key ``producer``).
+
+    Written about once a second and once more, with ``done`` true, after every
+    bar was delivered. The operator reads the latest one for the ReplayJob's
+    ``status.progress`` (rows in the source and rows read), so progress comes
+    from Kafka itself and not from scraping the producer's metrics.
+
+    Counts are of this source: ``rows_read`` starts again from 0 when a producer
+    is restarted (it reads the file again and skips what Kafka already holds), and
+    ``produced`` counts the bars of the source in the bars topic, from this run or
+    an earlier one.
+    """
+
+    rows_total: int
+    """Data rows in the source file; 0 until counted (or when counting is off)."""
+    rows_read: int
+    """Source rows handled so far (sent, already in Kafka, set aside or out of range)."""
+    produced: int
+    """Bars of the source in the bars topic so far."""
+    dead_lettered: int
+    """Rows of the source set aside to the dead-letter topic so far."""
+    out_of_range: int
+    """Rows outside the replay's time range so far."""
+    done: bool
+    """The producer read the whole source and every record was delivered."""
+    updated_at: str
+    """When the producer wrote this, RFC 3339 in UTC."""
+
+    KEY: ClassVar[bytes] = b"producer"
+    """The record key (the topic is compacted by key)."""
+
+    def encode(self) -> bytes:
+        """The record value: a small JSON object."""
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, value: bytes | None) -> ProducerProgress:
+        """Parse a record value; unknown fields are ignored (a newer producer may add some).
+
+        Raises ``ValueError`` on anything that is not a progress record.
+        """
+        try:
+            doc: Any = json.loads(value or b"")
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"not a progress record: {exc}") from exc
+        if not isinstance(doc, dict):
+            raise ValueError(f"not a progress record: {type(doc).__name__}, not an object")
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            got = doc.get(f.name)
+            if f.type == "bool":
+                ok = isinstance(got, bool)
+            elif f.type == "int":
+                ok = isinstance(got, int) and not isinstance(got, bool) and got >= 0
+            else:
+                ok = isinstance(got, str)
+            if not ok:
+                raise ValueError(f"progress record: bad or missing {f.name!r}: {got!r}")
+            values[f.name] = got
+        return cls(**values)
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,25 @@ log = logging.getLogger("hftpipe.kafka")
 
 
 def ensure_topics(
-    admin: AdminClient, names: dict[str, int], replication: int, timeout: float = 30
+    admin: AdminClient,
+    names: Mapping[str, int],
+    replication: int,
+    timeout: float = 30,
+    *,
+    configs: Mapping[str, Mapping[str, str]] | None = None,
 ) -> None:
-    """Create missing topics (``name -> partitions``); existing ones are left as they are."""
+    """Create missing topics (``name -> partitions``); existing ones are left as they are.
+
+    ``configs`` gives topic configs (``name -> {"cleanup.policy": "compact", ...}``)
+    for the topics it names; they apply only to topics created here.
+    """
     existing = admin.list_topics(timeout=timeout).topics
-    new = [NewTopic(n, p, replication) for n, p in names.items() if n not in existing]
+    configs = configs or {}
+    new = [
+        NewTopic(n, p, replication, config=dict(configs.get(n, {})))
+        for n, p in names.items()
+        if n not in existing
+    ]
     if not new:
         return
     for name, future in admin.create_topics(new, operation_timeout=timeout).items():

@@ -54,7 +54,7 @@ RECORDS_IN = Counter(
 )
 RECORDS_OUT = Counter(
     "hftpipe_records_out",
-    "Records written by a worker",
+    "Records written by a worker (the producer's: bars sent, counted per sent batch)",
     ["worker", "job", "sink"],
     registry=REGISTRY,
 )
@@ -111,7 +111,7 @@ LOADER_BATCH_SECONDS = Histogram(
 )
 REPLAY_ROWS_DONE = Gauge(
     "hftpipe_replay_rows_done",
-    "Source rows handled by the producer so far",
+    "Source rows handled by the producer so far (updated at least every 0.5 s while it sends)",
     ["job"],
     registry=REGISTRY,
 )
@@ -125,6 +125,12 @@ LATEST_VWAP = Gauge(
     "hftpipe_latest_vwap",
     "Latest rolling VWAP per symbol and window",
     ["job", "symbol", "window"],
+    registry=REGISTRY,
+)
+LATEST_CLOSE = Gauge(
+    "hftpipe_latest_close",
+    "Close price of the latest bar processed per symbol (plot it against the VWAP)",
+    ["job", "symbol"],
     registry=REGISTRY,
 )
 READY = Gauge("hftpipe_ready", "1 when the worker is ready", ["worker", "job"], registry=REGISTRY)

@@ -12,6 +12,12 @@ of the bars topic (and of the dead-letter topic) and skips what is already
 there. Because the idempotent producer keeps order within a partition, "every
 bar of partition p with seq <= the last seq in p" is exactly the set delivered:
 no duplicates, no gaps.
+
+Progress: while it sends, the producer keeps its metrics current (records out
+and rows done, at least every 0.5 s) and about once a second writes a
+:class:`~.contract.ProducerProgress` record to the job's compacted progress
+topic, plus a last one with ``done`` after every bar was delivered. The operator
+reads rows in the source and rows read from there.
 """
 
 from __future__ import annotations
@@ -22,8 +28,10 @@ import time
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass, field
-from typing import IO, Any, Literal
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from itertools import islice
+from typing import IO, Any, Final, Literal
 
 import fsspec
 import orjson
@@ -31,6 +39,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from confluent_kafka.admin import AdminClient
 
 from . import codec
+from .contract import PROGRESS_TOPIC_CONFIG, ProducerProgress, Topics
 from .csvformat import BarBatch, BarReader, ColumnMapping, LayoutName, RejectedRow
 from .kafka_admin import ensure_topics, partition_count
 from .observability import (
@@ -45,6 +54,14 @@ from .pacing import Pacer, Pacing
 from .settings import KafkaSettings
 
 log = logging.getLogger("hftpipe.producer")
+
+LIVE_EVERY: Final = 0.5
+"""Seconds between two updates of the producer's metrics while it sends (at most)."""
+PROGRESS_EVERY: Final = 1.0
+"""Seconds between two progress records (at least; none while nothing changes)."""
+SLICE_BARS: Final = 8192
+"""Bars sent between two looks at the clock: the metrics are updated per slice, never
+per bar (at ~250k bars/s a slice takes ~30 ms)."""
 
 
 def partition_for(symbol: str, partitions: int) -> int:
@@ -215,6 +232,50 @@ class _Progress:
         )
 
 
+@dataclass
+class _LiveState:
+    """What the producer's metrics and progress record said last, per run."""
+
+    progress: bool = False
+    """The progress topic exists (else no records are written)."""
+    rows_total: int = 0
+    rejected: int = 0
+    """Source rows set aside so far, this run's and those already in the topic."""
+    bytes: int = 0
+    counted: int = 0
+    """Bars counted in ``hftpipe_records_out`` so far."""
+    bytes_counted: int = 0
+    at: float = 0.0
+    """``time.monotonic()`` of the last metrics update."""
+    record_at: float = float("-inf")
+    """``time.monotonic()`` of the last progress record."""
+    recorded: ProducerProgress | None = None
+    """The last progress record, without its time."""
+    printer: _Progress | None = None
+
+
+def _add(report: ReplayReport, live: _LiveState, sent: int, skipped: int, size: int) -> None:
+    report.produced += sent
+    report.skipped_already_in_kafka += skipped
+    report.rows_read += sent + skipped
+    live.bytes += size
+
+
+def progress_record(
+    report: ReplayReport, *, rows_total: int, rejected: int, done: bool = False
+) -> ProducerProgress:
+    """The progress record for a run's report so far (pure but for the clock)."""
+    return ProducerProgress(
+        rows_total=rows_total,
+        rows_read=report.rows_read,
+        produced=report.produced + report.skipped_already_in_kafka,
+        dead_lettered=rejected,
+        out_of_range=report.out_of_range,
+        done=done,
+        updated_at=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+    )
+
+
 class Replay:
     """One replay of a file into a job's topics."""
 
@@ -226,6 +287,7 @@ class Replay:
         bars_topic: str,
         dead_topic: str,
         kafka: KafkaSettings,
+        progress_topic: str | None = None,
         pacing: Pacing,
         symbol: str | None = None,
         mapping: ColumnMapping | None = None,
@@ -249,24 +311,44 @@ class Replay:
             count_source_rows,
             progress,
         )
+        self.progress_topic = progress_topic or Topics.for_job(job).progress
         self._failed: list[str] = []
+        self._live_state = _LiveState()
 
     def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
         if err is not None:
             self._failed.append(str(err))
             ERRORS.labels("producer", self.job, "delivery").inc()
 
+    def _on_progress_delivery(self, err: KafkaError | None, _msg: Message) -> None:
+        # Progress is information only: a lost record never fails the replay.
+        if err is not None:
+            log.warning("progress record not delivered to %s: %s", self.progress_topic, err)
+            ERRORS.labels("producer", self.job, "progress").inc()
+
     def run(self) -> ReplayReport:
         """Replay the file; raises if any record could not be delivered."""
         admin = AdminClient(self.kafka.common())
         if self.create_topics:
             ensure_topics(
-                admin, {self.bars_topic: self.partitions, self.dead_topic: 1}, self.replication
+                admin,
+                {self.bars_topic: self.partitions, self.dead_topic: 1, self.progress_topic: 1},
+                self.replication,
+                configs={self.progress_topic: PROGRESS_TOPIC_CONFIG},
             )
         partitions = partition_count(admin, self.bars_topic)
         if partitions == 0:
             raise RuntimeError(
                 f"topic {self.bars_topic} does not exist: create it or pass --create-topics"
+            )
+        live = self._live_state = _LiveState(
+            progress=partition_count(admin, self.progress_topic) > 0
+        )
+        if not live.progress:
+            log.warning(
+                "topic %s does not exist: no progress records (the status shows no rows "
+                "read until the producer is done)",
+                self.progress_topic,
             )
         resume = find_resume_point(self.kafka, self.bars_topic, self.dead_topic)
         if not resume.empty:
@@ -278,6 +360,7 @@ class Replay:
             )
         total = count_rows(self.source) if self.count_source_rows else 0
         REPLAY_ROWS_TOTAL.labels(self.job).set(total)
+        live.rows_total = total
         producer = Producer({**self.kafka.producer(), "on_delivery": self._on_delivery})
         report = ReplayReport()
         pacer = Pacer(self.pacing)
@@ -285,7 +368,8 @@ class Replay:
         with ExitStack() as stack:
             stream, fraction = open_source(self.source)
             stack.enter_context(stream)
-            progress = _Progress(total, fraction)
+            if self.show_progress:
+                live.printer = _Progress(total, fraction)
             reader = BarReader(
                 stream,
                 source=self.source,
@@ -299,20 +383,16 @@ class Replay:
                 "reading %s: %s; pacing: %s", self.source, reader.layout.describe(), self.pacing
             )
             for chunk in reader:
-                report.rows_read += len(chunk.bars) + len(chunk.rejected) + chunk.out_of_range
                 report.out_of_range += chunk.out_of_range
+                live.rejected += len(chunk.rejected)
                 for row in chunk.rejected:
                     if row.line > resume.last_dead_line:
                         self._dead_letter(producer, row)
                         report.dead_lettered += 1
-                sent, skipped = self._send(producer, chunk.bars, partitions, resume, pacer, started)
-                report.produced += sent
-                report.skipped_already_in_kafka += skipped
+                report.rows_read += len(chunk.rejected) + chunk.out_of_range
+                self._send(producer, chunk.bars, partitions, resume, pacer, started, report)
                 if self._failed:
                     break
-                REPLAY_ROWS_DONE.labels(self.job).set(report.rows_read)
-                if self.show_progress:
-                    progress.tick(report.rows_read)
             remaining = producer.flush(60)
         if self._failed or remaining:
             raise KafkaException(
@@ -320,10 +400,51 @@ class Replay:
                 f": {self._failed[:3]}; restart the producer to resume from what Kafka has"
             )
         report.seconds = time.monotonic() - started
-        if self.show_progress:
-            progress.tick(report.rows_read, force=True)
-        RECORDS_OUT.labels("producer", self.job, self.bars_topic).inc(report.produced)
+        # Every bar is in Kafka: only now may the progress record say done.
+        self._live(producer, report, done=True)
+        if live.progress and producer.flush(10):
+            log.warning("the last progress record was not delivered within 10 s")
         return report
+
+    def _live(self, producer: Producer, report: ReplayReport, *, done: bool = False) -> None:
+        """Bring the metrics up to ``report`` and, once a second (and when ``done``),
+        write a progress record. Called per slice of bars, never per bar."""
+        live = self._live_state
+        now = time.monotonic()
+        live.at = now
+        if report.produced > live.counted:
+            RECORDS_OUT.labels("producer", self.job, self.bars_topic).inc(
+                report.produced - live.counted
+            )
+            live.counted = report.produced
+        if live.bytes > live.bytes_counted:
+            BYTES_OUT.labels("producer", self.job, self.bars_topic).inc(
+                live.bytes - live.bytes_counted
+            )
+            live.bytes_counted = live.bytes
+        REPLAY_ROWS_DONE.labels(self.job).set(report.rows_read)
+        if live.printer is not None:
+            live.printer.tick(report.rows_read, force=done)
+        if not live.progress or (not done and now - live.record_at < PROGRESS_EVERY):
+            return
+        record = progress_record(
+            report, rows_total=live.rows_total, rejected=live.rejected, done=done
+        )
+        if replace(record, updated_at="") == live.recorded:
+            return  # nothing changed (a paced replay waiting): no record
+        try:
+            producer.produce(
+                self.progress_topic,
+                value=record.encode(),
+                key=ProducerProgress.KEY,
+                partition=0,
+                on_delivery=self._on_progress_delivery,
+            )
+        except BufferError:
+            # The local queue is full of bars: the next record will say it. (The last
+            # one, ``done``, comes after flush(), so there is room for it.)
+            return
+        live.record_at, live.recorded = now, replace(record, updated_at="")
 
     def _dead_letter(self, producer: Producer, row: RejectedRow) -> None:
         DEAD_LETTERS.labels(self.job, row.kind).inc()
@@ -356,33 +477,48 @@ class Replay:
         resume: ResumePoint,
         pacer: Pacer,
         started: float,
-    ) -> tuple[int, int]:
-        sent = skipped = size = 0
+        report: ReplayReport,
+    ) -> None:
+        """Send a batch's bars (skipping those already in Kafka), adding them to ``report``.
+
+        In slices of :data:`SLICE_BARS`, with the metrics brought up to date after
+        each slice and, when pacing makes it wait, before a wait (no per-bar cost).
+        """
         paced = self.pacing.mode != "max"
         cache: dict[str, tuple[bytes, int]] = {}
-        for bar in batch.bars():
-            entry = cache.get(bar.symbol)
-            if entry is None:
-                entry = cache[bar.symbol] = (
-                    bar.symbol.encode(),
-                    partition_for(bar.symbol, partitions),
-                )
-            key, partition = entry
-            if resume.bar_done(partition, bar.seq):
-                skipped += 1
-                continue
-            if paced:
-                wait = started + pacer.due(bar.ts_ns) - time.monotonic()
-                if wait > 0.001:
-                    producer.poll(0)
-                    time.sleep(wait)
-            value = codec.encode_bar(bar)
-            self._produce(producer, self.bars_topic, key, value, partition)
-            sent += 1
-            size += len(value)
-        producer.poll(0)
-        BYTES_OUT.labels("producer", self.job, self.bars_topic).inc(size)
-        return sent, skipped
+        bars = batch.bars()
+        live = self._live_state
+        if not len(batch):  # a block of rejected or out-of-range rows only
+            self._live(producer, report)
+        for _ in range(0, len(batch), SLICE_BARS):
+            sent = skipped = size = 0
+            for bar in islice(bars, SLICE_BARS):
+                entry = cache.get(bar.symbol)
+                if entry is None:
+                    entry = cache[bar.symbol] = (
+                        bar.symbol.encode(),
+                        partition_for(bar.symbol, partitions),
+                    )
+                key, partition = entry
+                if resume.bar_done(partition, bar.seq):
+                    skipped += 1
+                    continue
+                if paced:
+                    wait = started + pacer.due(bar.ts_ns) - time.monotonic()
+                    if wait > 0.001:
+                        producer.poll(0)
+                        if time.monotonic() - live.at >= LIVE_EVERY:
+                            _add(report, live, sent, skipped, size)
+                            sent = skipped = size = 0
+                            self._live(producer, report)
+                        time.sleep(wait)
+                value = codec.encode_bar(bar)
+                self._produce(producer, self.bars_topic, key, value, partition)
+                sent += 1
+                size += len(value)
+            producer.poll(0)
+            _add(report, live, sent, skipped, size)
+            self._live(producer, report)
 
 
 def iter_dead_letters(

@@ -1,0 +1,403 @@
+"""The producer's progress record: its topic, its encoding, how the producer keeps it (and its
+metrics) current while it sends, and how the operator reads it into the status. Pure or with
+fakes in place of Kafka."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from prometheus_client import REGISTRY as OPERATOR_REGISTRY
+
+from hftpipe_operator import builders, kafka_facts, metrics
+from hftpipe_operator.spec import ReplayJob, ReplayJobSpec
+from hftpipe_operator.status import Observed, OffsetFacts, ProducerFacts, WorkerFacts, roll_up
+from hftpipe_workers import producer as producer_module
+from hftpipe_workers.bars import Bar
+from hftpipe_workers.contract import PROGRESS_TOPIC_CONFIG, ProducerProgress, Topics
+from hftpipe_workers.csvformat import BarBatch
+from hftpipe_workers.observability import REGISTRY
+from hftpipe_workers.pacing import Pacer, Pacing
+from hftpipe_workers.producer import (
+    SLICE_BARS,
+    Replay,
+    ReplayReport,
+    ResumePoint,
+    _LiveState,
+    progress_record,
+)
+from hftpipe_workers.settings import KafkaSettings
+
+RECORD = ProducerProgress(
+    rows_total=1000,
+    rows_read=400,
+    produced=390,
+    dead_lettered=7,
+    out_of_range=3,
+    done=False,
+    updated_at="2024-05-01T12:00:00.000Z",
+)
+
+# ----------------------------------------------------------------- topic and record
+
+
+def test_the_progress_topic_is_named_like_the_others_and_compacted() -> None:
+    topics = Topics.for_job("btc")
+    assert topics.progress == "hftpipe.btc.progress"
+    assert PROGRESS_TOPIC_CONFIG == {"cleanup.policy": "compact"}
+
+
+def test_a_record_round_trips_as_small_json() -> None:
+    value = RECORD.encode()
+    assert json.loads(value) == {
+        "rows_total": 1000,
+        "rows_read": 400,
+        "produced": 390,
+        "dead_lettered": 7,
+        "out_of_range": 3,
+        "done": False,
+        "updated_at": "2024-05-01T12:00:00.000Z",
+    }
+    assert b" " not in value
+    assert ProducerProgress.decode(value) == RECORD
+    assert ProducerProgress.KEY == b"producer"
+
+
+def test_decoding_ignores_fields_a_newer_producer_adds() -> None:
+    doc = {**json.loads(RECORD.encode()), "bytes": 123}
+    assert ProducerProgress.decode(json.dumps(doc).encode()) == RECORD
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        b"",
+        b"not json",
+        b"\xff\xfe",
+        b"[1, 2]",
+        json.dumps({**json.loads(RECORD.encode()), "rows_read": -1}).encode(),
+        json.dumps({**json.loads(RECORD.encode()), "rows_read": True}).encode(),
+        json.dumps({**json.loads(RECORD.encode()), "rows_read": 1.5}).encode(),
+        json.dumps({**json.loads(RECORD.encode()), "done": 1}).encode(),
+        json.dumps({k: v for k, v in json.loads(RECORD.encode()).items() if k != "produced"}),
+    ],
+)
+def test_decoding_refuses_what_is_not_a_progress_record(value: bytes | str | None) -> None:
+    raw = value.encode() if isinstance(value, str) else value
+    with pytest.raises(ValueError, match="progress record"):
+        ProducerProgress.decode(raw)
+
+
+def test_the_record_of_a_report_counts_the_source_so_far() -> None:
+    report = ReplayReport(
+        produced=300, skipped_already_in_kafka=90, dead_lettered=2, out_of_range=3, rows_read=400
+    )
+    record = progress_record(report, rows_total=1000, rejected=7)
+    # Bars of the source in the topic: this run's and those an earlier run sent.
+    assert replace(record, updated_at="") == replace(RECORD, updated_at="")
+    assert record.updated_at.endswith("Z")
+    sent_at = datetime.fromisoformat(record.updated_at)
+    assert abs((datetime.now(UTC) - sent_at).total_seconds()) < 60
+    assert progress_record(report, rows_total=1000, rejected=7, done=True).done
+
+
+# --------------------------------------------------------- the producer, live
+
+
+class FakeProducer:
+    """Records what is produced; never full."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, bytes | None, bytes, dict[str, Any]]] = []
+
+    def produce(self, topic: str, *, value: bytes, key: bytes | None, **kwargs: Any) -> None:
+        self.records.append((topic, key, value, kwargs))
+
+    def poll(self, _timeout: float = 0) -> int:
+        return 0
+
+    def on(self, topic: str) -> list[tuple[bytes | None, bytes, dict[str, Any]]]:
+        return [(k, v, kw) for t, k, v, kw in self.records if t == topic]
+
+
+def _sample(name: str, labels: dict[str, str]) -> float:
+    value = REGISTRY.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+def _batch(n: int) -> BarBatch:
+    start, minute = 1_700_000_000_000_000_000, 60_000_000_000
+    return BarBatch.from_bars(
+        [Bar("BTCUSDT", start + i * minute, 1.0, 2.0, 0.5, 1.5, 10.0, i, i + 2) for i in range(n)]
+    )
+
+
+def _replay(job: str) -> Replay:
+    return Replay(
+        job=job,
+        source="unused.csv",
+        bars_topic=Topics.for_job(job).bars,
+        dead_topic=Topics.for_job(job).deadletter,
+        kafka=KafkaSettings(),
+        pacing=Pacing("max"),
+        progress=False,
+    )
+
+
+def test_the_producer_counts_records_out_per_slice_and_writes_progress(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    job = "live-slices"
+    replay = _replay(job)
+    replay._live_state = _LiveState(progress=True, rows_total=3 * SLICE_BARS)
+    fake = FakeProducer()
+    counted: list[tuple[float, float]] = []
+    real_live = Replay._live
+
+    def spy(self: Replay, producer: Producer, report: ReplayReport, *, done: bool = False) -> None:
+        real_live(self, producer, report, done=done)
+        counted.append(
+            (
+                _sample(
+                    "hftpipe_records_out_total",
+                    {"worker": "producer", "job": job, "sink": self.bars_topic},
+                ),
+                _sample("hftpipe_replay_rows_done", {"job": job}),
+            )
+        )
+
+    monkeypatch.setattr(Replay, "_live", spy)
+    report = ReplayReport()
+    n = 2 * SLICE_BARS + 5
+    replay._send(
+        cast(Producer, fake),
+        _batch(n),
+        3,
+        ResumePoint(last_seq={producer_module.partition_for("BTCUSDT", 3): 4}),
+        Pacer(Pacing("max")),
+        time.monotonic(),
+        report,
+    )
+    # Three slices: the counter and the gauge move after each, not once at the end.
+    assert counted == [
+        (SLICE_BARS - 5, SLICE_BARS),
+        (2 * SLICE_BARS - 5, 2 * SLICE_BARS),
+        (n - 5, n),
+    ]
+    assert (report.produced, report.skipped_already_in_kafka, report.rows_read) == (n - 5, 5, n)
+    assert len(fake.on(replay.bars_topic)) == n - 5
+    # One progress record in the first second, keyed for compaction, to partition 0.
+    (progress,) = fake.on(replay.progress_topic)
+    key, value, kwargs = progress
+    assert key == ProducerProgress.KEY
+    assert kwargs["partition"] == 0
+    assert ProducerProgress.decode(value).rows_read == SLICE_BARS
+    assert ProducerProgress.decode(value).rows_total == 3 * SLICE_BARS
+    bytes_out = _sample(
+        "hftpipe_bytes_out_total", {"worker": "producer", "job": job, "sink": replay.bars_topic}
+    )
+    assert bytes_out > 0
+
+    # The last record says done, even right after another one.
+    real_live(replay, cast(Producer, fake), report, done=True)
+    last = ProducerProgress.decode(fake.on(replay.progress_topic)[-1][1])
+    assert (last.done, last.rows_read, last.produced) == (True, n, n)
+
+
+def test_no_progress_record_without_the_topic_or_without_change() -> None:
+    replay = _replay("live-quiet")
+    fake = FakeProducer()
+    report = ReplayReport(rows_read=10, produced=10)
+    replay._live_state = _LiveState(progress=False)
+    replay._live(cast(Producer, fake), report, done=True)
+    assert fake.records == []
+
+    replay._live_state = _LiveState(progress=True)
+    replay._live(cast(Producer, fake), report)
+    replay._live_state.record_at = float("-inf")  # a second later...
+    replay._live(cast(Producer, fake), report)  # ...but nothing changed: no record
+    assert len(fake.records) == 1
+
+
+# -------------------------------------------------------------- the operator side
+
+
+class FakeConsumer:
+    """Serves one partition's last record, as the operator's consumer would read it."""
+
+    def __init__(self, watermarks: tuple[int, int], value: bytes | None) -> None:
+        self.watermarks, self.value = watermarks, value
+        self.assigned: list[TopicPartition] = []
+        self.unassigned = False
+
+    def get_watermark_offsets(self, _tp: TopicPartition, timeout: float) -> tuple[int, int]:
+        return self.watermarks
+
+    def assign(self, partitions: list[TopicPartition]) -> None:
+        self.assigned = partitions
+
+    def unassign(self) -> None:
+        self.unassigned = True
+
+    def poll(self, _timeout: float) -> Any:
+        if self.value is None:
+            return None
+        value, topic, offset = self.value, self.assigned[0].topic, self.assigned[0].offset
+
+        class Message:
+            def error(self) -> None:
+                return None
+
+            def topic(self) -> str:
+                return topic
+
+            def offset(self) -> int:
+                return offset
+
+            def value(self) -> bytes:
+                return value
+
+        return Message()
+
+
+def test_the_operator_reads_the_last_record_of_partition_0() -> None:
+    fake = FakeConsumer((0, 42), RECORD.encode())
+    topic = Topics.for_job("btc").progress
+    got = kafka_facts.last_progress(cast(Consumer, fake), topic, [0], timeout=1)
+    assert got == RECORD
+    (tp,) = fake.assigned
+    assert (tp.topic, tp.partition, tp.offset) == (topic, 0, 41)
+    assert fake.unassigned
+
+
+@pytest.mark.parametrize(
+    ("partitions", "watermarks", "value"),
+    [
+        ([], (0, 5), RECORD.encode()),  # no progress topic
+        ([0], (0, 0), RECORD.encode()),  # no record yet
+        ([0], (7, 7), RECORD.encode()),  # none left
+        ([0], (0, 5), b"garbage"),  # not a progress record
+        ([0], (0, 5), None),  # nothing arrives within the timeout
+    ],
+)
+def test_the_operator_gets_none_without_a_readable_record(
+    partitions: list[int], watermarks: tuple[int, int], value: bytes | None
+) -> None:
+    fake = FakeConsumer(watermarks, value)
+    topic = Topics.for_job("btc").progress
+    assert kafka_facts.last_progress(cast(Consumer, fake), topic, partitions, timeout=0.2) is None
+
+
+def test_deleting_a_jobs_topics_includes_its_progress_topic(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    asked: list[str] = []
+
+    class Admin:
+        def __init__(self, _config: Any) -> None: ...
+
+        def delete_topics(self, names: list[str], **_: Any) -> dict[str, Any]:
+            asked.extend(names)
+
+            class Done:
+                def result(self, timeout: float) -> None:
+                    return None
+
+            return {name: Done() for name in names}
+
+    monkeypatch.setattr(kafka_facts, "AdminClient", Admin)
+    deleted = kafka_facts.delete_topics({}, "btc", 1)
+    topics = Topics.for_job("btc")
+    assert deleted == asked == [topics.bars, topics.metrics, topics.deadletter, topics.progress]
+
+
+def test_the_strimzi_progress_topic_is_a_compacted_kafkatopic() -> None:
+    job = ReplayJob(
+        "btc",
+        "markets",
+        ReplayJobSpec.model_validate(
+            {
+                "source": {"url": "/data/btc.csv"},
+                "kafka": {"strimziCluster": {"name": "events"}},
+                "redis": {"url": "redis://redis:6379/0"},
+            }
+        ),
+    )
+    by_name = {t["metadata"]["name"]: t for t in builders.build_topic_kafkatopics(job)}
+    progress = by_name[Topics.for_job("btc").progress]
+    assert progress["spec"] == {"partitions": 1, "replicas": 1, "config": PROGRESS_TOPIC_CONFIG}
+    assert "config" not in by_name[Topics.for_job("btc").bars]["spec"]
+
+
+def test_the_status_shows_rows_in_the_source_and_rows_read_from_the_record() -> None:
+    job = ReplayJob(
+        "btc",
+        "markets",
+        ReplayJobSpec.model_validate(
+            {
+                "source": {"url": "/data/btc.csv"},
+                "kafka": {"bootstrapServers": "kafka:9092"},
+                "redis": {"url": "redis://redis:6379/0"},
+            }
+        ),
+    )
+    offsets = OffsetFacts(
+        bars_end={0: 390},
+        metrics_end={0: 195},
+        processor={0: 195},
+        loader_bars={0: 195},
+        loader_metrics={0: 195},
+        producer_progress=RECORD,
+    )
+    progress = offsets.producer_progress
+    assert progress is not None
+    producer = ProducerFacts.from_job(
+        {"status": {"active": 1}}, rows_total=progress.rows_total, rows_read=progress.rows_read
+    )
+    ready = WorkerFacts(exists=True, desired=1, ready=1)
+    now = datetime(2024, 5, 1, 12, tzinfo=UTC)
+    status = roll_up(
+        job,
+        Observed(
+            now=now, generation=1, producer=producer, processor=ready, loader=ready, offsets=offsets
+        ),
+    )
+    assert status.progress is not None
+    assert (status.progress.rows_total, status.progress.rows_read) == (1000, 400)
+    # 40% read, half of it through the pipeline.
+    assert status.progress.percent == "20.0%"
+    dumped = status.to_patch()["progress"]
+    assert (dumped["rowsTotal"], dumped["rowsRead"]) == (1000, 400)
+
+
+# ------------------------------------------------------------------ phase metric
+
+
+def _phase(namespace: str, job: str, phase: str) -> float | None:
+    return OPERATOR_REGISTRY.get_sample_value(
+        "hftpipe_operator_job_phase", {"namespace": namespace, "job": job, "phase": phase}
+    )
+
+
+def test_the_phase_of_each_job_is_one_for_its_phase_and_gone_with_the_job() -> None:
+    book = metrics.PhaseBook()
+    book.set("phase-ns", "a", "Running")
+    book.set("phase-ns", "b", "Failed")
+    book.export()
+    assert _phase("phase-ns", "a", "Running") == 1
+    assert _phase("phase-ns", "a", "Pending") == 0
+    assert _phase("phase-ns", "b", "Failed") == 1
+    assert {p: _phase("phase-ns", "a", p) for p in metrics.PHASES} == {
+        "Pending": 0, "Running": 1, "Succeeded": 0, "Failed": 0, "Suspended": 0
+    }  # fmt: skip
+    book.set("phase-ns", "a", "Succeeded")
+    book.forget("phase-ns", "b")
+    book.export()
+    assert (_phase("phase-ns", "a", "Running"), _phase("phase-ns", "a", "Succeeded")) == (0, 1)
+    assert all(_phase("phase-ns", "b", p) is None for p in metrics.PHASES)
