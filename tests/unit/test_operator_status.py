@@ -477,3 +477,99 @@ def test_patch_clears_stale_fields_and_leaves_kopf_alone() -> None:
 def test_backoff_doubles_up_to_the_cap(attempt: int, delay: float) -> None:
     policy = RestartPolicy(backoff_seconds=10, max_backoff_seconds=300)
     assert backoff_delay(policy, attempt) == delay
+
+
+# ------------------------------------------------- why a job does not move
+
+
+def _pod(name: str, **status: Any) -> dict[str, Any]:
+    return {"metadata": {"name": name}, "status": status}
+
+
+def test_pod_problems_name_the_pod_and_kubernetes_reason() -> None:
+    pods = [
+        _pod("p-1", conditions=[{"type": "PodScheduled", "status": "False",
+                                 "reason": "Unschedulable", "message": "0/3 nodes: cpu"}]),
+        _pod("p-2", containerStatuses=[{"state": {"waiting": {
+            "reason": "CreateContainerConfigError", "message": 'secret "redis" not found'}}}]),
+        _pod("p-3", containerStatuses=[{"state": {"waiting": {"reason": "ContainerCreating"}}}]),
+    ]  # fmt: skip
+    facts = WorkerFacts.from_deployment({"spec": {"replicas": 3}, "status": {}}, pods)
+    assert facts.problems == (
+        "pod p-1: Unschedulable: 0/3 nodes: cpu",
+        'pod p-2: CreateContainerConfigError: secret "redis" not found',
+    )
+
+
+def test_a_failed_producer_quotes_the_exit_code_and_last_log_line() -> None:
+    failed_job = {
+        "status": {
+            "failed": 2,
+            "conditions": [
+                {
+                    "type": "Failed",
+                    "status": "True",
+                    "reason": "BackoffLimitExceeded",
+                    "message": "Job has reached the specified backoff limit",
+                }
+            ],
+        }
+    }
+    pods = [
+        _pod("old", containerStatuses=[{"state": {"terminated": {
+            "exitCode": 1, "finishedAt": "2024-05-01T11:00:00Z", "message": "old error"}}}]),
+        _pod("new", containerStatuses=[{"state": {"terminated": {
+            "exitCode": 2, "finishedAt": "2024-05-01T11:05:00Z",
+            "message": "starting\nerror: no such file: /data/btc.csv"}}}]),
+    ]  # fmt: skip
+    producer = ProducerFacts.from_job(failed_job, pods=pods)
+    assert producer.last_exit == "exit code 2: error: no such file: /data/btc.csv"
+    status = roll_up(job(), observe(producer=producer))
+    assert status.phase == "Failed"
+    failed = status.condition("Failed")
+    assert failed is not None
+    assert failed.reason == "BackoffLimitExceeded"
+    assert "last pod: exit code 2: error: no such file: /data/btc.csv" in (failed.message or "")
+    progressing = status.condition("Progressing")
+    assert progressing is not None
+    assert (progressing.status, progressing.reason) == ("False", "Failed")
+
+
+def test_progressing_while_running_and_not_once_complete() -> None:
+    running = roll_up(job(), observe())
+    progressing = running.condition("Progressing")
+    assert progressing is not None
+    assert (running.phase, progressing.status, progressing.reason) == (
+        "Running", "True", "Replaying",
+    )  # fmt: skip
+    assert "lag" in (progressing.message or "")
+
+
+def test_a_job_pending_too_long_says_why() -> None:
+    stuck_pod = _pod("btc-processor-1", containerStatuses=[{"state": {"waiting": {
+        "reason": "ImagePullBackOff", "message": "pull access denied"}}}])  # fmt: skip
+    processor = WorkerFacts.from_deployment(
+        {"spec": {"replicas": 2}, "status": {"readyReplicas": 0}}, [stuck_pod]
+    )
+    first = roll_up(job(), observe(processor=processor), pending_timeout=300)
+    assert first.phase == "Pending"
+    ready = first.condition("Ready")
+    assert ready is not None
+    assert ready.reason == "WorkersNotReady"
+    assert "ImagePullBackOff: pull access denied" in (ready.message or "")
+    progressing = first.condition("Progressing")
+    assert progressing is not None
+    assert (progressing.status, progressing.reason) == ("True", "Starting")
+
+    later = roll_up(
+        job(), observe(now=T0 + timedelta(seconds=301), processor=processor), first,
+        pending_timeout=300,
+    )  # fmt: skip
+    ready = later.condition("Ready")
+    progressing = later.condition("Progressing")
+    assert ready is not None
+    assert progressing is not None
+    assert ready.reason == "PendingTooLong"
+    assert "Pending for more than 300 s" in (ready.message or "")
+    assert "ImagePullBackOff" in (ready.message or "")
+    assert (progressing.status, progressing.reason) == ("False", "PendingTooLong")

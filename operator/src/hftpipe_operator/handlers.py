@@ -24,6 +24,8 @@ from typing import Any, Final
 
 import kopf
 import redis
+from kubernetes.client.exceptions import ApiException
+from kubernetes.dynamic.exceptions import DynamicApiError
 from prometheus_client import start_http_server
 from pydantic import ValidationError
 
@@ -52,6 +54,7 @@ from .status import (
     ProducerFacts,
     ReplayJobStatus,
     WorkerFacts,
+    backoff_delay,
     roll_up,
 )
 
@@ -215,14 +218,28 @@ def _measured() -> Iterator[None]:
 @kopf.on.resume(*RESOURCE)
 @kopf.on.create(*RESOURCE)
 @kopf.on.update(*RESOURCE)
-def reconcile(body: kopf.Body, status: kopf.Status, memo: Any, logger: Log, **_: Any) -> None:
+def reconcile(
+    body: kopf.Body, status: kopf.Status, memo: Any, logger: Log, retry: int, **_: Any
+) -> None:
     """ReplayJob created, changed or seen at start -> every child created or patched."""
     with _measured():
         job = _job(body)
         kube = _kube(memo)
         complete = status.get("phase") == "Succeeded"
-        for manifest in _desired(job, body, kube, complete=complete):
-            ensure(kube, manifest, logger)
+        try:
+            for manifest in _desired(job, body, kube, complete=complete):
+                ensure(kube, manifest, logger)
+        except (ApiException, DynamicApiError) as exc:
+            # The API refused a child (RBAC, a quota, admission): retry with the
+            # job's own backoff (restartPolicy.backoffSeconds, doubling, capped)
+            # rather than kopf's fixed 60 s; the Event says what was refused.
+            delay = backoff_delay(job.spec.restart_policy, retry)
+            reason = getattr(exc, "reason", None) or type(exc).__name__
+            summary = getattr(exc, "summary", None)
+            detail = summary() if callable(summary) else str(exc).splitlines()[0]
+            raise kopf.TemporaryError(
+                f"{reason}: {detail} (attempt {retry + 1}, next in {delay:.0f} s)", delay=delay
+            ) from exc
 
 
 # --------------------------------------------------------------------------- observe
@@ -287,6 +304,9 @@ def observe(kube: Kube, job: ReplayJob, generation: int) -> tuple[Observed, Kafk
             kube.get("batch/v1", "Job", job.namespace, names.producer),
             rows_total=progress.rows_total if progress is not None else None,
             rows_read=progress.rows_read if progress is not None else None,
+            pods=kube.list(
+                "v1", "Pod", job.namespace, labels.selector_labels(job.name, "producer")
+            ),
         ),
         processor=_worker(kube, job, names.processor, "processor"),
         loader=_worker(kube, job, names.loader, "loader"),
@@ -310,11 +330,19 @@ def update_status(
     kube = _kube(memo)
     previous = _previous(status)
     observed, reading = observe(kube, job, int(meta.get("generation") or 0))
-    new = roll_up(job, observed, previous)
+    new = roll_up(job, observed, previous, pending_timeout=SETTINGS.pending_timeout)
     new = with_condition(new, kafka_condition(reading, observed.now, observed.generation, previous))
     phase = new.phase or "Pending"
     PHASES.set(job.namespace, job.name, phase)
     PHASES.export()
+    ready = new.condition(READY)
+    was = previous.condition(READY) if previous else None
+    if (
+        ready is not None
+        and ready.reason == "PendingTooLong"
+        and (was is None or was.reason != "PendingTooLong")
+    ):
+        kopf.warn(body, reason="PendingTooLong", message=ready.message or "")
     event = phase_event(previous.phase if previous else None, phase)
     if event is not None:
         warning, text = event

@@ -42,6 +42,10 @@ class OperatorSettings(BaseSettings):
     status_interval: float = Field(default=10.0, gt=0)
     """Seconds between two observations of a job (its status updates)."""
 
+    pending_timeout: float = Field(default=300.0, gt=0)
+    """Seconds a job may stay Pending before its status says it is stuck, and why
+    (unschedulable pods, a missing Secret, an image that cannot be pulled)."""
+
     kafka_timeout: float = Field(default=3.0, gt=0)
     """Seconds each Kafka request of an observation or clean-up may take."""
 

@@ -49,11 +49,15 @@ READY: Final = "Ready"
 """Every worker that should run is running and ready."""
 COMPLETE: Final = "Complete"
 """The whole file has been replayed, processed and loaded."""
+PROGRESSING: Final = "Progressing"
+"""The job is starting or replaying: it is expected to move forward on its own."""
+PENDING_TIMEOUT: Final = 300.0
+"""Seconds a job may stay Pending before its Ready condition says it is stuck, and why."""
 FAILED: Final = "Failed"
 """A worker failed for good (see ``lastFailure``)."""
 SUSPENDED: Final = "Suspended"
 """``spec.suspend`` stopped the workers."""
-CONDITION_TYPES: Final = (READY, COMPLETE, FAILED, SUSPENDED)
+CONDITION_TYPES: Final = (READY, PROGRESSING, COMPLETE, FAILED, SUSPENDED)
 
 
 class StatusModel(ApiModel):
@@ -195,6 +199,49 @@ class ReplayJobStatus(StatusModel):
 # --------------------------------------------------------------------------- facts
 
 
+_NORMAL_WAITING: Final = frozenset({"ContainerCreating", "PodInitializing"})
+
+
+def pod_problems(pods: Iterable[Mapping[str, Any]]) -> tuple[str, ...]:
+    """Why pods are not running, in Kubernetes' own words: unschedulable pods and
+    containers waiting for a reason other than being created (a missing Secret, an
+    image that cannot be pulled, a crash loop)."""
+    problems: list[str] = []
+    for pod in pods:
+        name = (pod.get("metadata") or {}).get("name", "?")
+        status = pod.get("status") or {}
+        for condition in status.get("conditions") or ():
+            if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+                problems.append(
+                    f"pod {name}: {condition.get('reason') or 'Unschedulable'}: "
+                    f"{condition.get('message') or 'not scheduled'}"
+                )
+        for container in status.get("containerStatuses") or ():
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            reason = waiting.get("reason")
+            if reason and reason not in _NORMAL_WAITING:
+                message = waiting.get("message") or ""
+                problems.append(f"pod {name}: {reason}" + (f": {message}" if message else ""))
+    return tuple(problems)
+
+
+def last_exit(pods: Iterable[Mapping[str, Any]]) -> str:
+    """The newest failed container's exit code and termination message (its log tail)."""
+    newest: tuple[str, str] = ("", "")
+    for pod in pods:
+        for container in (pod.get("status") or {}).get("containerStatuses") or ():
+            for state in (container.get("state") or {}, container.get("lastState") or {}):
+                terminated = state.get("terminated") or {}
+                if terminated.get("exitCode") not in (None, 0):
+                    finished = str(terminated.get("finishedAt") or "")
+                    text = (terminated.get("message") or "").strip().splitlines()
+                    detail = f"exit code {terminated['exitCode']}" + (
+                        f": {text[-1][:300]}" if text else ""
+                    )
+                    newest = max(newest, (finished, detail))
+    return newest[1]
+
+
 @dataclass(frozen=True)
 class ProducerFacts:
     """The producer's Job and the row counts of its progress record (the progress topic)."""
@@ -211,6 +258,10 @@ class ProducerFacts:
     """Data rows in the source (0 or None until counted): the progress record's ``rows_total``."""
     rows_read: int | None = None
     """Source rows the producer has handled: the progress record's ``rows_read``."""
+    problems: tuple[str, ...] = ()
+    """Why its pod does not run (see :func:`pod_problems`)."""
+    last_exit: str = ""
+    """Exit code and last log line of its newest failed pod."""
 
     @classmethod
     def from_job(
@@ -219,6 +270,7 @@ class ProducerFacts:
         *,
         rows_total: int | None = None,
         rows_read: int | None = None,
+        pods: Iterable[Mapping[str, Any]] = (),
     ) -> ProducerFacts:
         """From a ``batch/v1`` Job as the API returns it (``None``: not created yet) and
         the row counts of the producer's progress record (``None``: no record)."""
@@ -239,6 +291,8 @@ class ProducerFacts:
             start_time=status.get("startTime"),
             rows_total=rows_total,
             rows_read=rows_read,
+            problems=pod_problems(pods := list(pods)),
+            last_exit=last_exit(pods),
         )
 
 
@@ -250,6 +304,8 @@ class WorkerFacts:
     desired: int = 0
     ready: int = 0
     restarts: int = 0
+    problems: tuple[str, ...] = ()
+    """Why its pods do not run (see :func:`pod_problems`)."""
 
     @classmethod
     def from_deployment(
@@ -258,6 +314,7 @@ class WorkerFacts:
         """From an ``apps/v1`` Deployment and its pods as the API returns them."""
         if deployment is None:
             return cls()
+        pods = list(pods)
         restarts = sum(
             int(cs.get("restartCount") or 0)
             for pod in pods
@@ -268,6 +325,7 @@ class WorkerFacts:
             desired=int((deployment.get("spec") or {}).get("replicas") or 0),
             ready=int((deployment.get("status") or {}).get("readyReplicas") or 0),
             restarts=restarts,
+            problems=pod_problems(pods),
         )
 
     @property
@@ -452,8 +510,11 @@ def _failure(job: ReplayJob, observed: Observed) -> tuple[FailedComponent, str, 
         return (
             "producer",
             producer.failure_reason or "JobFailed",
-            producer.failure_message
-            or f"the producer Job failed after {producer.failed_pods} failed pod(s)",
+            (
+                producer.failure_message
+                or f"the producer Job failed after {producer.failed_pods} failed pod(s)"
+            )
+            + (f"; last pod: {producer.last_exit}" if producer.last_exit else ""),
         )
     limit = job.spec.restart_policy.max_restarts
     workers: tuple[tuple[Worker, WorkerFacts], ...] = (
@@ -523,8 +584,65 @@ def _condition(
     )
 
 
+def _pending_since(previous: ReplayJobStatus | None) -> datetime | None:
+    ready = previous.condition(READY) if previous else None
+    if ready is None or ready.status != "False" or ready.last_transition_time is None:
+        return None
+    return parse_timestamp(ready.last_transition_time)
+
+
+def _explain(
+    phase: Phase,
+    ready_reason: str,
+    readiness: str,
+    failure: tuple[FailedComponent, str, str] | None,
+    progress: Progress | None,
+    observed: Observed,
+    previous: ReplayJobStatus | None,
+    pending_timeout: float,
+) -> tuple[str, str, tuple[bool, str, str]]:
+    """(Ready reason, Ready message, Progressing (status, reason, message)).
+
+    A Pending job says why its pods do not run, and after ``pending_timeout``
+    seconds that it is stuck (PendingTooLong) rather than still starting.
+    """
+    problems = observed.producer.problems + observed.processor.problems + observed.loader.problems
+    if problems and phase == "Pending":
+        readiness = f"{readiness}; " + "; ".join(problems[:3])
+    since = _pending_since(previous)
+    stuck = (
+        phase == "Pending"
+        and since is not None
+        and (observed.now - since).total_seconds() > pending_timeout
+    )
+    if stuck:
+        ready_reason = "PendingTooLong"
+        readiness = f"Pending for more than {pending_timeout:.0f} s: {readiness}"
+
+    if phase == "Succeeded":
+        progressing = (False, "Complete", "every row went through the pipeline")
+    elif failure is not None:
+        progressing = (False, "Failed", f"{failure[0]}: {failure[2]}")
+    elif phase == "Suspended":
+        progressing = (False, "Suspended", "spec.suspend is true")
+    elif stuck:
+        progressing = (False, "PendingTooLong", readiness)
+    elif phase == "Running":
+        done = progress.percent if progress and progress.percent else "?"
+        lag = progress.lag if progress and progress.lag is not None else "?"
+        progressing = (True, "Replaying", f"{done} through the pipeline, lag {lag}")
+    else:
+        progressing = (True, "Starting", readiness)
+
+    return ready_reason, readiness, progressing
+
+
 def roll_up(
-    job: ReplayJob, observed: Observed, previous: ReplayJobStatus | None = None
+    job: ReplayJob,
+    observed: Observed,
+    previous: ReplayJobStatus | None = None,
+    *,
+    pending_timeout: float = PENDING_TIMEOUT,
 ) -> ReplayJobStatus:
     """The status that ``observed`` and the previous status imply (pure)."""
     before = previous.progress if previous else None
@@ -548,6 +666,17 @@ def roll_up(
     else:
         phase = "Pending"
 
+    ready_reason, readiness, progressing = _explain(
+        phase,
+        _ready_reason(ready=ready, complete=complete, suspended=suspended),
+        readiness,
+        failure,
+        progress,
+        observed,
+        previous,
+        pending_timeout,
+    )
+
     last_failure = previous.last_failure if previous else None
     if failure is not None:
         component, reason, message = failure
@@ -567,10 +696,11 @@ def roll_up(
             previous,
             READY,
             ready and not complete and not suspended,
-            _ready_reason(ready=ready, complete=complete, suspended=suspended),
+            ready_reason,
             readiness,
             observed,
         ),
+        _condition(previous, PROGRESSING, *progressing, observed),
         _condition(
             previous,
             COMPLETE,
