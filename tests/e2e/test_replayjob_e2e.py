@@ -264,6 +264,9 @@ def test_a_replayjob_runs_to_complete_from_the_operators_pod_specs(
     assert conditions["Complete"] == "True"
     assert conditions.get("Failed", "False") == "False"
     printed = _kubectl(env, "get", "replayjobs", "-n", namespace)
+    (REPO / "tests/e2e/.last-get.txt").write_text(
+        printed + _kubectl(env, "get", "replayjobs", "-n", namespace, "-o", "wide")
+    )
     assert printed.split()[:5] == ["NAME", "PHASE", "PROGRESS", "LAG", "AGE"], printed
 
     # Redis holds the right metrics for every bar, against an independent pandas oracle.
