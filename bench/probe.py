@@ -9,9 +9,10 @@ subclass adds timing only:
   excludes start-up, the consumer group's join and the idle wait with which
   ``--until-caught-up`` decides it is done;
 - with ``--latency``, for every bar, Redis-commit time minus the bar's Kafka
-  record timestamp (the producer's send time), taken the moment the batch's
-  MULTI/EXEC returns: the definition of ``hftpipe_event_to_redis_seconds``, but
-  every value kept, so p50/p99 are exact instead of bucket bounds;
+  record timestamp (the producer's send time), taken the moment the reply of
+  the MULTI/EXEC that wrote it is read: the definition of
+  ``hftpipe_event_to_redis_seconds``, but every value kept, so p50/p99 are
+  exact instead of bucket bounds;
 - per batch: its size, the time spent in ``consume()`` before it, and the time
   to process it; with ``--latency`` also, per bar, how long it waited before its
   batch started (so a latency splits into queueing and processing);
@@ -22,9 +23,11 @@ subclass adds timing only:
 
 It prints one JSON line ``{"event": "assigned"}`` once it owns the bars
 partitions (the suite starts the producer only then) and writes the results to
-``--result``. The subclass hooks ``_on_assign``, ``_process`` and
-``_commit_to_redis``: if those are renamed, this fails at once rather than
-measuring something else.
+``--result``. The subclass hooks ``_on_assign``, ``_process`` (a consumed batch),
+``_process_slice`` (the part of it one Redis transaction commits) and
+``_confirm_commit`` (that transaction's reply has been read: its bars are in
+Redis): if those are renamed, this fails at once rather than measuring
+something else.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
-from hftpipe_workers.processor import Processor, ProcessorReport
+from hftpipe_workers.processor import Processor, ProcessorReport, _Partition
 from hftpipe_workers.settings import KafkaProfile, KafkaSettings, RedisSettings
 
 from .stats import batch_summary, classify_stack, latency_summary
@@ -130,7 +133,7 @@ class TimedProcessor(Processor):
         self.first_batch = threading.Event()
         self._batch_start = 0.0
         self.rss: list[tuple[int, int]] = []
-        self._pending: list[Message] = []
+        self._slice_started: dict[int, float] = {}  # per slice in flight: its batch's start
         self._first_send_ms: int | None = None
         self._announced = False
         self._next_sample = 0.0
@@ -156,11 +159,9 @@ class TimedProcessor(Processor):
             self._next_progress = now + self.progress_every
             self.first_batch.set()
         waited = now - self.last_end if self.last_end else 0.0
-        self._pending = msgs
         self._batch_start = now
         super()._process(partition, msgs, producer, report)
         self.last_end = time.time()
-        self._pending = []  # do not keep a batch alive longer than the processor does
         self.batches.append((len(msgs), waited, self.last_end - now))
         self.bars_done = report.bars_in
         if self.last_end >= self._next_sample:
@@ -181,21 +182,36 @@ class TimedProcessor(Processor):
         if report.bars_in >= self.expect_bars:
             self.stop.set()
 
-    def _commit_to_redis(
-        self, partition: int, part: Any, docs: list[Any], next_offset: int
+    def _process_slice(
+        self,
+        partition: int,
+        part: _Partition,
+        msgs: list[Message],
+        producer: Producer | None,
+        report: ProcessorReport,
     ) -> None:
-        super()._commit_to_redis(partition, part, docs, next_offset)
-        if not self.collect_latency:
+        self._slice_started[id(msgs)] = self._batch_start
+        super()._process_slice(partition, part, msgs, producer, report)
+
+    def _confirm_commit(self) -> None:
+        """The moment a transaction's reply is read: its bars are committed."""
+        pending = self._pending
+        super()._confirm_commit()
+        if pending is None:
             return
         committed = time.time()
-        if self._first_send_ms is None and self._pending:
-            self._first_send_ms = self._pending[0].timestamp()[1]
-        warmup_end_ms = (self._first_send_ms or 0) + self.warmup_seconds * 1000
-        for msg in self._pending:
+        self.last_end = max(self.last_end, committed)
+        batch_start = self._slice_started.pop(id(pending.msgs), self._batch_start)
+        if not self.collect_latency:
+            return
+        if self._first_send_ms is None:
+            self._first_send_ms = pending.msgs[0].timestamp()[1]
+        warmup_end_ms = self._first_send_ms + self.warmup_seconds * 1000
+        for msg in pending.msgs:
             sent_ms = msg.timestamp()[1]
             if sent_ms >= warmup_end_ms:
                 self.latencies.append(committed - sent_ms / 1000)
-                self.queued.append(self._batch_start - sent_ms / 1000)
+                self.queued.append(batch_start - sent_ms / 1000)
 
 
 def main(argv: list[str] | None = None) -> int:

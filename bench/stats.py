@@ -393,24 +393,40 @@ PROFILE_PARTS: Final[tuple[ProfilePart, ...]] = (
     ("processor loop total (Processor.run)", ((_PROC, "run"),)),
     ("Kafka consume() (waits for fetches, builds messages)", (("~", "'consume' of"),)),
     (
-        "decode bars (codec.decode_bar: orjson + validation)",
-        (("hftpipe_workers/codec.py", "decode_bar"),),
+        "decode bars (codec.decode_bars: orjson + validation)",
+        (("hftpipe_workers/codec.py", "decode_bar"), ("hftpipe_workers/codec.py", "decode_bars")),
     ),
-    ("rolling metrics (MetricsEngine.update)", (("hftpipe_workers/metrics.py", "update"),)),
     (
-        "metrics documents / messages built per bar",
-        ((_PROC, "metrics_document"), ("hftpipe_workers/codec.py", "encode_bar_metrics")),
+        "rolling metrics (MetricsEngine.update_columns)",
+        (
+            ("hftpipe_workers/metrics.py", "update"),
+            ("hftpipe_workers/metrics.py", "update_columns"),
+        ),
     ),
-    ("Redis transaction (_commit_to_redis, all of it)", ((_PROC, "_commit_to_redis"),)),
+    (
+        "metrics messages (codec.encode_metrics_columns)",
+        (
+            (_PROC, "metrics_document"),
+            ("hftpipe_workers/codec.py", "encode_bar_metrics"),
+            ("hftpipe_workers/codec.py", "encode_metrics_columns"),
+        ),
+    ),
+    (
+        "Redis transaction (_commit_to_redis: build, send, read the previous reply)",
+        ((_PROC, "_commit_to_redis"),),
+    ),
     (
         "... of which engine snapshot (MetricsEngine.snapshot)",
         (("hftpipe_workers/metrics.py", "snapshot"),),
     ),
-    ("... of which redis-py pipeline execute (network + Redis)", (("redis/client.py", "execute"),)),
+    (
+        "Redis replies, all (redis-py read_response: waiting for Redis + parsing)",
+        (("redis/client.py", "execute"), ("redis/connection.py", "read_response")),
+    ),
     ("publish metrics topic (_publish)", ((_PROC, "_publish"),)),
     (
         "latency histogram observe (prometheus_client)",
-        (("prometheus_client/metrics.py", "observe"),),
+        (("prometheus_client/metrics.py", "observe"), (_PROC, "_observe_many")),
     ),
 )
 """The parts of the processor's time the report names, matched on cProfile's rows; a part
@@ -477,16 +493,28 @@ SAMPLE_RULES: Final[tuple[tuple[str, str, str], ...]] = (
     # returns: freeing the batch's objects, and the GC collections that run there, show up
     # here (seen: ~13 % with GC on, ~4 % with GC off); the probe's own timing is tiny.
     ("bench/probe.py", "", "after each batch: freeing it, GC landing there, bench timing"),
-    ("hftpipe_workers/metrics.py", "", "rolling metrics (MetricsEngine.update)"),
+    ("hftpipe_workers/metrics.py", "snapshot", "Redis transaction (building it)"),
+    ("hftpipe_workers/metrics.py", "_b64", "Redis transaction (building it)"),
+    ("hftpipe_workers/metrics.py", "", "rolling metrics (MetricsEngine.update_columns)"),
     ("hftpipe_workers/codec.py", "encode", "encode metrics messages (orjson)"),
     ("hftpipe_workers/codec.py", "", "decode bars (orjson + validation)"),
     ("hftpipe_workers/bars.py", "", "decode bars (orjson + validation)"),
     ("prometheus_client/", "", "Prometheus metrics (labels, observe)"),
-    ("/redis/", "", "Redis client (redis-py: pack, send, wait, parse)"),
-    ("hftpipe_workers/processor.py", "latest_fields", "Redis transaction (building it)"),
+    ("hftpipe_workers/processor.py", "_observe_many", "Prometheus metrics (labels, observe)"),
+    ("/redis/", "", "Redis client (redis-py: send, wait for and parse replies)"),
+    ("hftpipe_workers/processor.py", "latest", "Redis transaction (building it)"),
+    ("hftpipe_workers/processor.py", "_command", "Redis transaction (building it)"),
     ("hftpipe_workers/processor.py", "_commit_to_redis", "Redis transaction (building it)"),
+    ("hftpipe_workers/processor.py", "_confirm_commit", "after a commit: latencies, Kafka commit"),
     ("hftpipe_workers/processor.py", "_publish", "publish to the metrics topic"),
     ("hftpipe_workers/processor.py", "_process", "_process loop (per-message accessors, lists)"),
+    (
+        "hftpipe_workers/processor.py",
+        "_rows_by_symbol",
+        "_process loop (per-message accessors, lists)",
+    ),
+    ("hftpipe_workers/processor.py", "_pick", "_process loop (per-message accessors, lists)"),
+    ("hftpipe_workers/processor.py", "_next_batch", "consume() and the poll loop"),
     ("hftpipe_workers/processor.py", "run", "consume() and the poll loop"),
     ("/confluent_kafka/", "", "consume() and the poll loop"),
 )

@@ -499,10 +499,10 @@ class Bench:
         cfg = self.config
         topic = "bench.latency-baseline"
         self.ensure_topics({topic: 1})
-        props = [
+        props = [  # the latency profile of workers/src/hftpipe_workers/settings.py
             f"bootstrap.servers={self.bootstrap}",
             "acks=all",
-            "linger.ms=0",
+            "linger.ms=1",
             "batch.size=65536",
             "compression.type=none",
         ]

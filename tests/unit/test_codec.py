@@ -8,15 +8,18 @@ import pytest
 from hftpipe_workers.bars import Bar
 from hftpipe_workers.codec import (
     SCHEMA_VERSION,
+    BarColumns,
     CodecError,
     decode_bar,
     decode_bar_metrics,
+    decode_bars,
     encode_bar,
     encode_bar_metrics,
     encode_bars,
+    encode_metrics_columns,
 )
 from hftpipe_workers.csvformat import BarBatch
-from hftpipe_workers.metrics import WindowMetrics
+from hftpipe_workers.metrics import WindowColumns, WindowMetrics
 
 BAR = Bar("BTCUSDT", 1_502_942_400_000_000_123, 4261.48, 4313.62, 4261.32, 4308.83, 47.181009, 0, 2)
 METRICS = WindowMetrics("BTCUSDT", "5m", BAR.ts_ns, 17, 5, 120.5, 4301.2, 4300.9, 3.1, 0.0007)
@@ -86,41 +89,119 @@ def test_a_batch_encodes_bar_by_bar() -> None:
     ]
 
 
-@pytest.mark.parametrize(
-    ("data", "message"),
-    [
-        (b"not json", r"bad bar message: not JSON \(.*\); message: b'not json'"),
-        (b"[1, 2]", "bad bar message: expected a JSON object, got list"),
-        (b'{"sv":2,"s":"X"}', r"schema version \(sv\) is 2, this reader knows version 1"),
-        (b'{"s":"X"}', r"schema version \(sv\) is None"),
-        (b'{"sv":1,"s":"X","t":1,"o":1,"h":1,"l":1,"c":1,"q":0}', "field 'v' is missing"),
-        (
-            b'{"sv":1,"s":7,"t":1,"o":1,"h":1,"l":1,"c":1,"v":1,"q":0}',
-            "field 's' must be a string, got 7",
-        ),
-        (
-            b'{"sv":1,"s":"X","t":1.5,"o":1,"h":1,"l":1,"c":1,"v":1,"q":0}',
-            "field 't' must be an integer, got 1.5",
-        ),
-        (
-            b'{"sv":1,"s":"X","t":1,"o":1,"h":1,"l":1,"c":1,"v":1,"q":true}',
-            "field 'q' must be an integer, got True",
-        ),
-        (
-            b'{"sv":1,"s":"X","t":1,"o":"1","h":1,"l":1,"c":1,"v":1,"q":0}',
-            "field 'o' must be a number, got '1'",
-        ),
-        (
-            b'{"sv":1,"s":"X","t":1,"o":1,"h":1,"l":2,"c":1,"v":1,"q":0}',
-            r"bad bar message: high 1.0 is below low 2.0; message: b'\{",
-        ),
-        (b'{"sv":1,"s":"","t":1,"o":1,"h":1,"l":1,"c":1,"v":1,"q":0}', "symbol is empty"),
-        (b'{"sv":1,"s":"X","t":1,"o":NaN,"h":1,"l":1,"c":1,"v":1,"q":0}', "not JSON"),
-    ],
-)
+BAD_BARS = [
+    (b"not json", r"bad bar message: not JSON \(.*\); message: b'not json'"),
+    (b"[1, 2]", "bad bar message: expected a JSON object, got list"),
+    (b'{"sv":2,"s":"X"}', r"schema version \(sv\) is 2, this reader knows version 1"),
+    (b'{"s":"X"}', r"schema version \(sv\) is None"),
+    (b'{"sv":1,"s":"X","t":1,"o":1,"h":1,"l":1,"c":1,"q":0}', "field 'v' is missing"),
+    (
+        b'{"sv":1,"s":7,"t":1,"o":1,"h":1,"l":1,"c":1,"v":1,"q":0}',
+        "field 's' must be a string, got 7",
+    ),
+    (
+        b'{"sv":1,"s":"X","t":1.5,"o":1,"h":1,"l":1,"c":1,"v":1,"q":0}',
+        "field 't' must be an integer, got 1.5",
+    ),
+    (
+        b'{"sv":1,"s":"X","t":1,"o":1,"h":1,"l":1,"c":1,"v":1,"q":true}',
+        "field 'q' must be an integer, got True",
+    ),
+    (
+        b'{"sv":1,"s":"X","t":1,"o":"1","h":1,"l":1,"c":1,"v":1,"q":0}',
+        "field 'o' must be a number, got '1'",
+    ),
+    (
+        b'{"sv":1,"s":"X","t":1,"o":1,"h":1,"l":2,"c":1,"v":1,"q":0}',
+        r"bad bar message: high 1.0 is below low 2.0; message: b'\{",
+    ),
+    (b'{"sv":1,"s":"","t":1,"o":1,"h":1,"l":1,"c":1,"v":1,"q":0}', "symbol is empty"),
+    (b'{"sv":1,"s":"X","t":1,"o":NaN,"h":1,"l":1,"c":1,"v":1,"q":0}', "not JSON"),
+]
+
+
+@pytest.mark.parametrize(("data", "message"), BAD_BARS)
 def test_malformed_bar_messages_say_what_is_wrong(data: bytes, message: str) -> None:
     with pytest.raises(CodecError, match=message):
         decode_bar(data)
+
+
+def test_many_bars_decode_as_one_by_one() -> None:
+    bars = [
+        BAR,
+        BAR._replace(symbol="ETHUSDT", seq=1, line=0, volume=0.0),
+        BAR._replace(open=0.1 + 0.2, high=1e300, low=5e-324, close=0.30000000000000004, seq=2),
+    ]
+    values = [encode_bar(b) for b in bars]
+    values.append(b'{"sv":1,"s":"X","t":1,"o":1,"h":2,"l":1,"c":2,"v":0,"q":3}')  # ints, no ln
+    want = [decode_bar(v) for v in values]
+    got = decode_bars(values)
+    assert got == BarColumns(*(list(column) for column in zip(*want, strict=True)))
+    assert all(type(x) is float for x in got.open + got.high + got.low + got.close + got.volume)
+    assert decode_bars([]) == BarColumns([], [], [], [], [], [], [], [], [])
+
+
+@pytest.mark.parametrize(("data", "message"), BAD_BARS)
+def test_a_bad_message_among_many_says_what_is_wrong(data: bytes, message: str) -> None:
+    good = encode_bar(BAR)
+    with pytest.raises(CodecError, match=message):
+        decode_bars([good, good, data, good])
+
+
+def test_bars_that_would_pass_joined_are_still_refused() -> None:
+    # Each value must be one message: two halves, or two messages in one, are errors.
+    good = encode_bar(BAR)
+    with pytest.raises(CodecError, match="not JSON"):
+        decode_bars([good[:40], good[40:]])
+    with pytest.raises(CodecError, match="not JSON"):
+        decode_bars([good + b"," + good, good])
+
+
+def test_metrics_columns_encode_byte_for_byte_as_bar_by_bar() -> None:
+    n = 600  # more than one of the encoder's chunks
+    symbol = 'BTC"USD\u00e9\n'  # needs escaping in JSON
+    rows = [
+        (
+            1_502_942_400_000_000_000 + i * 60_000_000_000,
+            i * 7,
+            4000.0 + i / 3,
+            0.0 if i % 5 == 0 else 1.0 / (i + 1),
+        )
+        for i in range(n)
+    ]
+    ts, seq, close, volume = (list(column) for column in zip(*rows, strict=True))
+    windows = [
+        WindowColumns(
+            label,
+            [i % 9 + k for i in range(n)],
+            [0.0 if i % 5 == 0 else i * 1e-7 for i in range(n)],
+            [None if i % 5 == 0 else 4000.0 + i / 7 for i in range(n)],
+            [4000.0 + i * 1e20 for i in range(n)],
+            [None if i % 11 == 0 else 1e-300 * i for i in range(n)],
+            [None if i < 2 else 0.1 + 0.2 for i in range(n)],
+        )
+        for k, label in enumerate(("5m", "1h", "session"))
+    ]
+    want = [
+        encode_bar_metrics(
+            Bar(symbol, ts[i], close[i], close[i], close[i], close[i], volume[i], seq[i]),
+            [
+                WindowMetrics(
+                    symbol, w.window, ts[i], seq[i], w.n_bars[i], w.volume[i], w.vwap[i],
+                    w.sma[i], w.std[i], w.ret_std[i],
+                )
+                for w in windows
+            ],
+        )
+        for i in range(n)
+    ]  # fmt: skip
+    assert encode_metrics_columns(symbol, ts, seq, close, volume, windows) == want
+    assert decode_bar_metrics(want[17]).window("1h").n_bars == 17 % 9 + 1
+    assert encode_metrics_columns(symbol, [], [], [], [], windows[:0]) == []
+    one = encode_metrics_columns("X", ts[:1], seq[:1], close[:1], volume[:1], [])
+    assert one == [encode_bar_metrics(Bar("X", ts[0], 1.0, 1.0, 1.0, close[0], volume[0], 0), [])]
+    with pytest.raises(ValueError, match="column 2 has 1 values, not 2"):
+        encode_metrics_columns("X", ts[:2], seq[:2], close[:1], volume[:2], [])
 
 
 def test_malformed_metrics_messages_say_what_is_wrong() -> None:

@@ -284,7 +284,7 @@ class KafkaSpec(ApiModel):
     """TLS settings; unset means a plaintext listener."""
 
     profile: KafkaProfile = settings_default(KafkaSettings, "profile")
-    """Client tuning: `throughput` (batching, lz4) or `latency` (no lingering)."""
+    """Client tuning: `throughput` (batching, lz4) or `latency` (1 ms linger, no compression)."""
 
 
 # ----------------------------------------------------------------------- processing

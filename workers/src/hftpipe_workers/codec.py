@@ -37,13 +37,17 @@ very same float.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any, Final, NamedTuple
+from operator import itemgetter, methodcaller
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
+import numpy as np
 import orjson
 
-from hftpipe_workers.bars import Bar, validate_bar
-from hftpipe_workers.csvformat import BarBatch
-from hftpipe_workers.metrics import WindowMetrics
+from hftpipe_workers.bars import MAX_TS_NS, MIN_TS_NS, OK, Bar, reason_codes, validate_bar
+from hftpipe_workers.metrics import WindowColumns, WindowMetrics
+
+if TYPE_CHECKING:  # csvformat imports pandas, which the processor does not need
+    from hftpipe_workers.csvformat import BarBatch
 
 SCHEMA_VERSION: Final = 1
 
@@ -109,6 +113,101 @@ def decode_bar(data: bytes) -> Bar:
     if problem is not None:
         raise CodecError(f"bad bar message: {problem}; message: {_preview(data)}")
     return bar
+
+
+class BarColumns(NamedTuple):
+    """Decoded bars as columns (lists of equal length), in message order."""
+
+    symbol: list[str]
+    ts_ns: list[int]
+    open: list[float]
+    high: list[float]
+    low: list[float]
+    close: list[float]
+    volume: list[float]
+    seq: list[int]
+    line: list[int]
+
+
+_BAR_KEYS: Final = ("s", "t", "o", "h", "l", "c", "v", "q")
+_GET_LINE: Final = methodcaller("get", "ln", 0)
+_GET_VERSION: Final = methodcaller("get", "sv")
+
+
+def decode_bars(values: Sequence[bytes]) -> BarColumns:
+    """Many bar messages at once, as columns; CodecError for the first bad one.
+
+    The same result as :func:`decode_bar` on each value (a test holds them
+    equal), but checked a column at a time: types with one ``set(map(type,
+    ...))`` per field and the bar rules with numpy (:func:`~.bars.reason_codes`)
+    instead of Python code per bar. Anything unusual goes through
+    :func:`decode_bar` message by message, which says what is wrong.
+    """
+    fast = _decode_bars_fast(values)
+    if fast is not None:
+        return fast
+    bars = [decode_bar(v) for v in values]  # raises on the first bad message
+    if not bars:
+        return BarColumns([], [], [], [], [], [], [], [], [])
+    return BarColumns(*(list(column) for column in zip(*bars, strict=True)))
+
+
+_FLOAT_TYPES: Final = frozenset((int, float))
+
+
+def _decode_bars_fast(values: Sequence[bytes]) -> BarColumns | None:
+    """The columns if every value is a well-formed, valid bar message; None otherwise."""
+    try:
+        docs = list(map(orjson.loads, values))
+        symbol, ts, o, h, lo, c, v, seq = (list(map(itemgetter(k), docs)) for k in _BAR_KEYS)
+        line = list(map(_GET_LINE, docs))
+        version = list(map(_GET_VERSION, docs))
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return None
+    if not docs:
+        return BarColumns([], [], [], [], [], [], [], [], [])
+    floats = [_as_floats(column) for column in (o, h, lo, c, v)]
+    if not _valid_columns(version, symbol, ts, seq, line, floats):
+        return None
+    o, h, lo, c, v = floats  # type: ignore[assignment]  # none is None: checked
+    return BarColumns(symbol, ts, o, h, lo, c, v, seq, line)
+
+
+def _as_floats(column: list[Any]) -> list[float] | None:
+    """The column as floats if it holds numbers only (JSON integers too), else None."""
+    types = set(map(type, column))
+    if types == {float}:
+        return column
+    return list(map(float, column)) if types <= _FLOAT_TYPES else None
+
+
+def _valid_columns(
+    version: list[Any],
+    symbol: list[Any],
+    ts: list[Any],
+    seq: list[Any],
+    line: list[Any],
+    floats: list[list[float] | None],
+) -> bool:
+    """Whether every row passes what :func:`_decode_bar_fast` checks (types, version, rules)."""
+    n = len(version)
+    if (
+        version.count(SCHEMA_VERSION) != n
+        or set(map(type, symbol)) != {str}
+        or set(map(type, ts)) != {int}
+        or set(map(type, seq)) != {int}
+        or set(map(type, line)) != {int}
+        or "" in symbol
+        or min(ts) < MIN_TS_NS
+        or max(ts) > MAX_TS_NS
+        or any(column is None for column in floats)
+    ):
+        return False
+    try:
+        arrays = [np.array(column, dtype=np.float64) for column in floats]
+    except OverflowError:  # an integer too large for a float
+        return False
+    return not (reason_codes(*arrays) != OK).any()
 
 
 class BarMetrics(NamedTuple):
@@ -181,6 +280,60 @@ def encode_bar_metrics(bar: Bar, windows: Sequence[WindowMetrics]) -> bytes:
             },
         }
     )
+
+
+def encode_metrics_columns(
+    symbol: str,
+    ts_ns: Sequence[int],
+    seq: Sequence[int],
+    close: Sequence[float],
+    bar_volume: Sequence[float],
+    windows: Sequence[WindowColumns],
+) -> list[bytes]:
+    """The metrics messages of a run of bars of one symbol, from columns.
+
+    Byte for byte what :func:`encode_bar_metrics` gives for each bar (a test
+    holds them equal), at a fraction of the cost: orjson writes each column of
+    numbers in one call (the same number formatting), the column is split
+    into its numbers, and the messages are interleaved with the constant JSON
+    around them by list slicing and one ``join``, all in C.
+    """
+    n = len(ts_ns)
+    if not n:
+        return []
+    literals = [b'{"sv":%d,"s":%b,"t":' % (SCHEMA_VERSION, orjson.dumps(symbol)), b',"q":']
+    literals += [b',"c":', b',"bv":']
+    columns: list[Sequence[Any]] = [ts_ns, seq, close, bar_volume]
+    opening = b',"w":{'
+    for w in windows:
+        literals.append(opening + orjson.dumps(w.window) + b':{"n":')
+        literals += [b',"v":', b',"vw":', b',"ma":', b',"sd":', b',"rsd":']
+        columns += [w.n_bars, w.volume, w.vwap, w.sma, w.std, w.ret_std]
+        opening = b"},"
+    # Messages are separated by a newline, which compact JSON never contains
+    # outside a string, and orjson escapes it inside one.
+    literals.append(b"}}}\n" if windows else b',"w":{}}\n')
+    for k, column in enumerate(columns):
+        if len(column) != n:
+            raise ValueError(f"column {k} has {len(column)} values, not {n}")
+    stride = len(literals) + len(columns)
+    messages: list[bytes] = []
+    # A few hundred bars at a time: what is written stays in the CPU's caches while
+    # each column is put into the pieces with a stride (twice as fast as 4,096).
+    for at in range(0, n, _ENCODE_CHUNK):
+        size = min(_ENCODE_CHUNK, n - at)
+        pieces: list[bytes] = [b""] * (size * stride)
+        for k, literal in enumerate(literals):
+            pieces[2 * k :: stride] = [literal] * size
+        for k, column in enumerate(columns):
+            pieces[2 * k + 1 :: stride] = orjson.dumps(column[at : at + size])[1:-1].split(b",")
+        chunk = b"".join(pieces).split(b"\n")
+        chunk.pop()  # after the last newline
+        messages += chunk
+    return messages
+
+
+_ENCODE_CHUNK: Final = 256
 
 
 def decode_bar_metrics(data: bytes) -> BarMetrics:

@@ -1,11 +1,11 @@
 """VWAP processor: bars from Kafka -> rolling metrics -> Redis, exactly once.
 
 Exactly-once into Redis, without Kafka transactions: for each batch of one input
-partition, the metrics, the next offset to read and a snapshot of the
-partition's window state are written in **one Redis MULTI/EXEC**. Redis, not
-Kafka's committed offsets, is the source of truth for where to resume: on
-partition assignment the processor reads the stored offset and state and seeks
-there. A processor killed at any instant has either written a whole batch
+partition (at most :data:`SLICE_BARS` records), the metrics, the next offset to
+read and a snapshot of the partition's window state are written in **one Redis
+MULTI/EXEC**. Redis, not Kafka's committed offsets, is the source of truth for
+where to resume: on partition assignment the processor reads the stored offset
+and state and seeks there. A processor killed at any instant has either written a whole batch
 (offset and state included) or nothing of it, so a restart recomputes exactly
 what is missing and Redis ends identical to an uninterrupted run.
 
@@ -15,6 +15,12 @@ rebalance (a zombie) fails its EXEC instead of overwriting the new owner.
 
 Kafka offsets are committed too, after Redis, only so that lag and progress are
 visible to Kafka tooling and the operator.
+
+Speed (see bench/README.md): bars are decoded, computed and encoded a column at a
+time (``codec.decode_bars``, ``MetricsEngine.update_columns``,
+``codec.encode_metrics_columns``), with the same bits as bar by bar; the
+transaction is written in the Redis protocol directly, and its reply is read
+while the next batch is computed.
 """
 
 from __future__ import annotations
@@ -23,10 +29,12 @@ import gc
 import logging
 import threading
 import time
+from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
+import orjson
 import redis
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -44,12 +52,13 @@ from .bars import Bar
 from .contract import Groups, RedisKeys, Topics
 from .kafka_admin import ensure_topics, partition_count, wait_for_topics
 from .lifecycle import DrainClock, stop_on_signals
-from .metrics import DEFAULT_WINDOWS, MetricsEngine, WindowMetrics
+from .metrics import DEFAULT_WINDOWS, MetricsEngine, WindowColumns, WindowMetrics
 from .observability import (
     BATCH_SIZE,
     CONSUMER_LAG,
     ERRORS,
     EVENT_TO_REDIS_SECONDS,
+    LATEST_CLOSE,
     LATEST_VWAP,
     READY,
     RECORDS_IN,
@@ -76,12 +85,139 @@ def redis_client(settings: RedisSettings) -> redis.Redis:
     return redis.Redis.from_url(settings.url, **kwargs)
 
 
-class _Output(NamedTuple):
-    """One processed bar: the bar, its metrics per window, and the encoded message."""
+SLICE_BARS = 4096
+"""Most bars per Redis transaction: a consumed batch is processed in slices of this many.
 
-    bar: Bar
-    windows: list[WindowMetrics]
-    message: bytes
+Small enough that a slice's lists and messages stay in the CPU caches (encoding
+20,000 bars at once was twice as slow per bar) and that memory does not follow
+``batch_max``; large enough that the per-transaction costs (round trips, the
+state snapshot) are a small share."""
+
+
+class _Output(NamedTuple):
+    """The processed bars of one symbol in a slice: columns, and the encoded messages."""
+
+    symbol: str
+    ts_ns: list[int]
+    seq: list[int]
+    close: list[float]
+    windows: list[WindowColumns]
+    messages: list[bytes]
+
+    def latest(self) -> tuple[Bar, list[WindowMetrics]]:
+        """The last bar (the fields the ``latest`` hash needs) and its metrics."""
+        t, q, c = self.ts_ns[-1], self.seq[-1], self.close[-1]
+        bar = Bar(self.symbol, t, c, c, c, c, 0.0, q)
+        windows = [
+            WindowMetrics(
+                self.symbol,
+                w.window,
+                t,
+                q,
+                w.n_bars[-1],
+                w.volume[-1],
+                w.vwap[-1],
+                w.sma[-1],
+                w.std[-1],
+                w.ret_std[-1],
+            )
+            for w in self.windows
+        ]
+        return bar, windows
+
+
+def _rows_by_symbol(symbols: list[str]) -> list[tuple[str, list[int] | None]]:
+    """The rows of each symbol in first-seen order; None means every row (one symbol)."""
+    first = symbols[0]
+    if symbols.count(first) == len(symbols):
+        return [(first, None)]
+    rows: dict[str, list[int]] = {}
+    for i, symbol in enumerate(symbols):
+        rows.setdefault(symbol, []).append(i)
+    return list(rows.items())
+
+
+def _pick(column: list[Any], rows: list[int]) -> list[Any]:
+    return [column[i] for i in rows]
+
+
+# -- Redis protocol ----------------------------------------------------------------
+# The batch's transaction is written in the Redis protocol (RESP) here rather than
+# through redis-py's pipeline: its packer costs ~1.3 us per ZADD member (a fifth of
+# the processor's time at 20k-bar batches), this costs ~0.1 us; and WATCH and GET go
+# out together, one round trip fewer per batch. redis-py still makes, authenticates
+# and pools the connection and parses the replies.
+
+
+def _command(*args: bytes) -> bytes:
+    """One command as a RESP array of bulk strings."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        parts += (b"$%d\r\n" % len(arg), arg, b"\r\n")
+    return b"".join(parts)
+
+
+def _zadd_command(key: bytes, scores: list[int], members: list[bytes]) -> bytes:
+    """``ZADD key score member ...`` as RESP, built column-wise (C loops, no per-member
+    Python code): what :func:`_command` gives, faster."""
+    n = len(members)
+    score_text = orjson.dumps(scores)[1:-1].split(b",")
+    lengths = orjson.dumps([*map(len, score_text), *map(len, members)])[1:-1].split(b",")
+    # head, then per member: \r\n$<len>\r\n<score>\r\n$<len>\r\n<member>, then \r\n
+    pieces: list[bytes] = [b""] * (2 + 8 * n)
+    pieces[0] = b"*%d\r\n$4\r\nZADD\r\n$%d\r\n%b" % (2 + 2 * n, len(key), key)
+    pieces[1:-1:8] = [b"\r\n$"] * n
+    pieces[2:-1:8] = lengths[:n]
+    pieces[3:-1:8] = [b"\r\n"] * n
+    pieces[4:-1:8] = score_text
+    pieces[5:-1:8] = [b"\r\n$"] * n
+    pieces[6:-1:8] = lengths[n:]
+    pieces[7:-1:8] = [b"\r\n"] * n
+    pieces[8:-1:8] = members
+    pieces[-1] = b"\r\n"
+    return b"".join(pieces)
+
+
+_JOIN_BELOW: Final = 1 << 20
+_OVERLAP_MIN: Final = 1024  # batches at least this large overlap Redis with the next one
+KAFKA_COMMIT_SECONDS: Final = 1.0
+"""Kafka offsets (progress and lag only) are committed at most this often."""
+_MULTI: Final = _command(b"MULTI")
+_EXEC: Final = _command(b"EXEC")
+
+
+def _observe_many(histogram: Any, values: list[float]) -> None:
+    """``histogram.observe(v)`` for every value, counted per bucket in one go.
+
+    prometheus_client has no bulk observe and ``observe`` costs ~0.5 us (a lock per
+    call); this adds each bucket's count and the sum once, through the same value
+    objects ``observe`` uses. Falls back to ``observe`` if those are not there.
+    """
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
+        for value in values:
+            histogram.observe(value)
+        return
+    ordered = sorted(values)
+    done = 0
+    for bound, bucket in zip(bounds, buckets, strict=True):
+        upto = bisect_right(ordered, bound, lo=done)  # observe() counts v <= bound
+        if upto > done:
+            bucket.inc(upto - done)
+            done = upto
+    total.inc(sum(ordered))
+
+
+_METRICS_PRODUCER: Final[dict[str, str | int | bool]] = {
+    # One Python callback per delivered record cost ~0.3 us each; only failures matter.
+    "delivery.report.only.error": True,
+    # The metrics topic's records wait here at most until the broker takes them;
+    # bound them (librdkafka's default is 1 GB, the throughput profile 1M records)
+    # so that a slow broker makes the processor wait rather than grow.
+    "queue.buffering.max.kbytes": 65_536,
+}
 
 
 def _as_bytes(value: bytes | str) -> bytes:
@@ -105,6 +241,16 @@ def latest_fields(bar: Bar, windows: list[WindowMetrics]) -> dict[str, str]:
         ):
             fields[f"{m.window}:{name}"] = "" if value is None else repr(value)
     return fields
+
+
+class _Pending(NamedTuple):
+    """A transaction sent to Redis whose replies are not read yet (see ``_confirm_commit``)."""
+
+    conn: Any
+    partition: int
+    next_offset: int
+    replies: int
+    msgs: list[Message]
 
 
 @dataclass
@@ -153,6 +299,17 @@ class Processor:
         self._parts: dict[int, _Partition] = {}
         self._consumer: Consumer | None = None
         self._delivery_errors: list[str] = []
+        self._pending: _Pending | None = None
+        self._uncommitted: dict[int, int] = {}  # partition -> offset, in Redis, not in Kafka
+        self._committed_at = 0.0
+        # Metric children, looked up once (``labels()`` costs microseconds per call).
+        self._event_to_redis = EVENT_TO_REDIS_SECONDS.labels(job)
+        self._records_in = RECORDS_IN.labels("processor", job, self.topics.bars)
+        self._records_redis = RECORDS_OUT.labels("processor", job, "redis")
+        self._records_published = RECORDS_OUT.labels("processor", job, self.topics.metrics)
+        self._batch_size = BATCH_SIZE.labels("processor", job)
+        self._close_gauges: dict[str, Any] = {}
+        self._vwap_gauges: dict[tuple[str, str], Any] = {}
 
     def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
         if err is not None:
@@ -163,12 +320,11 @@ class Processor:
         """Create the metrics topic if missing, with ``replication`` replicas and
         ``partitions`` partitions (``None``: as many as the bars topic)."""
         admin = AdminClient(self.kafka.common())
+        # In a pod the processor may start before the producer has created the bars
+        # topic (the metrics topic copies its partition count): wait, as run() does.
+        if not wait_for_topics(self.kafka.common(), [self.topics.bars], self.stop):
+            return
         bars_partitions = partition_count(admin, self.topics.bars)
-        if bars_partitions == 0:
-            raise RuntimeError(
-                f"the bars topic {self.topics.bars} does not exist yet: start the producer "
-                "(it creates it) or create it first"
-            )
         ensure_topics(admin, {self.topics.metrics: partitions or bars_partitions}, replication)
 
     # -- partition lifecycle --------------------------------------------------
@@ -197,7 +353,9 @@ class Processor:
         consumer.incremental_assign(partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Every finished batch is already in Redis; nothing to flush, just forget.
+        # Every finished batch is in Redis once its reply is read; then just forget.
+        self._confirm_commit()
+        self._commit_offsets(force=True)
         for tp in partitions:
             self._parts.pop(tp.partition, None)
         consumer.incremental_unassign(partitions)
@@ -217,7 +375,7 @@ class Processor:
         self._consumer = consumer
         producer = None
         if self.publish_metrics:
-            producer = Producer({**self.kafka.producer(), "on_delivery": self._on_delivery})
+            producer = Producer({**self.kafka.producer(), **_METRICS_PRODUCER})
         consumer.subscribe(
             [self.topics.bars],
             on_assign=self._on_assign,
@@ -261,7 +419,10 @@ class Processor:
                 if producer is not None:
                     producer.poll(0)
                     self._raise_delivery_errors()
+            self._confirm_commit()
+            self._commit_offsets(force=True)
         finally:
+            self._drop_pending()
             READY.labels("processor", self.job).set(0)
             if producer is not None and producer.flush(30) > 0:
                 self._delivery_errors.append("metrics still queued after 30 s")
@@ -279,20 +440,28 @@ class Processor:
             )
 
     def _next_batch(self, consumer: Consumer) -> list[Message]:
-        """Whatever is queued now (up to ``batch_max``), else wait up to 50 ms for one record.
+        """Whatever is queued now (up to ``batch_max`` and :data:`SLICE_BARS`), else wait
+        up to 50 ms for one record.
 
         ``consume(n, timeout)`` waits for *n* records or the timeout, so at a paced
         10k bars/s every batch would sit out the whole timeout first. Taking what
         has arrived keeps batches as large as the backlog (throughput) and as
-        small as the arrivals (latency).
+        small as the arrivals (latency). At most a slice at a time: the records
+        (and the fetch buffers they pin in librdkafka) of a 20,000-record batch
+        were tens of MB of the processor's memory.
         """
-        msgs = consumer.consume(self.batch_max, timeout=0)
+        limit = min(self.batch_max, SLICE_BARS)
+        msgs = consumer.consume(limit, timeout=0)
         if msgs:
             return msgs
+        # Nothing queued: the last transaction's reply is worth reading now rather
+        # than after the wait (that is when its bars count as committed).
+        self._confirm_commit()
+        self._commit_offsets()
         first = consumer.consume(1, timeout=0.05)
-        if not first:
+        if not first or limit == 1:
             return first
-        return first + consumer.consume(self.batch_max - 1, timeout=0)
+        return first + consumer.consume(limit - 1, timeout=0)
 
     def _export_lag(self, consumer: Consumer) -> dict[int, int] | None:
         """Lag per assigned partition (end offset minus the offset stored in Redis),
@@ -327,91 +496,225 @@ class Processor:
             msgs = [m for m in msgs if (m.offset() or 0) >= part.offset]
             if not msgs:
                 return
-        ignored_before = part.engine.ignored
-        # Bar by bar, not update_batch: the per-bar path gives the same bits however
-        # the stream is cut into batches, and batch boundaries differ between a
-        # run that was killed and one that was not. Exactly-once means identical.
-        docs: list[_Output] = []
-        update = part.engine.update
-        for m in msgs:
-            bar = codec.decode_bar(m.value() or b"")
-            windows = update(bar)
-            if windows:
-                docs.append(_Output(bar, windows, codec.encode_bar_metrics(bar, windows)))
+        for at in range(0, len(msgs), SLICE_BARS):
+            self._process_slice(partition, part, msgs[at : at + SLICE_BARS], producer, report)
+
+    def _process_slice(
+        self,
+        partition: int,
+        part: _Partition,
+        msgs: list[Message],
+        producer: Producer | None,
+        report: ProcessorReport,
+    ) -> None:
+        """Decode, compute and encode a slice of a batch, then commit it to Redis at once.
+
+        The engine's column path gives the same bits as bar by bar however the
+        stream is cut into batches and slices (batch boundaries differ between a
+        run that was killed and one that was not: exactly-once means identical).
+        """
+        engine = part.engine
+        ignored_before = engine.ignored
+        bars = codec.decode_bars([m.value() or b"" for m in msgs])
+        outputs: list[_Output] = []
+        for symbol, rows in _rows_by_symbol(bars.symbol):
+            ts, seq, close, volume = bars.ts_ns, bars.seq, bars.close, bars.volume
+            high, low = bars.high, bars.low
+            if rows is not None:
+                ts, seq, close, volume = (_pick(c, rows) for c in (ts, seq, close, volume))
+                high, low = _pick(high, rows), _pick(low, rows)
+            done, windows = engine.update_columns(symbol, ts, high, low, close, volume)
+            if not done:
+                continue
+            if len(done) != len(ts):  # some bars were ignored (not after the last one)
+                ts, seq, close, volume = (_pick(c, done) for c in (ts, seq, close, volume))
+            messages = codec.encode_metrics_columns(symbol, ts, seq, close, volume, windows)
+            outputs.append(_Output(symbol, ts, seq, close, windows, messages))
         next_offset = (msgs[-1].offset() or 0) + 1
-        self._commit_to_redis(partition, part, docs, next_offset)
+        self._commit_to_redis(partition, part, outputs, next_offset, msgs)
         part.offset = next_offset
 
-        now = time.time()
-        for m in msgs:
-            _, ts_ms = m.timestamp()
-            EVENT_TO_REDIS_SECONDS.labels(self.job).observe(max(0.0, now - ts_ms / 1000))
+        bars_out = sum(len(out.messages) for out in outputs)
         report.bars_in += len(msgs)
-        report.bars_out += len(docs)
+        report.bars_out += bars_out
         report.batches += 1
-        report.ignored += part.engine.ignored - ignored_before
+        report.ignored += engine.ignored - ignored_before
         report.partitions.add(partition)
-        RECORDS_IN.labels("processor", self.job, self.topics.bars).inc(len(msgs))
-        RECORDS_OUT.labels("processor", self.job, "redis").inc(len(docs))
-        BATCH_SIZE.labels("processor", self.job).observe(len(msgs))
-        if docs:
-            last = docs[-1]
-            for wm in last.windows:
-                if wm.vwap is not None:
-                    LATEST_VWAP.labels(self.job, wm.symbol, wm.window).set(wm.vwap)
+        self._records_in.inc(len(msgs))
+        self._records_redis.inc(bars_out)
+        self._batch_size.observe(len(msgs))
+        for out in outputs:
+            close_gauge = self._close_gauges.get(out.symbol)
+            if close_gauge is None:
+                close_gauge = self._close_gauges[out.symbol] = LATEST_CLOSE.labels(
+                    self.job, out.symbol
+                )
+            close_gauge.set(out.close[-1])
+            for w in out.windows:
+                vwap = w.vwap[-1]
+                if vwap is not None:
+                    gauge = self._vwap_gauges.get((out.symbol, w.window))
+                    if gauge is None:
+                        gauge = LATEST_VWAP.labels(self.job, out.symbol, w.window)
+                        self._vwap_gauges[out.symbol, w.window] = gauge
+                    gauge.set(vwap)
         if producer is not None:
-            self._publish(producer, docs)
-        if self._consumer is not None:
-            self._consumer.commit(
-                offsets=[TopicPartition(self.topics.bars, partition, next_offset)],
-                asynchronous=True,
-            )
+            self._publish(producer, outputs)
 
-    def _publish(self, producer: Producer, docs: list[_Output]) -> None:
+    def _publish(self, producer: Producer, outputs: list[_Output]) -> None:
         """Each bar's metrics to the metrics topic too (for the loader and anyone else)."""
-        for doc in docs:
-            while True:
-                try:
-                    producer.produce(
-                        self.topics.metrics, value=doc.message, key=doc.bar.symbol.encode()
-                    )
+        count = 0
+        for out in outputs:
+            key = out.symbol.encode()
+            pending: list[dict[str, Any]] = [{"value": m, "key": key} for m in out.messages]
+            while pending:
+                queued = producer.produce_batch(
+                    self.topics.metrics, pending, on_delivery=self._on_delivery
+                )
+                count += queued
+                if queued == len(pending):
                     break
-                except BufferError:
-                    producer.poll(0.05)
-        RECORDS_OUT.labels("processor", self.job, self.topics.metrics).inc(len(docs))
+                failed = [record for record in pending if "_error" in record]
+                for record in failed:
+                    err = record.pop("_error")
+                    if err.code() != KafkaError._QUEUE_FULL:
+                        raise KafkaException(err)
+                pending = failed  # the queue is full: let the broker take some, retry
+                producer.poll(0.05)
+        self._records_published.inc(count)
 
     def _commit_to_redis(
-        self, partition: int, part: _Partition, docs: list[_Output], next_offset: int
+        self,
+        partition: int,
+        part: _Partition,
+        outputs: list[_Output],
+        next_offset: int,
+        msgs: list[Message],
     ) -> None:
+        """Send one MULTI/EXEC: every output, the next offset and the engine's snapshot,
+        fenced by WATCHing the partition's offset key (see the module docstring).
+
+        Its replies are read by :meth:`_confirm_commit`: for a large batch at the
+        latest before the next transaction, so that Redis applies this one while
+        the next batch is computed (the processor and Redis work at once: 4,096
+        bars take Redis ~8 ms); for a small one at once. Only then do the bars
+        count as committed (latency observed, Kafka offset committed).
+        """
         keys = self.keys
         limit = self.redis_settings.history_limit
-        offset_key = keys.offset(partition)
-        expected = None if part.offset is None else str(part.offset).encode()
-        latest: dict[str, _Output] = {}
-        history: dict[str, dict[bytes, float]] = {}
-        for doc in docs:
-            latest[doc.bar.symbol] = doc
+        offset_key = keys.offset(partition).encode()
+        symbols_key = keys.symbols.encode()
+        commands: list[bytes] = []
+        for out in outputs:
+            symbol = out.symbol.encode()
+            bar, windows = out.latest()
+            fields = latest_fields(bar, windows)
+            hset = [b"HSET", keys.latest(out.symbol).encode()]
+            for name, value in fields.items():
+                hset += (name.encode(), value.encode())
+            commands.append(_command(*hset))
+            commands.append(_command(b"SADD", symbols_key, symbol))
             if limit:
-                history.setdefault(doc.bar.symbol, {})[doc.message] = doc.bar.ts_ns // 1_000_000
-        with self.redis.pipeline(transaction=True) as pipe:
-            try:
-                pipe.watch(offset_key)  # type: ignore[no-untyped-call]
-                if pipe.get(offset_key) != expected:
-                    raise LostPartition(f"partition {partition}: offset moved under us")
-                pipe.multi()
-                for symbol, doc in latest.items():
-                    # redis-py types the mapping key invariantly; dict[str, str] works.
-                    pipe.hset(keys.latest(symbol), mapping=latest_fields(doc.bar, doc.windows))  # type: ignore[arg-type]
-                    pipe.sadd(keys.symbols, symbol)
-                for symbol, members in history.items():
-                    pipe.zadd(keys.history(symbol), members)
-                    pipe.zremrangebyrank(keys.history(symbol), 0, -(limit + 1))
-                pipe.set(offset_key, next_offset)
-                pipe.set(keys.state(partition), part.engine.snapshot())
-                pipe.execute()
-            except redis.WatchError as exc:
-                ERRORS.labels("processor", self.job, "lost_partition").inc()
-                raise LostPartition(f"partition {partition}: another processor wrote it") from exc
+                history = keys.history(out.symbol).encode()
+                scores = [t // 1_000_000 for t in out.ts_ns]
+                commands.append(_zadd_command(history, scores, out.messages))
+                commands.append(_command(b"ZREMRANGEBYRANK", history, b"0", b"%d" % -(limit + 1)))
+        commands.append(_command(b"SET", offset_key, b"%d" % next_offset))
+        commands.append(_command(b"SET", keys.state(partition).encode(), part.engine.snapshot()))
+        self._confirm_commit()  # the previous transaction first: it set the offset we expect
+        expected = None if part.offset is None else str(part.offset).encode()
+        pool = self.redis.connection_pool
+        conn = pool.get_connection()
+        send: Any = conn.send_packed_command  # untyped; takes a list of bytes to send
+        try:
+            send([_command(b"WATCH", offset_key) + _command(b"GET", offset_key)])
+            conn.read_response()
+            if conn.read_response() != expected:
+                send([_command(b"UNWATCH")])
+                conn.read_response()
+                raise LostPartition(f"partition {partition}: offset moved under us")
+            parts = [_MULTI, *commands, _EXEC]
+            # One write for a small transaction (a write per command costs a
+            # syscall each); a large one goes as it is rather than be copied.
+            send([b"".join(parts)] if sum(map(len, parts)) < _JOIN_BELOW else parts)
+        except LostPartition:
+            pool.release(conn)
+            raise
+        except BaseException:
+            # A reply may be unread, so the connection's state is unknown: close it
+            # (Redis drops a MULTI that never got its EXEC).
+            conn.disconnect()  # type: ignore[no-untyped-call]
+            pool.release(conn)
+            raise
+        self._pending = _Pending(conn, partition, next_offset, len(commands) + 2, msgs)
+        if len(msgs) < _OVERLAP_MIN:
+            # A small batch (arrivals at a paced rate): Redis answers within a
+            # fraction of a millisecond, and reading now keeps its bars' latency
+            # from waiting on the next batch's computation.
+            self._confirm_commit()
+
+    def _confirm_commit(self) -> None:
+        """Read the replies of the transaction :meth:`_commit_to_redis` sent, if any: from
+        then on its bars are in Redis (latency observed, Kafka offset committed).
+
+        Raises LostPartition if another processor took the partition meanwhile.
+        """
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        conn = pending.conn
+        pool = self.redis.connection_pool
+        try:
+            for _ in range(pending.replies - 1):
+                conn.read_response()  # MULTI's OK, then QUEUED for each command
+            result = conn.read_response()
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            pool.release(conn)
+        if result is None:
+            ERRORS.labels("processor", self.job, "lost_partition").inc()
+            raise LostPartition(f"partition {pending.partition}: another processor wrote it")
+        for reply in result:
+            if isinstance(reply, Exception):
+                raise reply
+        now = time.time()
+        _observe_many(
+            self._event_to_redis,
+            [max(0.0, now - m.timestamp()[1] / 1000) for m in pending.msgs],
+        )
+        self._uncommitted[pending.partition] = pending.next_offset
+        self._commit_offsets()
+
+    def _commit_offsets(self, *, force: bool = False) -> None:
+        """Commit the offsets Redis has confirmed to Kafka: at most every
+        :data:`KAFKA_COMMIT_SECONDS`, or now with ``force``.
+
+        They only show progress and lag (Redis holds where to resume). One commit
+        per batch, hundreds a second at a paced rate, queued the group's
+        heartbeats behind them until a stalled commit cost the partitions (seen:
+        a session timeout and a 50 s rebalance in the latency bench).
+        """
+        consumer = self._consumer
+        if not self._uncommitted or consumer is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._committed_at < KAFKA_COMMIT_SECONDS:
+            return
+        offsets = [TopicPartition(self.topics.bars, p, o) for p, o in self._uncommitted.items()]
+        self._uncommitted.clear()
+        self._committed_at = now
+        consumer.commit(offsets=offsets, asynchronous=True)
+
+    def _drop_pending(self) -> None:
+        """On the way out after an error: close a connection whose replies are unread.
+
+        Redis applies or drops the transaction whole either way."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.conn.disconnect()
+            self.redis.connection_pool.release(pending.conn)
 
 
 def latest_metrics(client: redis.Redis, job: str, symbol: str) -> dict[str, float | None]:
