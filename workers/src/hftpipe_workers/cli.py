@@ -206,10 +206,22 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(doc)
 
 
+class _CurrentStderr:
+    """Whatever ``sys.stderr`` is at the moment of writing."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def _setup(log_json: bool, metrics_port: int) -> MetricsServer | None:
     from .observability import MetricsServer  # noqa: PLC0415 - keep --help fast
 
-    handler = logging.StreamHandler(sys.stderr)
+    # The handler looks sys.stderr up at each write: a command run in-process (tests,
+    # CliRunner) must not leave a handler bound to a stream that is closed afterwards.
+    handler = logging.StreamHandler(_CurrentStderr())
     handler.setFormatter(
         _JsonFormatter()
         if log_json
