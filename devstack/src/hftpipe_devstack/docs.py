@@ -82,6 +82,8 @@ def topics_table() -> str:
         f"| `{topics.metrics.replace('.job.', '.<job>.')}` | per-bar metrics documents |",
         f"| `{topics.deadletter.replace('.job.', '.<job>.')}` | rejected source rows with "
         "file, line and reason |",
+        f"| `{topics.progress.replace('.job.', '.<job>.')}` | the producer's progress record "
+        "(rows total, read, produced; compacted, one partition): the operator's status reads it |",
         f"| `{groups.processor.replace('.job.', '.<job>.')}` | processor consumer group |",
         f"| `{groups.loader.replace('.job.', '.<job>.')}` | loader consumer group |",
     ]
