@@ -294,171 +294,24 @@ class MetricsEngine:
 
     # -- one bar ---------------------------------------------------------------
 
-    # One long function on purpose: this runs per bar and window, and in CPython
-    # every helper call or attribute lookup would cost a noticeable share.
-    def update(self, bar: Bar) -> list[WindowMetrics]:  # noqa: PLR0912, PLR0915
-        """Add one bar; its metrics, one record per window (empty if the bar is ignored)."""
-        symbol = bar.symbol
-        st = self._symbols.get(symbol)
-        if st is None:
-            st = self._symbols[symbol] = _Symbol(len(self.windows))
-        t = bar.ts_ns
-        if t <= st.last_ts:
-            self.ignored += 1
+    def update(self, bar: Bar) -> list[WindowMetrics]:
+        """Add one bar; its metrics, one record per window (empty if the bar is ignored).
+
+        A run of one bar through :meth:`update_columns`: one copy of the float
+        operations, so bar-by-bar and column-wise results are the same bits.
+        """
+        rows, columns = self.update_columns(
+            bar.symbol, (bar.ts_ns,), (bar.high,), (bar.low,), (bar.close,), (bar.volume,)
+        )
+        if not rows:
             return []
-        c = bar.close
-        v = bar.volume
-        tpv = (bar.high + bar.low + c) / 3.0 * v
-        ts_l = st.ts
-        vol_l = st.vol
-        cl_l = st.cl
-        ret_l = st.ret
-        i = len(ts_l)
-        if st.has_prev:
-            p = st.prev_close
-            # log1p of the relative change: accurate to the last bit for small moves.
-            r = math.log1p((c - p) / p)
-            st.run_c = st.run_c + 1 if c == p else 1
-            st.run_r = st.run_r + 1 if st.has_r and r == st.last_r else 1
-            st.has_r = True
-            st.last_r = r
-        else:
-            r = 0.0  # never used: the first bar has no return
-            st.run_c = 1
-        ts_l.append(t)
-        st.tpv.append(tpv)
-        vol_l.append(v)
-        cl_l.append(c)
-        ret_l.append(r)
-        st.last_ts = t
-        st.has_prev = True
-        st.prev_close = c
-        run_c = st.run_c
-        run_r = st.run_r
-        seq = bar.seq
-        has_volume = v > 0.0
-
-        out: list[WindowMetrics] = []
-        for w, length, label in zip(st.wins, self._lengths, self.labels, strict=True):
-            cutoff = t - length if length > 0 else t - t % NS_PER_DAY - 1
-            start = w[_START]
-            if i == 0 or ts_l[i - 1] <= cutoff:
-                # Every earlier bar has left: the window restarts from this bar.
-                start = i
-                nv = 1 if has_volume else 0
-                vs, vc, ps, pc = v, 0.0, tpv, 0.0
-                shift, mean, m2, em2 = c, 0.0, 0.0, 0.0
-                rshift, rmean, rm2, erm2 = r, 0.0, 0.0, 0.0
-                ops = 0
-                n = 1
-            else:
-                if w[_OPS] == _STALE:
-                    st.recompute(w, i - 1)
-                _, nv, vs, vc, ps, pc, shift, mean, m2, em2, rshift, rmean, rm2, erm2, ops = w
-                n = i - start  # bars in the window before this one
-                while ts_l[start] <= cutoff:
-                    # Remove bar `start`, and the return from it to the next bar.
-                    x = cl_l[start] - shift
-                    n -= 1  # stays >= 1: bar i - 1 is still in the window
-                    d = x - mean
-                    mean -= d / n
-                    d *= x - mean
-                    m2 -= d
-                    em2 += d
-                    if n == 1:
-                        rmean = rm2 = erm2 = 0.0
-                    else:
-                        x = ret_l[start + 1] - rshift
-                        d = x - rmean
-                        rmean -= d / (n - 1)
-                        d *= x - rmean
-                        rm2 -= d
-                        erm2 += d
-                    x = vol_l[start]
-                    if x > 0.0:
-                        nv -= 1
-                        if nv == 0:
-                            vs = vc = ps = pc = 0.0
-                        else:
-                            # Double-double: TwoSum gives exactly what rounding drops
-                            # from vs; it joins vc, and (vs, vc) is renormalised so vc
-                            # stays below half an ulp of vs. A single compensation
-                            # term (Kahan) would itself round once it held the sum of
-                            # many small bars next to a huge one.
-                            s = vs - x
-                            b = s - vs
-                            e = (vs - (s - b)) - (x + b) + vc
-                            vs = s + e
-                            vc = e - (vs - s)
-                            x = st.tpv[start]
-                            s = ps - x
-                            b = s - ps
-                            e = (ps - (s - b)) - (x + b) + pc
-                            ps = s + e
-                            pc = e - (ps - s)
-                    start += 1
-                    ops += 1
-                # Add bar i, and the return from bar i - 1 (which is in the window).
-                n += 1
-                x = c - shift
-                d = x - mean
-                mean += d / n
-                d *= x - mean
-                m2 += d
-                em2 += d
-                x = r - rshift
-                if n == 2:
-                    rmean, rm2 = x, 0.0
-                else:
-                    d = x - rmean
-                    rmean += d / (n - 1)
-                    d *= x - rmean
-                    rm2 += d
-                    erm2 += d
-                if has_volume:
-                    nv += 1
-                    s = vs + v
-                    b = s - vs
-                    e = (vs - (s - b)) + (v - b) + vc
-                    vs = s + e
-                    vc = e - (vs - s)
-                    s = ps + tpv
-                    b = s - ps
-                    e = (ps - (s - b)) + (tpv - b) + pc
-                    ps = s + e
-                    pc = e - (ps - s)
-                ops += 1
-            w[:] = (start, nv, vs, vc, ps, pc, shift, mean, m2, em2, rshift, rmean, rm2, erm2, ops)
-            if (
-                ops > _RECOMPUTE_RATIO * n + _RECOMPUTE_SLACK
-                or m2 < em2 * _M2_BUDGET
-                or rm2 < erm2 * _M2_BUDGET
-            ):
-                st.recompute(w, i)
-                _, nv, vs, vc, ps, pc, shift, mean, m2, _, rshift, rmean, rm2, _, _ = w
-
-            if run_c >= n:
-                sma: float = c
-                std: float | None = 0.0 if n > 1 else None
-            else:
-                sma = shift + mean
-                std = sqrt(m2 / (n - 1)) if m2 > 0.0 else 0.0
-            if n < 3:
-                ret_std: float | None = None
-            elif run_r >= n - 1:
-                ret_std = 0.0
-            else:
-                ret_std = sqrt(rm2 / (n - 2)) if rm2 > 0.0 else 0.0
-            if nv:
-                volume = vs + vc
-                vwap: float | None = (ps + pc) / volume
-            else:
-                volume = 0.0
-                vwap = None
-            out.append(WindowMetrics(symbol, label, t, seq, n, volume, vwap, sma, std, ret_std))
-        if not i & 255:  # now and then is enough, and each look costs a min() over windows
-            st.compact()
-        return out
+        return [
+            WindowMetrics(
+                bar.symbol, col.window, bar.ts_ns, bar.seq, col.n_bars[0], col.volume[0],
+                col.vwap[0], col.sma[0], col.std[0], col.ret_std[0],
+            )
+            for col in columns
+        ]  # fmt: skip
 
     # -- a run of bars, exactly as bar by bar ------------------------------------------
 
@@ -471,20 +324,16 @@ class MetricsEngine:
         close: Sequence[float],
         volume: Sequence[float],
     ) -> tuple[list[int], list[WindowColumns]]:
-        """Add bars of one symbol, given as columns; the same bits as :meth:`update` per bar.
+        """Add bars of one symbol, given as columns; the same bits however the run is cut.
 
         Returns the indices of the bars that were processed (a bar not after
         its symbol's last time is ignored, as by :meth:`update`) and, per
-        window, their metrics as columns. Every window runs the very same
-        sequence of float operations on the same carried state as
-        :meth:`update` would, bar after bar, so the results (and the
-        :meth:`snapshot` after) do not depend on how a stream is cut into
-        calls: the processor's exactly-once resume relies on that.
-
-        It is faster than :meth:`update` because it turns the loops around:
-        for each window, one tight loop over the bars with the window's state
-        in local variables, instead of unpacking and storing that state and
-        building a :class:`WindowMetrics` for every bar and window.
+        window, their metrics as columns. Each window runs one fixed sequence of
+        float operations per bar on the state carried from the bar before, with
+        the loops turned around (per window, one tight loop over the bars, state
+        in local variables), so the results (and the :meth:`snapshot` after) do
+        not depend on how a stream is cut into calls (:meth:`update` is a run of
+        one): the processor's exactly-once resume relies on that.
         """
         st = self._symbols.get(symbol)
         if st is None:
@@ -533,8 +382,8 @@ class MetricsEngine:
         st.compact()
         return rows, columns
 
-    # The loop body is update()'s, statement for statement (same operations, same
-    # order, same state): keep the two in step.
+    # One long function on purpose: this runs per bar and window, and in CPython
+    # every helper call or attribute lookup would cost a noticeable share.
     def _window_columns(  # noqa: PLR0912, PLR0915
         self, st: _Symbol, k: int, first: int, runs_c: list[int], runs_r: list[int]
     ) -> WindowColumns:
