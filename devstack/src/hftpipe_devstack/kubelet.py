@@ -37,7 +37,7 @@ import shutil
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -725,17 +725,6 @@ class LocalKubelet:
         self._pods.pop(pod.uid, None)
 
 
-@contextlib.contextmanager
-def local_kubelet(kubeconfig: Path, root: Path, **kw: Any) -> Iterator[LocalKubelet]:
-    """A :class:`LocalKubelet` for the duration of a ``with`` block."""
-    kubelet = LocalKubelet(kubeconfig, root, **kw)
-    kubelet.start()
-    try:
-        yield kubelet
-    finally:
-        kubelet.stop()
-
-
 __all__ = [
     "ContainerConfigError",
     "KubeRest",
@@ -743,7 +732,6 @@ __all__ = [
     "LocalProcess",
     "container_env",
     "expand",
-    "local_kubelet",
     "local_process",
     "mount_map",
     "port_map",

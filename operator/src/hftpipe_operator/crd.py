@@ -307,15 +307,6 @@ def build_peering_crds() -> list[dict[str, Any]]:
     return crds
 
 
-def build_peering(name: str, namespace: str) -> dict[str, Any]:
-    """The ``KopfPeering`` object the replicas of a namespaced operator share."""
-    return {
-        "apiVersion": f"{PEERING_GROUP}/v1",
-        "kind": "KopfPeering",
-        "metadata": {"name": name, "namespace": namespace},
-    }
-
-
 def crd_yaml() -> str:
     """The CRD as YAML, with a header saying where it comes from."""
     body = yaml.safe_dump(build_crd(), sort_keys=False, width=100, allow_unicode=True)
