@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 from hftpipe_workers.lifecycle import DrainClock
@@ -25,3 +26,31 @@ def test_never_exits_when_not_draining() -> None:
     clock = DrainClock(lambda: {0: 0}, until_caught_up=False, idle_timeout=0.0)
     time.sleep(0.01)
     assert not clock.done_when_idle()
+
+
+def test_drain_handles_every_batch_then_stops_when_caught_up() -> None:
+    batches = [[1, 2], [], [3], []]
+    handled: list[list[int]] = []
+    # Lag stays above zero while batches remain: an empty poll then is not the end.
+    clock = DrainClock(lambda: {0: len(batches)}, until_caught_up=True, idle_timeout=0.0)
+    clock.drain(
+        threading.Event(),
+        lambda: batches.pop(0) if batches else [],
+        handled.append,
+    )
+    assert handled == [[1, 2], [3]]
+
+
+def test_drain_returns_at_once_when_stopped() -> None:
+    stop = threading.Event()
+    stop.set()
+    calls: list[int] = []
+
+    def fetch() -> list[int]:
+        calls.append(1)
+        return [1]
+
+    DrainClock(lambda: None, until_caught_up=False, idle_timeout=0.0).drain(
+        stop, fetch, lambda _: None
+    )
+    assert calls == []

@@ -6,11 +6,13 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sized
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 from .observability import LAG_EXPORT_SECONDS
+
+Batch = TypeVar("Batch", bound=Sized)
 
 
 def stop_on_signals(stop: threading.Event, log: logging.Logger) -> None:
@@ -57,6 +59,24 @@ class DrainClock:
     def got_data(self) -> None:
         """Records arrived: the idle clock restarts."""
         self._last_data = time.monotonic()
+
+    def drain(
+        self,
+        stop: threading.Event,
+        fetch: Callable[[], Batch],
+        handle: Callable[[Batch], None],
+    ) -> None:
+        """The consuming loop: ``fetch`` a batch, ``handle`` it, until ``stop`` is set
+        or (``until_caught_up``) the input is drained."""
+        while not stop.is_set():
+            self.before_poll()
+            batch = fetch()
+            if not batch:
+                if self.done_when_idle():
+                    return
+                continue
+            self.got_data()
+            handle(batch)
 
     def done_when_idle(self) -> bool:
         """Whether a worker in ``until_caught_up`` mode has drained its input."""

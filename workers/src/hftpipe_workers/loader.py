@@ -150,15 +150,11 @@ class Loader:
         )
         READY.labels("loader", self.job).set(1)
         try:
-            while not self.stop.is_set():
-                clock.before_poll()
-                batch = self._collect(consumer)
-                if not batch:
-                    if clock.done_when_idle():
-                        break
-                    continue
-                clock.got_data()
-                self._load(consumer, batch, report)
+            clock.drain(
+                self.stop,
+                lambda: self._collect(consumer),
+                lambda batch: self._load(consumer, batch, report),
+            )
         finally:
             READY.labels("loader", self.job).set(0)
             consumer.close()

@@ -396,29 +396,11 @@ class Processor:
         gc.set_threshold(100_000, 50, 100)
         READY.labels("processor", self.job).set(1)
         try:
-            while not self.stop.is_set():
-                clock.before_poll()
-                msgs = self._next_batch(consumer)
-                if not msgs:
-                    if clock.done_when_idle():
-                        break
-                    continue
-                clock.got_data()
-                by_partition: dict[int, list[Message]] = {}
-                for msg in msgs:
-                    err = msg.error()
-                    if err is not None:
-                        if err.fatal():
-                            raise KafkaException(err)
-                        log.warning("consumer error: %s", err)
-                        ERRORS.labels("processor", self.job, "consume").inc()
-                        continue
-                    by_partition.setdefault(msg.partition() or 0, []).append(msg)
-                for partition, batch in by_partition.items():
-                    self._process(partition, batch, producer, report)
-                if producer is not None:
-                    producer.poll(0)
-                    self._raise_delivery_errors()
+            clock.drain(
+                self.stop,
+                lambda: self._next_batch(consumer),
+                lambda msgs: self._handle(msgs, producer, report),
+            )
             self._confirm_commit()
             self._commit_offsets(force=True)
         finally:
@@ -431,6 +413,26 @@ class Processor:
         self._raise_delivery_errors()
         report.seconds = time.monotonic() - started
         return report
+
+    def _handle(
+        self, msgs: list[Message], producer: Producer | None, report: ProcessorReport
+    ) -> None:
+        """One consumed batch: split by partition, process each, serve delivery reports."""
+        by_partition: dict[int, list[Message]] = {}
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                if err.fatal():
+                    raise KafkaException(err)
+                log.warning("consumer error: %s", err)
+                ERRORS.labels("processor", self.job, "consume").inc()
+                continue
+            by_partition.setdefault(msg.partition() or 0, []).append(msg)
+        for partition, batch in by_partition.items():
+            self._process(partition, batch, producer, report)
+        if producer is not None:
+            producer.poll(0)
+            self._raise_delivery_errors()
 
     def _raise_delivery_errors(self) -> None:
         if self._delivery_errors:
