@@ -289,17 +289,10 @@ def test_a_replayjob_runs_to_complete_from_the_operators_pod_specs(
     latest = client.hgetall(RedisKeys(job).latest("BTCUSDT"))
     assert int(latest[b"seq"]) == int(got["seq"].max())
 
-    # The warehouse on the loader's volume has each bar once.
-    claim = kubelet.root / "claims" / namespace / Names(job).warehouse
-    files = list(claim.glob("*.duckdb"))
-    assert len(files) == 1, f"no DuckDB file on the loader's volume {claim}"
-    with duckdb.connect(str(files[0]), read_only=True) as db:
-        count, distinct = db.execute(
-            "select count(*), count(distinct bar_time) from bars where job = ?", [job]
-        ).fetchone() or (0, 0)
-    assert (count, distinct) == (rows, rows)
-
-    # Complete: the processors and the loader are scaled down and their pods are gone.
+    # Complete: the processors and the loader are scaled down and their pods are gone. This
+    # comes before reading the warehouse: DuckDB lets one process open a file for writing and
+    # nobody else, even read-only, so the file is readable once the loader has exited (the
+    # condition flips when the loader has caught up, its pod ends a moment later).
     kube = KubeRest(Path(stack_env["KUBECONFIG"]))
     try:
 
@@ -314,6 +307,16 @@ def test_a_replayjob_runs_to_complete_from_the_operators_pod_specs(
         wait_for(workers_gone, 60, "the processor and loader pods to go after Complete")
     finally:
         kube.close()
+
+    # The warehouse on the loader's volume has each bar once.
+    claim = kubelet.root / "claims" / namespace / Names(job).warehouse
+    files = list(claim.glob("*.duckdb"))
+    assert len(files) == 1, f"no DuckDB file on the loader's volume {claim}"
+    with duckdb.connect(str(files[0]), read_only=True) as db:
+        count, distinct = db.execute(
+            "select count(*), count(distinct bar_time) from bars where job = ?", [job]
+        ).fetchone() or (0, 0)
+    assert (count, distinct) == (rows, rows)
     assert operator.exited("operator") is None, "the operator exited"
     assert not kubelet.errors
 
