@@ -36,7 +36,7 @@ from hftpipe_devstack.procs import ProcessTable, free_port, tail
 from hftpipe_devstack.testing import wait_for
 from hftpipe_operator import crd, labels, rbac
 from hftpipe_operator.naming import Names
-from hftpipe_workers.contract import RedisKeys
+from hftpipe_workers.contract import RedisKeys, Topics, job_id
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -262,6 +262,15 @@ def test_a_replayjob_runs_to_complete_from_the_operators_pod_specs(
     assert status["restarts"] == 0, kubelet.logs(namespace)
     conditions = {c["type"]: c["status"] for c in status["conditions"]}
     assert conditions["Complete"] == "True"
+    # Where the data is: named by <namespace>.<name>, so a same-named job elsewhere is apart.
+    ident = job_id(job, namespace)
+    assert status["outputs"] == {
+        "jobId": ident,
+        "barsTopic": Topics.for_job(ident).bars,
+        "metricsTopic": Topics.for_job(ident).metrics,
+        "deadLetterTopic": Topics.for_job(ident).deadletter,
+        "redisKeyPrefix": f"hftpipe:{ident}:",
+    }
     assert conditions.get("Failed", "False") == "False"
     printed = _kubectl(env, "get", "replayjobs", "-n", namespace)
     (REPO / "tests/e2e/.last-get.txt").write_text(
@@ -273,7 +282,7 @@ def test_a_replayjob_runs_to_complete_from_the_operators_pod_specs(
     frame["time"] = pd.to_datetime(frame.pop("date"), utc=True)
     frame["symbol"] = "BTCUSDT"
     client = redis.Redis.from_url(redis_url)
-    docs = pd.DataFrame(redis_history(client, job))
+    docs = pd.DataFrame(redis_history(client, ident))
     assert len(docs) == rows
     docs["time"] = pd.to_datetime(docs["ts_ns"], utc=True)
     got = docs.sort_values("time").reset_index(drop=True)
@@ -286,7 +295,7 @@ def test_a_replayjob_runs_to_complete_from_the_operators_pod_specs(
                 expected[name],
                 f"e2e {window} {name}",
             )
-    latest = client.hgetall(RedisKeys(job).latest("BTCUSDT"))
+    latest = client.hgetall(RedisKeys(ident).latest("BTCUSDT"))
     assert int(latest[b"seq"]) == int(got["seq"].max())
 
     # Complete: the processors and the loader are scaled down and their pods are gone. This
@@ -314,7 +323,7 @@ def test_a_replayjob_runs_to_complete_from_the_operators_pod_specs(
     assert len(files) == 1, f"no DuckDB file on the loader's volume {claim}"
     with duckdb.connect(str(files[0]), read_only=True) as db:
         count, distinct = db.execute(
-            "select count(*), count(distinct bar_time) from bars where job = ?", [job]
+            "select count(*), count(distinct bar_time) from bars where job = ?", [ident]
         ).fetchone() or (0, 0)
     assert (count, distinct) == (rows, rows)
     assert operator.exited("operator") is None, "the operator exited"
@@ -365,7 +374,7 @@ def test_suspend_stops_every_pod_and_resume_continues_without_loss_or_duplicates
         rows,
     ), "every row exactly once in Kafka, processed and loaded"
     client = redis.Redis.from_url(redis_url)
-    history = redis_history(client, job)
+    history = redis_history(client, job_id(job, namespace))
     assert len(history) == rows
     assert len({doc["seq"] for doc in history}) == rows
 

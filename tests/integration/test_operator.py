@@ -26,7 +26,7 @@ from prometheus_client import REGISTRY
 from hftpipe_devstack.testing import wait_for
 from hftpipe_operator import crd, labels
 from hftpipe_operator.naming import Names
-from hftpipe_workers.contract import RedisKeys
+from hftpipe_workers.contract import RedisKeys, job_id
 
 # Read by the operator's settings when kopf imports the handlers (once per session).
 os.environ.setdefault("HFTPIPE_OPERATOR_STATUS_INTERVAL", "2")
@@ -471,12 +471,18 @@ def test_deleting_a_job_with_delete_redis_keys_deletes_its_keys(
     store = redis.Redis.from_url(redis_url)
     with _operator(operator_cmd):
         name = _create_job(api, namespace, spec)["metadata"]["name"]
-        keys = RedisKeys(name)
+        keys = RedisKeys(job_id(name, namespace))
         store.hset(keys.latest("BTCUSDT"), mapping={"close": "1"})
         store.sadd(keys.symbols, "BTCUSDT")
+        # Keys of a same-named job elsewhere (another namespace, or run by hand) stay.
+        others = [RedisKeys(job_id(name, f"{namespace}-x")), RedisKeys(name)]
+        for other in others:
+            store.sadd(other.symbols, "BTCUSDT")
         _all_children(api, namespace, name)
         client.CustomObjectsApi(api).delete_namespaced_custom_object(
             crd.GROUP, crd.VERSION, namespace, crd.PLURAL, name
         )
         wait_for(lambda: _get_job(api, namespace, name) is None, 30, "the ReplayJob to go")
     assert list(store.scan_iter(match=keys.pattern)) == []
+    assert [store.smembers(other.symbols) for other in others] == [{b"BTCUSDT"}] * 2
+    store.delete(*(other.symbols for other in others))

@@ -7,7 +7,15 @@ from pathlib import Path
 import pytest
 
 from hftpipe_devstack import docs
-from hftpipe_workers.contract import REDIS_LAYOUT, Groups, RedisKeys, Topics, check_job_name
+from hftpipe_workers.contract import (
+    REDIS_LAYOUT,
+    Groups,
+    RedisKeys,
+    Topics,
+    check_job_id,
+    check_job_name,
+    job_id,
+)
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -42,3 +50,36 @@ def test_topic_and_group_names() -> None:
 def test_job_names_must_be_dns_labels(bad: str) -> None:
     with pytest.raises(ValueError, match="job name"):
         check_job_name(bad)
+
+
+def test_same_named_jobs_in_two_namespaces_share_no_topic_group_or_key() -> None:
+    a, b = job_id("btc", "team-a"), job_id("btc", "team-b")
+    assert (a, b) == ("team-a.btc", "team-b.btc")
+    assert job_id("btc") == "btc"  # a worker run by hand
+    names = [
+        (Topics.for_job(j), Groups.for_job(j), RedisKeys(j).latest("S"), RedisKeys(j).pattern)
+        for j in (a, b, "btc")
+    ]
+    flat = [
+        name
+        for topics, groups, latest, pattern in names
+        for name in (*vars(topics).values(), *vars(groups).values(), latest, pattern)
+    ]
+    assert len(flat) == len(set(flat))
+    assert Topics.for_job(a).bars == "hftpipe.team-a.btc.bars"
+    assert RedisKeys(a).latest("BTCUSDT") == "hftpipe:team-a.btc:latest:BTCUSDT"
+
+
+@pytest.mark.parametrize("bad", ["a.b.c", ".btc", "btc.", "A.btc", "ns.UPPER", "a_b.c"])
+def test_job_ids_are_a_name_or_namespace_dot_name(bad: str) -> None:
+    with pytest.raises(ValueError, match="job id"):
+        check_job_id(bad)
+    with pytest.raises(ValueError, match="job id"):
+        Topics.for_job(bad)
+
+
+def test_a_job_name_never_holds_a_dot_nor_a_namespace_one() -> None:
+    with pytest.raises(ValueError, match="job name"):
+        job_id("a.b", "ns")
+    with pytest.raises(ValueError, match="namespace"):
+        job_id("btc", "Not.A.Namespace")

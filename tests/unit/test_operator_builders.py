@@ -287,6 +287,8 @@ def test_the_commands_parse_the_settings_into_the_spec(clean_env: pytest.MonkeyP
     produce = params("producer")
     assert produce["source"] == "s3://market-data/btc.csv.gz"
     assert produce["job"] == "btc"
+    # Topics, groups, Redis keys and warehouse rows are named by <namespace>.<name>.
+    assert produce["namespace"] == "markets"
     assert produce["speed"] == "60x"
     assert produce["rate"] is None
     assert produce["symbol"] == "BTCUSDT"
@@ -306,6 +308,7 @@ def test_the_commands_parse_the_settings_into_the_spec(clean_env: pytest.MonkeyP
 
     process = params("processor")
     assert process["windows"] == "5m,1h"
+    assert (process["job"], process["namespace"]) == ("btc", "markets")
     assert process["metrics_port"] == 9101
     redis_settings = RedisSettings()
     assert redis_settings.url == "redis://redis:6379/0"
@@ -316,6 +319,7 @@ def test_the_commands_parse_the_settings_into_the_spec(clean_env: pytest.MonkeyP
 
     load = params("loader")
     assert load["metrics_port"] == 9102
+    assert (load["job"], load["namespace"]) == ("btc", "markets")
     assert parse_target(load["warehouse"]) == Path(builders.WAREHOUSE_MOUNT) / "hftpipe.duckdb"
 
 
@@ -531,7 +535,7 @@ def test_strimzi_cluster_gets_kafkatopics_and_its_bootstrap_service() -> None:
     kafka = {"strimziCluster": {"name": "events", "namespace": "kafka"}, "topic": {"partitions": 6}}
     job = make_job(kafka=kafka)
     topics = builders.build_topic_kafkatopics(job)
-    names = Topics.for_job("btc")
+    names = Topics.for_job("markets.btc")  # <namespace>.<name>: see the test below
     assert [(t["metadata"]["name"], t["spec"]["partitions"]) for t in topics] == [
         (names.bars, 6),
         (names.metrics, 6),

@@ -141,6 +141,7 @@ def test_every_status_field_is_declared() -> None:
         "restarts",
         "lastFailure",
         "progress",
+        "outputs",
         "kopf",
     }
     assert props["phase"]["enum"] == ["Pending", "Running", "Succeeded", "Failed", "Suspended"]

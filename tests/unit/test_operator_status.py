@@ -249,6 +249,20 @@ def test_running_with_progress() -> None:
     assert ready.status == "True"
 
 
+def test_outputs_say_where_the_data_is_by_namespace_and_name() -> None:
+    outputs = roll_up(job(), observe()).outputs
+    assert outputs is not None
+    assert outputs.model_dump(by_alias=True) == {
+        "jobId": "markets.btc",
+        "barsTopic": "hftpipe.markets.btc.bars",
+        "metricsTopic": "hftpipe.markets.btc.metrics",
+        "deadLetterTopic": "hftpipe.markets.btc.deadletter",
+        "redisKeyPrefix": "hftpipe:markets.btc:",
+    }
+    other = ReplayJob("btc", "research", job().spec)
+    assert roll_up(other, observe()).outputs != outputs
+
+
 def test_eta_from_the_pace_since_the_previous_observation() -> None:
     first = roll_up(job(), observe())  # 25%
     later = roll_up(

@@ -330,9 +330,9 @@ def test_the_strimzi_progress_topic_is_a_compacted_kafkatopic() -> None:
         ),
     )
     by_name = {t["metadata"]["name"]: t for t in builders.build_topic_kafkatopics(job)}
-    progress = by_name[Topics.for_job("btc").progress]
+    progress = by_name[Topics.for_job(job.job_id).progress]
     assert progress["spec"] == {"partitions": 1, "replicas": 1, "config": PROGRESS_TOPIC_CONFIG}
-    assert "config" not in by_name[Topics.for_job("btc").bars]["spec"]
+    assert "config" not in by_name[Topics.for_job(job.job_id).bars]["spec"]
 
 
 def test_the_status_shows_rows_in_the_source_and_rows_read_from_the_record() -> None:

@@ -104,6 +104,7 @@ def worker_settings(job: ReplayJob) -> dict[str, str]:
     kafka, pacing, source = spec.kafka, spec.pacing, spec.source
     env = {
         cli_envvar("produce", "job"): job.name,
+        cli_envvar("produce", "namespace"): job.namespace,
         cli_envvar("produce", "log_json"): "true",
         cli_envvar("produce", "profile"): kafka.profile,
         # With Strimzi the operator creates the topics as KafkaTopics; a worker that
@@ -470,7 +471,7 @@ def build_topic_kafkatopics(job: ReplayJob) -> list[dict[str, Any]]:
     cluster = job.spec.kafka.strimzi_cluster
     if cluster is None:
         return []
-    topics = Topics.for_job(job.name)
+    topics = Topics.for_job(job.job_id)
     partitions, replicas = job.spec.kafka.topic.partitions, job.spec.kafka.topic.replicas
     out = []
     for topic, count, config in (

@@ -279,7 +279,7 @@ def _kafka(job: ReplayJob, kube: Kube) -> Iterator[ClientConfig]:
 def _offsets(job: ReplayJob, kube: Kube) -> tuple[OffsetFacts | None, KafkaReading]:
     try:
         with _kafka(job, kube) as config:
-            offsets = read_offsets(config, job.name, SETTINGS.kafka_timeout)
+            offsets = read_offsets(config, job.job_id, SETTINGS.kafka_timeout)
     except (KafkaUnavailable, KeyError) as exc:
         return None, KafkaReading(ok=False, message=f"cannot read the job's offsets: {exc}")
     return offsets, KafkaReading(ok=True, message="end offsets and group commits read")
@@ -402,7 +402,7 @@ def _delete_redis_keys(job: ReplayJob, kube: Kube) -> int:
         socket_connect_timeout=timeout,
     )
     try:
-        keys = list(client.scan_iter(match=RedisKeys(job.name).pattern, count=1000))
+        keys = list(client.scan_iter(match=RedisKeys(job.job_id).pattern, count=1000))
         return int(client.delete(*keys)) if keys else 0
     finally:
         client.close()
@@ -421,7 +421,7 @@ def cleanup(body: kopf.Body, memo: Any, logger: Log, **_: Any) -> None:
                     kube.delete(topic)
             else:
                 with _kafka(job, kube) as config:
-                    deleted = delete_topics(config, job.name, SETTINGS.cleanup_timeout)
+                    deleted = delete_topics(config, job.job_id, SETTINGS.cleanup_timeout)
                 logger.info(f"deleted topics {deleted}")
         except Exception as exc:  # noqa: BLE001 - any failure: report it and let the job go
             kopf.warn(body, reason="CleanupFailed", message=f"topics not deleted: {exc}")

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import AfterValidator, Field, StringConstraints
 
 from hftpipe_workers import cli
+from hftpipe_workers.contract import job_id
 from hftpipe_workers.settings import KafkaProfile, KafkaSettings, RedisSettings
 from hftpipe_workers.warehouse.snowflake_sink import SnowflakeSettings
 
@@ -636,6 +637,13 @@ class ReplayJob:
 
     def __post_init__(self) -> None:
         check_name(self.name)
+
+    @property
+    def job_id(self) -> str:
+        """``<namespace>.<name>``: what its topics, consumer groups, Redis keys and
+        warehouse rows are named by, so that same-named jobs in two namespaces sharing
+        a Kafka cluster or a Redis stay apart (see :func:`hftpipe_workers.contract.job_id`)."""
+        return job_id(self.name, self.namespace)
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> ReplayJob:

@@ -34,7 +34,7 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import ConfigDict, Field, StringConstraints
 
-from hftpipe_workers.contract import ProducerProgress
+from hftpipe_workers.contract import ProducerProgress, RedisKeys, Topics
 
 from . import labels
 from .apimodel import ApiModel, Crd, Timestamp, parse_timestamp
@@ -150,6 +150,41 @@ class Failure(StatusModel):
     """Why, and what to look at."""
 
 
+class Outputs(StatusModel):
+    """Where the job's data is: its Kafka topics, its Redis keys and its warehouse rows.
+
+    Named by the job id ``<namespace>.<name>``, so that same-named jobs in two
+    namespaces sharing a Kafka cluster, a Redis or a warehouse stay apart.
+    """
+
+    job_id: str
+    """The value of the warehouse tables' `job` column."""
+
+    bars_topic: str
+    """Kafka topic of the replayed bars."""
+
+    metrics_topic: str
+    """Kafka topic of each bar's metrics."""
+
+    dead_letter_topic: str
+    """Kafka topic of the rows set aside, with file, line and reason."""
+
+    redis_key_prefix: str
+    """Every Redis key of the job starts with it, e.g. `<prefix>latest:<symbol>`."""
+
+    @classmethod
+    def of(cls, job: ReplayJob) -> Outputs:
+        """The outputs of a job (pure: from its name and namespace)."""
+        topics = Topics.for_job(job.job_id)
+        return cls(
+            job_id=job.job_id,
+            bars_topic=topics.bars,
+            metrics_topic=topics.metrics,
+            dead_letter_topic=topics.deadletter,
+            redis_key_prefix=f"{RedisKeys(job.job_id).base}:",
+        )
+
+
 class ReplayJobStatus(StatusModel):
     """Observed state of a ReplayJob, written by the operator."""
 
@@ -183,6 +218,9 @@ class ReplayJobStatus(StatusModel):
 
     progress: Progress | None = None
     """Row counts, lag, percent and ETA."""
+
+    outputs: Outputs | None = None
+    """Where the job's topics, Redis keys and warehouse rows are."""
 
     kopf: dict[str, Any] | None = None
     """kopf's own bookkeeping (handler progress); kept as kopf writes it."""
@@ -749,6 +787,7 @@ def roll_up(
         restarts=max(restarts, (previous.restarts or 0) if previous else 0),
         last_failure=last_failure,
         progress=progress,
+        outputs=Outputs.of(job),
     )
 
 

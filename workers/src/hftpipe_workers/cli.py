@@ -247,7 +247,7 @@ def produce(settings: ProduceSettings) -> None:
 
     kafka = _connection(KafkaSettings, profile=settings.profile)
     server = _setup(settings.log_json, settings.metrics_port)
-    topics = Topics.for_job(settings.job)
+    topics = Topics.for_job(settings.job_id)
     if server:
         server.ready.set()
     try:
@@ -256,6 +256,7 @@ def produce(settings: ProduceSettings) -> None:
             source=settings.source,
             bars_topic=topics.bars,
             dead_topic=topics.deadletter,
+            progress_topic=topics.progress,
             kafka=kafka,
             pacing=settings.pacing,
             symbol=settings.symbol,
@@ -296,6 +297,7 @@ def process(settings: ProcessSettings) -> None:
     server = _setup(settings.log_json, settings.metrics_port)
     processor = Processor(
         job=settings.job,
+        namespace=settings.namespace,
         kafka=kafka,
         redis_settings=redis_settings,
         windows=settings.window_list,
@@ -335,6 +337,7 @@ def load(settings: LoadSettings) -> None:
     with open_sink(settings.warehouse) as sink:
         loader = Loader(
             job=settings.job,
+            namespace=settings.namespace,
             kafka=kafka,
             sink=sink,
             backend=settings.warehouse.split(":", 1)[0],

@@ -16,17 +16,52 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar, Final
 
 PREFIX = "hftpipe"
-_JOB_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_NAME_RE = re.compile(rf"^{_LABEL}$")
+_JOB_ID_RE = re.compile(rf"^({_LABEL}\.)?{_LABEL}$")
+
+
+def check_namespace(namespace: str) -> str:
+    """A Kubernetes namespace name is a DNS label."""
+    if not _NAME_RE.match(namespace):
+        raise ValueError(
+            f"namespace {namespace!r} is not valid: use 1-63 lowercase letters, digits and '-', "
+            "starting and ending with a letter or digit"
+        )
+    return namespace
 
 
 def check_job_name(job: str) -> str:
     """A job name is a DNS label (it names Kubernetes objects, topics and keys)."""
-    if not _JOB_RE.match(job):
+    if not _NAME_RE.match(job):
         raise ValueError(
             f"job name {job!r} is not valid: use 1-63 lowercase letters, digits and '-', "
             "starting and ending with a letter or digit (it becomes a Kubernetes name)"
         )
     return job
+
+
+def check_job_id(job: str) -> str:
+    """A :func:`job_id`: a job name, or ``<namespace>.<name>``."""
+    if not _JOB_ID_RE.match(job):
+        raise ValueError(
+            f"job id {job!r} is not valid: a job name, or <namespace>.<name>, each 1-63 "
+            "lowercase letters, digits and '-', starting and ending with a letter or digit"
+        )
+    return job
+
+
+def job_id(job: str, namespace: str | None = None) -> str:
+    """What a job's topics, consumer groups, Redis keys and warehouse rows are named by.
+
+    ``<namespace>.<job>`` for a ReplayJob (the operator sets ``HFTPIPE_NAMESPACE``):
+    two jobs of the same name in two namespaces that share a Kafka cluster, a Redis
+    or a warehouse must never read or overwrite each other's data. Just ``<job>`` for
+    a worker run by hand. Unambiguous because a namespace holds no dot. Metric labels
+    keep the plain name: Prometheus adds the namespace of the pod itself.
+    """
+    check_job_name(job)
+    return job if namespace is None else f"{check_namespace(namespace)}.{job}"
 
 
 @dataclass(frozen=True)
@@ -41,8 +76,9 @@ class Topics:
 
     @classmethod
     def for_job(cls, job: str) -> Topics:
-        """``hftpipe.<job>.bars``, ``.metrics``, ``.deadletter`` and ``.progress``."""
-        check_job_name(job)
+        """``hftpipe.<job>.bars``, ``.metrics``, ``.deadletter`` and ``.progress``
+        (``<job>`` is a :func:`job_id`)."""
+        check_job_id(job)
         return cls(
             bars=f"{PREFIX}.{job}.bars",
             metrics=f"{PREFIX}.{job}.metrics",
@@ -128,8 +164,8 @@ class Groups:
 
     @classmethod
     def for_job(cls, job: str) -> Groups:
-        """``hftpipe.<job>.processor`` and ``hftpipe.<job>.loader``."""
-        check_job_name(job)
+        """``hftpipe.<job>.processor`` and ``.loader`` (``<job>`` is a :func:`job_id`)."""
+        check_job_id(job)
         return cls(processor=f"{PREFIX}.{job}.processor", loader=f"{PREFIX}.{job}.loader")
 
 
@@ -175,7 +211,7 @@ class RedisKeys:
     @property
     def base(self) -> str:
         """``hftpipe:<job>``."""
-        return f"{PREFIX}:{check_job_name(self.job)}"
+        return f"{PREFIX}:{check_job_id(self.job)}"
 
     def latest(self, symbol: str) -> str:
         """Hash of the newest metrics of a symbol."""

@@ -19,7 +19,7 @@ import pandas as pd  # type: ignore[import-untyped]
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from . import codec
-from .contract import Groups, Topics
+from .contract import Groups, Topics, job_id
 from .kafka_admin import wait_for_topics
 from .lifecycle import DrainClock, stop_on_signals
 from .metrics import SESSION, parse_window
@@ -119,10 +119,14 @@ class Loader:
         backend: str,
         batch_max: int = 50_000,
         batch_seconds: float = 1.0,
+        namespace: str | None = None,
     ) -> None:
         self.job, self.kafka, self.sink, self.backend = job, kafka, sink, backend
+        # Topics, groups and the warehouse's job column carry the job id
+        # (namespace-qualified under the operator); metric labels the plain name.
+        self.job_id = job_id(job, namespace)
         self.batch_max, self.batch_seconds = batch_max, batch_seconds
-        self.topics, self.groups = Topics.for_job(job), Groups.for_job(job)
+        self.topics, self.groups = Topics.for_job(self.job_id), Groups.for_job(self.job_id)
         self.stop = threading.Event()
 
     def install_signal_handlers(self) -> None:
@@ -189,11 +193,11 @@ class Loader:
         metric_values = [m.value() or b"" for m in batch if m.topic() == self.topics.metrics]
         started = time.monotonic()
         if bar_values:
-            n = self.sink.write("bars", bars_frame(self.job, bar_values))
+            n = self.sink.write("bars", bars_frame(self.job_id, bar_values))
             LOADER_ROWS.labels(self.job, "bars", self.backend).inc(n)
             report.bars += len(bar_values)
         if metric_values:
-            n = self.sink.write("bar_metrics", metrics_frame(self.job, metric_values))
+            n = self.sink.write("bar_metrics", metrics_frame(self.job_id, metric_values))
             LOADER_ROWS.labels(self.job, "bar_metrics", self.backend).inc(n)
             report.metrics_rows += n
         LOADER_BATCH_SECONDS.labels(self.job, self.backend).observe(time.monotonic() - started)

@@ -49,7 +49,7 @@ from confluent_kafka.admin import AdminClient
 
 from . import codec
 from .bars import Bar
-from .contract import Groups, RedisKeys, Topics
+from .contract import Groups, RedisKeys, Topics, job_id
 from .kafka_admin import ensure_topics, partition_count, wait_for_topics
 from .lifecycle import DrainClock, stop_on_signals
 from .metrics import DEFAULT_WINDOWS, MetricsEngine, WindowColumns, WindowMetrics
@@ -284,15 +284,19 @@ class Processor:
         windows: Sequence[str] = DEFAULT_WINDOWS,
         batch_max: int = 20_000,
         publish_metrics: bool = True,
+        namespace: str | None = None,
     ) -> None:
+        # Topics, groups and keys carry the job id (namespace-qualified under the
+        # operator); metric labels carry the plain name.
         self.job, self.kafka, self.redis_settings = job, kafka, redis_settings
+        self.job_id = job_id(job, namespace)
         self.windows = tuple(windows)
         self.batch_max = batch_max
         self.publish_metrics = publish_metrics
         self.topics, self.groups, self.keys = (
-            Topics.for_job(job),
-            Groups.for_job(job),
-            RedisKeys(job),
+            Topics.for_job(self.job_id),
+            Groups.for_job(self.job_id),
+            RedisKeys(self.job_id),
         )
         self.redis = redis_client(redis_settings)
         self.stop = threading.Event()

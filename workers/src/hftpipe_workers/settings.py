@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .contract import check_job_name
+from .contract import check_job_name, check_namespace, job_id
 
 if TYPE_CHECKING:
     from .csvformat import ColumnMapping
@@ -217,10 +217,24 @@ class JobSettings(BaseSettings):
     job: str = "demo"
     """Job name: names the topics, consumer groups and Redis keys (a DNS label)."""
 
+    namespace: str | None = None
+    """Namespace of the ReplayJob (the operator sets it): the job's topics, consumer
+    groups, Redis keys and warehouse rows are then named by `<namespace>.<job>`."""
+
     @field_validator("job")
     @classmethod
     def _valid_job(cls, value: str) -> str:
         return check_job_name(value)
+
+    @field_validator("namespace")
+    @classmethod
+    def _valid_namespace(cls, value: str | None) -> str | None:
+        return None if value is None else check_namespace(value)
+
+    @property
+    def job_id(self) -> str:
+        """What the job's topics, consumer groups, Redis keys and warehouse rows carry."""
+        return job_id(self.job, self.namespace)
 
 
 # ------------------------------------------------------------------ command options

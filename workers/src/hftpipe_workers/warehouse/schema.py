@@ -94,7 +94,7 @@ def _col(
 
 
 _KEY_COLUMNS: Final = (
-    _col("job", _TEXT, "ReplayJob name the row belongs to", key=True),
+    _col("job", _TEXT, "job id: `<namespace>.<name>` of a ReplayJob, or `--job`", key=True),
     _col("symbol", _TEXT, "instrument, e.g. BTCUSDT", key=True),
     _col("bar_time", _TIME, "bar open time, UTC (stored without time zone)", key=True),
 )
