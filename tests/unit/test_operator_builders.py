@@ -378,6 +378,29 @@ def test_credentials_are_references_in_the_workers_that_need_them() -> None:
     assert not [k for k in data if re.search("PASSWORD|USERNAME|PRIVATE_KEY|PASSPHRASE", k)]
 
 
+def test_a_strimzi_kafkauser_secret_with_the_user_name_in_the_spec(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    # A Strimzi KafkaUser's Secret holds `password` and `sasl.jaas.config`, no user name.
+    credentials = {"username": "replay", "secretRef": {"name": "replay"}}
+    job = make_job(kafka={**BASE["kafka"], "credentials": credentials})
+    settings = builders.worker_settings(job)
+    assert settings["HFTPIPE_KAFKA_SASL_USERNAME"] == "replay"
+    for worker in ("producer", "processor", "loader"):
+        env = {v["name"]: v for v in _container(_workloads(job)[worker])["env"]}
+        assert "HFTPIPE_KAFKA_SASL_USERNAME" not in env  # the ConfigMap's value holds
+        assert env["HFTPIPE_KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+            "name": "replay",
+            "key": "password",
+            "optional": False,
+        }
+        for var, value in _env_of(job, worker).items():
+            clean_env.setenv(var, value)
+        kafka = KafkaSettings()
+        assert kafka.sasl_username == "replay"
+        assert kafka.sasl_password is not None
+
+
 # -------------------------------------------------------------------- workloads
 
 
@@ -557,3 +580,38 @@ def test_strimzi_cluster_gets_kafkatopics_and_its_bootstrap_service() -> None:
     same_namespace = make_job(kafka={"strimziCluster": {"name": "events", "port": 9093}})
     assert builders.bootstrap_servers(same_namespace) == "events-kafka-bootstrap.markets.svc:9093"
     assert builders.build_topic_kafkatopics(make_job()) == []
+
+
+class _Secrets:
+    """A stand-in for :class:`hftpipe_operator.kube.Kube`'s Secret reads (no cluster here)."""
+
+    def __init__(self, data: dict[tuple[str, str], dict[str, str]]) -> None:
+        self.data = data
+
+    def secret_value(self, namespace: str, name: str, key: str) -> str:
+        found = self.data.get((namespace, name), {})
+        if key not in found:
+            raise KeyError(f"Secret {namespace}/{name} has no key {key!r}")
+        return found[key]
+
+
+def test_the_operator_reads_kafka_as_its_workers_do() -> None:
+    from hftpipe_operator.handlers import kafka_config  # noqa: PLC0415 - imports kopf
+
+    kube = _Secrets({("markets", "replay"): {"password": "pw", "sasl.jaas.config": "..."}})
+    strimzi_user = {"username": "replay", "secretRef": {"name": "replay"}}
+    job = make_job(kafka={**BASE["kafka"], "credentials": strimzi_user})
+    config = kafka_config(job, kube, None)  # type: ignore[arg-type]
+    assert (config["sasl.username"], config["sasl.password"]) == ("replay", "pw")
+    assert config["sasl.mechanism"] == "SCRAM-SHA-512"
+
+    keyed = make_job()  # the user name under `usernameKey` ("username") of the Secret
+    kube.data["markets", "kafka-user"] = {"username": "u", "password": "p"}
+    config = kafka_config(keyed, kube, None)  # type: ignore[arg-type]
+    assert (config["sasl.username"], config["sasl.password"]) == ("u", "p")
+    with pytest.raises(KeyError, match="markets/replay has no key 'username'"):
+        kafka_config(
+            make_job(kafka={**BASE["kafka"], "credentials": {"secretRef": {"name": "replay"}}}),
+            kube,  # type: ignore[arg-type]
+            None,
+        )

@@ -138,6 +138,8 @@ def worker_settings(job: ReplayJob) -> dict[str, str]:
         env[settings_envvar(KafkaSettings, "sasl_mechanism")] = (
             kafka.credentials.secret_ref.mechanism
         )
+        if kafka.credentials.username is not None:
+            env[settings_envvar(KafkaSettings, "sasl_username")] = kafka.credentials.username
     if kafka.tls is not None:
         env[settings_envvar(KafkaSettings, "ssl_ca_location")] = f"{KAFKA_CA_MOUNT}/{KAFKA_CA_FILE}"
     snowflake = spec.warehouse.snowflake
@@ -174,14 +176,15 @@ def secret_env(spec: ReplayJobSpec, worker: Worker) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = []
     if spec.kafka.credentials is not None:
         ref = spec.kafka.credentials.secret_ref
-        env += [
-            _secret_var(
-                settings_envvar(KafkaSettings, "sasl_username"), ref.name, ref.username_key
-            ),
-            _secret_var(
-                settings_envvar(KafkaSettings, "sasl_password"), ref.name, ref.password_key
-            ),
-        ]
+        if spec.kafka.credentials.username is None:  # else a plain setting (worker_settings)
+            env.append(
+                _secret_var(
+                    settings_envvar(KafkaSettings, "sasl_username"), ref.name, ref.username_key
+                )
+            )
+        env.append(
+            _secret_var(settings_envvar(KafkaSettings, "sasl_password"), ref.name, ref.password_key)
+        )
     if worker == "processor" and spec.redis.credentials is not None:
         redis_ref = spec.redis.credentials.secret_ref
         if redis_ref.username_key is not None:

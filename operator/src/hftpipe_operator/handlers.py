@@ -255,7 +255,9 @@ def kafka_config(job: ReplayJob, kube: Kube, ca_file: str | None) -> ClientConfi
     if credentials is not None:
         ref = credentials.secret_ref
         out["sasl.mechanism"] = ref.mechanism
-        out["sasl.username"] = kube.secret_value(job.namespace, ref.name, ref.username_key)
+        out["sasl.username"] = credentials.username or kube.secret_value(
+            job.namespace, ref.name, ref.username_key
+        )
         out["sasl.password"] = kube.secret_value(job.namespace, ref.name, ref.password_key)
     if ca_file is not None:
         out["ssl.ca.location"] = ca_file

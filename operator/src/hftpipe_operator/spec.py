@@ -234,7 +234,12 @@ class KafkaCredentials(ApiModel):
     """SASL authentication to Kafka."""
 
     secret_ref: KafkaSecretRef
-    """The Secret with the user name and password."""
+    """The Secret with the password (and the user name unless `username` is set)."""
+
+    username: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
+    """The SASL user name, when the Secret holds only the password: a Strimzi
+    `KafkaUser`'s Secret has `password` and `sasl.jaas.config`, and the user name is the
+    KafkaUser's name. Takes precedence over `secretRef.usernameKey`."""
 
 
 class CaSecretRef(ApiModel):
