@@ -29,6 +29,7 @@ import pandas as pd  # type: ignore[import-untyped]
 import pytest
 import redis
 import yaml
+from confluent_kafka.admin import AdminClient
 from oracle import assert_close, oracle, redis_history
 
 from hftpipe_devstack.kubelet import KubeRest, LocalKubelet
@@ -408,3 +409,36 @@ def test_a_missing_source_file_fails_the_job_with_the_reason(
     # The producer's own error, from its pod's termination message (its log's tail).
     assert "no-such-dir/bars.csv.gz" in failed["message"], failed
     assert "completionTime" not in status, "only a Complete job has a completion time"
+
+
+def test_deleting_a_running_job_stops_its_workers_before_deleting_their_data(
+    namespace: str,
+    operator: ProcessTable,
+    kubelet: LocalKubelet,
+    stack_env: dict[str, str],
+    kafka_bootstrap: str,
+    redis_url: str,
+    redis_secret: str,
+) -> None:
+    env = {**os.environ, **stack_env}
+    job = f"gone-{uuid.uuid4().hex[:6]}"
+    cleanup = {"deleteTopics": True, "deleteRedisKeys": True}
+    # Paced, so the processor is still writing to Redis when the job is deleted.
+    spec = _spec(kafka_bootstrap, redis_url, redis_secret, pacing={"rate": 2000}, cleanup=cleanup)
+    _submit(env, namespace, job, spec)
+    wait_for(
+        lambda: (_progress(env, namespace, job).get("rowsProcessed") or 0) > 2000,
+        120,
+        "the processor to be under way",
+    )
+    _kubectl(env, "delete", "replayjob", job, "-n", namespace, "--timeout=150s")
+    # The owner references would end the pods only now, after the job is gone: a processor
+    # still running would have written the keys again after the clean-up deleted them.
+    assert _job_pods(env, namespace, job) == [], "the job went before its pods"
+    ident = job_id(job, namespace)
+    client = redis.Redis.from_url(redis_url)
+    assert list(client.scan_iter(match=RedisKeys(ident).pattern)) == []
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    left = [t for t in admin.list_topics(timeout=10).topics if t.startswith(f"hftpipe.{ident}.")]
+    assert left == [], "the job's topics outlived it"
+    assert not kubelet.errors

@@ -19,7 +19,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import kopf
@@ -410,12 +410,43 @@ def _delete_redis_keys(job: ReplayJob, kube: Kube) -> int:
         client.close()
 
 
+def _stop_workers(job: ReplayJob, kube: Kube) -> int:
+    """Delete the job's producer Job and worker Deployments; how many of its pods are left."""
+    for workload in (
+        builders.build_producer_job(job),
+        builders.build_processor_deployment(job),
+        builders.build_loader_deployment(job),
+    ):
+        kube.delete(workload)
+    return len(kube.list("v1", "Pod", job.namespace, labels.selector_labels(job.name)))
+
+
 @kopf.on.delete(*RESOURCE, when=_cleanup_wanted)
-def cleanup(body: kopf.Body, memo: Any, logger: Log, **_: Any) -> None:
-    """ReplayJob deleted with cleanup.deleteTopics/deleteRedisKeys -> topics and keys deleted,
-    or a warning: a clean-up that cannot finish never holds the deletion."""
+def cleanup(body: kopf.Body, memo: Any, logger: Log, runtime: timedelta, **_: Any) -> None:
+    """ReplayJob deleted with cleanup.deleteTopics/deleteRedisKeys -> workers stopped, then
+    topics and keys deleted, or a warning: a clean-up that cannot finish never holds the
+    deletion."""
     job = _job(body)
     kube = _kube(memo)
+    # Workers first: the owner references would stop them only after the job is gone, and
+    # until then a processor writes keys (and a worker may create topics) again.
+    try:
+        left = _stop_workers(job, kube)
+    except Exception as exc:  # noqa: BLE001 - any failure: report it and clean up anyway
+        kopf.warn(body, reason="CleanupFailed", message=f"workers not stopped: {exc}")
+        left = 0
+    if left:
+        waited = runtime.total_seconds()
+        if waited < SETTINGS.workers_stop_timeout:
+            raise kopf.TemporaryError(
+                f"waiting for {left} pods of the job to end before deleting its data", delay=2
+            )
+        kopf.warn(
+            body,
+            reason="CleanupUnsafe",
+            message=f"{left} pods still running after {waited:.0f}s: deleting the topics and "
+            "keys anyway; a worker still running may write some again",
+        )
     if job.spec.cleanup.delete_topics:
         try:
             if job.spec.kafka.strimzi_cluster is not None:

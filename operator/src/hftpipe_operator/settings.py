@@ -52,6 +52,10 @@ class OperatorSettings(BaseSettings):
     cleanup_timeout: float = Field(default=10.0, gt=0)
     """Seconds the deletion clean-up (topics, Redis keys) may take before it gives up."""
 
+    workers_stop_timeout: float = Field(default=90.0, ge=0)
+    """Seconds the deletion clean-up waits for the job's pods to end before it deletes
+    the topics and Redis keys anyway (a running processor would write keys again)."""
+
     liveness_endpoint: str = ""
     """kopf's liveness probe URL, e.g. ``http://0.0.0.0:8080/healthz``; empty serves none."""
 
