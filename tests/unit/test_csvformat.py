@@ -172,7 +172,7 @@ def test_duplicate_columns_and_empty_files_are_layout_errors() -> None:
 
 
 def test_a_file_without_symbols_needs_one_from_the_caller() -> None:
-    with pytest.raises(LayoutError, match=r"has no symbol column.*pass the symbol"):
+    with pytest.raises(LayoutError, match=r"has no symbol column.*--symbol"):
         reader_for("Timestamp,Open,High,Low,Close,Volume\n")
 
 

@@ -548,7 +548,8 @@ class BarReader:
         if self.layout.symbol is None and not symbol:
             raise LayoutError(
                 f"{self.source}: the file has no symbol column (layout {self.layout.name}); "
-                "pass the symbol of its bars, e.g. symbol='BTCUSD'"
+                "give the symbol of its bars: hftpipe produce --symbol BTCUSD "
+                "(HFTPIPE_SYMBOL; a ReplayJob's spec.source.symbol)"
             )
         self._symbol = symbol or ""
         self._ncols = len(header)

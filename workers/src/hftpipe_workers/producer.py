@@ -22,6 +22,7 @@ reads rows in the source and rows read from there.
 
 from __future__ import annotations
 
+import io
 import logging
 import sys
 import time
@@ -167,9 +168,10 @@ def open_source(url: str) -> tuple[IO[bytes], Callable[[], float]]:
     raw: IO[bytes] = fs_file.open()
     size = float(fs_file.fs.size(fs_file.path) or 0)
     compression = fsspec.utils.infer_compression(url)
-    stream: IO[bytes] = (
-        fsspec.compression.compr[compression](raw, mode="rb") if compression else raw
-    )
+    stream: IO[bytes] = raw
+    if compression:
+        # Buffered: zstandard's reader (.zst) has no readline(), which the parser needs.
+        stream = io.BufferedReader(fsspec.compression.compr[compression](raw, mode="rb"))
 
     def fraction() -> float:
         try:
