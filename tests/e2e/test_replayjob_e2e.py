@@ -442,3 +442,59 @@ def test_deleting_a_running_job_stops_its_workers_before_deleting_their_data(
     left = [t for t in admin.list_topics(timeout=10).topics if t.startswith(f"hftpipe.{ident}.")]
     assert left == [], "the job's topics outlived it"
     assert not kubelet.errors
+
+
+def test_an_s3_source_is_read_with_the_endpoint_and_keys_of_the_spec(
+    namespace: str,
+    operator: ProcessTable,
+    kubelet: LocalKubelet,
+    stack_env: dict[str, str],
+    kafka_bootstrap: str,
+    redis_url: str,
+    redis_secret: str,
+) -> None:
+    """An S3-compatible store (moto's server on 127.0.0.1: no S3 account is reachable);
+    the producer's pod gets the endpoint from the spec and the keys from a Secret."""
+    import boto3  # type: ignore[import-untyped]  # noqa: PLC0415 - a dev dependency
+    from moto.server import ThreadedMotoServer  # noqa: PLC0415
+
+    env = {**os.environ, **stack_env}
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        keys = {"AWS_ACCESS_KEY_ID": "replay", "AWS_SECRET_ACCESS_KEY": "replay-secret"}
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=keys["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=keys["AWS_SECRET_ACCESS_KEY"],
+        )
+        s3.create_bucket(Bucket="market-data")
+        s3.upload_file(str(SAMPLE), "market-data", "btc/btcusdt_1h.csv.gz")
+        secret = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque"}
+        _apply(env, [{**secret, "metadata": {"name": "s3", "namespace": namespace},
+                      "stringData": keys}])  # fmt: skip
+        job = f"s3-{uuid.uuid4().hex[:6]}"
+        source = {
+            "url": "s3://market-data/btc/btcusdt_1h.csv.gz",
+            "symbol": "BTCUSDT",
+            "s3": {
+                "endpointUrl": endpoint,
+                "region": "us-east-1",
+                "credentials": {"secretRef": {"name": "s3"}},
+            },
+        }
+        _submit(env, namespace, job, _spec(kafka_bootstrap, redis_url, redis_secret, source=source))
+        _wait_condition(env, namespace, job, "Complete", kubelet, operator)
+    finally:
+        server.stop()
+    progress = _progress(env, namespace, job)
+    assert (progress["rowsTotal"], progress["rowsProduced"], progress["rowsLoaded"]) == (
+        55_765,
+        55_765,
+        55_765,
+    ), progress
+    assert not kubelet.errors

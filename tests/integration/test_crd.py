@@ -281,6 +281,24 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
         "source.start must be before source.end",
     ),
     (
+        "s3-settings-for-an-https-source",
+        _with(
+            MINIMAL,
+            source={"url": "https://example.com/x.csv", "s3": {"region": "eu-west-1"}},
+        ),
+        "spec.source.s3",
+        "source.s3 is for an s3:// source.url",
+    ),
+    (
+        "s3-endpoint-without-scheme",
+        _with(
+            MINIMAL,
+            source={"url": "s3://bars/x.csv", "s3": {"endpointUrl": "minio:9000"}},
+        ),
+        "spec.source.s3.endpointUrl",
+        "should match",
+    ),
+    (
         "timestamp-without-zone",
         _with(MINIMAL, source={"url": "x.csv", "start": "2024-01-01T00:00:00"}),
         "spec.source.start",

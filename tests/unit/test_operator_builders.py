@@ -615,3 +615,30 @@ def test_the_operator_reads_kafka_as_its_workers_do() -> None:
             kube,  # type: ignore[arg-type]
             None,
         )
+
+
+def test_an_s3_source_gets_endpoint_region_and_keys_in_the_producer_only() -> None:
+    s3 = {
+        "endpointUrl": "http://minio.storage:9000",
+        "region": "eu-west-1",
+        "credentials": {"secretRef": {"name": "minio"}},
+    }
+    job = make_job(source={**BASE["source"], "s3": s3})
+    producer = {v["name"]: v for v in _container(_workloads(job)["producer"])["env"]}
+    assert producer["AWS_ENDPOINT_URL"] == {
+        "name": "AWS_ENDPOINT_URL",
+        "value": "http://minio.storage:9000",
+    }
+    assert producer["AWS_DEFAULT_REGION"]["value"] == "eu-west-1"
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert producer[var]["valueFrom"]["secretKeyRef"] == {
+            "name": "minio",
+            "key": var,
+            "optional": False,
+        }
+    for worker in ("processor", "loader"):  # the loader's Snowflake client reads AWS_* too
+        env = _container(_workloads(job)[worker])["env"]
+        assert not [v for v in env if v["name"].startswith("AWS_")]
+    assert not [k for k in builders.build_settings_configmap(job)["data"] if "AWS" in k]
+    with pytest.raises(ValueError, match=r"source\.s3 is for an s3:// source\.url"):
+        make_job(source={"url": "https://example.com/bars.csv", "s3": s3})

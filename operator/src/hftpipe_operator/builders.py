@@ -171,6 +171,29 @@ def _secret_var(name: str, secret: str, key: str) -> dict[str, Any]:
     }
 
 
+def s3_env(spec: ReplayJobSpec) -> list[dict[str, Any]]:
+    """The producer's AWS SDK variables for an ``s3://`` source (read by s3fs/botocore).
+
+    In the producer's container only, never in the shared ConfigMap: an endpoint
+    there would redirect the loader's Snowflake stage uploads too.
+    """
+    s3 = spec.source.s3
+    if s3 is None:
+        return []
+    env: list[dict[str, Any]] = []
+    if s3.endpoint_url is not None:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": s3.endpoint_url})
+    if s3.region is not None:
+        env.append({"name": "AWS_DEFAULT_REGION", "value": s3.region})
+    if s3.credentials is not None:
+        ref = s3.credentials.secret_ref
+        env += [
+            _secret_var("AWS_ACCESS_KEY_ID", ref.name, ref.access_key_id_key),
+            _secret_var("AWS_SECRET_ACCESS_KEY", ref.name, ref.secret_access_key_key),
+        ]
+    return env
+
+
 def secret_env(spec: ReplayJobSpec, worker: Worker) -> list[dict[str, Any]]:
     """The credentials ``worker`` needs, as ``secretKeyRef`` variables (values never copied)."""
     env: list[dict[str, Any]] = []
@@ -277,6 +300,7 @@ def _container(job: ReplayJob, worker: Worker) -> dict[str, Any]:
             # (Snowflake's OCSP cache) get the writable /tmp instead.
             {"name": "HOME", "value": TMP_MOUNT},
             *secret_env(spec, worker),
+            *(s3_env(spec) if worker == "producer" else []),
         ],
         "ports": [{"name": METRICS_PORT_NAME, "containerPort": port, "protocol": "TCP"}],
         "livenessProbe": {

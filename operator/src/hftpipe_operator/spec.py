@@ -92,6 +92,44 @@ class SourceVolume(ApiModel):
     name, e.g. `{nfs: {server: nas, path: /exports/bars}}` or `{configMap: {name: bars}}`."""
 
 
+class S3SecretRef(ApiModel):
+    """A Secret holding an S3 access key pair."""
+
+    name: ObjectName
+    """Name of the Secret, in the job's namespace."""
+
+    access_key_id_key: SecretKey = "AWS_ACCESS_KEY_ID"
+    """Key of the access key id."""
+
+    secret_access_key_key: SecretKey = "AWS_SECRET_ACCESS_KEY"  # noqa: S105 - a key's name
+    """Key of the secret access key."""
+
+
+class S3Credentials(ApiModel):
+    """An S3 access key pair, by reference."""
+
+    secret_ref: S3SecretRef
+    """The Secret with the key pair."""
+
+
+class S3Source(ApiModel):
+    """How the producer reaches an `s3://` source beyond what its pod's identity gives.
+
+    Left out, the AWS SDK's own chain applies (IRSA / Pod Identity, instance role)."""
+
+    endpoint_url: (
+        Annotated[str, StringConstraints(max_length=2048, pattern=r"^https?://")] | None
+    ) = None
+    """An S3-compatible store (MinIO, Ceph, R2...), e.g. `http://minio.storage:9000`
+    (the producer's `AWS_ENDPOINT_URL`)."""
+
+    region: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    """The bucket's region (`AWS_DEFAULT_REGION`)."""
+
+    credentials: S3Credentials | None = None
+    """An access key pair from a Secret (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`)."""
+
+
 class SourceSpec(ApiModel):
     """The CSV file to replay and which part of it."""
 
@@ -125,12 +163,21 @@ class SourceSpec(ApiModel):
             ),
             field_path=".url",
         ),
+        Rule(
+            cel="!has(self.s3) || self.url.startsWith('s3://')",
+            message="source.s3 is for an s3:// source.url",
+            holds=lambda s: s.s3 is None or s.url.startswith("s3://"),
+            field_path=".s3",
+        ),
     )
 
     url: Annotated[str, StringConstraints(min_length=1, max_length=2048)]
     """The CSV file, optionally compressed (.gz, .bz2, .xz, .zst): a path in the
     producer's container (on `volume`, or shipped in the image), or a file://,
-    s3://, gs:// or https:// URL."""
+    s3:// (see `s3`), http:// or https:// URL."""
+
+    s3: S3Source | None = None
+    """Endpoint, region and credentials for an `s3://` URL."""
 
     volume: SourceVolume | None = None
     """A volume to mount in the producer's pod at `mountPath` (read-only) for a
