@@ -15,6 +15,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -135,6 +136,39 @@ def kubelet(
         yield running
 
 
+SOURCE: dict[str, Any] = {
+    "url": f"/data/{SAMPLE.name}",
+    "volume": {"claimName": "bars"},
+    "symbol": "BTCUSDT",
+}
+"""The jobs' source: the sample on a PersistentVolumeClaim mounted at /data, as on a
+cluster. (A host path would do only outside /tmp: pods mount their own /tmp, so in a
+checkout under /tmp the producer would look for the file in its pod's /tmp.)"""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def bars_claim(namespace: str, kubelet: LocalKubelet, stack_env: dict[str, str]) -> Path:
+    """The claim of :data:`SOURCE` with the sample on it (the local Node's claim directory)."""
+    _apply(
+        {**os.environ, **stack_env},
+        [
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": "bars", "namespace": namespace},
+                "spec": {
+                    "accessModes": ["ReadOnlyMany"],
+                    "resources": {"requests": {"storage": "1Gi"}},
+                },
+            }
+        ],
+    )
+    directory = kubelet.root / "claims" / namespace / "bars"
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copy(SAMPLE, directory / SAMPLE.name)
+    return directory
+
+
 def _without_password(url: str) -> tuple[str, str]:
     """``redis://default:pw@host:port/0`` -> (``redis://host:port/0``, ``pw``)."""
     parts = urlsplit(url)
@@ -169,7 +203,7 @@ def redis_secret(namespace: str, stack_env: dict[str, str], redis_url: str) -> s
 def _spec(kafka_bootstrap: str, redis_url: str, secret: str, **overrides: Any) -> dict[str, Any]:
     url, _ = _without_password(redis_url)
     spec: dict[str, Any] = {
-        "source": {"url": str(SAMPLE), "symbol": "BTCUSDT"},
+        "source": dict(SOURCE),
         "pacing": {"max": True},
         "kafka": {"bootstrapServers": kafka_bootstrap, "topic": {"partitions": 3}},
         "processing": {"windows": WINDOWS, "replicas": 2},
@@ -392,12 +426,11 @@ def test_a_missing_source_file_fails_the_job_with_the_reason(
 ) -> None:
     env = {**os.environ, **stack_env}
     job = f"broken-{uuid.uuid4().hex[:6]}"
-    missing = REPO / "no-such-dir" / "bars.csv.gz"  # not under /tmp, which pods mount
     spec = _spec(
         kafka_bootstrap,
         redis_url,
         redis_secret,
-        source={"url": str(missing), "symbol": "BTCUSDT"},
+        source={**SOURCE, "url": "/data/no-such-dir/bars.csv.gz"},
         restartPolicy={"maxRestarts": 1, "backoffSeconds": 1, "maxBackoffSeconds": 2},
     )
     _submit(env, namespace, job, spec)
@@ -407,7 +440,7 @@ def test_a_missing_source_file_fails_the_job_with_the_reason(
     failed = next(c for c in status["conditions"] if c["type"] == "Failed")
     assert "producer" in failed["message"], failed
     # The producer's own error, from its pod's termination message (its log's tail).
-    assert "no-such-dir/bars.csv.gz" in failed["message"], failed
+    assert "/no-such-dir/bars.csv.gz" in failed["message"], failed
     assert "completionTime" not in status, "only a Complete job has a completion time"
 
 
