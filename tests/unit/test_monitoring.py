@@ -414,3 +414,53 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     proc = run_promtool("check", "rules", str(path))
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# ------------------------------------------------------- series that exist from the start
+
+
+def _sample(registry: Any, name: str, labels: dict[str, str]) -> float | None:
+    value = registry.get_sample_value(name, labels)
+    return None if value is None else float(value)
+
+
+def test_every_error_reason_in_the_code_is_declared_and_starts_at_zero() -> None:
+    """``rate()``/``increase()`` see a first increment only from an existing series."""
+    used: set[tuple[str, str]] = set()
+    for path in (REPO / "workers/src/hftpipe_workers").glob("*.py"):
+        for worker, reason in re.findall(
+            r'ERRORS\.labels\(\s*"(\w+)",\s*self\.job,\s*"(\w+)"', path.read_text()
+        ):
+            used.add((worker, reason))
+    declared = {(w, r) for w, reasons in observability.ERROR_REASONS.items() for r in reasons}
+    assert used, "no ERRORS.labels(...) call found: the scan is broken"
+    assert used <= declared, f"reasons missing from observability.ERROR_REASONS: {used - declared}"
+    observability.declare_series("loader", "fresh-job", ("time",))
+    registry = observability.REGISTRY
+    labels = {"worker": "loader", "job": "fresh-job", "reason": "consume"}
+    assert _sample(registry, "hftpipe_errors_total", labels) == 0.0
+    labels = {"job": "fresh-job", "reason": "time"}
+    assert _sample(registry, "hftpipe_dead_letters_total", labels) == 0.0
+
+
+def test_every_rejected_row_kind_is_a_declared_dead_letter_reason() -> None:
+    from hftpipe_workers import bars  # noqa: PLC0415
+    from hftpipe_workers.csvformat import REJECT_KINDS  # noqa: PLC0415
+
+    source = (REPO / "workers/src/hftpipe_workers/csvformat.py").read_text()
+    literal = set(re.findall(r'kind = "(\w+)"', source))
+    literal |= set(re.findall(r'text(?:_of\(\w+\))?,\s*"(\w+)",', source))
+    codes = [*bars.NOT_FINITE, *bars.NOT_POSITIVE, bars.NEGATIVE_VOLUME, bars.HIGH_BELOW_LOW,
+             bars.OPEN_OUTSIDE_RANGE, bars.CLOSE_OUTSIDE_RANGE]  # fmt: skip
+    kinds = literal | {bars.reason_kind(c) for c in codes}
+    assert {"fields", "time", "symbol", "duplicate_time", "time_backwards"} <= literal, literal
+    assert kinds <= set(REJECT_KINDS), kinds - set(REJECT_KINDS)
+    assert len(REJECT_KINDS) == len(set(REJECT_KINDS))
+
+
+def test_operator_reconciliation_results_start_at_zero() -> None:
+    from prometheus_client import REGISTRY  # noqa: PLC0415 - the operator's registry
+
+    for result in ("success", "retry", "error"):
+        value = _sample(REGISTRY, "hftpipe_operator_reconciliations_total", {"result": result})
+        assert value is not None, f"no series for result={result}"

@@ -8,7 +8,7 @@ config must honour those labels (``honorLabels``), as the workers' does.
 from __future__ import annotations
 
 from collections import Counter as Tally
-from typing import Final, Literal
+from typing import Final, Literal, get_args
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -21,6 +21,10 @@ RECONCILIATIONS: Final = Counter(
     "ReplayJob reconciliations (create, resume, update), by result",
     ["result"],
 )
+# Every result's series exists from the start, at 0: increase() sees a first error only
+# as a step from an existing series (the reconcile-errors alert).
+for _result in get_args(Result):
+    RECONCILIATIONS.labels(result=_result)
 RECONCILE_SECONDS: Final = Histogram(
     "hftpipe_operator_reconcile_duration_seconds",
     "Time to reconcile a ReplayJob's children",

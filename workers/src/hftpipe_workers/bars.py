@@ -62,19 +62,23 @@ OPEN_OUTSIDE_RANGE: Final = 12
 CLOSE_OUTSIDE_RANGE: Final = 13
 
 
+_KINDS: Final = {
+    NEGATIVE_VOLUME: "negative_volume",
+    HIGH_BELOW_LOW: "high_below_low",
+    OPEN_OUTSIDE_RANGE: "open_outside_range",
+    CLOSE_OUTSIDE_RANGE: "close_outside_range",
+}
+REASON_KINDS: Final = ("not_finite", "not_positive", *_KINDS.values())
+"""Every value :func:`reason_kind` returns."""
+
+
 def reason_kind(code: int) -> str:
     """A short, stable name for a reason code, fit for a metric label."""
     if code in NOT_FINITE:
         return "not_finite"
     if code in NOT_POSITIVE:
         return "not_positive"
-    kinds = {
-        NEGATIVE_VOLUME: "negative_volume",
-        HIGH_BELOW_LOW: "high_below_low",
-        OPEN_OUTSIDE_RANGE: "open_outside_range",
-        CLOSE_OUTSIDE_RANGE: "close_outside_range",
-    }
-    return kinds[code]
+    return _KINDS[code]
 
 
 def reason_code(o: float, h: float, lo: float, c: float, v: float) -> int:  # noqa: PLR0911

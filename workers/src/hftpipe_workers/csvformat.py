@@ -38,6 +38,7 @@ import pandas as pd  # type: ignore[import-untyped]  # pandas-stubs is not in th
 from hftpipe_workers.bars import (
     NS_PER_SECOND,
     OK,
+    REASON_KINDS,
     Bar,
     FloatArray,
     describe_reason,
@@ -310,6 +311,17 @@ def layout_from_mapping(
         mapping.symbol,
         cols,
     )
+
+
+REJECT_KINDS: Final = (
+    "fields",
+    "time",
+    "symbol",
+    *REASON_KINDS,
+    "duplicate_time",
+    "time_backwards",
+)
+"""Every :attr:`RejectedRow.kind` (the dead-letter metric's ``reason`` label values)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd  # type: ignore[import-untyped]
-from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from . import codec
 from .contract import Groups, Topics, job_id
@@ -31,6 +31,7 @@ from .observability import (
     LOADER_ROWS,
     READY,
     RECORDS_IN,
+    declare_series,
 )
 from .settings import KafkaSettings
 from .warehouse import Sink
@@ -125,6 +126,7 @@ class Loader:
         # Topics, groups and the warehouse's job column carry the job id
         # (namespace-qualified under the operator); metric labels the plain name.
         self.job_id = job_id(job, namespace)
+        declare_series("loader", job)
         self.batch_max, self.batch_seconds = batch_max, batch_seconds
         self.topics, self.groups = Topics.for_job(self.job_id), Groups.for_job(self.job_id)
         self.stop = threading.Event()
@@ -180,6 +182,11 @@ class Loader:
                 if err is not None:
                     if err.fatal():
                         raise KafkaException(err)
+                    if err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                        # The metrics topic is created by the processor, which may start
+                        # after the loader: it is picked up at the next metadata refresh.
+                        log.info("waiting for a topic: %s", err.str())
+                        continue
                     log.warning("consumer error: %s", err)
                     ERRORS.labels("loader", self.job, "consume").inc()
                     continue

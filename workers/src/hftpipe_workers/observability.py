@@ -76,6 +76,27 @@ DEAD_LETTERS = Counter(
     ["job", "reason"],
     registry=REGISTRY,
 )
+ERROR_REASONS: dict[str, tuple[str, ...]] = {
+    "producer": ("delivery", "progress"),
+    "processor": ("delivery", "consume", "lost_partition"),
+    "loader": ("consume",),
+}
+"""The ``reason`` label values of :data:`ERRORS`, per worker."""
+
+
+def declare_series(worker: str, job: str, dead_letter_reasons: tuple[str, ...] = ()) -> None:
+    """Create a worker's labelled counters at 0 when it starts.
+
+    A labelled series appears at its first increment, and ``rate()`` / ``increase()``
+    cannot see the step from nothing: a worker's first error, or a small file's dead
+    letters scraped all at once, would never fire the alerts. From 0 they do.
+    """
+    for reason in ERROR_REASONS[worker]:
+        ERRORS.labels(worker, job, reason)
+    for reason in dead_letter_reasons:
+        DEAD_LETTERS.labels(job, reason)
+
+
 BATCH_SIZE = Histogram(
     "hftpipe_batch_size",
     "Records per processed batch",

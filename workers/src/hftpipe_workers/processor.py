@@ -63,6 +63,7 @@ from .observability import (
     READY,
     RECORDS_IN,
     RECORDS_OUT,
+    declare_series,
 )
 from .settings import KafkaSettings, RedisSettings
 
@@ -290,6 +291,7 @@ class Processor:
         # operator); metric labels carry the plain name.
         self.job, self.kafka, self.redis_settings = job, kafka, redis_settings
         self.job_id = job_id(job, namespace)
+        declare_series("processor", job)
         self.windows = tuple(windows)
         self.batch_max = batch_max
         self.publish_metrics = publish_metrics

@@ -41,7 +41,7 @@ from confluent_kafka.admin import AdminClient
 
 from . import codec
 from .contract import PROGRESS_TOPIC_CONFIG, ProducerProgress, Topics
-from .csvformat import BarBatch, BarReader, ColumnMapping, LayoutName, RejectedRow
+from .csvformat import REJECT_KINDS, BarBatch, BarReader, ColumnMapping, LayoutName, RejectedRow
 from .kafka_admin import ensure_topics, partition_count
 from .observability import (
     BYTES_OUT,
@@ -50,6 +50,7 @@ from .observability import (
     RECORDS_OUT,
     REPLAY_ROWS_DONE,
     REPLAY_ROWS_TOTAL,
+    declare_series,
 )
 from .pacing import Pacer, Pacing
 from .settings import KafkaSettings
@@ -303,6 +304,7 @@ class Replay:
         progress: bool = True,
     ) -> None:
         self.job, self.source = job, source
+        declare_series("producer", job, REJECT_KINDS)
         self.bars_topic, self.dead_topic = bars_topic, dead_topic
         self.kafka, self.pacing = kafka, pacing
         self.symbol, self.mapping, self.start_ns, self.end_ns = symbol, mapping, start_ns, end_ns
