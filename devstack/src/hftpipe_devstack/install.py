@@ -273,7 +273,7 @@ def ensure_kubernetes() -> Path:
         require_tool("go", "Install Go 1.24+ (https://go.dev/doc/install).")
         log(
             f"building Kubernetes {version} ({', '.join(KUBE_BINARIES)}) from the Go module "
-            f"proxy into {cache_root() / name}: cold this takes 15-30 min on 2 cores, once"
+            f"proxy into {cache_root() / name}: cold this takes 5-15 min on 2 cores, once"
         )
         src = tmp / "src"
         src.mkdir()
