@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from pydantic import SecretStr
 
+from hftpipe_workers.snowflake_settings import env_var
 from hftpipe_workers.warehouse import (
     BAR_METRICS,
     BARS,
@@ -44,7 +45,7 @@ from hftpipe_workers.warehouse.schema import (
     prepare_batch,
     quote,
 )
-from hftpipe_workers.warehouse.snowflake_sink import connect_kwargs, env_var, pyformat
+from hftpipe_workers.warehouse.snowflake_sink import connect_kwargs, pyformat
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 BTC_FILE = SHARED_DATA / "btcusdt_1h_binance.csv.gz"

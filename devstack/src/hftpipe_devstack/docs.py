@@ -31,9 +31,9 @@ from hftpipe_workers.settings import (
     WorkerSettings,
     env_names,
 )
+from hftpipe_workers.snowflake_settings import SnowflakeSettings
 from hftpipe_workers.warehouse.queries import MOST_VOLATILE_DAYS
 from hftpipe_workers.warehouse.schema import TABLES, markdown_table
-from hftpipe_workers.warehouse.snowflake_sink import SnowflakeSettings
 
 WORKER_COMMANDS = ("produce", "process", "load")
 

@@ -20,7 +20,7 @@ from typing import Any, Final
 
 from hftpipe_workers.contract import PROGRESS_TOPIC_CONFIG, Topics
 from hftpipe_workers.settings import KafkaSettings, RedisSettings
-from hftpipe_workers.warehouse.snowflake_sink import SnowflakeSettings
+from hftpipe_workers.snowflake_settings import SnowflakeSettings
 
 from . import labels
 from .labels import Component, Worker

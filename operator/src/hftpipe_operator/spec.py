@@ -22,7 +22,7 @@ from pydantic import AfterValidator, Field, StringConstraints
 from hftpipe_workers import cli
 from hftpipe_workers.contract import job_id
 from hftpipe_workers.settings import KafkaProfile, KafkaSettings, RedisSettings
-from hftpipe_workers.warehouse.snowflake_sink import SnowflakeSettings
+from hftpipe_workers.snowflake_settings import SnowflakeSettings
 
 from .apimodel import (
     ApiModel,

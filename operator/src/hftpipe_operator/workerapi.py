@@ -22,7 +22,7 @@ from hftpipe_workers.settings import (
     RedisSettings,
     env_names,
 )
-from hftpipe_workers.warehouse.snowflake_sink import SnowflakeSettings
+from hftpipe_workers.snowflake_settings import SnowflakeSettings
 
 from .labels import Worker
 

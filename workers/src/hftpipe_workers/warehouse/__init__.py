@@ -13,15 +13,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Final
 
+from hftpipe_workers.snowflake_settings import SnowflakeConfigError, SnowflakeSettings
 from hftpipe_workers.warehouse.base import Sink
 from hftpipe_workers.warehouse.duckdb_sink import DuckDBSink
 from hftpipe_workers.warehouse.queries import MOST_VOLATILE_DAYS, most_volatile_days
 from hftpipe_workers.warehouse.schema import BAR_METRICS, BARS, TABLES, BatchError, Column, Table
-from hftpipe_workers.warehouse.snowflake_sink import (
-    SnowflakeConfigError,
-    SnowflakeSettings,
-    SnowflakeSink,
-)
+from hftpipe_workers.warehouse.snowflake_sink import SnowflakeSink
 
 __all__ = [
     "BARS",
