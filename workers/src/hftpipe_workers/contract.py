@@ -21,34 +21,30 @@ _NAME_RE = re.compile(rf"^{_LABEL}$")
 _JOB_ID_RE = re.compile(rf"^({_LABEL}\.)?{_LABEL}$")
 
 
+_LABEL_RULE = "1-63 lowercase letters, digits and '-', starting and ending with a letter or digit"
+
+
+def _checked(pattern: re.Pattern[str], value: str, what: str, rule: str) -> str:
+    if not pattern.match(value):
+        raise ValueError(f"{what} {value!r} is not valid: {rule}")
+    return value
+
+
 def check_namespace(namespace: str) -> str:
     """A Kubernetes namespace name is a DNS label."""
-    if not _NAME_RE.match(namespace):
-        raise ValueError(
-            f"namespace {namespace!r} is not valid: use 1-63 lowercase letters, digits and '-', "
-            "starting and ending with a letter or digit"
-        )
-    return namespace
+    return _checked(_NAME_RE, namespace, "namespace", f"use {_LABEL_RULE}")
 
 
 def check_job_name(job: str) -> str:
     """A job name is a DNS label (it names Kubernetes objects, topics and keys)."""
-    if not _NAME_RE.match(job):
-        raise ValueError(
-            f"job name {job!r} is not valid: use 1-63 lowercase letters, digits and '-', "
-            "starting and ending with a letter or digit (it becomes a Kubernetes name)"
-        )
-    return job
+    return _checked(_NAME_RE, job, "job name", f"use {_LABEL_RULE} (it becomes a Kubernetes name)")
 
 
 def check_job_id(job: str) -> str:
     """A :func:`job_id`: a job name, or ``<namespace>.<name>``."""
-    if not _JOB_ID_RE.match(job):
-        raise ValueError(
-            f"job id {job!r} is not valid: a job name, or <namespace>.<name>, each 1-63 "
-            "lowercase letters, digits and '-', starting and ending with a letter or digit"
-        )
-    return job
+    return _checked(
+        _JOB_ID_RE, job, "job id", f"a job name, or <namespace>.<name>, each {_LABEL_RULE}"
+    )
 
 
 def job_id(job: str, namespace: str | None = None) -> str:
