@@ -139,11 +139,12 @@ class Loader:
         """Load until stopped (or caught up and idle, with ``until_caught_up``)."""
         # The bars topic comes first (the producer makes it); the metrics topic may
         # appear later (the processor makes it), so refresh metadata often enough to
-        # notice it within seconds rather than librdkafka's default 5 minutes.
+        # notice it within a second rather than librdkafka's default 5 minutes (one
+        # small metadata request a second; at 5 s the demo's loader sat idle that long).
         if not wait_for_topics(self.kafka.common(), [self.topics.bars], self.stop):
             return LoaderReport()
         consumer = Consumer(
-            {**self.kafka.consumer(self.groups.loader), "topic.metadata.refresh.interval.ms": 5000}
+            {**self.kafka.consumer(self.groups.loader), "topic.metadata.refresh.interval.ms": 1000}
         )
         consumer.subscribe([self.topics.bars, self.topics.metrics])
         self.sink.ensure_tables()
