@@ -406,3 +406,12 @@ def test_completed_sees_only_finished_installs(
     assert install.completed("tool-1.0") == tmp_path / "tool-1.0"
     with pytest.raises(install.InstallError, match="hftpipe_devstack install"):
         thirdparty.skaffold_schema()  # not in this empty cache: says how to fetch it
+
+
+def test_free_port_never_hands_out_the_same_port_twice() -> None:
+    """A stack picks all its ports before it starts anything: a port handed out twice
+    is two services on one port (a CI run once started Kafka on etcd's)."""
+    from hftpipe_devstack.procs import free_port  # noqa: PLC0415
+
+    ports = [free_port() for _ in range(500)]
+    assert len(set(ports)) == len(ports)

@@ -33,11 +33,27 @@ class StartError(RuntimeError):
     """A component did not start; the message names it and carries its log's tail."""
 
 
+_HANDED_OUT: set[int] = set()
+_HANDED_OUT_LOCK = threading.Lock()
+
+
 def free_port() -> int:
-    """A currently free TCP port on 127.0.0.1 (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A currently free TCP port on 127.0.0.1 (the OS picks it), never one this process
+    was given before.
+
+    Ports are picked before the services that bind them start (a stack picks all of
+    its ports first), and the OS readily hands the same free port out twice: 500 picks
+    gave 487 distinct ports here, and a CI run once gave Kafka the port etcd then took.
+    """
+    with _HANDED_OUT_LOCK:
+        for _ in range(1000):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = int(sock.getsockname()[1])
+            if port not in _HANDED_OUT:
+                _HANDED_OUT.add(port)
+                return port
+    raise RuntimeError("no free TCP port left that this process was not given already")
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
