@@ -415,3 +415,18 @@ def test_free_port_never_hands_out_the_same_port_twice() -> None:
 
     ports = [free_port() for _ in range(500)]
     assert len(set(ports)) == len(ports)
+
+
+def test_a_service_is_not_started_on_a_port_in_use(tmp_path: Path) -> None:
+    import socket  # noqa: PLC0415
+
+    from hftpipe_devstack.procs import StartError  # noqa: PLC0415
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        table = ProcessTable(tmp_path, tie_to_parent=True)
+        with pytest.raises(StartError, match=rf"kafka: port {port} on 127.0.0.1 is already in use"):
+            table.start("kafka", ["sleep", "30"], ports=[port])
+        assert table.records() == []

@@ -155,6 +155,13 @@ class ProcessTable:
         ``inherit_env=False`` starts from ``env`` alone (a pod's environment must not
         pick up the test process's variables).
         """
+        taken = [port for port in ports if port_open(port)]
+        if taken:
+            # Said here: the service itself would only exit 1, often before it logs.
+            raise StartError(
+                f"{name}: port {', '.join(map(str, taken))} on 127.0.0.1 is already in use "
+                "by another process; stop it (make stack-down) or let the stack pick again"
+            )
         log_path = self.log_dir / f"{name}.log"
         with log_path.open("ab") as log_file:
             proc = _SPAWNER.submit(
