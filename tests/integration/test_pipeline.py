@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import duckdb
 import fakesnow
@@ -26,7 +26,7 @@ import orjson
 import pandas as pd  # type: ignore[import-untyped]
 import pytest
 import redis
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from oracle import assert_close, oracle, redis_history
 
 from hftpipe_workers import codec
@@ -77,6 +77,16 @@ def produce(env: dict[str, str], job: str, source: Path, *args: str) -> dict[str
     assert out.returncode == 0, out.stderr[-3000:]
     parsed: dict[str, Any] = orjson.loads(out.stdout.strip().splitlines()[-1])
     return parsed
+
+
+JUST_CREATED: Final = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+    }
+)
+"""What reading a topic can answer in the moments after the producer created it."""
 
 
 def topic_records(bootstrap: str, topic: str) -> Iterator[tuple[int, bytes]]:
@@ -168,6 +178,10 @@ def test_producer_resumes_after_sigkill_with_every_row_exactly_once(
         try:
             first = list(topic_records(kafka_bootstrap, topics.bars))
         except KeyError:  # topic not created yet
+            continue
+        except KafkaException as exc:  # created a moment ago: its leaders are being elected
+            if exc.args[0].code() not in JUST_CREATED:
+                raise
             continue
     proc.send_signal(signal.SIGKILL)
     proc.wait()

@@ -54,3 +54,19 @@ def test_drain_returns_at_once_when_stopped() -> None:
         stop, fetch, lambda _: None
     )
     assert calls == []
+
+
+def test_a_broker_that_cannot_tell_the_lag_does_not_stop_the_loop() -> None:
+    from confluent_kafka import KafkaError, KafkaException  # noqa: PLC0415
+
+    calls = []
+
+    def not_leader() -> dict[int, int]:
+        calls.append(1)
+        raise KafkaException(KafkaError(KafkaError.NOT_LEADER_FOR_PARTITION))
+
+    clock = DrainClock(not_leader, until_caught_up=True, idle_timeout=0.0)
+    clock._last_lag = -1e9  # make the refresh due now
+    clock.before_poll()
+    assert not clock.done_when_idle(), "an unknown lag is not a drained input"
+    assert len(calls) == 2

@@ -10,9 +10,12 @@ from collections.abc import Callable, Mapping, Sized
 from types import FrameType
 from typing import Any, TypeVar
 
+from confluent_kafka import KafkaException
+
 from .observability import LAG_EXPORT_SECONDS
 
 Batch = TypeVar("Batch", bound=Sized)
+log = logging.getLogger("hftpipe.lifecycle")
 
 
 def stop_on_signals(stop: threading.Event, log: logging.Logger) -> None:
@@ -50,10 +53,20 @@ class DrainClock:
         self._idle_timeout = idle_timeout
         self._last_data = self._last_lag = time.monotonic()
 
+    def _lags(self) -> Mapping[Any, int] | None:
+        """The lags, or None when the broker cannot say right now."""
+        try:
+            return self._export_lag()
+        except KafkaException as exc:
+            # A leader election (NOT_LEADER_FOR_PARTITION) or a slow broker: the gauges
+            # wait for the next refresh; a worker must not die over a gauge.
+            log.warning("consumer lag not refreshed: %s", exc)
+            return None
+
     def before_poll(self) -> None:
         """Refresh the lag gauges when they are due."""
         if time.monotonic() - self._last_lag > LAG_EXPORT_SECONDS:
-            self._export_lag()
+            self._lags()
             self._last_lag = time.monotonic()
 
     def got_data(self) -> None:
@@ -82,5 +95,5 @@ class DrainClock:
         """Whether a worker in ``until_caught_up`` mode has drained its input."""
         if not self._until_caught_up or time.monotonic() - self._last_data <= self._idle_timeout:
             return False
-        lags = self._export_lag()
+        lags = self._lags()
         return lags is not None and not any(lags.values())
