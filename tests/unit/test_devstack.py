@@ -430,3 +430,16 @@ def test_a_service_is_not_started_on_a_port_in_use(tmp_path: Path) -> None:
         with pytest.raises(StartError, match=rf"kafka: port {port} on 127.0.0.1 is already in use"):
             table.start("kafka", ["sleep", "30"], ports=[port])
         assert table.records() == []
+
+
+def test_maven_pom_depends_on_exactly_the_coordinates() -> None:
+    import xml.etree.ElementTree as ET  # noqa: PLC0415
+
+    ns = "{http://maven.apache.org/POM/4.0.0}"
+    pom = ET.fromstring(install.maven_pom(["io.strimzi:api:1.2.0", "org.a:b_2.13:4.1.1"]))  # noqa: S314 - our own text
+    deps = [
+        ":".join(d.findtext(f"{ns}{k}") or "" for k in ("groupId", "artifactId", "version"))
+        for d in pom.iter(f"{ns}dependency")
+    ]
+    assert deps == ["io.strimzi:api:1.2.0", "org.a:b_2.13:4.1.1"]
+    assert pom.findtext(f"{ns}packaging") == "pom"

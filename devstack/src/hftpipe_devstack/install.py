@@ -151,36 +151,50 @@ def require_tool(name: str, hint: str) -> str:
 
 # --------------------------------------------------------------------------- Kafka
 
-_KAFKA_POM = """<?xml version="1.0" encoding="UTF-8"?>
-<project xmlns="http://maven.apache.org/POM/4.0.0">
-  <modelVersion>4.0.0</modelVersion>
-  <groupId>local.hftpipe</groupId>
-  <artifactId>kafka-dist</artifactId>
-  <version>1</version>
-  <packaging>pom</packaging>
-  <dependencies>
-    <dependency>
-      <groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId>
-      <version>{kafka}</version>
-    </dependency>
-    <!-- ProducerPerformance / ConsumerPerformance for the benchmarks -->
-    <dependency>
-      <groupId>org.apache.kafka</groupId><artifactId>kafka-tools</artifactId>
-      <version>{kafka}</version>
-    </dependency>
-    <dependency>
-      <groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j-impl</artifactId>
-      <version>{log4j}</version>
-    </dependency>
-    <dependency>
-      <groupId>org.apache.logging.log4j</groupId><artifactId>log4j-core</artifactId>
-      <version>{log4j}</version>
-    </dependency>
-  </dependencies>
-</project>
-"""
-
 DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
+
+
+def maven_pom(artifacts: Sequence[str]) -> str:
+    """A POM whose only job is to depend on ``group:artifact:version`` coordinates (pure)."""
+    deps = []
+    for coordinate in artifacts:
+        group, artifact, version = coordinate.split(":")
+        deps.append(
+            "    <dependency>\n"
+            f"      <groupId>{group}</groupId><artifactId>{artifact}</artifactId>\n"
+            f"      <version>{version}</version>\n"
+            "    </dependency>"
+        )
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        '<project xmlns="http://maven.apache.org/POM/4.0.0">\n'
+        "  <modelVersion>4.0.0</modelVersion>\n"
+        "  <groupId>local.hftpipe</groupId><artifactId>jars</artifactId><version>1</version>\n"
+        "  <packaging>pom</packaging>\n"
+        "  <dependencies>\n" + "\n".join(deps) + "\n  </dependencies>\n</project>\n"
+    )
+
+
+def maven_jars(artifacts: Sequence[str], work: Path, what: str) -> Path:
+    """``work/libs``: the jars of ``artifacts`` and their runtime dependencies, by Maven."""
+    require_tool("mvn", "Install Maven (Debian: apt-get install -y maven).")
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "pom.xml").write_text(maven_pom(artifacts))
+    with Ticker(f"resolving {what}"):
+        run_step(
+            [
+                "mvn",
+                "-B",
+                "-q",
+                "-f",
+                str(work / "pom.xml"),
+                f"{DEPENDENCY_PLUGIN}:copy-dependencies",
+                f"-DoutputDirectory={work / 'libs'}",
+                "-DincludeScope=runtime",
+            ],
+            what=f"Maven resolving {what}",
+        )
+    return work / "libs"
 
 
 def ensure_kafka() -> Path:
@@ -188,24 +202,16 @@ def ensure_kafka() -> Path:
     name = f"kafka-{versions.KAFKA}-log4j-{versions.LOG4J}"
 
     def build(tmp: Path) -> None:
-        require_tool("mvn", "Install Maven (Debian: apt-get install -y maven).")
         log(f"installing Apache Kafka {versions.KAFKA} jars with Maven into {cache_root() / name}")
-        (tmp / "pom.xml").write_text(_KAFKA_POM.format(kafka=versions.KAFKA, log4j=versions.LOG4J))
-        with Ticker("resolving Kafka jars"):
-            run_step(
-                [
-                    "mvn",
-                    "-B",
-                    "-q",
-                    "-f",
-                    str(tmp / "pom.xml"),
-                    f"{DEPENDENCY_PLUGIN}:copy-dependencies",
-                    f"-DoutputDirectory={tmp / 'libs'}",
-                    "-DincludeScope=runtime",
-                ],
-                what="Maven resolving Kafka",
-            )
-        jars = sorted(p.name for p in (tmp / "libs").glob("*.jar"))
+        artifacts = [
+            f"org.apache.kafka:kafka_2.13:{versions.KAFKA}",
+            # ProducerPerformance / ConsumerPerformance for the benchmarks
+            f"org.apache.kafka:kafka-tools:{versions.KAFKA}",
+            f"org.apache.logging.log4j:log4j-slf4j-impl:{versions.LOG4J}",
+            f"org.apache.logging.log4j:log4j-core:{versions.LOG4J}",
+        ]
+        libs = maven_jars(artifacts, tmp, "Kafka jars")
+        jars = sorted(p.name for p in libs.glob("*.jar"))
         if not any(j.startswith(f"kafka_2.13-{versions.KAFKA}") for j in jars):
             raise InstallError(f"Maven did not deliver kafka_2.13-{versions.KAFKA}.jar: {jars}")
 

@@ -48,25 +48,6 @@ INSTALL_HINT = "run 'python -m hftpipe_devstack install' (make test runs it) to 
 
 # ------------------------------------------------------------------------ Strimzi
 
-_STRIMZI_POM = """<?xml version="1.0" encoding="UTF-8"?>
-<project xmlns="http://maven.apache.org/POM/4.0.0">
-  <modelVersion>4.0.0</modelVersion>
-  <groupId>local.hftpipe</groupId>
-  <artifactId>strimzi-crds</artifactId>
-  <version>1</version>
-  <packaging>pom</packaging>
-  <dependencies>
-    <dependency>
-      <groupId>io.strimzi</groupId><artifactId>api</artifactId><version>{strimzi}</version>
-    </dependency>
-    <dependency>
-      <groupId>io.strimzi</groupId><artifactId>crd-generator</artifactId>
-      <version>{strimzi}</version>
-    </dependency>
-  </dependencies>
-</project>
-"""
-
 _POM_NS = "{http://maven.apache.org/POM/4.0.0}"
 _STRIMZI_GENERATOR = "io.strimzi.crdgenerator.CrdGenerator"
 _API_POM_IN_JAR = "META-INF/maven/io.strimzi/api/pom.xml"
@@ -180,26 +161,17 @@ def ensure_strimzi_crds() -> Path:
     name = f"strimzi-crds-{versions.STRIMZI}"
 
     def build(tmp: Path) -> None:
-        install.require_tool("mvn", "Install Maven (Debian: apt-get install -y maven).")
         log(f"generating Strimzi {versions.STRIMZI} CRDs into {install.cache_root() / name}")
         java = ensure_java()
         work = tmp / "work"
-        work.mkdir()
-        (work / "pom.xml").write_text(_STRIMZI_POM.format(strimzi=versions.STRIMZI))
-        with Ticker("resolving Strimzi's api and crd-generator jars"):
-            run_step(
-                [
-                    "mvn",
-                    "-B",
-                    "-q",
-                    "-f",
-                    str(work / "pom.xml"),
-                    f"{install.DEPENDENCY_PLUGIN}:copy-dependencies",
-                    f"-DoutputDirectory={work / 'libs'}",
-                    "-DincludeScope=runtime",
-                ],
-                what="Maven resolving Strimzi",
-            )
+        install.maven_jars(
+            [
+                f"io.strimzi:api:{versions.STRIMZI}",
+                f"io.strimzi:crd-generator:{versions.STRIMZI}",
+            ],
+            work,
+            "Strimzi's api and crd-generator jars",
+        )
         api_jar = work / "libs" / f"api-{versions.STRIMZI}.jar"
         if not api_jar.exists():
             raise InstallError(f"Maven did not deliver io.strimzi:api:{versions.STRIMZI}")
