@@ -44,7 +44,7 @@ from kubernetes import client
 
 from hftpipe_devstack import install
 from hftpipe_devstack.procs import ProcessTable, free_port, tail
-from hftpipe_devstack.testing import wait_for
+from hftpipe_devstack.testing import CLI, wait_for
 from hftpipe_operator import crd, labels
 from hftpipe_operator.naming import Names
 from hftpipe_workers.contract import Topics, job_id
@@ -54,7 +54,6 @@ CHART: Final = REPO / "charts" / "hftpipe-stack"
 DASHBOARD: Final = CHART / "files" / "dashboards" / "hftpipe.json"
 RULES: Final = CHART / "files" / "prometheus-rules.yaml"
 SAMPLE: Final = REPO / "workers/src/hftpipe_workers/sample_data/btcusdt_1h_binance.csv.gz"
-CLI: Final = [sys.executable, "-m", "hftpipe_workers"]
 OPERATOR: Final = str(Path(sys.executable).parent / "hftpipe-operator")
 
 SYMBOL: Final = "BTCUSDT"

@@ -12,7 +12,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,13 +21,13 @@ from typing import Any, Final, cast
 import duckdb
 import fakesnow
 import numpy as np
-import orjson
 import pandas as pd  # type: ignore[import-untyped]
 import pytest
 import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from oracle import assert_close, oracle, redis_history
 
+from hftpipe_devstack.testing import CLI, produce
 from hftpipe_workers import codec
 from hftpipe_workers.contract import Groups, RedisKeys, Topics
 from hftpipe_workers.loader import Loader
@@ -41,7 +40,6 @@ SHARED_BTC = (
     Path(__file__).resolve().parents[2].parent / "shared" / "data" / ("btcusdt_1h_binance.csv.gz")
 )
 BTC_ROWS = 55_765
-CLI = [sys.executable, "-m", "hftpipe_workers"]
 
 
 @pytest.fixture(scope="module")
@@ -63,20 +61,6 @@ def kafka(kafka_bootstrap: str) -> KafkaSettings:
 @pytest.fixture
 def redis_settings(redis_url: str) -> RedisSettings:
     return RedisSettings(url=redis_url)
-
-
-def produce(env: dict[str, str], job: str, source: Path, *args: str) -> dict[str, Any]:
-    out = subprocess.run(
-        [*CLI, "produce", str(source), "--job", job, "--metrics-port", "-1", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    parsed: dict[str, Any] = orjson.loads(out.stdout.strip().splitlines()[-1])
-    return parsed
 
 
 JUST_CREATED: Final = frozenset(

@@ -13,10 +13,7 @@ import bz2
 import functools
 import gzip
 import http.server
-import json
 import lzma
-import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -27,6 +24,7 @@ import pytest
 import zstandard
 
 from hftpipe_devstack.procs import free_port
+from hftpipe_devstack.testing import produce, run_produce
 from hftpipe_workers.producer import count_rows
 
 SAMPLE = (
@@ -34,27 +32,6 @@ SAMPLE = (
     / "workers/src/hftpipe_workers/sample_data/btcusdt_1h_binance.csv.gz"
 )
 ROWS = 55_765
-CLI = [sys.executable, "-m", "hftpipe_workers"]
-
-
-def _produce(env: dict[str, str], source: str) -> subprocess.CompletedProcess[str]:
-    job = f"src-{uuid.uuid4().hex[:8]}"
-    return subprocess.run(
-        [*CLI, "produce", source, "--job", job, "--symbol", "BTCUSDT", "--metrics-port", "-1"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
-
-
-def produce(env: dict[str, str], source: str) -> dict[str, Any]:
-    """``hftpipe produce <source>`` into a new job's topics; its final JSON report."""
-    done = _produce(env, source)
-    assert done.returncode == 0, done.stderr[-3000:]
-    report: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return report
 
 
 COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
@@ -64,6 +41,11 @@ COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
     ".xz": lzma.compress,
     ".zst": lambda data: zstandard.ZstdCompressor().compress(data),
 }
+
+
+def produce_source(env: dict[str, str], source: str) -> dict[str, Any]:
+    """``hftpipe produce <source>`` into a new job's topics; its final JSON report."""
+    return produce(env, f"src-{uuid.uuid4().hex[:8]}", source, "--symbol", "BTCUSDT")
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +71,7 @@ def test_a_local_file_in_every_compression(
 ) -> None:
     path = files[suffix]
     assert count_rows(str(path)) == ROWS
-    report = produce(subprocess_env, str(path))
+    report = produce_source(subprocess_env, str(path))
     assert (report["produced"], report["dead_lettered"]) == (ROWS, 0), report
 
 
@@ -111,7 +93,7 @@ def http_root(files: dict[str, Path]) -> Iterator[str]:
 def test_an_http_url(http_root: str, subprocess_env: dict[str, str]) -> None:
     url = f"{http_root}/btc.csv.gz"
     assert count_rows(url) == ROWS
-    report = produce(subprocess_env, url)
+    report = produce_source(subprocess_env, url)
     assert (report["produced"], report["dead_lettered"]) == (ROWS, 0), report
 
 
@@ -119,7 +101,7 @@ def test_an_http_url_that_is_not_there_names_it(
     http_root: str, subprocess_env: dict[str, str]
 ) -> None:
     url = f"{http_root}/missing.csv.gz"
-    done = _produce(subprocess_env, url)
+    done = run_produce(subprocess_env, f"src-{uuid.uuid4().hex[:8]}", url, "--symbol", "BTCUSDT")
     assert done.returncode == 2, done.stderr[-2000:]
     assert "missing.csv.gz" in done.stderr, done.stderr[-2000:]
 
@@ -159,5 +141,5 @@ def test_an_s3_url_with_the_endpoint_and_keys_from_the_environment(
 ) -> None:
     url = "s3://market-data/btc/btcusdt_1h.csv.gz"
     env = {**subprocess_env, **s3_env}
-    report = produce(env, url)
+    report = produce_source(env, url)
     assert (report["produced"], report["dead_lettered"]) == (ROWS, 0), report
