@@ -12,6 +12,7 @@ import os
 import random
 import signal
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,16 +26,20 @@ import pandas as pd  # type: ignore[import-untyped]
 import pytest
 import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
 from oracle import assert_close, oracle, redis_history
 
 from hftpipe_devstack.testing import CLI, produce
 from hftpipe_workers import codec
+from hftpipe_workers import loader as loader_module
 from hftpipe_workers.contract import Groups, RedisKeys, Topics
+from hftpipe_workers.kafka_admin import ensure_topics
 from hftpipe_workers.loader import Loader
+from hftpipe_workers.observability import REGISTRY
 from hftpipe_workers.processor import Processor
 from hftpipe_workers.producer import iter_dead_letters
 from hftpipe_workers.settings import KafkaSettings, RedisSettings
-from hftpipe_workers.warehouse import open_sink
+from hftpipe_workers.warehouse import Sink, open_sink
 
 SHARED_BTC = (
     Path(__file__).resolve().parents[2].parent / "shared" / "data" / ("btcusdt_1h_binance.csv.gz")
@@ -398,6 +403,138 @@ def test_loader_killed_mid_batch_leaves_one_row_per_bar_in_duckdb(
         ).fetchone() or (0, 0)
     assert rows == keys == BTC_ROWS
     assert metric_rows == metric_keys == 2 * BTC_ROWS
+
+
+def committed_and_end(kafka: KafkaSettings, topic: str, group: str) -> tuple[int, int]:
+    """Offsets ``group`` committed on ``topic``, and its end offsets (both summed)."""
+    watcher = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": group})
+    try:
+        tps = [TopicPartition(topic, p) for p in range(3)]
+        ends = sum(watcher.get_watermark_offsets(tp, timeout=10)[1] for tp in tps)
+        committed = sum(max(tp.offset, 0) for tp in watcher.committed(tps, timeout=10))
+    finally:
+        watcher.close()
+    return committed, ends
+
+
+def bar_rows(sink: Sink, job: str) -> tuple[int, int]:
+    """Rows of ``job`` in the warehouse's bars table, and distinct keys among them."""
+    counts = sink.query(
+        "SELECT count(*) AS n, count(DISTINCT symbol || '|' || bar_time) AS k "
+        "FROM bars WHERE job = $job",
+        {"job": job},
+    )
+    return int(counts.iloc[0, 0]), int(counts.iloc[0, 1])
+
+
+def test_loader_keeps_every_offset_while_members_join_and_leave(
+    subprocess_env: dict[str, str],
+    kafka: KafkaSettings,
+    job: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Other members joining and leaving the loader's group (and the metrics topic
+    appearing mid-load) take partitions from the loader and give them back while it
+    loads and commits: offsets of what it loaded are committed on revoke, the rest
+    is re-read, nothing is lost and no row doubles."""
+    source = generated_minute_file(tmp_path / "gen.csv", symbols=6, bars=4_000)
+    produce(subprocess_env, job, source, "--speed", "max")
+    topics, groups = Topics.for_job(job), Groups.for_job(job)
+    failures: list[BaseException] = []
+    with open_sink(f"duckdb:///{tmp_path / 'wh.duckdb'}") as sink:
+        real_write = sink.write
+
+        def slow_write(table: str, frame: pd.DataFrame) -> int:
+            time.sleep(0.05)  # a remote warehouse's pace: the loading outlasts the churn
+            return real_write(table, frame)
+
+        monkeypatch.setattr(sink, "write", slow_write)
+        loader = Loader(
+            job=job, kafka=kafka, sink=sink, backend="duckdb", batch_max=100, batch_seconds=0.1
+        )
+        revokes = {"n": 0}
+        real_on_revoke = loader._on_revoke
+
+        def counting_on_revoke(consumer: Consumer, partitions: list[TopicPartition]) -> None:
+            revokes["n"] += len(partitions)
+            real_on_revoke(consumer, partitions)
+
+        monkeypatch.setattr(loader, "_on_revoke", counting_on_revoke)
+
+        def run() -> None:
+            try:
+                loader.run()
+            except BaseException as exc:  # noqa: BLE001 (the test's asserts report it)
+                failures.append(exc)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        for churn in range(6):
+            member = Consumer(kafka.consumer(groups.loader))
+            member.subscribe([topics.bars, topics.metrics])
+            until = time.monotonic() + 1.0
+            while time.monotonic() < until:
+                member.poll(0.05)  # joins the group and takes partitions, commits nothing
+            member.close()
+            if churn == 1:
+                ensure_topics(AdminClient(kafka.common()), {topics.metrics: 3}, 1)
+        deadline = time.monotonic() + 120
+        committed, ends = committed_and_end(kafka, topics.bars, groups.loader)
+        while committed < ends and time.monotonic() < deadline and not failures:
+            time.sleep(0.2)
+            committed, ends = committed_and_end(kafka, topics.bars, groups.loader)
+        loader.stop.set()
+        thread.join(60)
+        rows, keys = bar_rows(sink, job)
+    assert not failures, failures
+    assert revokes["n"] > 0, "no member took a partition from the loader"
+    assert committed == ends == 24_000
+    assert rows == keys == 24_000
+
+
+class _RefusingConsumer(Consumer):
+    """The real consumer, but the broker's answer to a commit during a rebalance is
+    injected into the first commits (no test can time a real rebalance that finely)."""
+
+    refusals = 3
+
+    def commit(self, *args: Any, **kwargs: Any) -> Any:
+        if _RefusingConsumer.refusals > 0:
+            _RefusingConsumer.refusals -= 1
+            raise KafkaException(
+                KafkaError(
+                    KafkaError.ILLEGAL_GENERATION,
+                    "Commit failed: Broker: Specified group generation id is not valid",
+                )
+            )
+        return super().commit(*args, **kwargs)
+
+
+def test_a_commit_refused_in_a_rebalance_is_retried_not_fatal(
+    subprocess_env: dict[str, str],
+    kafka: KafkaSettings,
+    job: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """CI saw a loader crash on ILLEGAL_GENERATION when the processor created the
+    metrics topic mid-load. The rows are in the warehouse: their offsets wait for the
+    next commit, also when no more data comes (a drained loader must not show lag)."""
+    source = generated_minute_file(tmp_path / "gen.csv", symbols=2, bars=1_500)
+    produce(subprocess_env, job, source, "--speed", "max")
+    topics, groups = Topics.for_job(job), Groups.for_job(job)
+    monkeypatch.setattr(loader_module, "Consumer", _RefusingConsumer)
+    monkeypatch.setattr(_RefusingConsumer, "refusals", 3)
+    with open_sink(f"duckdb:///{tmp_path / 'wh.duckdb'}") as sink:
+        Loader(job=job, kafka=kafka, sink=sink, backend="duckdb").run(
+            until_caught_up=True, idle_timeout=1.0
+        )
+        rows, keys = bar_rows(sink, job)
+    labels = {"worker": "loader", "job": job, "reason": "commit"}
+    assert REGISTRY.get_sample_value("hftpipe_errors_total", labels) == 3
+    assert committed_and_end(kafka, topics.bars, groups.loader) == (3_000, 3_000)
+    assert rows == keys == 3_000
 
 
 class _CrashAfterWrite(Exception):

@@ -5,6 +5,13 @@ warehouse (staging table + MERGE on the natural key, see :mod:`.warehouse`)
 and only then are its Kafka offsets committed, synchronously. A loader that
 dies between the two re-reads the batch after restart and merges it again,
 which changes nothing: replays and crashes never duplicate rows.
+
+A commit refused during a consumer-group rebalance (``ILLEGAL_GENERATION``,
+``REBALANCE_IN_PROGRESS``: the processor creating the metrics topic is enough to
+start one) is not a crash: the rows are in the warehouse, so their offsets stay
+pending and go with the next commit. Offsets of a partition that leaves this
+loader are committed on revoke or, if lost, dropped: its next owner re-reads
+from the last commit and merges again.
 """
 
 from __future__ import annotations
@@ -130,6 +137,8 @@ class Loader:
         self.batch_max, self.batch_seconds = batch_max, batch_seconds
         self.topics, self.groups = Topics.for_job(self.job_id), Groups.for_job(self.job_id)
         self.stop = threading.Event()
+        # (topic, partition) -> next offset: rows in the warehouse, offset not committed.
+        self._pending: dict[tuple[str, int], int] = {}
 
     def install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT: finish and commit the current batch, then exit cleanly."""
@@ -146,7 +155,11 @@ class Loader:
         consumer = Consumer(
             {**self.kafka.consumer(self.groups.loader), "topic.metadata.refresh.interval.ms": 1000}
         )
-        consumer.subscribe([self.topics.bars, self.topics.metrics])
+        consumer.subscribe(
+            [self.topics.bars, self.topics.metrics],
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
         self.sink.ensure_tables()
         report = LoaderReport()
         started = time.monotonic()
@@ -162,13 +175,52 @@ class Loader:
                 lambda: self._collect(consumer),
                 lambda batch: self._load(consumer, batch, report),
             )
+            self._commit_pending(consumer)
         finally:
             READY.labels("loader", self.job).set(0)
+            if self._pending:
+                log.warning(
+                    "stopping with offsets not committed (re-read on restart): %s", self._pending
+                )
             consumer.close()
         report.seconds = time.monotonic() - started
         return report
 
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Partitions leave in a rebalance: commit what is loaded of them while the
+        generation still allows it."""
+        self._commit_pending(consumer, only={(tp.topic, tp.partition) for tp in partitions})
+        self._on_lost(consumer, partitions)
+
+    def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Partitions taken away without a revoke: their next owner re-reads from the
+        last commit (a second MERGE of the same rows changes nothing)."""
+        for tp in partitions:
+            self._pending.pop((tp.topic, tp.partition), None)
+
+    def _commit_pending(self, consumer: Consumer, only: set[tuple[str, int]] | None = None) -> None:
+        """Commit the pending offsets (synchronously); on a retriable refusal keep them
+        for the next try. Fatal consumer errors still raise."""
+        keys = [k for k in self._pending if only is None or k in only]
+        if not keys:
+            return
+        offsets = [TopicPartition(t, p, self._pending[(t, p)]) for t, p in keys]
+        try:
+            consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            if err is None or err.fatal():
+                raise
+            log.warning("offset commit refused, retried with the next batch: %s", err.str())
+            ERRORS.labels("loader", self.job, "commit").inc()
+            return
+        for key in keys:
+            del self._pending[key]
+
     def _collect(self, consumer: Consumer) -> list[Message]:
+        # Offsets a rebalance refused last time go now, even when nothing new arrives
+        # (else a drained loader would show lag forever).
+        self._commit_pending(consumer)
         batch: list[Message] = []
         deadline = time.monotonic() + self.batch_seconds
         while len(batch) < self.batch_max and not self.stop.is_set():
@@ -211,13 +263,14 @@ class Loader:
         LOADER_BATCH_SECONDS.labels(self.job, self.backend).observe(time.monotonic() - started)
         # Offsets only after the warehouse has the rows (at-least-once delivery,
         # made exactly-once in effect by the MERGE on the natural key).
-        ends: dict[tuple[str, int], int] = {}
+        # Only partitions still assigned: a partition revoked while the batch was
+        # collected belongs to another loader now, which re-reads it from the last commit.
+        assigned = {(tp.topic, tp.partition) for tp in consumer.assignment()}
         for m in batch:
             key = (m.topic() or "", m.partition() or 0)
-            ends[key] = max(ends.get(key, 0), (m.offset() or 0) + 1)
-        consumer.commit(
-            offsets=[TopicPartition(t, p, o) for (t, p), o in ends.items()], asynchronous=False
-        )
+            if key in assigned:
+                self._pending[key] = max(self._pending.get(key, 0), (m.offset() or 0) + 1)
+        self._commit_pending(consumer)
         report.batches += 1
         RECORDS_IN.labels("loader", self.job, self.topics.bars).inc(len(bar_values))
         RECORDS_IN.labels("loader", self.job, self.topics.metrics).inc(len(metric_values))
