@@ -206,6 +206,13 @@ def uv_syncs(stage: Stage) -> list[tuple[int, list[str]]]:
     ]
 
 
+def no_install_packages(command: list[str]) -> frozenset[str]:
+    """The packages a ``uv sync`` command leaves out (``--no-install-package <name>``)."""
+    return frozenset(
+        command[i + 1] for i, token in enumerate(command[:-1]) if token == "--no-install-package"
+    )
+
+
 def venv_of(image: Dockerfile) -> str:
     """Where the build stage's ``uv sync`` puts the venv (``UV_PROJECT_ENVIRONMENT``)."""
     venvs = {

@@ -57,6 +57,7 @@ from dockerfile import (
     Instruction,
     Stage,
     exec_form,
+    no_install_packages,
     parse,
     parse_env,
     shell_commands,
@@ -298,6 +299,8 @@ class Build:
     package: str
     extras: tuple[str, ...]
     syncs: list[tuple[int, list[str]]] = field(default_factory=list)
+    left_out: frozenset[str] = frozenset()
+    """What the last ``uv sync`` leaves out (``--no-install-package``)."""
     seconds: float = 0.0
     runtime_env: dict[str, str] = field(default_factory=dict)
     cwd: Path = Path()
@@ -525,6 +528,7 @@ def replay(image: str, tmp: Path) -> Build:
         rootfs=tmp / "rootfs",
         package=last[last.index("--package") + 1],
         extras=tuple(extras),
+        left_out=no_install_packages(last),
     )
     build.rootfs.mkdir()
     replayer = Replay(build, build.rootfs, machine_python(python_version), pinned_uv())
@@ -620,10 +624,16 @@ def test_entrypoint_runs_from_the_venv(image: str, built: Callable[[str], Build]
 def test_first_party_modules_import_in_the_final_stage(
     image: str, built: Callable[[str], Build]
 ) -> None:
-    """Every module of the workspace packages in the venv, function-level imports aside."""
+    """Every module of the workspace packages in the venv, function-level imports aside.
+
+    An image whose syncs leave packages out (``--no-install-package``: the operator's
+    leaves out the data plane's libraries) imports every module of its own package,
+    and of the workspace packages it depends on only what that imports."""
     build = built(image)
     lock = tomllib.loads((REPO / "uv.lock").read_text())
     closure = lock_closure(lock, [(build.package, build.extras)])
+    if build.left_out:
+        closure = {normalize(build.package)}
     members = {
         normalize(p["name"]): REPO / p["source"]["editable"]
         for p in lock["package"]
@@ -683,6 +693,8 @@ def test_no_dev_only_package_in_the_venv(image: str, built: Callable[[str], Buil
         )
     }
     assert normalize(build.package) in installed, f"{build.package} is not in the {image} venv"
+    left_in = installed & {normalize(name) for name in build.left_out}
+    assert not left_in, f"{image} image: installed though its syncs leave them out: {left_in}"
     assert installed <= runtime, (
         f"{image} image: installed but not needed by {build.package} per uv.lock: "
         f"{sorted(installed - runtime)}"

@@ -34,6 +34,7 @@ from dockerfile import (
     Dockerfile,
     build_stages,
     exec_form,
+    no_install_packages,
     parse,
     pip_installs,
     shell_commands,
@@ -428,6 +429,43 @@ def test_dependencies_come_from_the_lock_file(image: str) -> None:
         assert "--package" in tokens, f"{parsed.path}:{line}: installs the whole workspace"
     copies = [c.args.split() for stage in stages for c in stage.of("COPY")]
     assert any("uv.lock" in c[:-1] for c in copies), f"{parsed.path}: uv.lock is not copied in"
+
+
+def test_operator_image_leaves_out_what_the_operator_never_imports() -> None:
+    """The operator image's syncs leave the data plane's libraries out, the same list in
+    each; importing every hftpipe_operator module (as the image's replay in
+    tests/integration/test_image_builds.py does) loads none of them, and neither
+    the operator nor any module of the workspace it imports needs one at import time."""
+    parsed = dockerfile("operator")
+    syncs = [(line, tokens) for stage in build_stages(parsed) for line, tokens in uv_syncs(stage)]
+    left_out = {line: no_install_packages(tokens) for line, tokens in syncs}
+    assert len(set(left_out.values())) == 1, f"{parsed.path}: the syncs differ: {left_out}"
+    excluded = next(iter(left_out.values()))
+    assert {"pandas", "pyarrow", "duckdb", "snowflake-connector-python"} <= excluded
+    code = (
+        "import importlib, importlib.metadata as m, json, pkgutil, sys\n"
+        "import hftpipe_operator\n"
+        "for info in pkgutil.walk_packages(hftpipe_operator.__path__, 'hftpipe_operator.'):\n"
+        "    importlib.import_module(info.name)\n"
+        "owners = m.packages_distributions()\n"
+        "print(json.dumps(sorted({d for name in sys.modules "
+        "for d in owners.get(name.split('.')[0], [])})))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    loaded = {normalize(d) for d in json.loads(done.stdout.strip().splitlines()[-1])}
+    assert "kopf" in loaded, loaded
+    needed = loaded & {normalize(d) for d in excluded}
+    assert not needed, (
+        f"{parsed.path} leaves out {sorted(needed)}, which importing hftpipe_operator loads: "
+        "drop them from both --no-install-package lists (or stop importing them)"
+    )
+
+
+def normalize(name: str) -> str:
+    """A distribution name as uv.lock spells it (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 @pytest.mark.parametrize("image", IMAGES)
