@@ -8,7 +8,10 @@ Operator's CRDs installed (the ``crds_installed`` fixture).
   that enforces it;
 - installed into a cluster (``helm install --dry-run=server``), the chart sees the
   Strimzi and Prometheus Operator APIs and renders their objects, and it keeps the
-  Redis password of an existing Secret instead of generating a new one;
+  Redis password of an existing Secret instead of generating a new one; helm is given
+  :func:`hftpipe_devstack.charts.chart_for_helm` of the chart (stand-ins for its
+  optional dependencies, which cannot be downloaded here), and an install that enables
+  one of them without the real chart fails saying to run ``helm dependency build``;
 - a real Prometheus (Debian's ``prometheus``) scraping running workers answers every
   query of the Grafana dashboard with data.
 """
@@ -16,6 +19,7 @@ Operator's CRDs installed (the ``crds_installed`` fixture).
 from __future__ import annotations
 
 import base64
+import shutil
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -145,12 +149,14 @@ def test_the_namespace_refuses_an_unrestricted_pod(
     assert "PodSecurity" in proc.stderr, proc.stderr
 
 
-def helm_online(kubeconfig: Path, namespace: str, *args: str) -> list[Manifest]:
+def helm_online(
+    kubeconfig: Path, namespace: str, *args: str, chart: Path = CHART
+) -> list[Manifest]:
     """``helm install --dry-run=server``: rendered with the server's APIs and lookups."""
     proc = charts.helm(
         "install",
         "hftpipe-stack",
-        CHART,
+        charts.chart_for_helm(chart),
         "--namespace",
         namespace,
         "--dry-run=server",
@@ -188,6 +194,26 @@ def test_install_keeps_an_existing_redis_password(
     objects = helm_online(kubeconfig, namespace)
     [secret] = [o for o in objects if o["kind"] == "Secret"]
     assert secret["data"]["password"] == password
+
+
+@pytest.mark.parametrize("name", ["strimzi-kafka-operator", "kube-prometheus-stack"])
+def test_install_enabling_a_missing_dependency_says_to_build_it(
+    kubeconfig: Path,
+    crds_installed: list[dict[str, Any]],
+    namespace: str,
+    name: str,
+    tmp_path: Path,
+) -> None:
+    """Not an install of the chart without the operator: helm stops, saying what to do."""
+    # A fresh clone's chart: no charts/ (even where `helm dependency build` ran here).
+    bare = tmp_path / CHART.name
+    shutil.copytree(CHART, bare, ignore=shutil.ignore_patterns("charts", "Chart.lock"))
+    assert helm_online(kubeconfig, namespace, chart=bare)
+    with pytest.raises(charts.ChartError) as raised:
+        helm_online(kubeconfig, namespace, "--set", f"{name}.enabled=true", chart=bare)
+    message = str(raised.value)
+    assert f"{name} is enabled" in message
+    assert "`helm dependency build charts/hftpipe-stack`" in message
 
 
 # A real Prometheus scraping a real pipeline and operator answers every dashboard query:

@@ -4,13 +4,21 @@ agreements with the code (rules file, dashboard, operator labels, topic names, s
 helm runs through :mod:`hftpipe_devstack.charts` (the pinned binary). Rendering is
 offline (``helm template``), where the chart renders every object the values ask
 for; what an install into a cluster without Strimzi or the Prometheus Operator
-does is tested against the real API server in tests/integration/test_chart_stack.py.
+does is tested against the real API server in tests/integration/test_stack_chart_install.py.
+
+Strimzi's operator chart and kube-prometheus-stack are optional dependencies, which
+cannot be downloaded here: helm gets :func:`hftpipe_devstack.charts.chart_for_helm` of
+the chart, a copy with stand-ins for them (see "optional dependencies" below).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 import tarfile
+import time
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
@@ -20,7 +28,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from hftpipe_devstack import charts
+from hftpipe_devstack import charts, install, versions
 from hftpipe_operator import builders, labels
 from hftpipe_operator.crd import example_replayjob
 from hftpipe_operator.spec import ReplayJob
@@ -116,7 +124,7 @@ def test_disabled_sections_render_nothing() -> None:
 
 
 def test_the_packaged_chart_leaves_the_promtool_tests_out(tmp_path: Path) -> None:
-    charts.helm("package", CHART, "--destination", tmp_path)
+    charts.helm("package", charts.chart_for_helm(CHART), "--destination", tmp_path)
     [archive] = tmp_path.glob("hftpipe-stack-*.tgz")
     with tarfile.open(archive) as tar:
         names = tar.getnames()
@@ -450,3 +458,346 @@ def test_kind_values_name_what_the_sample_replayjob_uses() -> None:
         assert cluster["name"] == kafka["metadata"]["name"]
         ports = {x["port"] for x in kafka["spec"]["kafka"]["listeners"]}
         assert cluster.get("port", 9092) in ports
+
+
+# ------------------------------------------------------------ optional dependencies
+
+SKAFFOLD: Final = REPO / "skaffold.yaml"
+DEPENDENCIES: Final = ("strimzi-kafka-operator", "kube-prometheus-stack")
+PROBE_CONFIGMAP: Final = """\
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {{ .Release.Name }}-{{ .Chart.Name }}-probe
+  labels:
+    app.kubernetes.io/part-of: hftpipe
+data:
+  watchAnyNamespace: {{ .Values.watchAnyNamespace | default false | quote }}
+"""
+
+
+def skaffold_release(name: str) -> dict[str, Any]:
+    config = yaml.safe_load(SKAFFOLD.read_text())
+    (release,) = [r for r in config["deploy"]["helm"]["releases"] if r["name"] == name]
+    return dict(release)
+
+
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``, the way ``--set`` and skaffold name values."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def merged_values(value_set: str) -> dict[str, Any]:
+    """values.yaml with the value set's files over it (flattened), as helm merges them."""
+    flat = flatten(yaml.safe_load((CHART / "values.yaml").read_text()))
+    for path in VALUE_SETS[value_set]:
+        flat.update(flatten(yaml.safe_load(path.read_text()) or {}))
+    return flat
+
+
+def bare_copy(tmp_path: Path) -> Path:
+    """A copy of the chart without a charts/ directory: what a fresh clone has."""
+    copy = tmp_path / "bare" / CHART.name
+    shutil.copytree(CHART, copy, ignore=shutil.ignore_patterns("charts", "Chart.lock"))
+    return copy
+
+
+def probe_crd(name: str) -> dict[str, Any]:
+    """The CRD a probe chart ``name`` has in its crds/ (Helm installs those first)."""
+    group = f"{name}.probe.test"
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"probes.{group}"},
+        "spec": {
+            "group": group,
+            "names": {"kind": "Probe", "plural": "probes", "singular": "probe"},
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {"openAPIV3Schema": {"type": "object"}},
+                }
+            ],
+        },
+    }
+
+
+def probe_subchart(directory: Path, name: str, version: str) -> Path:
+    """A tiny real-looking chart ``name``: one ConfigMap, and a CRD in crds/."""
+    (directory / "templates").mkdir(parents=True)
+    (directory / "crds").mkdir()
+    (directory / "crds" / "probe.yaml").write_text(yaml.safe_dump(probe_crd(name)))
+    meta = {
+        "apiVersion": "v2",
+        "name": name,
+        "version": version,
+        "type": "application",
+        "description": f"A test's small chart named like {name}, with one ConfigMap.",
+    }
+    (directory / "Chart.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
+    (directory / "templates" / "configmap.yaml").write_text(PROBE_CONFIGMAP)
+    return directory
+
+
+def with_probe_subcharts(tmp_path: Path, names: tuple[str, ...] = DEPENDENCIES) -> Path:
+    """A copy of the chart with probe charts for ``names`` in its charts/.
+
+    The first as a directory, any other as an archive (``helm package``), the form
+    ``helm dependency build`` writes.
+    """
+    copy = bare_copy(tmp_path)
+    declared = {dep.name: dep for dep in charts.dependencies(copy)}
+    for index, name in enumerate(names):
+        if index == 0:
+            probe_subchart(copy / "charts" / name, name, declared[name].version)
+        else:
+            source = probe_subchart(tmp_path / "sources" / name, name, declared[name].version)
+            charts.helm("package", source, "--destination", copy / "charts")
+    return copy
+
+
+def template_text(chart: Path, value_set: str) -> str:
+    """``helm template`` output as text, the generated Redis password masked."""
+    files = [arg for path in VALUE_SETS[value_set] for arg in ("--values", str(path))]
+    text = charts.helm(
+        "template",
+        "hftpipe-stack",
+        chart,
+        "--namespace",
+        "hftpipe",
+        "--kube-version",
+        charts.KUBE_VERSION,
+        "--include-crds",
+        *files,
+    ).stdout
+    return re.sub(r"(?m)^(  password: )\S+$", r"\1<random>", text)
+
+
+def test_the_operators_are_optional_dependencies_with_conditions() -> None:
+    """Declared with a condition each, from a repository alias (no host in the chart)."""
+    declared = {dep.name: dep for dep in charts.dependencies(CHART)}
+    assert tuple(declared) == DEPENDENCIES
+    for name, dep in declared.items():
+        assert dep.condition == f"{name}.enabled"
+        assert re.fullmatch(r"@[a-z0-9-]+", dep.repository), dep.repository
+        assert not dep.alias
+        # One source of truth: skaffold installs the same chart, from the same repository
+        # alias, at the same version, when it installs it as a release of its own.
+        release = skaffold_release(name)
+        assert release["remoteChart"] == f"{dep.repository[1:]}/{name}"
+        assert dep.version == str(release["version"]), name
+    assert declared["strimzi-kafka-operator"].version == versions.STRIMZI
+
+
+def test_no_chart_repository_host_is_written_into_the_chart() -> None:
+    text = (CHART / "Chart.yaml").read_text()
+    assert "://" not in text
+    for dep in yaml.safe_load(text)["dependencies"]:
+        assert str(dep["repository"]).startswith("@"), dep
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_the_dependencies_are_off_by_default(value_set: str) -> None:
+    values = merged_values(value_set)
+    for dep in charts.dependencies(CHART):
+        assert values[dep.condition] is False, f"{dep.condition} with {value_set} values"
+
+
+def test_kube_prometheus_stack_values_are_skaffolds_release_settings() -> None:
+    """Enabled as a subchart, kube-prometheus-stack gets what skaffold's release gets."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["kube-prometheus-stack"]
+    subchart = {k: v for k, v in flatten(values).items() if k != "enabled"}
+    assert subchart == skaffold_release("kube-prometheus-stack")["setValues"]
+
+
+def test_strimzi_subchart_values_are_only_the_switch() -> None:
+    """watchAnyNamespace stays a comment: as a subchart the operator runs in the Kafka's
+    namespace, and its own default (watch that namespace) is enough there."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["strimzi-kafka-operator"]
+    assert values == {"enabled": False}
+    assert "# watchAnyNamespace: true" in (CHART / "values.yaml").read_text()
+
+
+def test_a_chart_without_dependencies_is_used_as_it_is() -> None:
+    operator_chart = REPO / "charts" / "hftpipe-operator"
+    assert not charts.dependencies(operator_chart)
+    assert charts.chart_for_helm(operator_chart) == operator_chart
+
+
+def test_stand_ins_replace_the_missing_dependencies_outside_the_repository(
+    tmp_path: Path,
+) -> None:
+    copy = bare_copy(tmp_path)
+    used = charts.chart_for_helm(copy)
+    assert used != copy
+    assert used.name == copy.name
+    assert install.cache_root() in used.parents
+    assert REPO not in used.resolve().parents
+    assert not (copy / "charts").exists(), "the stand-ins went into the chart itself"
+    for dep in charts.dependencies(copy):
+        meta = yaml.safe_load((used / "charts" / dep.name / "Chart.yaml").read_text())
+        assert (meta["name"], meta["version"], meta["type"]) == (
+            dep.name,
+            dep.version,
+            "application",
+        )
+        assert meta["annotations"][charts.STAND_IN_ANNOTATION] == "true"
+        assert "stand-in" in meta["description"].lower()
+        assert "cannot be downloaded" in meta["description"]
+    # The same content maps to the same copy: nothing new per call, nor per clone.
+    assert charts.chart_for_helm(copy) == used
+    # The repository's chart renders through such a copy too (or, after
+    # `helm dependency build`, as it is): no stand-in is ever written into it.
+    repo_used = charts.chart_for_helm(CHART)
+    if repo_used != CHART:
+        assert install.cache_root() in repo_used.parents
+    for found in (CHART / "charts").glob("*/Chart.yaml"):
+        annotations = yaml.safe_load(found.read_text()).get("annotations") or {}
+        assert charts.STAND_IN_ANNOTATION not in annotations, found
+
+
+def test_copies_unused_for_a_week_are_removed(tmp_path: Path) -> None:
+    used = charts.chart_for_helm(bare_copy(tmp_path)).parent
+    prefix = f"{charts.STAND_IN_COPIES}-{CHART.name}-"
+    old, recent = (used.parent / f"{prefix}test-{age}" for age in ("old", "recent"))
+    try:
+        for directory, days in ((old, charts.STAND_IN_KEEP_DAYS + 1), (recent, 1)):
+            directory.mkdir(exist_ok=True)
+            then = time.time() - days * 86400
+            os.utime(directory, (then, then))
+        assert charts.chart_for_helm(bare_copy(tmp_path / "again")).parent == used
+        assert not old.exists()
+        assert recent.is_dir()
+        assert used.stat().st_mtime > time.time() - 60
+    finally:
+        for directory in (old, recent):
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_lint_and_template_pass_through_the_stand_ins(value_set: str, tmp_path: Path) -> None:
+    copy = bare_copy(tmp_path)
+    report = charts.lint(copy, VALUE_SETS[value_set])
+    assert "1 chart(s) linted, 0 chart(s) failed" in report
+    assert str(install.cache_root()) not in report, "the report names the cached copy"
+    objects = charts.render(copy, VALUE_SETS[value_set], "hftpipe-stack", "hftpipe")
+    secrets = [o for o in objects if o["kind"] == "Secret"]
+    expected = render(value_set)
+    assert [o for o in objects if o not in secrets] == [
+        o for o in expected if o["kind"] != "Secret"
+    ]
+    assert not [o for o in objects if o["metadata"]["name"].endswith("-probe")]
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_disabled_stand_ins_render_what_the_real_dependencies_would(
+    value_set: str, tmp_path: Path
+) -> None:
+    """Byte for byte (CRDs included), against a copy with real-looking charts in charts/."""
+    stand_ins = charts.chart_for_helm(bare_copy(tmp_path / "a"))
+    real = with_probe_subcharts(tmp_path / "b")
+    assert charts.chart_for_helm(real) == real
+    text = template_text(stand_ins, value_set)
+    assert "kind: Kafka\n" in text
+    assert "-probe" not in text
+    assert text == template_text(real, value_set)
+
+
+def test_schema_passes_subchart_values_through() -> None:
+    objects = render(set_values={"strimzi-kafka-operator.watchAnyNamespace": "true"})
+    assert len(objects) == len(render())
+    assert render(set_values={"kube-prometheus-stack.grafana.enabled": "false"})
+
+
+@pytest.mark.parametrize("name", DEPENDENCIES)
+def test_schema_rejects_a_switch_that_is_no_boolean(name: str) -> None:
+    with pytest.raises(charts.ChartError, match=f"/{name}/enabled.*boolean") as raised:
+        charts.render(CHART, set_values={f"{name}.enabled": "notabool"})
+    assert "helm dependency build" not in str(raised.value)
+
+
+@pytest.mark.parametrize("name", DEPENDENCIES)
+def test_enabling_a_stand_in_says_to_run_helm_dependency_build(name: str, tmp_path: Path) -> None:
+    copy = bare_copy(tmp_path)
+    used = charts.chart_for_helm(copy)
+    enable = {f"{name}.enabled": "true"}
+    for call in (charts.render, charts.lint):
+        with pytest.raises(charts.ChartError) as raised:
+            call(copy, set_values=enable)
+        message = str(raised.value)
+        assert f"{name} is enabled ({name}.enabled is true)" in message
+        assert "only a stand-in" in message
+        assert "`helm dependency build charts/hftpipe-stack`" in message
+        assert f"or set {name}.enabled=false" in message
+        # The error names the chart it was given, not the cached copy.
+        assert str(used) not in message
+        assert str(copy) in message
+
+
+def test_dependencies_present_in_charts_are_used_as_they_are(tmp_path: Path) -> None:
+    """The conditions wired with real Helm: enabled, a subchart's ConfigMap renders."""
+    real = with_probe_subcharts(tmp_path)
+    version = {dep.name: dep.version for dep in charts.dependencies(real)}
+    assert {p.name for p in (real / "charts").iterdir()} == {
+        "strimzi-kafka-operator",
+        f"kube-prometheus-stack-{version['kube-prometheus-stack']}.tgz",
+    }
+    assert charts.chart_for_helm(real) == real
+
+    def probes(sets: dict[str, str]) -> dict[str, dict[str, str]]:
+        objects = charts.render(real, (), "hftpipe-stack", "hftpipe", set_values=sets)
+        found = {
+            o["metadata"]["name"]: o["data"]
+            for o in objects
+            if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-probe")
+        }
+        # An enabled subchart's crds/ comes along (first, in `helm install`); a disabled
+        # one's does not.
+        crds = [o for o in objects if o["kind"] == "CustomResourceDefinition"]
+        subcharts = [n.removeprefix("hftpipe-stack-").removesuffix("-probe") for n in found]
+        assert sorted(crds, key=str) == sorted(map(probe_crd, subcharts), key=str)
+        return found
+
+    strimzi = "hftpipe-stack-strimzi-kafka-operator-probe"
+    assert probes({}) == {}
+    assert probes({"strimzi-kafka-operator.enabled": "true"}) == {
+        strimzi: {"watchAnyNamespace": "false"}
+    }
+    both = probes(
+        {
+            "strimzi-kafka-operator.enabled": "true",
+            "strimzi-kafka-operator.watchAnyNamespace": "true",
+            "kube-prometheus-stack.enabled": "true",
+        }
+    )
+    assert both == {
+        strimzi: {"watchAnyNamespace": "true"},
+        "hftpipe-stack-kube-prometheus-stack-probe": {"watchAnyNamespace": "false"},
+    }
+
+
+def test_only_the_missing_dependency_gets_a_stand_in(tmp_path: Path) -> None:
+    partial = with_probe_subcharts(tmp_path, ("strimzi-kafka-operator",))
+    used = charts.chart_for_helm(partial)
+    assert used != partial
+    kept = yaml.safe_load((used / "charts" / "strimzi-kafka-operator" / "Chart.yaml").read_text())
+    assert charts.STAND_IN_ANNOTATION not in (kept.get("annotations") or {})
+    enabled = charts.render(
+        partial,
+        (),
+        "hftpipe-stack",
+        "hftpipe",
+        set_values={"strimzi-kafka-operator.enabled": "true"},
+    )
+    assert "hftpipe-stack-strimzi-kafka-operator-probe" in {o["metadata"]["name"] for o in enabled}
+    with pytest.raises(charts.ChartError, match="helm dependency build"):
+        charts.render(partial, set_values={"kube-prometheus-stack.enabled": "true"})

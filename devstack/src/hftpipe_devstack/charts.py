@@ -7,6 +7,11 @@ tests render the same way:
   the cached ``go install`` build of :data:`install.HELM`);
 - :func:`render` is ``helm template`` parsed into plain dict manifests, :func:`lint`
   is ``helm lint --strict``;
+- :func:`chart_for_helm` is the chart directory to give helm: a chart whose declared
+  dependencies are not in its ``charts/`` (nobody ran ``helm dependency build``, and
+  this machine cannot download charts) is copied into the cache with a stand-in for
+  each missing one, which renders nothing while its condition is false and fails with
+  what to do when it is true;
 - :func:`generate` writes the files generated from Python sources (the operator chart's
   ReplayJob CRD and RBAC rules in ``files/``, kopf's peering CRDs in ``crds/``,
   ``k8s/replayjob.yaml``) and the raw install manifests ``k8s/NNN-Kind-name.yaml``,
@@ -25,11 +30,15 @@ the README install the charts the same way.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tarfile
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,6 +181,219 @@ def parse_manifests(text: str) -> list[Manifest]:
     return [doc for doc in yaml.safe_load_all(text) if doc]
 
 
+# --------------------------------------------------------------------- dependencies
+
+STAND_IN_ANNOTATION: Final = "hftpipe.io/stand-in"
+"""``Chart.yaml`` annotation of the stand-in subcharts :func:`chart_for_helm` writes."""
+
+STAND_IN_TEMPLATE: Final = "templates/stand-in.yaml"
+"""The stand-in's one template: no object, only a ``fail`` saying what to do."""
+
+STAND_IN_FAILURE: Final = "holds only a stand-in for the chart"
+"""Words of every stand-in's ``fail`` message, by which :func:`lint` recognises it."""
+
+STAND_IN_COPIES: Final = "chart-stand-ins"
+"""Name prefix of the cache directories holding :func:`chart_for_helm`'s copies."""
+
+STAND_IN_KEEP_DAYS: Final = 7
+"""A copy unused this long is removed (each edit of a chart makes a new one)."""
+
+
+@dataclass(frozen=True)
+class Dependency:
+    """One entry of a chart's ``Chart.yaml`` ``dependencies:``."""
+
+    name: str
+    version: str
+    repository: str = ""
+    condition: str = ""
+    alias: str = ""
+
+    @property
+    def key(self) -> str:
+        """The subchart's name in the parent: its values key and what conditions name."""
+        return self.alias or self.name
+
+
+def dependencies(chart: str | os.PathLike[str]) -> list[Dependency]:
+    """The dependencies a chart's ``Chart.yaml`` declares (none for a chart archive)."""
+    path = Path(chart)
+    if not (path / "Chart.yaml").is_file():
+        return []
+    declared = chart_metadata(path).get("dependencies") or []
+    return [
+        Dependency(
+            name=str(dep["name"]),
+            version=str(dep.get("version", "")),
+            repository=str(dep.get("repository", "")),
+            condition=str(dep.get("condition", "")),
+            alias=str(dep.get("alias", "")),
+        )
+        for dep in declared
+    ]
+
+
+def subcharts_present(chart: str | os.PathLike[str]) -> dict[str, Path]:
+    """Name -> path of the charts in ``<chart>/charts/``, as helm loads them.
+
+    A directory with a ``Chart.yaml`` or a chart archive (what ``helm dependency build``
+    writes), named by its ``Chart.yaml`` ``name``; helm matches dependencies by name too.
+    """
+    found: dict[str, Path] = {}
+    directory = Path(chart) / CHARTS_DIR
+    if not directory.is_dir():
+        return found
+    for entry in sorted(directory.iterdir()):
+        name = _subchart_name(entry)
+        if name is not None:
+            found.setdefault(name, entry)
+    return found
+
+
+def _subchart_name(entry: Path) -> str | None:
+    text: str | bytes | None = None
+    if entry.is_dir() and (entry / "Chart.yaml").is_file():
+        text = (entry / "Chart.yaml").read_text()
+    elif entry.is_file() and entry.name.endswith((".tgz", ".tar.gz")):
+        try:
+            with tarfile.open(entry) as archive:
+                member = next(
+                    (
+                        m
+                        for m in archive.getmembers()
+                        if m.isfile()
+                        and len(Path(m.name).parts) == 2
+                        and Path(m.name).name == "Chart.yaml"
+                    ),
+                    None,
+                )
+                handle = archive.extractfile(member) if member is not None else None
+                text = handle.read() if handle is not None else None
+        except (OSError, tarfile.TarError):
+            return None
+    if text is None:
+        return None
+    meta = yaml.safe_load(text)
+    return str(meta["name"]) if isinstance(meta, dict) and meta.get("name") else None
+
+
+def chart_for_helm(chart: str | os.PathLike[str]) -> Path:
+    """The chart directory to give helm for ``chart``: the chart itself, or a copy.
+
+    helm refuses to template, lint, package or install a chart whose declared
+    dependencies are missing from its ``charts/``, even disabled ones, and they cannot
+    be downloaded here. When every dependency is there (``helm dependency build`` ran),
+    this is ``chart``. Otherwise it is a copy in the cache (keyed by the chart's
+    content, removed after :data:`STAND_IN_KEEP_DAYS` unused; never inside the
+    repository, where checkov and git would see it) whose
+    ``charts/`` adds, for each missing dependency, a stand-in subchart with its name and
+    version (:func:`stand_in_files`). Helm drops a subchart whose condition is false
+    before rendering, so the output is then the same as with the real dependencies;
+    with its condition true, the stand-in's template fails saying to run
+    ``helm dependency build``, instead of silently rendering nothing.
+    """
+    path = Path(chart)
+    present = subcharts_present(path)
+    missing = [dep for dep in dependencies(path) if dep.name not in present]
+    if not missing:
+        return path
+    directory = path.resolve().name  # the copy's directory is named like the chart's
+    parent = str(chart_metadata(path).get("name", directory))
+    files: dict[str, str] = {}
+    for dep in missing:
+        files.update(stand_in_files(dep, parent))
+    digest = hashlib.sha256()
+    for rel, text in sorted(files.items()):
+        digest.update(f"stand-in:{rel}\0{text}\0".encode())
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f"{file.relative_to(path).as_posix()}\0".encode())
+        digest.update(file.read_bytes() + b"\0")
+
+    def build(tmp: Path) -> None:
+        copy = tmp / directory
+        shutil.copytree(path, copy)
+        for rel, text in files.items():
+            (copy / rel).parent.mkdir(parents=True, exist_ok=True)
+            (copy / rel).write_text(text)
+
+    prefix = f"{STAND_IN_COPIES}-{directory}-"
+    copies = install.cached(prefix + digest.hexdigest()[:16], build)
+    _prune_copies(copies, prefix)
+    return copies / directory
+
+
+def _prune_copies(used: Path, prefix: str) -> None:
+    """Mark ``used`` as used now; remove its siblings unused for :data:`STAND_IN_KEEP_DAYS`."""
+    now = time.time()
+    os.utime(used, (now, now))
+    oldest = now - STAND_IN_KEEP_DAYS * 86400
+    for stale in used.parent.glob(f"{prefix}*"):
+        if stale != used and stale.is_dir() and stale.stat().st_mtime < oldest:
+            shutil.rmtree(stale, ignore_errors=True)
+            (stale.parent / f".{stale.name}.lock").unlink(missing_ok=True)
+
+
+def stand_in_files(dep: Dependency, parent: str) -> dict[str, str]:
+    """``charts/<name>/...`` -> text of the stand-in for ``dep``, a dependency of ``parent``.
+
+    A ``Chart.yaml`` with the dependency's name and version, labelled a stand-in (its
+    description and :data:`STAND_IN_ANNOTATION`), and one template that renders no
+    object and fails, saying to run ``helm dependency build``. Helm renders a subchart's
+    templates only when its condition is true, so the stand-in changes nothing otherwise.
+    The texts name the parent chart's directory in this repository, ``charts/<parent>``,
+    never where the copy is, so equal charts share one copy in the cache.
+    """
+    version = (
+        dep.version
+        if re.fullmatch(r"v?\d+\.\d+\.\d+([-+][0-9A-Za-z.+-]*)?", dep.version)
+        else "0.0.0"
+    )
+    where = f" from {dep.repository}" if dep.repository else ""
+    shown = f"{CHARTS_DIR}/{parent}"
+    meta = {
+        "apiVersion": "v2",
+        "name": dep.name,
+        "version": version,
+        "type": "application",
+        "description": (
+            f"Stand-in for the chart {dep.name} {dep.version}{where}, a dependency of "
+            f"{parent}: the real chart cannot be downloaded here. It renders nothing while "
+            f"its condition is false and fails when it is true; `helm dependency build "
+            f"{shown}` fetches the real chart."
+        ),
+        "annotations": {STAND_IN_ANNOTATION: "true"},
+    }
+    chart_yaml = (
+        "# Written by hftpipe_devstack.charts.chart_for_helm: NOT the real chart.\n"
+        + yaml.safe_dump(meta, sort_keys=False, width=88)
+    )
+    repo_add = (
+        f"`helm repo add {dep.repository[1:]} <its chart repository>` and "
+        if dep.repository.startswith("@")
+        else ""
+    )
+    switch = f"{dep.condition} is true" if dep.condition else "it has no condition"
+    message = (
+        f"{dep.key} is enabled ({switch}), but the {parent} chart's charts/ "
+        f"{STAND_IN_FAILURE} {dep.name} {dep.version}, which cannot be downloaded here. "
+        f"Run {repo_add}`helm dependency build {shown}` (the chart's directory) first"
+        + (f", or set {dep.condition}=false." if dep.condition else ".")
+    )
+    template = (
+        f"{{{{- /* Stand-in for the chart {dep.name}: see Chart.yaml. */ -}}}}\n"
+        f"{{{{- fail {json.dumps(message)} }}}}\n"
+    )
+    return {
+        f"{CHARTS_DIR}/{dep.name}/Chart.yaml": chart_yaml,
+        f"{CHARTS_DIR}/{dep.name}/{STAND_IN_TEMPLATE}": template,
+    }
+
+
+def _as_given(text: str, used: Path, given: Path) -> str:
+    """helm's words about the chart copy ``used``, naming the chart ``given`` instead."""
+    return text if used == given else text.replace(str(used), str(given))
+
+
 def render(
     chart: str | os.PathLike[str],
     values_files: Sequence[str | os.PathLike[str]] = (),
@@ -187,21 +409,26 @@ def render(
 
     ``release`` defaults to the chart directory's name; ``include_crds`` adds the files of
     the chart's ``crds/`` (what ``helm install`` creates first). ``extra_args`` go to helm
-    as they are (``--api-versions``, ``--show-only`` ...).
+    as they are (``--api-versions``, ``--show-only`` ...). helm renders
+    :func:`chart_for_helm` of ``chart``; errors name ``chart``.
     """
     chart_path = Path(chart)
-    proc = helm(
-        "template",
-        release or chart_path.name,
-        chart_path,
-        "--namespace",
-        namespace,
-        "--kube-version",
-        kube_version,
-        *(["--include-crds"] if include_crds else []),
-        *_value_args(values_files, set_values),
-        *extra_args,
-    )
+    used = chart_for_helm(chart_path)
+    try:
+        proc = helm(
+            "template",
+            release or chart_path.name,
+            used,
+            "--namespace",
+            namespace,
+            "--kube-version",
+            kube_version,
+            *(["--include-crds"] if include_crds else []),
+            *_value_args(values_files, set_values),
+            *extra_args,
+        )
+    except ChartError as err:
+        raise ChartError(_as_given(str(err), used, chart_path)) from err
     return parse_manifests(proc.stdout)
 
 
@@ -213,16 +440,33 @@ def lint(
     set_values: Mapping[str, str] | None = None,
     kube_version: str = KUBE_VERSION,
 ) -> str:
-    """``helm lint [--strict]``; returns helm's report, raises :class:`ChartError` on failure."""
-    proc = helm(
-        "lint",
-        chart,
-        "--kube-version",
-        kube_version,
-        *(["--strict"] if strict else []),
-        *_value_args(values_files, set_values),
+    """``helm lint [--strict]``; returns helm's report, raises :class:`ChartError` on failure.
+
+    Lints :func:`chart_for_helm` of ``chart``; the report names ``chart``. helm lint
+    turns a template's ``fail`` into an ``[INFO]`` line on stderr and passes: an enabled
+    stand-in's is raised here, as :func:`render` raises it.
+    """
+    chart_path = Path(chart)
+    used = chart_for_helm(chart_path)
+    try:
+        proc = helm(
+            "lint",
+            used,
+            "--kube-version",
+            kube_version,
+            *(["--strict"] if strict else []),
+            *_value_args(values_files, set_values),
+        )
+    except ChartError as err:
+        raise ChartError(_as_given(str(err), used, chart_path)) from err
+    stand_ins = dict.fromkeys(
+        line.split("Fail: ", 1)[-1].strip()
+        for line in proc.stderr.splitlines()
+        if STAND_IN_FAILURE in line
     )
-    return proc.stdout
+    if stand_ins:
+        raise ChartError(f"helm lint {chart_path} failed:\n" + "\n".join(stand_ins))
+    return _as_given(proc.stdout, used, chart_path)
 
 
 # ------------------------------------------------------------------------- releases
