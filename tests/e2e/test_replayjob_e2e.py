@@ -20,6 +20,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -176,12 +177,6 @@ def _without_password(url: str) -> tuple[str, str]:
     return urlunsplit(parts._replace(netloc=netloc)), parts.password or ""
 
 
-def _status(env: dict[str, str], namespace: str, name: str) -> dict[str, Any]:
-    found = json.loads(_kubectl(env, "get", "replayjob", name, "-n", namespace, "-o", "json"))
-    status: dict[str, Any] = found.get("status") or {}
-    return status
-
-
 @pytest.fixture(scope="module")
 def redis_secret(namespace: str, stack_env: dict[str, str], redis_url: str) -> str:
     """A Secret with the Redis password (a ReplayJob's spec never holds one)."""
@@ -200,68 +195,93 @@ def redis_secret(namespace: str, stack_env: dict[str, str], redis_url: str) -> s
     return "redis"
 
 
-def _spec(kafka_bootstrap: str, redis_url: str, secret: str, **overrides: Any) -> dict[str, Any]:
-    url, _ = _without_password(redis_url)
-    spec: dict[str, Any] = {
-        "source": dict(SOURCE),
-        "pacing": {"max": True},
-        "kafka": {"bootstrapServers": kafka_bootstrap, "topic": {"partitions": 3}},
-        "processing": {"windows": WINDOWS, "replicas": 2},
-        "redis": {
-            "url": url,
-            "credentials": {"secretRef": {"name": secret, "passwordKey": "password"}},
-        },
-    }
-    spec.update(overrides)
-    return spec
+@dataclass(frozen=True)
+class E2E:
+    """The running scene every test submits its ReplayJob into: the namespace the
+    operator watches, the operator, the local Node, and the stack's Kafka and Redis."""
 
+    env: dict[str, str]
+    namespace: str
+    operator: ProcessTable
+    kubelet: LocalKubelet
+    kafka_bootstrap: str
+    redis_url: str
+    redis_secret: str
 
-def _submit(env: dict[str, str], namespace: str, job: str, spec: dict[str, Any]) -> None:
-    _apply(
-        env,
-        [
-            {
-                "apiVersion": crd.API_VERSION,
-                "kind": crd.KIND,
-                "metadata": {"name": job, "namespace": namespace},
-                "spec": spec,
-            }
-        ],
-    )
+    def kubectl(self, *args: str, stdin: str | None = None) -> str:
+        return _kubectl(self.env, *args, stdin=stdin)
 
+    def spec(self, **overrides: Any) -> dict[str, Any]:
+        """The jobs' spec (the sample at max speed), with ``overrides`` of its fields."""
+        url, _ = _without_password(self.redis_url)
+        spec: dict[str, Any] = {
+            "source": dict(SOURCE),
+            "pacing": {"max": True},
+            "kafka": {"bootstrapServers": self.kafka_bootstrap, "topic": {"partitions": 3}},
+            "processing": {"windows": WINDOWS, "replicas": 2},
+            "redis": {
+                "url": url,
+                "credentials": {
+                    "secretRef": {"name": self.redis_secret, "passwordKey": "password"}
+                },
+            },
+        }
+        spec.update(overrides)
+        return spec
 
-def _wait_condition(
-    env: dict[str, str],
-    namespace: str,
-    job: str,
-    condition: str,
-    kubelet: LocalKubelet,
-    operator: ProcessTable,
-    timeout: int = 240,
-) -> None:
-    """``kubectl wait --for=condition=<condition>``; on time-out, say everything we know."""
-    timeout = int(os.environ.get("HFTPIPE_E2E_TIMEOUT", timeout))
-    try:
-        _kubectl(
-            env, "wait", f"--for=condition={condition}", f"replayjob/{job}", "-n", namespace,
-            f"--timeout={timeout}s",
+    def submit(self, job: str, spec: dict[str, Any]) -> None:
+        _apply(
+            self.env,
+            [
+                {
+                    "apiVersion": crd.API_VERSION,
+                    "kind": crd.KIND,
+                    "metadata": {"name": job, "namespace": self.namespace},
+                    "spec": spec,
+                }
+            ],
+        )
+
+    def patch(self, job: str, spec: dict[str, Any]) -> None:
+        self.kubectl("patch", "replayjob", job, "-n", self.namespace, "--type=merge",
+                     "-p", json.dumps({"spec": spec}))  # fmt: skip
+
+    def status(self, job: str) -> dict[str, Any]:
+        found = json.loads(
+            self.kubectl("get", "replayjob", job, "-n", self.namespace, "-o", "json")
+        )
+        status: dict[str, Any] = found.get("status") or {}
+        return status
+
+    def progress(self, job: str) -> dict[str, Any]:
+        progress: dict[str, Any] = self.status(job).get("progress") or {}
+        return progress
+
+    def wait(self, job: str, condition: str, timeout: int = 240) -> None:
+        """``kubectl wait --for=condition=<condition>``; on time-out, say everything we know."""
+        timeout = int(os.environ.get("HFTPIPE_E2E_TIMEOUT", timeout))
+        try:
+            self.kubectl(
+                "wait", f"--for=condition={condition}", f"replayjob/{job}", "-n", self.namespace,
+                f"--timeout={timeout}s",
+            )  # fmt: skip
+        except AssertionError as exc:
+            raise AssertionError(
+                f"{exc}\nstatus: {self.status(job)}\nkubelet errors: {self.kubelet.errors}\n"
+                f"{self.kubelet.logs(self.namespace, job)}\n==> operator <==\n"
+                f"{tail(self.operator.log_dir / 'operator.log', 60)}"
+            ) from exc
+
+    def pods(self, job: str) -> list[str]:
+        listed = json.loads(
+            self.kubectl("get", "pods", "-n", self.namespace, "-l", f"{labels.JOB}={job}",
+                         "-o", "json")
         )  # fmt: skip
-    except AssertionError as exc:
-        raise AssertionError(
-            f"{exc}\nstatus: {_status(env, namespace, job)}\nkubelet errors: {kubelet.errors}\n"
-            f"{kubelet.logs(namespace, job)}\n==> operator <==\n"
-            f"{tail(operator.log_dir / 'operator.log', 60)}"
-        ) from exc
+        return [p["metadata"]["name"] for p in listed["items"]]
 
 
-def _job_pods(env: dict[str, str], namespace: str, job: str) -> list[str]:
-    listed = json.loads(
-        _kubectl(env, "get", "pods", "-n", namespace, "-l", f"{labels.JOB}={job}", "-o", "json")
-    )
-    return [p["metadata"]["name"] for p in listed["items"]]
-
-
-def test_a_replayjob_runs_to_complete_from_the_operators_pod_specs(
+@pytest.fixture(scope="module")
+def e2e(
     namespace: str,
     operator: ProcessTable,
     kubelet: LocalKubelet,
@@ -269,20 +289,31 @@ def test_a_replayjob_runs_to_complete_from_the_operators_pod_specs(
     kafka_bootstrap: str,
     redis_url: str,
     redis_secret: str,
-) -> None:
-    env = {**os.environ, **stack_env}
+) -> E2E:
+    return E2E(
+        env={**os.environ, **stack_env},
+        namespace=namespace,
+        operator=operator,
+        kubelet=kubelet,
+        kafka_bootstrap=kafka_bootstrap,
+        redis_url=redis_url,
+        redis_secret=redis_secret,
+    )
+
+
+def test_a_replayjob_runs_to_complete_from_the_operators_pod_specs(e2e: E2E) -> None:
     job = f"btc-{uuid.uuid4().hex[:6]}"
-    _submit(env, namespace, job, _spec(kafka_bootstrap, redis_url, redis_secret))
-    _wait_condition(env, namespace, job, "Complete", kubelet, operator)
+    e2e.submit(job, e2e.spec())
+    e2e.wait(job, "Complete")
 
     with gzip.open(SAMPLE) as f:
         frame = pd.read_csv(f, usecols=["date", "high", "low", "close", "volume"])
     rows = len(frame)
 
     # The status, as a user sees it (the issue's resolution quotes this output).
-    status = _status(env, namespace, job)
+    status = e2e.status(job)
     (REPO / "tests/e2e/.last-status.yaml").write_text(
-        _kubectl(env, "get", "replayjob", job, "-n", namespace, "-o", "yaml")
+        e2e.kubectl("get", "replayjob", job, "-n", e2e.namespace, "-o", "yaml")
     )
     assert status["phase"] == "Succeeded"
     progress = status["progress"]
@@ -294,11 +325,11 @@ def test_a_replayjob_runs_to_complete_from_the_operators_pod_specs(
     assert progress["rowsLoaded"] == rows
     assert progress["lag"] == 0
     assert progress["percent"] == "100%"
-    assert status["restarts"] == 0, kubelet.logs(namespace)
+    assert status["restarts"] == 0, e2e.kubelet.logs(e2e.namespace)
     conditions = {c["type"]: c["status"] for c in status["conditions"]}
     assert conditions["Complete"] == "True"
     # Where the data is: named by <namespace>.<name>, so a same-named job elsewhere is apart.
-    ident = job_id(job, namespace)
+    ident = job_id(job, e2e.namespace)
     assert status["outputs"] == {
         "jobId": ident,
         "barsTopic": Topics.for_job(ident).bars,
@@ -307,16 +338,16 @@ def test_a_replayjob_runs_to_complete_from_the_operators_pod_specs(
         "redisKeyPrefix": f"hftpipe:{ident}:",
     }
     assert conditions.get("Failed", "False") == "False"
-    printed = _kubectl(env, "get", "replayjobs", "-n", namespace)
+    printed = e2e.kubectl("get", "replayjobs", "-n", e2e.namespace)
     (REPO / "tests/e2e/.last-get.txt").write_text(
-        printed + _kubectl(env, "get", "replayjobs", "-n", namespace, "-o", "wide")
+        printed + e2e.kubectl("get", "replayjobs", "-n", e2e.namespace, "-o", "wide")
     )
     assert printed.split()[:5] == ["NAME", "PHASE", "PROGRESS", "LAG", "AGE"], printed
 
     # Redis holds the right metrics for every bar, against an independent pandas oracle.
     frame["time"] = pd.to_datetime(frame.pop("date"), utc=True)
     frame["symbol"] = "BTCUSDT"
-    client = redis.Redis.from_url(redis_url)
+    client = redis.Redis.from_url(e2e.redis_url)
     docs = pd.DataFrame(redis_history(client, ident))
     assert len(docs) == rows
     docs["time"] = pd.to_datetime(docs["ts_ns"], utc=True)
@@ -337,11 +368,11 @@ def test_a_replayjob_runs_to_complete_from_the_operators_pod_specs(
     # comes before reading the warehouse: DuckDB lets one process open a file for writing and
     # nobody else, even read-only, so the file is readable once the loader has exited (the
     # condition flips when the loader has caught up, its pod ends a moment later).
-    kube = KubeRest(Path(stack_env["KUBECONFIG"]))
+    kube = KubeRest(Path(e2e.env["KUBECONFIG"]))
     try:
 
         def workers_gone() -> bool:
-            pods = kube.request("GET", f"/api/v1/namespaces/{namespace}/pods") or {}
+            pods = kube.request("GET", f"/api/v1/namespaces/{e2e.namespace}/pods") or {}
             return not [
                 p
                 for p in pods.get("items", [])
@@ -353,7 +384,7 @@ def test_a_replayjob_runs_to_complete_from_the_operators_pod_specs(
         kube.close()
 
     # The warehouse on the loader's volume has each bar once.
-    claim = kubelet.root / "claims" / namespace / Names(job).warehouse
+    claim = e2e.kubelet.root / "claims" / e2e.namespace / Names(job).warehouse
     files = list(claim.glob("*.duckdb"))
     assert len(files) == 1, f"no DuckDB file on the loader's volume {claim}"
     with duckdb.connect(str(files[0]), read_only=True) as db:
@@ -361,81 +392,52 @@ def test_a_replayjob_runs_to_complete_from_the_operators_pod_specs(
             "select count(*), count(distinct bar_time) from bars where job = ?", [ident]
         ).fetchone() or (0, 0)
     assert (count, distinct) == (rows, rows)
-    assert operator.exited("operator") is None, "the operator exited"
-    assert not kubelet.errors
+    assert e2e.operator.exited("operator") is None, "the operator exited"
+    assert not e2e.kubelet.errors
 
 
-def _progress(env: dict[str, str], namespace: str, job: str) -> dict[str, Any]:
-    progress: dict[str, Any] = _status(env, namespace, job).get("progress") or {}
-    return progress
-
-
-def test_suspend_stops_every_pod_and_resume_continues_without_loss_or_duplicates(
-    namespace: str,
-    operator: ProcessTable,
-    kubelet: LocalKubelet,
-    stack_env: dict[str, str],
-    kafka_bootstrap: str,
-    redis_url: str,
-    redis_secret: str,
-) -> None:
-    env = {**os.environ, **stack_env}
+def test_suspend_stops_every_pod_and_resume_continues_without_loss_or_duplicates(e2e: E2E) -> None:
     job = f"pause-{uuid.uuid4().hex[:6]}"
     # Paced, so the replay is still going when it is suspended (~14 s of bars).
-    spec = _spec(kafka_bootstrap, redis_url, redis_secret, pacing={"rate": 4000})
-    _submit(env, namespace, job, spec)
+    spec = e2e.spec(pacing={"rate": 4000})
+    e2e.submit(job, spec)
     wait_for(
-        lambda: (_progress(env, namespace, job).get("rowsProduced") or 0) > 4000,
+        lambda: (e2e.progress(job).get("rowsProduced") or 0) > 4000,
         120,
         "the replay to be under way",
     )
-    _kubectl(env, "patch", "replayjob", job, "-n", namespace, "--type=merge",
-             "-p", '{"spec": {"suspend": true}}')  # fmt: skip
-    _wait_condition(env, namespace, job, "Suspended", kubelet, operator, timeout=60)
-    wait_for(lambda: not _job_pods(env, namespace, job), 90, "every pod of the job to stop")
-    paused = _progress(env, namespace, job)["rowsProduced"]
+    e2e.patch(job, {"suspend": True})
+    e2e.wait(job, "Suspended", timeout=60)
+    wait_for(lambda: not e2e.pods(job), 90, "every pod of the job to stop")
+    paused = e2e.progress(job)["rowsProduced"]
     with gzip.open(SAMPLE) as f:
         rows = sum(1 for _ in f) - 1
     assert 0 < paused < rows, "suspended before the end, after the start"
-    assert _status(env, namespace, job)["phase"] == "Suspended"
+    assert e2e.status(job)["phase"] == "Suspended"
 
-    _kubectl(env, "patch", "replayjob", job, "-n", namespace, "--type=merge",
-             "-p", '{"spec": {"suspend": false}}')  # fmt: skip
-    _wait_condition(env, namespace, job, "Complete", kubelet, operator)
-    progress = _progress(env, namespace, job)
+    e2e.patch(job, {"suspend": False})
+    e2e.wait(job, "Complete")
+    progress = e2e.progress(job)
     assert (progress["rowsProduced"], progress["rowsProcessed"], progress["rowsLoaded"]) == (
         rows,
         rows,
         rows,
     ), "every row exactly once in Kafka, processed and loaded"
-    client = redis.Redis.from_url(redis_url)
-    history = redis_history(client, job_id(job, namespace))
+    client = redis.Redis.from_url(e2e.redis_url)
+    history = redis_history(client, job_id(job, e2e.namespace))
     assert len(history) == rows
     assert len({doc["seq"] for doc in history}) == rows
 
 
-def test_a_missing_source_file_fails_the_job_with_the_reason(
-    namespace: str,
-    operator: ProcessTable,
-    kubelet: LocalKubelet,
-    stack_env: dict[str, str],
-    kafka_bootstrap: str,
-    redis_url: str,
-    redis_secret: str,
-    tmp_path: Path,
-) -> None:
-    env = {**os.environ, **stack_env}
+def test_a_missing_source_file_fails_the_job_with_the_reason(e2e: E2E) -> None:
     job = f"broken-{uuid.uuid4().hex[:6]}"
-    spec = _spec(
-        kafka_bootstrap,
-        redis_url,
-        redis_secret,
+    spec = e2e.spec(
         source={**SOURCE, "url": "/data/no-such-dir/bars.csv.gz"},
         restartPolicy={"maxRestarts": 1, "backoffSeconds": 1, "maxBackoffSeconds": 2},
     )
-    _submit(env, namespace, job, spec)
-    _wait_condition(env, namespace, job, "Failed", kubelet, operator, timeout=180)
-    status = _status(env, namespace, job)
+    e2e.submit(job, spec)
+    e2e.wait(job, "Failed", timeout=180)
+    status = e2e.status(job)
     assert status["phase"] == "Failed"
     failed = next(c for c in status["conditions"] if c["type"] == "Failed")
     assert "producer" in failed["message"], failed
@@ -444,54 +446,36 @@ def test_a_missing_source_file_fails_the_job_with_the_reason(
     assert "completionTime" not in status, "only a Complete job has a completion time"
 
 
-def test_deleting_a_running_job_stops_its_workers_before_deleting_their_data(
-    namespace: str,
-    operator: ProcessTable,
-    kubelet: LocalKubelet,
-    stack_env: dict[str, str],
-    kafka_bootstrap: str,
-    redis_url: str,
-    redis_secret: str,
-) -> None:
-    env = {**os.environ, **stack_env}
+def test_deleting_a_running_job_stops_its_workers_before_deleting_their_data(e2e: E2E) -> None:
     job = f"gone-{uuid.uuid4().hex[:6]}"
     cleanup = {"deleteTopics": True, "deleteRedisKeys": True}
     # Paced, so the processor is still writing to Redis when the job is deleted.
-    spec = _spec(kafka_bootstrap, redis_url, redis_secret, pacing={"rate": 2000}, cleanup=cleanup)
-    _submit(env, namespace, job, spec)
+    spec = e2e.spec(pacing={"rate": 2000}, cleanup=cleanup)
+    e2e.submit(job, spec)
     wait_for(
-        lambda: (_progress(env, namespace, job).get("rowsProcessed") or 0) > 2000,
+        lambda: (e2e.progress(job).get("rowsProcessed") or 0) > 2000,
         120,
         "the processor to be under way",
     )
-    _kubectl(env, "delete", "replayjob", job, "-n", namespace, "--timeout=150s")
+    e2e.kubectl("delete", "replayjob", job, "-n", e2e.namespace, "--timeout=150s")
     # The owner references would end the pods only now, after the job is gone: a processor
     # still running would have written the keys again after the clean-up deleted them.
-    assert _job_pods(env, namespace, job) == [], "the job went before its pods"
-    ident = job_id(job, namespace)
-    client = redis.Redis.from_url(redis_url)
+    assert e2e.pods(job) == [], "the job went before its pods"
+    ident = job_id(job, e2e.namespace)
+    client = redis.Redis.from_url(e2e.redis_url)
     assert list(client.scan_iter(match=RedisKeys(ident).pattern)) == []
-    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    admin = AdminClient({"bootstrap.servers": e2e.kafka_bootstrap})
     left = [t for t in admin.list_topics(timeout=10).topics if t.startswith(f"hftpipe.{ident}.")]
     assert left == [], "the job's topics outlived it"
-    assert not kubelet.errors
+    assert not e2e.kubelet.errors
 
 
-def test_an_s3_source_is_read_with_the_endpoint_and_keys_of_the_spec(
-    namespace: str,
-    operator: ProcessTable,
-    kubelet: LocalKubelet,
-    stack_env: dict[str, str],
-    kafka_bootstrap: str,
-    redis_url: str,
-    redis_secret: str,
-) -> None:
+def test_an_s3_source_is_read_with_the_endpoint_and_keys_of_the_spec(e2e: E2E) -> None:
     """An S3-compatible store (moto's server on 127.0.0.1: no S3 account is reachable);
     the producer's pod gets the endpoint from the spec and the keys from a Secret."""
     import boto3  # type: ignore[import-untyped]  # noqa: PLC0415 - a dev dependency
     from moto.server import ThreadedMotoServer  # noqa: PLC0415
 
-    env = {**os.environ, **stack_env}
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
@@ -508,7 +492,7 @@ def test_an_s3_source_is_read_with_the_endpoint_and_keys_of_the_spec(
         s3.create_bucket(Bucket="market-data")
         s3.upload_file(str(SAMPLE), "market-data", "btc/btcusdt_1h.csv.gz")
         secret = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque"}
-        _apply(env, [{**secret, "metadata": {"name": "s3", "namespace": namespace},
+        _apply(e2e.env, [{**secret, "metadata": {"name": "s3", "namespace": e2e.namespace},
                       "stringData": keys}])  # fmt: skip
         job = f"s3-{uuid.uuid4().hex[:6]}"
         source = {
@@ -520,14 +504,14 @@ def test_an_s3_source_is_read_with_the_endpoint_and_keys_of_the_spec(
                 "credentials": {"secretRef": {"name": "s3"}},
             },
         }
-        _submit(env, namespace, job, _spec(kafka_bootstrap, redis_url, redis_secret, source=source))
-        _wait_condition(env, namespace, job, "Complete", kubelet, operator)
+        e2e.submit(job, e2e.spec(source=source))
+        e2e.wait(job, "Complete")
     finally:
         server.stop()
-    progress = _progress(env, namespace, job)
+    progress = e2e.progress(job)
     assert (progress["rowsTotal"], progress["rowsProduced"], progress["rowsLoaded"]) == (
         55_765,
         55_765,
         55_765,
     ), progress
-    assert not kubelet.errors
+    assert not e2e.kubelet.errors
