@@ -36,7 +36,7 @@ from oracle import assert_close, oracle, redis_history
 
 from hftpipe_devstack.kubelet import KubeRest, LocalKubelet
 from hftpipe_devstack.procs import ProcessTable, free_port, tail
-from hftpipe_devstack.testing import wait_for
+from hftpipe_devstack.testing import s3_endpoint, wait_for
 from hftpipe_operator import crd, labels, rbac
 from hftpipe_operator.naming import Names
 from hftpipe_workers.contract import RedisKeys, Topics, job_id
@@ -473,41 +473,24 @@ def test_deleting_a_running_job_stops_its_workers_before_deleting_their_data(e2e
 def test_an_s3_source_is_read_with_the_endpoint_and_keys_of_the_spec(e2e: E2E) -> None:
     """An S3-compatible store (moto's server on 127.0.0.1: no S3 account is reachable);
     the producer's pod gets the endpoint from the spec and the keys from a Secret."""
-    import boto3  # type: ignore[import-untyped]  # noqa: PLC0415 - a dev dependency
-    from moto.server import ThreadedMotoServer  # noqa: PLC0415
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    try:
-        endpoint = f"http://127.0.0.1:{port}"
-        keys = {"AWS_ACCESS_KEY_ID": "replay", "AWS_SECRET_ACCESS_KEY": "replay-secret"}
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name="us-east-1",
-            aws_access_key_id=keys["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=keys["AWS_SECRET_ACCESS_KEY"],
-        )
-        s3.create_bucket(Bucket="market-data")
-        s3.upload_file(str(SAMPLE), "market-data", "btc/btcusdt_1h.csv.gz")
+    url = "s3://market-data/btc/btcusdt_1h.csv.gz"
+    with s3_endpoint({url: SAMPLE}) as aws:
+        keys = {k: aws[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
         secret = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque"}
         _apply(e2e.env, [{**secret, "metadata": {"name": "s3", "namespace": e2e.namespace},
-                      "stringData": keys}])  # fmt: skip
+                          "stringData": keys}])  # fmt: skip
         job = f"s3-{uuid.uuid4().hex[:6]}"
         source = {
-            "url": "s3://market-data/btc/btcusdt_1h.csv.gz",
+            "url": url,
             "symbol": "BTCUSDT",
             "s3": {
-                "endpointUrl": endpoint,
-                "region": "us-east-1",
+                "endpointUrl": aws["AWS_ENDPOINT_URL"],
+                "region": aws["AWS_DEFAULT_REGION"],
                 "credentials": {"secretRef": {"name": "s3"}},
             },
         }
         e2e.submit(job, e2e.spec(source=source))
         e2e.wait(job, "Complete")
-    finally:
-        server.stop()
     progress = e2e.progress(job)
     assert (progress["rowsTotal"], progress["rowsProduced"], progress["rowsLoaded"]) == (
         55_765,

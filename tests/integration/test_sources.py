@@ -24,7 +24,7 @@ import pytest
 import zstandard
 
 from hftpipe_devstack.procs import free_port
-from hftpipe_devstack.testing import produce, run_produce
+from hftpipe_devstack.testing import produce, run_produce, s3_endpoint
 from hftpipe_workers.producer import count_rows
 
 SAMPLE = (
@@ -106,40 +106,18 @@ def test_an_http_url_that_is_not_there_names_it(
     assert "missing.csv.gz" in done.stderr, done.stderr[-2000:]
 
 
+S3_URL = "s3://market-data/btc/btcusdt_1h.csv.gz"
+
+
 @pytest.fixture(scope="module")
 def s3_env(files: dict[str, Path]) -> Iterator[dict[str, str]]:
     """An S3 endpoint on 127.0.0.1 with a bucket holding the gzip'ed sample."""
-    import boto3  # type: ignore[import-untyped]  # noqa: PLC0415
-    from moto.server import ThreadedMotoServer  # noqa: PLC0415 - a dev dependency
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    env = {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-        "AWS_ACCESS_KEY_ID": "replay",
-        "AWS_SECRET_ACCESS_KEY": "replay-secret",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    try:
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=env["AWS_ENDPOINT_URL"],
-            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-            region_name=env["AWS_DEFAULT_REGION"],
-        )
-        s3.create_bucket(Bucket="market-data")
-        s3.upload_file(str(files[".gz"]), "market-data", "btc/btcusdt_1h.csv.gz")
+    with s3_endpoint({S3_URL: files[".gz"]}) as env:
         yield env
-    finally:
-        server.stop()
 
 
 def test_an_s3_url_with_the_endpoint_and_keys_from_the_environment(
     s3_env: dict[str, str], subprocess_env: dict[str, str]
 ) -> None:
-    url = "s3://market-data/btc/btcusdt_1h.csv.gz"
-    env = {**subprocess_env, **s3_env}
-    report = produce_source(env, url)
+    report = produce_source({**subprocess_env, **s3_env}, S3_URL)
     assert (report["produced"], report["dead_lettered"]) == (ROWS, 0), report

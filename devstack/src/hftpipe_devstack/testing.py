@@ -6,7 +6,8 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -56,3 +57,40 @@ def wait_for(
             return result
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@contextmanager
+def s3_endpoint(objects: Mapping[str, Path]) -> Iterator[dict[str, str]]:
+    """An S3 endpoint on 127.0.0.1 (moto's server, a dev dependency: no S3 account is
+    reachable here) holding ``objects`` (``s3://`` URL -> local file); yields the
+    ``AWS_*`` variables that reach it, as a producer's pod gets them."""
+    import boto3  # type: ignore[import-untyped]  # noqa: PLC0415 - dev dependencies
+    from moto.server import ThreadedMotoServer  # noqa: PLC0415
+
+    from hftpipe_devstack.procs import free_port  # noqa: PLC0415
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    env = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "replay",
+        "AWS_SECRET_ACCESS_KEY": "replay-secret",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    try:
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=env["AWS_ENDPOINT_URL"],
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+            region_name=env["AWS_DEFAULT_REGION"],
+        )
+        for url, path in objects.items():
+            bucket, _, key = url.removeprefix("s3://").partition("/")
+            if bucket not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
+                s3.create_bucket(Bucket=bucket)
+            s3.upload_file(str(path), bucket, key)
+        yield env
+    finally:
+        server.stop()
