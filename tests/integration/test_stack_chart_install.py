@@ -11,9 +11,10 @@ Operator's CRDs installed (the ``crds_installed`` fixture).
   Redis password of an existing Secret instead of generating a new one; helm is given
   :func:`hftpipe_devstack.charts.chart_for_helm` of the chart (stand-ins for its
   optional dependencies, which cannot be downloaded here), and an install that enables
-  one of them without the real chart fails saying to run ``helm dependency build``;
-- a real Prometheus (Debian's ``prometheus``) scraping running workers answers every
-  query of the Grafana dashboard with data.
+  one of them without the real chart fails saying to run ``helm dependency build``.
+
+A real Prometheus scraping a real pipeline and operator answers every dashboard query:
+tests/integration/test_dashboard_queries.py.
 """
 
 from __future__ import annotations
@@ -153,14 +154,14 @@ def helm_online(
     kubeconfig: Path, namespace: str, *args: str, chart: Path = CHART
 ) -> list[Manifest]:
     """``helm install --dry-run=server``: rendered with the server's APIs and lookups."""
-    proc = charts.helm(
+    proc = charts.helm_chart(
         "install",
-        "hftpipe-stack",
-        charts.chart_for_helm(chart),
+        chart,
         "--namespace",
         namespace,
         "--dry-run=server",
         *args,
+        release="hftpipe-stack",
         env={"KUBECONFIG": str(kubeconfig)},
     )
     manifest = proc.stdout.split("\nMANIFEST:\n", 1)[1].split("\nNOTES:\n", 1)[0]
@@ -214,7 +215,4 @@ def test_install_enabling_a_missing_dependency_says_to_build_it(
     message = str(raised.value)
     assert f"{name} is enabled" in message
     assert "`helm dependency build charts/hftpipe-stack`" in message
-
-
-# A real Prometheus scraping a real pipeline and operator answers every dashboard query:
-# tests/integration/test_dashboard_queries.py.
+    assert str(bare) in message, "the error names the cached copy, not the chart given"

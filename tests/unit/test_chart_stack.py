@@ -8,7 +8,8 @@ does is tested against the real API server in tests/integration/test_stack_chart
 
 Strimzi's operator chart and kube-prometheus-stack are optional dependencies, which
 cannot be downloaded here: helm gets :func:`hftpipe_devstack.charts.chart_for_helm` of
-the chart, a copy with stand-ins for them (see "optional dependencies" below).
+the chart (:func:`hftpipe_devstack.charts.helm_chart`), a copy with stand-ins for them
+(see "optional dependencies" below).
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ def test_disabled_sections_render_nothing() -> None:
 
 
 def test_the_packaged_chart_leaves_the_promtool_tests_out(tmp_path: Path) -> None:
-    charts.helm("package", charts.chart_for_helm(CHART), "--destination", tmp_path)
+    charts.helm_chart("package", CHART, "--destination", tmp_path)
     [archive] = tmp_path.glob("hftpipe-stack-*.tgz")
     with tarfile.open(archive) as tar:
         names = tar.getnames()

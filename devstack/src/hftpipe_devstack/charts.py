@@ -11,7 +11,8 @@ tests render the same way:
   dependencies are not in its ``charts/`` (nobody ran ``helm dependency build``, and
   this machine cannot download charts) is copied into the cache with a stand-in for
   each missing one, which renders nothing while its condition is false and fails with
-  what to do when it is true;
+  what to do when it is true; :func:`helm_chart` runs a helm command on it, its output
+  and errors naming the chart given;
 - :func:`generate` writes the files generated from Python sources (the operator chart's
   ReplayJob CRD and RBAC rules in ``files/``, kopf's peering CRDs in ``crds/``,
   ``k8s/replayjob.yaml``) and the raw install manifests ``k8s/NNN-Kind-name.yaml``,
@@ -233,21 +234,16 @@ def dependencies(chart: str | os.PathLike[str]) -> list[Dependency]:
     ]
 
 
-def subcharts_present(chart: str | os.PathLike[str]) -> dict[str, Path]:
-    """Name -> path of the charts in ``<chart>/charts/``, as helm loads them.
+def subcharts_present(chart: str | os.PathLike[str]) -> set[str]:
+    """Names of the charts in ``<chart>/charts/``, as helm loads them.
 
     A directory with a ``Chart.yaml`` or a chart archive (what ``helm dependency build``
     writes), named by its ``Chart.yaml`` ``name``; helm matches dependencies by name too.
     """
-    found: dict[str, Path] = {}
     directory = Path(chart) / CHARTS_DIR
     if not directory.is_dir():
-        return found
-    for entry in sorted(directory.iterdir()):
-        name = _subchart_name(entry)
-        if name is not None:
-            found.setdefault(name, entry)
-    return found
+        return set()
+    return {name for entry in directory.iterdir() if (name := _subchart_name(entry))}
 
 
 def _subchart_name(entry: Path) -> str | None:
@@ -389,9 +385,30 @@ def stand_in_files(dep: Dependency, parent: str) -> dict[str, str]:
     }
 
 
-def _as_given(text: str, used: Path, given: Path) -> str:
-    """helm's words about the chart copy ``used``, naming the chart ``given`` instead."""
-    return text if used == given else text.replace(str(used), str(given))
+def helm_chart(
+    verb: str,
+    chart: str | os.PathLike[str],
+    *args: str | os.PathLike[str],
+    release: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """``helm <verb> [release] <chart> *args`` on :func:`chart_for_helm` of ``chart``.
+
+    helm's output and errors name ``chart``, never the cached copy it was given.
+    """
+    given = Path(chart)
+    used = chart_for_helm(given)
+
+    def as_given(text: str) -> str:
+        return text if used == given else text.replace(str(used), str(given))
+
+    try:
+        proc = helm(verb, *([release] if release is not None else []), used, *args, env=env)
+    except ChartError as err:
+        raise ChartError(as_given(str(err))) from err
+    return subprocess.CompletedProcess(
+        proc.args, proc.returncode, as_given(proc.stdout), as_given(proc.stderr)
+    )
 
 
 def render(
@@ -409,26 +426,20 @@ def render(
 
     ``release`` defaults to the chart directory's name; ``include_crds`` adds the files of
     the chart's ``crds/`` (what ``helm install`` creates first). ``extra_args`` go to helm
-    as they are (``--api-versions``, ``--show-only`` ...). helm renders
-    :func:`chart_for_helm` of ``chart``; errors name ``chart``.
+    as they are (``--api-versions``, ``--show-only`` ...). Run by :func:`helm_chart`.
     """
-    chart_path = Path(chart)
-    used = chart_for_helm(chart_path)
-    try:
-        proc = helm(
-            "template",
-            release or chart_path.name,
-            used,
-            "--namespace",
-            namespace,
-            "--kube-version",
-            kube_version,
-            *(["--include-crds"] if include_crds else []),
-            *_value_args(values_files, set_values),
-            *extra_args,
-        )
-    except ChartError as err:
-        raise ChartError(_as_given(str(err), used, chart_path)) from err
+    proc = helm_chart(
+        "template",
+        chart,
+        "--namespace",
+        namespace,
+        "--kube-version",
+        kube_version,
+        *(["--include-crds"] if include_crds else []),
+        *_value_args(values_files, set_values),
+        *extra_args,
+        release=release or Path(chart).name,
+    )
     return parse_manifests(proc.stdout)
 
 
@@ -442,31 +453,26 @@ def lint(
 ) -> str:
     """``helm lint [--strict]``; returns helm's report, raises :class:`ChartError` on failure.
 
-    Lints :func:`chart_for_helm` of ``chart``; the report names ``chart``. helm lint
-    turns a template's ``fail`` into an ``[INFO]`` line on stderr and passes: an enabled
-    stand-in's is raised here, as :func:`render` raises it.
+    Run by :func:`helm_chart`. helm lint turns a template's ``fail`` into an ``[INFO]``
+    line on stderr and passes: an enabled stand-in's is raised here, as :func:`render`
+    raises it.
     """
-    chart_path = Path(chart)
-    used = chart_for_helm(chart_path)
-    try:
-        proc = helm(
-            "lint",
-            used,
-            "--kube-version",
-            kube_version,
-            *(["--strict"] if strict else []),
-            *_value_args(values_files, set_values),
-        )
-    except ChartError as err:
-        raise ChartError(_as_given(str(err), used, chart_path)) from err
+    proc = helm_chart(
+        "lint",
+        chart,
+        "--kube-version",
+        kube_version,
+        *(["--strict"] if strict else []),
+        *_value_args(values_files, set_values),
+    )
     stand_ins = dict.fromkeys(
         line.split("Fail: ", 1)[-1].strip()
         for line in proc.stderr.splitlines()
         if STAND_IN_FAILURE in line
     )
     if stand_ins:
-        raise ChartError(f"helm lint {chart_path} failed:\n" + "\n".join(stand_ins))
-    return _as_given(proc.stdout, used, chart_path)
+        raise ChartError(f"helm lint {Path(chart)} failed:\n" + "\n".join(stand_ins))
+    return proc.stdout
 
 
 # ------------------------------------------------------------------------- releases
