@@ -1,18 +1,26 @@
 """A small Dockerfile parser for the tests: stages, instructions, ENV, RUN commands.
 
 No Docker here: ``tests/unit/test_dockerfiles.py`` checks the images' Dockerfiles
-with it, and ``tests/integration/test_image_builds.py`` replays their build stages.
-Heredocs are not supported.
+with it, and ``tests/integration/test_image_builds.py`` replays their build stages;
+what both read of the images (base Python, ENTRYPOINT, the venv's source stage,
+``.dockerignore``, the pinned uv) is here too. Heredocs are not supported.
 """
 
 from __future__ import annotations
 
 import json
+import posixpath
 import re
 import shlex
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+BASE_IMAGE = re.compile(
+    r"^python:(?P<python>3\.\d+)(?:\.\d+)?-slim(?:-[a-z]+)?(?P<digest>@sha256:[0-9a-f]{64})?$"
+)
+"""A slim official Python image, pinned by tag (and optionally by digest)."""
 
 
 @dataclass(frozen=True)
@@ -100,12 +108,17 @@ def _logical_lines(text: str) -> Iterator[tuple[int, str]]:
         yield start, " ".join(buffer)
 
 
-def _substitute(value: str, variables: dict[str, str]) -> str:
-    def repl(match: re.Match[str]) -> str:
-        name = match.group(1) or match.group(2)
-        return variables.get(name, match.group(0))
+VARIABLE = re.compile(r"\$\{(\w+)\}|\$(\w+)")
+"""``${NAME}`` or ``$NAME`` as Docker substitutes it (the name is group 1 or 2)."""
 
-    return re.sub(r"\$\{(\w+)\}|\$(\w+)", repl, value)
+
+def substitute(value: str, variables: dict[str, str]) -> str:
+    """``value`` with the ``variables`` it names substituted; unknown ones are left as they are."""
+
+    def repl(match: re.Match[str]) -> str:
+        return variables.get(match[1] or match[2], match[0])
+
+    return VARIABLE.sub(repl, value)
 
 
 def parse(path: Path) -> Dockerfile:
@@ -121,7 +134,7 @@ def parse(path: Path) -> Dockerfile:
         args = args.strip()
         if keyword == "FROM":
             tokens = [t for t in args.split() if not t.startswith("--platform=")]
-            base = _substitute(tokens[0], global_args)
+            base = substitute(tokens[0], global_args)
             name = tokens[2] if len(tokens) == 3 and tokens[1].upper() == "AS" else None
             if len(tokens) not in (1, 3) or (len(tokens) == 3 and name is None):
                 raise ValueError(f"{path}:{line}: cannot parse FROM {args}")
@@ -178,22 +191,26 @@ def shell_commands(instruction: Instruction) -> list[list[str]]:
     return commands
 
 
+def pip_install_requirements(command: list[str]) -> list[str] | None:
+    """The requirements (flags left out) of a ``pip install`` or ``python -m pip install``
+    command, or None if ``command`` is neither."""
+    names = [Path(t).name for t in command]
+    for i, name in enumerate(names[:-1]):
+        if re.fullmatch(r"pip3?(\.\d+)?", name) and names[i + 1] == "install":
+            return [t for t in command[i + 2 :] if t[:1] != "-"]
+        if name.startswith("python") and command[i + 1 : i + 4] == ["-m", "pip", "install"]:
+            return [t for t in command[i + 4 :] if t[:1] != "-"]
+    return None
+
+
 def pip_installs(stage: Stage) -> list[tuple[int, list[str]]]:
     """``(line, requirements)`` of every ``pip install`` in the stage (flags left out)."""
-    found = []
-    for instruction in stage.of("RUN"):
-        for command in shell_commands(instruction):
-            names = [Path(t).name for t in command]
-            for i, name in enumerate(names[:-1]):
-                if re.fullmatch(r"pip3?(\.\d+)?", name) and names[i + 1] == "install":
-                    found.append((instruction.line, [t for t in command[i + 2 :] if t[:1] != "-"]))
-                elif name.startswith("python") and command[i + 1 : i + 4] == [
-                    "-m",
-                    "pip",
-                    "install",
-                ]:
-                    found.append((instruction.line, [t for t in command[i + 4 :] if t[:1] != "-"]))
-    return found
+    return [
+        (instruction.line, requirements)
+        for instruction in stage.of("RUN")
+        for command in shell_commands(instruction)
+        if (requirements := pip_install_requirements(command)) is not None
+    ]
 
 
 def uv_syncs(stage: Stage) -> list[tuple[int, list[str]]]:
@@ -231,3 +248,113 @@ def build_stages(image: Dockerfile) -> list[Stage]:
     """Stages other than the final one and those it is built FROM."""
     runtime = {id(s) for s in image.lineage(image.final)}
     return [s for s in image.stages if id(s) not in runtime]
+
+
+def venv_source_stage(image: Dockerfile, venv: str) -> Stage:
+    """The stage whose venv the final stage copies (``COPY --from=<it> /opt/venv /opt/venv``)."""
+    sources = [
+        tokens[0].removeprefix("--from=")
+        for c in image.final.of("COPY")
+        if (tokens := c.args.split())[0].startswith("--from=") and tokens[-2:] == [venv, venv]
+    ]
+    assert len(sources) == 1, (
+        f"{image.path}: want one COPY --from=<build> {venv} {venv} in the final stage, "
+        f"found {sources}"
+    )
+    return image.stage(sources[0])
+
+
+def base_python(image: Dockerfile) -> str:
+    """``3.<minor>``: the Python of the final stage's base image (slim, official)."""
+    base = image.base_image(image.final)
+    match = BASE_IMAGE.match(base)
+    assert match is not None, f"{image.path}: final stage FROM {base}, not python:<X.Y>-slim"
+    return match["python"]
+
+
+def final_entrypoint(image: Dockerfile) -> tuple[int, list[str]]:
+    """``(line, argv)`` of the final stage's last ENTRYPOINT, which must be in exec form."""
+    entrypoints = image.final.of("ENTRYPOINT")
+    assert entrypoints, f"{image.path}: the final stage has no ENTRYPOINT"
+    return entrypoints[-1].line, exec_form(entrypoints[-1])
+
+
+# ------------------------------------------------------- the build context and the project
+
+
+def _ignore_regex(pattern: str, where: str) -> re.Pattern[str]:
+    """A ``.dockerignore`` pattern as Docker (moby's patternmatcher) compiles it."""
+    out = "^"
+    i = 0
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "*":
+            if pattern[i + 1 : i + 2] == "*":
+                i += 2
+                if pattern[i : i + 1] == "/":
+                    i += 1
+                out += ".*" if i >= len(pattern) else "(.*/)?"
+                continue
+            out += "[^/]*"
+        elif char == "?":
+            out += "[^/]"
+        elif char in "[\\":
+            raise ValueError(
+                f"{where}: {pattern!r}: character classes and escapes are not supported"
+            )
+        else:
+            out += re.escape(char)
+        i += 1
+    return re.compile(out + "$")
+
+
+@dataclass(frozen=True)
+class DockerIgnore:
+    """The build context's ``.dockerignore``: ``(exception, regex)`` in order."""
+
+    patterns: tuple[tuple[bool, re.Pattern[str]], ...]
+
+    @classmethod
+    def read(cls, context: Path) -> DockerIgnore:
+        path = context / ".dockerignore"
+        patterns = []
+        for number, raw in enumerate(path.read_text().splitlines() if path.exists() else [], 1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            exception = line.startswith("!")
+            pattern = posixpath.normpath(line.removeprefix("!").strip())
+            if len(pattern) > 1 and pattern.startswith("/"):
+                pattern = pattern[1:]
+            patterns.append((exception, _ignore_regex(pattern, f"{path}:{number}")))
+        return cls(tuple(patterns))
+
+    def excludes(self, relative: str) -> bool:
+        """Whether ``relative`` (a path in the context) is left out of it: the last
+        pattern that matches it or one of its parent directories decides."""
+        parts = relative.split("/")
+        candidates = [relative, *("/".join(parts[:i]) for i in range(1, len(parts)))]
+        excluded = False
+        for exception, regex in self.patterns:
+            if any(regex.match(candidate) for candidate in candidates):
+                excluded = not exception
+        return excluded
+
+
+def makefile_uv_version(repo: Path) -> str:
+    """The Makefile's ``UV_VERSION``: the uv that writes ``uv.lock``, the one the images install."""
+    match = re.search(r"^UV_VERSION\s*:?=\s*(\S+)", (repo / "Makefile").read_text(), re.M)
+    assert match, "the Makefile names no UV_VERSION"
+    return match[1]
+
+
+def console_scripts(member: Path) -> dict[str, str]:
+    """``[project.scripts]`` of the workspace member in ``member`` (its ``pyproject.toml``)."""
+    project = tomllib.loads((member / "pyproject.toml").read_text())["project"]
+    scripts: dict[str, str] = project.get("scripts", {})
+    return scripts
+
+
+def normalize(name: str) -> str:
+    """A distribution name as uv.lock spells it (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
