@@ -443,3 +443,11 @@ def test_maven_pom_depends_on_exactly_the_coordinates() -> None:
     ]
     assert deps == ["io.strimzi:api:1.2.0", "org.a:b_2.13:4.1.1"]
     assert pom.findtext(f"{ns}packaging") == "pom"
+
+
+def test_the_devstack_uv_pin_is_the_makefiles() -> None:
+    """Two places name uv's version (the Makefile installs it, install.uv() finds it in
+    the cache by versions.UV): a bump of one alone would run another uv than the pin."""
+    from dockerfile import makefile_uv_version  # noqa: PLC0415
+
+    assert makefile_uv_version(Path(__file__).resolve().parents[2]) == versions.UV
