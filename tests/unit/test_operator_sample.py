@@ -22,3 +22,18 @@ def test_sample_manifest_parses_as_a_replayjob() -> None:
     body = yaml.safe_load(SAMPLE.read_text())
     job = ReplayJob.from_body(body)
     assert job.name == "btc"
+
+
+def test_sample_reaches_the_services_the_kind_values_create() -> None:
+    """The README's path: the stack chart with values-kind.yaml, then this sample.
+
+    Strimzi names a cluster's client Service ``<cluster>-kafka-bootstrap``; the sample
+    once named ``kafka:9092``, a Service nothing creates, so it could never run.
+    """
+    root = SAMPLE.parents[1]
+    kind = yaml.safe_load((root / "charts" / "hftpipe-stack" / "values-kind.yaml").read_text())
+    spec = yaml.safe_load(SAMPLE.read_text())["spec"]
+    assert spec["kafka"]["bootstrapServers"] == f"{kind['kafka']['clusterName']}-kafka-bootstrap:9092"
+    redis_host = spec["redis"]["url"].removeprefix("redis://").split(":")[0]
+    assert redis_host == kind["redis"]["name"]
+    assert spec["redis"]["credentials"]["secretRef"]["name"] == kind["redis"]["name"]

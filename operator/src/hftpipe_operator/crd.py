@@ -335,7 +335,9 @@ def example_replayjob(name: str = "btc", namespace: str = "default") -> dict[str
                 "start": "2019-01-01T00:00:00Z",
             },
             "pacing": {"speed": "3600x"},
-            "kafka": {"bootstrapServers": "kafka:9092", "topic": {"partitions": 3}},
+            # The client Service Strimzi creates for the stack chart's Kafka (cluster
+            # `kafka` in values-kind.yaml): `<cluster>-kafka-bootstrap`, port 9092.
+            "kafka": {"bootstrapServers": "kafka-kafka-bootstrap:9092", "topic": {"partitions": 3}},
             "processing": {"windows": ["5m", "1h", "1d"], "replicas": 2},
             "redis": {
                 "url": "redis://redis:6379/0",
