@@ -73,3 +73,21 @@ def staging_version(kubernetes: str = KUBERNETES) -> str:
     if major != "1":
         raise ValueError(f"unexpected Kubernetes version {kubernetes!r}: expected 1.x.y")
     return f"v0.{minor}.{patch}"
+
+
+# ------------------------------------------------- images of the single-node cluster
+
+DEBIAN_SUITE = "bookworm"
+"""The Debian release (12) the stand-in images are debootstrapped from: the one the
+official ``python:3.11-slim-bookworm`` and ``redis`` images are built on."""
+
+PAUSE = "3.10"
+"""Tag of the pause image (``registry.k8s.io/pause``) built from the ``pause.c`` of
+``k8s.io/kubernetes`` at :data:`KUBERNETES` (whose own Makefile tags that source 3.10.1)."""
+
+COREDNS = "1.15.0"
+"""CoreDNS, ``go install github.com/coredns/coredns`` (its module has no replace directives)."""
+
+LOCAL_PATH_PROVISIONER = "0.0.30"
+"""rancher's local-path-provisioner: the newest release the Go module proxy serves here
+(``go list -m -versions github.com/rancher/local-path-provisioner`` lists only v0.0.30)."""
