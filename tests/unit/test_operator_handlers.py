@@ -209,3 +209,47 @@ def test_phase_book_should_count_the_last_phase_of_each_job() -> None:
     assert counts["Failed"] == 1
     assert counts["Pending"] == 0
     assert set(counts) == set(metrics.PHASES)
+
+
+# ------------------------------------------- the operator reaches what the job names
+
+
+@pytest.mark.parametrize(
+    ("servers", "seen_by_operator"),
+    [
+        # A dotless host is a Service in the job's namespace, as the job's pods resolve it
+        # (their first search domain); the operator runs in its own namespace.
+        ("kafka-kafka-bootstrap:9092", "kafka-kafka-bootstrap.ns.svc:9092"),
+        ("a:9092,b:9093", "a.ns.svc:9092,b.ns.svc:9093"),
+        # Qualified names and addresses are the same from anywhere.
+        ("kafka.other.svc:9092", "kafka.other.svc:9092"),
+        ("10.1.2.3:9092", "10.1.2.3:9092"),
+        ("localhost:9092", "localhost:9092"),
+    ],
+)
+def test_the_operator_resolves_the_jobs_kafka_in_the_jobs_namespace(
+    servers: str, seen_by_operator: str
+) -> None:
+    from hftpipe_operator import handlers  # noqa: PLC0415 - kopf registers on import
+
+    job = _job(kafka={"bootstrapServers": servers})
+    config = handlers.kafka_config(job, None, None)  # type: ignore[arg-type]
+    assert config["bootstrap.servers"] == seen_by_operator
+    # The workers run in the job's namespace: they get the names as the user wrote them.
+    assert builders.bootstrap_servers(job) == servers
+
+
+@pytest.mark.parametrize(
+    ("url", "seen_by_operator"),
+    [
+        ("redis://redis:6379/0", "redis://redis.ns.svc:6379/0"),
+        ("rediss://redis:6380/1", "rediss://redis.ns.svc:6380/1"),
+        ("redis://redis.other.svc:6379/0", "redis://redis.other.svc:6379/0"),
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+    ],
+)
+def test_the_operator_resolves_the_jobs_redis_in_the_jobs_namespace(
+    url: str, seen_by_operator: str
+) -> None:
+    job = _job(redis={"url": url})
+    assert builders.redis_url_for_operator(job) == seen_by_operator

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from typing import Any, Final
+from urllib.parse import urlsplit, urlunsplit
 
 from hftpipe_workers.contract import PROGRESS_TOPIC_CONFIG, Topics
 from hftpipe_workers.settings import KafkaSettings, RedisSettings
@@ -66,6 +67,37 @@ retrying cannot help, so the Job fails at once instead of using up its backoffLi
 
 
 # ------------------------------------------------------------------- worker settings
+
+
+def in_namespace(host: str, namespace: str) -> str:
+    """``host`` as the job's pods resolve it, for a client in another namespace (pure).
+
+    A pod's first DNS search domain is ``<its namespace>.svc.<cluster domain>``, so a
+    dotless name in a ReplayJob (``kafka-kafka-bootstrap``, ``redis``) means a Service in
+    the job's namespace. The operator runs in its own namespace, where the same name
+    would mean another Service or none: it uses ``<host>.<namespace>.svc``. Qualified
+    names, IP addresses and ``localhost`` mean the same from anywhere.
+    """
+    if "." in host or ":" in host or host in {"", "localhost"}:
+        return host
+    return f"{host}.{namespace}.svc"
+
+
+def bootstrap_servers_for_operator(job: ReplayJob) -> str:
+    """:func:`bootstrap_servers` as the operator, in its own namespace, must dial them.
+
+    The spec's pattern makes each entry ``host:port`` with no other colon."""
+    servers = (s.rpartition(":") for s in bootstrap_servers(job).split(","))
+    return ",".join(f"{in_namespace(host, job.namespace)}:{port}" for host, _, port in servers)
+
+
+def redis_url_for_operator(job: ReplayJob) -> str:
+    """``redis.url`` with its host as the operator, in its own namespace, must dial it."""
+    # The spec refuses credentials in the URL, so its netloc is host[:port].
+    parts = urlsplit(job.spec.redis.url)
+    host = parts.hostname or ""
+    netloc = parts.netloc.replace(host, in_namespace(host, job.namespace), 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def bootstrap_servers(job: ReplayJob) -> str:

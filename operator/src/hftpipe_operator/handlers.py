@@ -248,7 +248,7 @@ def reconcile(
 def kafka_config(job: ReplayJob, kube: Kube, ca_file: str | None) -> ClientConfig:
     """librdkafka settings to reach the job's Kafka as its workers do."""
     out: dict[str, str | int | float | bool] = {
-        "bootstrap.servers": builders.bootstrap_servers(job),
+        "bootstrap.servers": builders.bootstrap_servers_for_operator(job),
         "security.protocol": builders.security_protocol(job.spec),
     }
     credentials = job.spec.kafka.credentials
@@ -397,7 +397,7 @@ def _delete_redis_keys(job: ReplayJob, kube: Kube) -> int:
             username = kube.secret_value(job.namespace, ref.name, ref.username_key)
     timeout = SETTINGS.cleanup_timeout
     client = redis.Redis.from_url(
-        spec.url,
+        builders.redis_url_for_operator(job),
         username=username,
         password=password,
         socket_timeout=timeout,
