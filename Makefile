@@ -15,6 +15,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STACK_DIR ?= .stack
 APT_PACKAGES := redis-server etcd-server prometheus
+# The real node (make cluster-up, the e2e tier): container runtime, pod network, image builds.
+NODE_APT_PACKAGES := containerd runc containernetworking-plugins iptables conntrack buildah \
+	debootstrap busybox-static
+NODE_COMMANDS := containerd runc iptables conntrack buildah debootstrap busybox
 
 # pytest exits 5 when it collected no test: in this project that is always a
 # broken selection or import, never success, so it fails loudly here.
@@ -45,11 +49,15 @@ lock: $(UV) ## re-resolve uv.lock after changing dependencies
 	$(UV) lock
 
 .PHONY: system-deps
-system-deps: ## install Debian packages the stack needs (redis, etcd, promtool)
-	@if command -v redis-server >/dev/null && command -v etcd >/dev/null && command -v promtool >/dev/null; then \
+system-deps: ## install Debian packages the stack needs (redis, etcd, promtool, containerd...)
+	@missing=0; for c in redis-server etcd promtool $(NODE_COMMANDS); do \
+	  command -v $$c >/dev/null || missing=1; done; \
+	[ -x /usr/lib/cni/bridge ] || missing=1; \
+	if [ $$missing -eq 0 ]; then \
 	  echo "system packages present"; \
 	else \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    $(APT_PACKAGES) $(NODE_APT_PACKAGES); \
 	fi
 
 .PHONY: install-stack
@@ -62,6 +70,14 @@ stack-up: venv ## start Kafka, Redis, etcd, kube-apiserver, controller-manager; 
 
 .PHONY: stack-down
 stack-down: venv ## stop every process of the local stack
+	$(PY) -m hftpipe_devstack --dir $(STACK_DIR) down
+
+.PHONY: cluster-up
+cluster-up: system-deps venv ## a real one-node cluster (root): + scheduler, kubelet, containerd, CNI, kube-proxy, CoreDNS
+	$(PY) -m hftpipe_devstack --dir $(STACK_DIR) up --cluster
+
+.PHONY: cluster-down
+cluster-down: venv ## stop the cluster and undo its node (pods, mounts, interfaces, iptables rules)
 	$(PY) -m hftpipe_devstack --dir $(STACK_DIR) down
 
 .PHONY: stack-status

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from . import install, thirdparty
 from .procs import StartError
-from .stack import ALL_COMPONENTS, Stack
+from .stack import ALL_COMPONENTS, CLUSTER_COMPONENTS, KNOWN_COMPONENTS, Stack
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,7 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument(
         "--only",
         default=",".join(ALL_COMPONENTS),
-        help=f"comma-separated subset of {','.join(ALL_COMPONENTS)}",
+        help=f"comma-separated subset of {','.join(KNOWN_COMPONENTS)}",
+    )
+    up.add_argument(
+        "--cluster",
+        action="store_true",
+        help=f"a real node too (root): same as --only {','.join(CLUSTER_COMPONENTS)}",
     )
     sub.add_parser("down", help="stop every process of the stack")
     sub.add_parser("status", help="list the stack's processes")
@@ -40,7 +45,13 @@ def main(argv: list[str] | None = None) -> int:
 
     stack = Stack(
         args.dir.resolve(),
-        tuple(c for c in args.only.split(",") if c) if args.command == "up" else ALL_COMPONENTS,
+        (
+            CLUSTER_COMPONENTS
+            if getattr(args, "cluster", False)
+            else tuple(c for c in args.only.split(",") if c)
+        )
+        if args.command == "up"
+        else ALL_COMPONENTS,
     )
     try:
         if args.command == "install":
@@ -55,7 +66,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {key}={value}")
             print(f"Logs: {stack.state_dir / 'logs'}/")
             print(f"Use it:  source {stack.env_file}")
-            print("Stop it: make stack-down")
+            print(
+                "Stop it: make cluster-down"
+                if "node" in stack.components
+                else "Stop it: make stack-down"
+            )
         elif args.command == "down":
             records = stack.table().records()
             killed = stack.down()

@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 
 from . import install, pki
+from .node import KUBERNETES_SERVICE_IP, NODE_IP, NODE_NAME, SERVICE_CIDR
 from .procs import ProcessTable, StartError, free_port, port_open, tail
 
 # --------------------------------------------------------------------------- Kafka
@@ -38,17 +39,31 @@ logger.state.level = WARN
 """
 
 
-def kafka_server_properties(*, port: int, controller_port: int, log_dir: Path) -> str:
-    """server.properties for one combined broker+controller node in KRaft mode (pure)."""
+def kafka_server_properties(
+    *, port: int, controller_port: int, log_dir: Path, pod_listener: str | None = None
+) -> str:
+    """server.properties for one combined broker+controller node in KRaft mode (pure).
+
+    ``pod_listener`` (``host:port``) adds a listener for the real node's pods, on the
+    node's IP and advertised as such: a client that bootstraps through the
+    ``<cluster>-kafka-bootstrap`` Service is then told an address it can reach.
+    """
+    listeners = [f"PLAINTEXT://127.0.0.1:{port}", f"CONTROLLER://127.0.0.1:{controller_port}"]
+    advertised = [f"PLAINTEXT://127.0.0.1:{port}"]
+    protocols = ["CONTROLLER:PLAINTEXT", "PLAINTEXT:PLAINTEXT"]
+    if pod_listener is not None:
+        listeners.append(f"PODS://{pod_listener}")
+        advertised.append(f"PODS://{pod_listener}")
+        protocols.append("PODS:PLAINTEXT")
     props = {
         "process.roles": "broker,controller",
         "node.id": "1",
         "controller.quorum.voters": f"1@127.0.0.1:{controller_port}",
-        "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
-        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
+        "listeners": ",".join(listeners),
+        "advertised.listeners": ",".join(advertised),
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
-        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "listener.security.protocol.map": ",".join(protocols),
         "log.dirs": str(log_dir),
         # Code must create its topics: a typo in a topic name fails loudly instead
         # of silently creating a one-partition topic.
@@ -120,6 +135,14 @@ class Kafka:
 
     port: int = field(default_factory=free_port)
     controller_port: int = field(default_factory=free_port)
+    pod_address: str | None = None
+    """The real node's IP, when pods must reach the broker (``make cluster-up``)."""
+    pod_port: int = field(default_factory=free_port)
+
+    @property
+    def pod_bootstrap(self) -> str | None:
+        """``bootstrap.servers`` for pods (the node's IP), or None without a node."""
+        return None if self.pod_address is None else f"{self.pod_address}:{self.pod_port}"
 
     @property
     def bootstrap(self) -> str:
@@ -134,7 +157,10 @@ class Kafka:
         props = workdir / "server.properties"
         props.write_text(
             kafka_server_properties(
-                port=self.port, controller_port=self.controller_port, log_dir=workdir / "data"
+                port=self.port,
+                controller_port=self.controller_port,
+                log_dir=workdir / "data",
+                pod_listener=self.pod_bootstrap,
             )
         )
         log4j = workdir / "log4j2.properties"
@@ -186,7 +212,10 @@ class Kafka:
             what="produce/consume round-trip",
             interval=1.0,
         )
-        return {"KAFKA_BOOTSTRAP_SERVERS": self.bootstrap, "KAFKA_LIBS": str(libs)}
+        env = {"KAFKA_BOOTSTRAP_SERVERS": self.bootstrap, "KAFKA_LIBS": str(libs)}
+        if self.pod_bootstrap is not None:
+            env["KAFKA_POD_BOOTSTRAP_SERVERS"] = self.pod_bootstrap
+        return env
 
 
 # --------------------------------------------------------------------------- Redis
@@ -248,6 +277,11 @@ class KubeControlPlane:
     etcd_peer_port: int = field(default_factory=free_port)
     apiserver_port: int = field(default_factory=free_port)
     kcm_port: int = field(default_factory=free_port)
+    with_node: bool = False
+    """Serve a real node: reachable from pods at the node's IP (through the
+    ``kubernetes`` Service), the Node authorizer on, kubelet client certificates."""
+    certs: pki.ControlPlanePki | None = None
+    """Set by :meth:`start`: the node needs the CA and its certificates."""
 
     @property
     def server(self) -> str:
@@ -258,7 +292,13 @@ class KubeControlPlane:
         """Start the three processes in order, each proven ready; return env vars."""
         kube_bin = install.ensure_kubernetes()
         workdir.mkdir(parents=True, exist_ok=True)
-        certs = pki.generate(workdir / "pki")
+        certs = pki.generate(
+            workdir / "pki",
+            server_ips=("127.0.0.1", NODE_IP, KUBERNETES_SERVICE_IP),
+            node_name=NODE_NAME,
+            node_ip=NODE_IP,
+        )
+        self.certs = certs
         kubeconfig = workdir / "kubeconfig"
         kubeconfig.write_text(
             pki.kubeconfig(self.server, certs.ca.cert, certs.admin, user="hftpipe-admin")
@@ -305,26 +345,46 @@ class KubeControlPlane:
             what="GET /health",
         )
 
+        if self.with_node:
+            # Pods reach the API server through the `kubernetes` Service, whose
+            # endpoint is the advertised address: the node's IP (0.0.0.0 binds it and
+            # 127.0.0.1). The kubelet authenticates as system:node:<name>, which the
+            # Node authorizer and NodeRestriction admission are for.
+            where = [
+                "--bind-address=0.0.0.0",
+                f"--advertise-address={NODE_IP}",
+                "--endpoint-reconciler-type=lease",
+                "--authorization-mode=Node,RBAC",
+                "--enable-admission-plugins=NodeRestriction",
+                f"--kubelet-client-certificate={certs.kubelet_client.cert}",
+                f"--kubelet-client-key={certs.kubelet_client.key}",
+                f"--kubelet-certificate-authority={certs.ca.cert}",
+                "--kubelet-preferred-address-types=InternalIP",
+            ]
+        else:
+            # One API server, no kubelets: no lease-based endpoint reconciling.
+            where = [
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                "--endpoint-reconciler-type=none",
+                "--authorization-mode=RBAC",
+            ]
         table.start(
             "kube-apiserver",
             [
                 str(kube_bin / "kube-apiserver"),
                 f"--etcd-servers={etcd_url}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                *where,
                 f"--secure-port={self.apiserver_port}",
                 f"--tls-cert-file={certs.apiserver.cert}",
                 f"--tls-private-key-file={certs.apiserver.key}",
                 f"--client-ca-file={certs.ca.cert}",
-                "--authorization-mode=RBAC",
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 f"--service-account-key-file={certs.service_account_pub}",
                 f"--service-account-signing-key-file={certs.service_account_key}",
-                "--service-cluster-ip-range=10.0.0.0/24",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--allow-privileged=true",
-                # One API server, no kubelets: no lease-based endpoint reconciling, no
-                # priority-and-fairness bookkeeping to slow a 2-core machine down.
-                "--endpoint-reconciler-type=none",
+                # No priority-and-fairness bookkeeping to slow a 2-core machine down.
                 "--enable-priority-and-fairness=false",
                 "--profiling=false",
             ],

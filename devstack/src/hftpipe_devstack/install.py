@@ -220,7 +220,17 @@ def ensure_kafka() -> Path:
 
 # ---------------------------------------------------------------------- Kubernetes
 
-KUBE_BINARIES = ("kube-apiserver", "kube-controller-manager", "kubectl")
+KUBE_BINARIES = (
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubelet",
+    "kube-proxy",
+    "kubectl",
+)
+"""Every binary of one build: the control plane, the node (kubelet, kube-proxy) and kubectl.
+
+The cache key carries the list, so adding a binary builds afresh beside the old copy."""
 
 
 def _staging_modules(kubernetes_go_mod: str) -> list[str]:
@@ -270,10 +280,21 @@ def _kube_ldflags(kubernetes: str) -> str:
     return " ".join(flags)
 
 
+def kubernetes_cache_name() -> str:
+    """The cache directory name of the Kubernetes build (version and binary set)."""
+    return f"kubernetes-{versions.KUBERNETES}-node"
+
+
+def built_kubernetes() -> Path | None:
+    """The ``bin`` directory of a finished Kubernetes build, or None; never builds."""
+    done = completed(kubernetes_cache_name())
+    return None if done is None else done / "bin"
+
+
 def ensure_kubernetes() -> Path:
-    """Directory holding ``kube-apiserver``, ``kube-controller-manager`` and ``kubectl``."""
+    """Directory holding every binary of :data:`KUBE_BINARIES`."""
     version = versions.KUBERNETES
-    name = f"kubernetes-{version}"
+    name = kubernetes_cache_name()
 
     def build(tmp: Path) -> None:
         require_tool("go", "Install Go 1.24+ (https://go.dev/doc/install).")

@@ -59,6 +59,15 @@ class ControlPlanePki:
     controller_manager: CertFiles
     service_account_key: Path
     service_account_pub: Path
+    scheduler: CertFiles
+    kubelet_client: CertFiles
+    """The API server's client certificate towards kubelets (logs, exec, port-forward)."""
+    node: CertFiles
+    """The kubelet's client certificate: ``system:node:<name>`` in ``system:nodes``, which
+    the Node authorizer and the NodeRestriction admission plugin key on."""
+    node_serving: CertFiles
+    """The kubelet's serving certificate (its HTTPS port), for the node's IP."""
+    kube_proxy: CertFiles
 
 
 def _write(path: Path, data: bytes) -> Path:
@@ -67,8 +76,18 @@ def _write(path: Path, data: bytes) -> Path:
     return path
 
 
-def generate(directory: Path) -> ControlPlanePki:
-    """Write a fresh CA, serving and client certificates and the SA key pair."""
+def generate(
+    directory: Path,
+    *,
+    server_ips: tuple[str, ...] = ("127.0.0.1",),
+    node_name: str = "hftpipe-node",
+    node_ip: str = "127.0.0.1",
+) -> ControlPlanePki:
+    """Write a fresh CA, serving and client certificates and the SA key pair.
+
+    ``server_ips`` are the API server's addresses (its bind address, and the first IP
+    of the service range, which pods reach it at as ``kubernetes.default``).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
 
@@ -128,8 +147,7 @@ def generate(directory: Path) -> ControlPlanePki:
         key=_write(directory / "ca.key", _pem_key(ca_key)),
     )
     server_sans: list[x509.GeneralName] = [
-        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-        x509.IPAddress(ipaddress.ip_address("10.0.0.1")),  # first IP of the service range
+        *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in dict.fromkeys(server_ips)),
         x509.DNSName("localhost"),
         x509.DNSName("kubernetes"),
         x509.DNSName("kubernetes.default"),
@@ -148,6 +166,30 @@ def generate(directory: Path) -> ControlPlanePki:
         ExtendedKeyUsageOID.CLIENT_AUTH,
         [],
     )
+    scheduler = issue(
+        "scheduler", _name("system:kube-scheduler"), ExtendedKeyUsageOID.CLIENT_AUTH, []
+    )
+    kubelet_client = issue(
+        "apiserver-kubelet-client",
+        _name("kube-apiserver-kubelet-client", "system:masters"),
+        ExtendedKeyUsageOID.CLIENT_AUTH,
+        [],
+    )
+    node = issue(
+        "node",
+        _name(f"system:node:{node_name}", "system:nodes"),
+        ExtendedKeyUsageOID.CLIENT_AUTH,
+        [],
+    )
+    node_serving = issue(
+        "node-serving",
+        _name(node_name),
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        [x509.IPAddress(ipaddress.ip_address(node_ip)), x509.DNSName(node_name)],
+    )
+    kube_proxy = issue(
+        "kube-proxy", _name("system:kube-proxy"), ExtendedKeyUsageOID.CLIENT_AUTH, []
+    )
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     sa_priv = _write(directory / "sa.key", _pem_key(sa_key))
     sa_pub = _write(
@@ -156,7 +198,19 @@ def generate(directory: Path) -> ControlPlanePki:
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         ),
     )
-    return ControlPlanePki(ca, apiserver, admin, controller_manager, sa_priv, sa_pub)
+    return ControlPlanePki(
+        ca,
+        apiserver,
+        admin,
+        controller_manager,
+        sa_priv,
+        sa_pub,
+        scheduler=scheduler,
+        kubelet_client=kubelet_client,
+        node=node,
+        node_serving=node_serving,
+        kube_proxy=kube_proxy,
+    )
 
 
 def kubeconfig(server: str, ca: Path, client: CertFiles, *, user: str) -> str:

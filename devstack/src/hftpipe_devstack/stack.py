@@ -16,12 +16,30 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import install
+from . import install, node
 from .components import Kafka, KubeControlPlane, Redis
 from .procs import ProcessTable, StartError, alive
 
 ALL_COMPONENTS = ("kafka", "redis", "kube")
+"""What ``make stack-up`` starts: processes on 127.0.0.1, no root needed."""
+CLUSTER_COMPONENTS = ("kafka", "kube", "node")
+"""What ``make cluster-up`` starts: a real node (root) whose pods reach Kafka and the API
+server at the node's IP. Redis comes from the stack chart's StatefulSet, in a pod."""
+KNOWN_COMPONENTS = ("kafka", "redis", "kube", "node")
 _OWNER_FILE = "owner.pid"
+STRIMZI_CLUSTER = "kafka"
+"""The Strimzi cluster name the kind values and the sample ReplayJob use."""
+
+
+def repo_root() -> Path:
+    """The checkout this package runs from (the images are built from its Dockerfiles)."""
+    root = Path(__file__).resolve().parents[3]
+    if not (root / "workers" / "Dockerfile").exists():
+        raise StartError(
+            f"{root} is not an hftpipe checkout (no workers/Dockerfile): the real node "
+            "builds its images from the repository, so run it from a clone"
+        )
+    return root
 
 
 def _tool_env() -> dict[str, str]:
@@ -60,9 +78,12 @@ class Stack:
         If any component fails, everything already started is stopped again and
         the error (which names the component and shows its log) is raised.
         """
-        unknown = set(self.components) - set(ALL_COMPONENTS)
+        unknown = set(self.components) - set(KNOWN_COMPONENTS)
         if unknown:
-            raise ValueError(f"unknown components {sorted(unknown)}; known: {ALL_COMPONENTS}")
+            raise ValueError(f"unknown components {sorted(unknown)}; known: {KNOWN_COMPONENTS}")
+        with_node = "node" in self.components
+        if with_node and not {"kube", "kafka"} <= set(self.components):
+            raise ValueError("the node needs the 'kube' and 'kafka' components too")
         if self.running():
             raise StartError(
                 f"a stack is already running from {self.state_dir} ({', '.join(self.running())})"
@@ -76,25 +97,58 @@ class Stack:
         if "kube" in self.components:
             install.ensure_kubernetes()
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        if with_node:
+            node.require_root()
+            owner = node.node_owner()
+            node.claim_node(
+                self.state_dir,
+                still_running=owner is not None
+                and any(alive(r) for r in ProcessTable(owner, tie_to_parent=False).records()),
+            )
+            if owner is not None and owner != self.state_dir:
+                # A crashed run's node: undo what it left before making ours.
+                node.teardown(owner / "node")
+            node.teardown(self.state_dir / "node")
+            node.bridge_up()
         # Every 'up' starts from empty data: the stack is throwaway, and stale KRaft
         # metadata or etcd data from an earlier run would clash with new ids.
-        for name in ALL_COMPONENTS:
+        for name in KNOWN_COMPONENTS:
             shutil.rmtree(self.state_dir / name, ignore_errors=True)
         shutil.rmtree(self.state_dir / "logs", ignore_errors=True)
         (self.state_dir / _OWNER_FILE).write_text(f"{os.getpid()}\n")
         table = self.table()
+        kafka = Kafka(pod_address=node.NODE_IP if with_node else None)
+        kube = KubeControlPlane(with_node=with_node)
         starters: dict[str, Callable[[], dict[str, str]]] = {
-            "kafka": lambda: Kafka().start(table, self.state_dir / "kafka"),
+            "kafka": lambda: kafka.start(table, self.state_dir / "kafka"),
             "redis": lambda: Redis().start(table, self.state_dir / "redis"),
-            "kube": lambda: KubeControlPlane().start(table, self.state_dir / "kube"),
+            "kube": lambda: kube.start(table, self.state_dir / "kube"),
         }
+        servers = [c for c in self.components if c in starters]
         try:
-            with ThreadPoolExecutor(max_workers=len(self.components)) as pool:
-                futures = {n: pool.submit(starters[n]) for n in self.components}
-                for name in self.components:
+            with ThreadPoolExecutor(max_workers=len(servers)) as pool:
+                futures = {n: pool.submit(starters[n]) for n in servers}
+                for name in servers:
                     env.update(futures[name].result())
+            if with_node:
+                assert kube.certs is not None
+                assert kafka.pod_bootstrap is not None
+                env.update(
+                    node.Node().start(
+                        table,
+                        self.state_dir / "node",
+                        server=kube.server,
+                        certs=kube.certs,
+                        admin_kubeconfig=Path(env["KUBECONFIG"]),
+                        repo_root=repo_root(),
+                    )
+                )
+                kubectl = [env["KUBECTL"], f"--kubeconfig={env['KUBECONFIG']}"]
+                node.kafka_bootstrap_service(
+                    kubectl, STRIMZI_CLUSTER, "default", kafka.pod_address or "", kafka.pod_port
+                )
         except BaseException:
-            table.stop_all(grace=5)
+            self._stop(table)
             raise
         env["HFTPIPE_STACK_DIR"] = str(self.state_dir)
         self.env = env
@@ -109,9 +163,26 @@ class Stack:
         )
         return env
 
+    def _stop(self, table: ProcessTable) -> list[str]:
+        node_dir = self.state_dir / "node"
+        if node_dir.exists():
+            kube = self.state_dir / "kube" / "kubeconfig"
+            kube_bin = install.built_kubernetes()
+            apiserver_up = any(r.name == "kube-apiserver" and alive(r) for r in table.records())
+            kubectl = (
+                [str(kube_bin / "kubectl"), f"--kubeconfig={kube}"]
+                if kube_bin and kube.exists() and apiserver_up
+                else None
+            )
+            # Pods first, through the kubelet, while it still runs; then everything.
+            node.teardown(node_dir, table, kubectl=kubectl)
+            node.release_node(self.state_dir)
+        return table.stop_all(grace=5 if node_dir.exists() else 20)
+
     def down(self) -> list[str]:
-        """Stop every process of this stack; return the names that needed SIGKILL."""
-        killed = self.table().stop_all()
+        """Stop every process of this stack (and undo its node); return the names that
+        needed SIGKILL."""
+        killed = self._stop(self.table())
         self.env_file.unlink(missing_ok=True)
         return killed
 
@@ -128,7 +199,7 @@ def reap_stale(root: Path) -> list[Path]:
             pid = int(owner.read_text().strip())
             if Path(f"/proc/{pid}").exists():
                 continue
-        ProcessTable(owner.parent, tie_to_parent=False).stop_all(grace=5)
+        Stack(owner.parent).down()
         shutil.rmtree(owner.parent, ignore_errors=True)
         reaped.append(owner.parent)
     return reaped
