@@ -33,7 +33,9 @@ def test_sample_reaches_the_services_the_kind_values_create() -> None:
     root = SAMPLE.parents[1]
     kind = yaml.safe_load((root / "charts" / "hftpipe-stack" / "values-kind.yaml").read_text())
     spec = yaml.safe_load(SAMPLE.read_text())["spec"]
-    assert spec["kafka"]["bootstrapServers"] == f"{kind['kafka']['clusterName']}-kafka-bootstrap:9092"
+    assert (
+        spec["kafka"]["bootstrapServers"] == f"{kind['kafka']['clusterName']}-kafka-bootstrap:9092"
+    )
     redis_host = spec["redis"]["url"].removeprefix("redis://").split(":")[0]
     assert redis_host == kind["redis"]["name"]
     assert spec["redis"]["credentials"]["secretRef"]["name"] == kind["redis"]["name"]
