@@ -120,6 +120,13 @@ test-integration: venv ## integration + e2e tiers against the real local stack
 	@$(call pytest,tests/integration $(wildcard tests/e2e))
 
 .PHONY: test
+.PHONY: test-node
+test-node: system-deps venv ## the real-node tier alone (root): a one-node cluster, the sample end to end
+	@$(call pytest,tests/node)
+
 test: system-deps lint ## lint, type checks, then every test tier against the real stack
 	$(PY) -m hftpipe_devstack install
 	@$(call pytest,tests/unit tests/integration $(wildcard tests/e2e))
+	@# Its own run: its cluster (a second API server and broker) is not up beside the
+	@# other tiers' stack on a 2-core machine.
+	@$(call pytest,tests/node)

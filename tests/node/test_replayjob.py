@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import re
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -97,6 +100,7 @@ def test_the_shipped_sample_runs_to_complete_in_real_pods(installed: Cluster) ->
     cluster.kubectl("apply", "-f", str(SAMPLE_JOB))
     seen: dict[str, dict[str, Any]] = {}
     containers: dict[str, dict[str, Any]] = {}
+    probes: dict[tuple[str, str], int] = {}
 
     def note_pods() -> None:
         # Worker pods go when the job is Complete: record what ran while they are there,
@@ -110,6 +114,9 @@ def test_the_shipped_sample_runs_to_complete_in_real_pods(installed: Cluster) ->
             ):
                 inspected = json.loads(cluster.crictl("inspect", item["id"]))
                 containers[item["id"]] = {"ps": item, "info": inspected.get("info", {})}
+        # The kubelet drops a pod's probe series when the pod goes: read them meanwhile.
+        for key, count in _probes_ran(cluster).items():
+            probes[key] = max(count, probes.get(key, 0))
 
     done = subprocess.Popen(
         ["kubectl", "wait", "replayjob/btc", "--for=condition=Complete", "--timeout=600s"],
@@ -135,56 +142,10 @@ def test_the_shipped_sample_runs_to_complete_in_real_pods(installed: Cluster) ->
     )
     (REPO / "tests/node/.last-images.txt").write_text(cluster.crictl("images"))
 
-    with gzip.open(SAMPLE_DATA) as f:
-        frame = pd.read_csv(f, usecols=["date", "high", "low", "close", "volume"])
-    frame["time"] = pd.to_datetime(frame.pop("date"), utc=True)
-    frame = frame[frame["time"] >= pd.Timestamp("2019-01-01", tz="UTC")].reset_index(drop=True)
-    rows = len(frame)
-    spec = yaml.safe_load(SAMPLE_JOB.read_text())["spec"]
-    progress = status["progress"]
     assert status["phase"] == "Succeeded"
-    assert progress["rowsProduced"] == rows, progress
-    assert progress["rowsProcessed"] == rows, progress
-    assert progress["rowsLoaded"] == rows, progress
-    assert progress["lag"] == 0
+    assert status["progress"]["lag"] == 0
     assert status["restarts"] == 0
-
-    # Redis equals the oracle, read through the chart's Service.
-    ident = job_id("btc", NS)
-    client = _redis(cluster)
-    docs = pd.DataFrame(redis_history(client, ident))
-    assert len(docs) == rows
-    docs["time"] = pd.to_datetime(docs["ts_ns"], utc=True)
-    got = docs.sort_values("time").reset_index(drop=True)
-    frame["symbol"] = spec["source"]["symbol"]
-    for window in spec["processing"]["windows"]:
-        expected = oracle(frame, window).sort_values("time").reset_index(drop=True)
-        metrics = got["windows"].map(lambda w, k=window: w[k])
-        for name in ("vwap", "sma", "std"):
-            assert_close(
-                metrics.map(lambda m, n=name: np.nan if m[n] is None else m[n]),
-                expected[name],
-                f"node {window} {name}",
-            )
-
-    # The warehouse, on the loader's claim, once the loader has exited (DuckDB's lock).
-    wait_for(
-        lambda: (
-            not [p for p in _pods(cluster, NS) if p["metadata"]["name"].startswith("btc-loader")]
-        ),
-        90,
-        "the loader pod to go after Complete",
-    )
-    claim = cluster.get("pvc", Names("btc").warehouse, "-n", NS)
-    volume = cluster.get("pv", claim["spec"]["volumeName"])
-    path = Path(volume["spec"].get("hostPath", volume["spec"].get("local", {}))["path"])
-    files = list(path.glob("*.duckdb"))
-    assert len(files) == 1, f"no DuckDB file on the loader's volume {path}"
-    with duckdb.connect(str(files[0]), read_only=True) as db:
-        count, distinct = db.execute(
-            "select count(*), count(distinct bar_time) from bars where job = ?", [ident]
-        ).fetchone() or (0, 0)
-    assert (count, distinct) == (rows, rows)
+    _check_outputs(cluster, "btc", status)
 
     # What ran: our images, as uid 10001, read-only root, probes run by the kubelet.
     ours = {images.OPERATOR_IMAGE, images.WORKERS_IMAGE}
@@ -206,17 +167,178 @@ def test_the_shipped_sample_runs_to_complete_in_real_pods(installed: Cluster) ->
         assert spec["process"]["user"]["uid"] == 10001, c["ps"]
         assert spec["root"].get("readonly") is True, c["ps"]
         assert c["ps"]["image"]["image"].startswith("sha256:") or c["ps"]["imageRef"]
-    assert _probes_ran(cluster) > 0
+    # The kubelet ran each long-running worker's HTTP probes, and they passed.
+    for worker in ("processor", "loader"):
+        for probe in ("Liveness", "Readiness"):
+            assert probes.get((worker, probe), 0) > 0, (worker, probe, probes)
 
 
-def _probes_ran(cluster: Cluster) -> int:
-    """Successful liveness + readiness probes of the job's workers, from the kubelet's
-    own metrics (``prober_probe_total``), read through the API server's node proxy."""
-    text = cluster.kubectl("get", "--raw", "/api/v1/nodes/hftpipe-node/proxy/metrics")
-    total = 0
-    for line in text.splitlines():
-        if line.startswith("prober_probe_total{") and all(
-            part in line for part in ('namespace="default"', 'result="successful"', 'pod="btc-')
+_PROBE = re.compile(r"prober_probe_total\{([^}]*)\} (\S+)")
+
+
+def _probes_ran(cluster: Cluster) -> dict[tuple[str, str], int]:
+    """Successful probes of the sample's containers by (container, probe type), from the
+    kubelet's own metrics (``prober_probe_total``), read through the API server's node
+    proxy: proof that the kubelet, not a test, ran them."""
+    text = cluster.kubectl("get", "--raw", "/api/v1/nodes/hftpipe-node/proxy/metrics/probes")
+    counts: dict[tuple[str, str], int] = {}
+    for labels_text, value in _PROBE.findall(text):
+        found = dict(re.findall(r'(\w+)="([^"]*)"', labels_text))
+        if (
+            found.get("namespace") == NS
+            and found.get("result") == "successful"
+            and found.get("pod", "").startswith("btc-")
         ):
-            total += int(float(line.rsplit(" ", 1)[1]))
-    return total
+            key = (found["container"], found["probe_type"])
+            counts[key] = counts.get(key, 0) + int(float(value))
+    return counts
+
+
+def _check_outputs(cluster: Cluster, job: str, status: dict[str, Any]) -> None:
+    """Progress exact, Redis equal to the oracle, each bar once in the warehouse:
+    what an uninterrupted run of the sample gives."""
+    with gzip.open(SAMPLE_DATA) as f:
+        frame = pd.read_csv(f, usecols=["date", "high", "low", "close", "volume"])
+    frame["time"] = pd.to_datetime(frame.pop("date"), utc=True)
+    frame = frame[frame["time"] >= pd.Timestamp("2019-01-01", tz="UTC")].reset_index(drop=True)
+    rows = len(frame)
+    progress = status["progress"]
+    assert (progress["rowsProduced"], progress["rowsProcessed"], progress["rowsLoaded"]) == (
+        rows, rows, rows,
+    ), progress  # fmt: skip
+    ident = job_id(job, NS)
+    docs = pd.DataFrame(redis_history(_redis(cluster), ident))
+    assert len(docs) == rows
+    docs["time"] = pd.to_datetime(docs["ts_ns"], utc=True)
+    got = docs.sort_values("time").reset_index(drop=True)
+    spec = yaml.safe_load(SAMPLE_JOB.read_text())["spec"]
+    frame["symbol"] = spec["source"]["symbol"]
+    for window in spec["processing"]["windows"]:
+        expected = oracle(frame, window).sort_values("time").reset_index(drop=True)
+        metrics = got["windows"].map(lambda w, k=window: w[k])
+        for name in ("vwap", "sma", "std"):
+            assert_close(
+                metrics.map(lambda m, n=name: np.nan if m[n] is None else m[n]),
+                expected[name],
+                f"{job} {window} {name}",
+            )
+    wait_for(
+        lambda: (
+            not [p for p in _pods(cluster, NS) if p["metadata"]["name"].startswith(f"{job}-loader")]
+        ),
+        90,
+        "the loader pod to go after Complete",
+    )
+    claim = cluster.get("pvc", Names(job).warehouse, "-n", NS)
+    volume = cluster.get("pv", claim["spec"]["volumeName"])
+    path = Path(volume["spec"].get("hostPath", volume["spec"].get("local", {}))["path"])
+    (database,) = path.glob("*.duckdb")
+    with duckdb.connect(str(database), read_only=True) as db:
+        count, distinct = db.execute(
+            "select count(*), count(distinct bar_time) from bars where job = ?", [ident]
+        ).fetchone() or (0, 0)
+    # Bars only: metric rows lost to a processor kill are issue 10's point 1, still open.
+    assert (count, distinct) == (rows, rows)
+
+
+def _job_manifest(name: str, **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = yaml.safe_load(SAMPLE_JOB.read_text())
+    body["metadata"]["name"] = name
+    body["spec"].update(spec)
+    return body
+
+
+def _produced(cluster: Cluster, job: str) -> int:
+    status = cluster.get("replayjob", job, "-n", NS).get("status") or {}
+    return int((status.get("progress") or {}).get("rowsProduced") or 0)
+
+
+def _kill_container(cluster: Cluster, pod_prefix: str, container: str) -> int:
+    """SIGKILL a running container's main process, as the OOM killer would; its PID."""
+    listed = json.loads(cluster.crictl("ps", "--name", f"^{container}$", "-o", "json"))
+    (item,) = [
+        c for c in listed["containers"]
+        if c["labels"]["io.kubernetes.pod.name"].startswith(pod_prefix)
+    ]  # fmt: skip
+    pid = int(json.loads(cluster.crictl("inspect", item["id"]))["info"]["pid"])
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+@pytest.mark.timeout(1500)
+def test_faults_on_the_real_node_leave_the_outputs_of_an_uninterrupted_run(
+    installed: Cluster,
+) -> None:
+    """Mid-replay: a processor pod deleted, the loader's process SIGKILLed (the kubelet
+    restarts the container), the operator chart upgraded with a CRD change (its pod
+    replaced), the operator pod deleted. The job completes with every output exact and
+    no child twice."""
+    cluster, job = installed, "faults"
+    # Paced so the replay lasts about a minute, long enough for four faults.
+    cluster.apply([_job_manifest(job, pacing={"rate": 700})])
+
+    def at(rows: int) -> None:
+        wait_for(lambda: _produced(cluster, job) >= rows, 240, f"{job} to produce {rows} rows")
+
+    at(6000)
+    (processor, *_) = [
+        p["metadata"]["name"] for p in _pods(cluster, NS)
+        if p["metadata"]["name"].startswith(f"{job}-processor")
+    ]  # fmt: skip
+    cluster.kubectl("delete", "pod", "-n", NS, processor, "--wait=false")
+    at(12000)
+    _kill_container(cluster, f"{job}-loader", "loader")
+    at(18000)
+    _helm(
+        cluster, "upgrade", "hftpipe-operator", REPO / "charts/hftpipe-operator",
+        "-n", OPERATOR_NS, "-f", str(REPO / "charts/hftpipe-operator/values-kind.yaml"),
+        # A CRD change (its resource policy) and a new operator pod (a new setting).
+        "--set", "crds.keep=false", "--set", "operator.statusInterval=3",
+        "--wait", "--timeout", "5m",
+    )  # fmt: skip
+    crd = cluster.get("crd", "replayjobs.hftpipe.io")
+    assert "helm.sh/resource-policy" not in crd["metadata"].get("annotations", {})
+    at(26000)
+    cluster.kubectl(
+        "delete", "pod", "-n", OPERATOR_NS, "-l", "app.kubernetes.io/name=hftpipe-operator",
+        "--wait=false",
+    )  # fmt: skip
+    cluster.kubectl(
+        "wait", f"replayjob/{job}", "-n", NS, "--for=condition=Complete", "--timeout=600s"
+    )
+    status = cluster.get("replayjob", job, "-n", NS)["status"]
+    _check_outputs(cluster, job, status)
+    # One of each child, however often the operator restarted meanwhile.
+    for kind, count in (("deployments", 2), ("jobs", 1), ("configmaps", 1)):
+        owned = [
+            o for o in cluster.get(kind, "-n", NS)["items"]
+            if any(r.get("name") == job for r in o["metadata"].get("ownerReferences", []))
+        ]  # fmt: skip
+        assert len(owned) == count, (kind, [o["metadata"]["name"] for o in owned])
+    assert status["restarts"] >= 1, "the loader's restart was not counted"
+    assert status["phase"] == "Succeeded"
+
+
+@pytest.mark.timeout(900)
+def test_suspend_and_resume_through_real_pods(installed: Cluster) -> None:
+    cluster, job = installed, "pause"
+    cluster.apply([_job_manifest(job, pacing={"rate": 1000})])
+    wait_for(lambda: _produced(cluster, job) >= 8000, 240, "the replay to be under way")
+    cluster.kubectl("patch", "replayjob", job, "-n", NS, "--type=merge",
+                    "-p", '{"spec": {"suspend": true}}')  # fmt: skip
+    cluster.kubectl("wait", f"replayjob/{job}", "-n", NS, "--for=condition=Suspended",
+                    "--timeout=120s")  # fmt: skip
+    wait_for(
+        lambda: not [p for p in _pods(cluster, NS) if p["metadata"]["name"].startswith(f"{job}-")],
+        120,
+        "every pod of the suspended job to stop",
+    )
+    paused = _produced(cluster, job)
+    time.sleep(5)
+    assert _produced(cluster, job) == paused, "rows were produced while suspended"
+    cluster.kubectl("patch", "replayjob", job, "-n", NS, "--type=merge",
+                    "-p", '{"spec": {"suspend": false}}')  # fmt: skip
+    cluster.kubectl(
+        "wait", f"replayjob/{job}", "-n", NS, "--for=condition=Complete", "--timeout=600s"
+    )
+    _check_outputs(cluster, job, cluster.get("replayjob", job, "-n", NS)["status"])
