@@ -32,13 +32,14 @@ import pandas as pd  # type: ignore[import-untyped]
 import pytest
 import redis
 import yaml
+from confluent_kafka import Consumer, TopicPartition
 from oracle import assert_close, oracle, redis_history
 
 from hftpipe_devstack import charts, images
 from hftpipe_devstack.cluster import Cluster
 from hftpipe_devstack.testing import wait_for
 from hftpipe_operator.naming import Names
-from hftpipe_workers.contract import job_id
+from hftpipe_workers.contract import Topics, job_id
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_JOB = REPO / "k8s" / "replayjob.yaml"
@@ -253,6 +254,23 @@ def _produced(cluster: Cluster, job: str) -> int:
     return int((status.get("progress") or {}).get("rowsProduced") or 0)
 
 
+def _records_in_topic(cluster: Cluster, job: str) -> int:
+    """Records in the job's bars topic: the sum of its partitions' end offsets."""
+    consumer = Consumer(
+        {"bootstrap.servers": cluster.stack.env["KAFKA_BOOTSTRAP_SERVERS"], "group.id": "t"}
+    )
+    try:
+        topic = Topics.for_job(job_id(job, NS)).bars
+        metadata = consumer.list_topics(topic, timeout=10)
+        total = 0
+        for partition in metadata.topics[topic].partitions:
+            _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+            total += high
+        return total
+    finally:
+        consumer.close()
+
+
 def _kill_container(cluster: Cluster, pod_prefix: str, container: str) -> int:
     """SIGKILL a running container's main process, as the OOM killer would; its PID."""
     listed = json.loads(cluster.crictl("ps", "--name", f"^{container}$", "-o", "json"))
@@ -322,8 +340,9 @@ def test_faults_on_the_real_node_leave_the_outputs_of_an_uninterrupted_run(
 @pytest.mark.timeout(900)
 def test_suspend_and_resume_through_real_pods(installed: Cluster) -> None:
     cluster, job = installed, "pause"
-    cluster.apply([_job_manifest(job, pacing={"rate": 1000})])
-    wait_for(lambda: _produced(cluster, job) >= 8000, 240, "the replay to be under way")
+    # Slow enough that the suspension lands mid-replay (~90 s of bars).
+    cluster.apply([_job_manifest(job, pacing={"rate": 500})])
+    wait_for(lambda: _produced(cluster, job) >= 4000, 240, "the replay to be under way")
     cluster.kubectl("patch", "replayjob", job, "-n", NS, "--type=merge",
                     "-p", '{"spec": {"suspend": true}}')  # fmt: skip
     cluster.kubectl("wait", f"replayjob/{job}", "-n", NS, "--for=condition=Suspended",
@@ -333,9 +352,12 @@ def test_suspend_and_resume_through_real_pods(installed: Cluster) -> None:
         120,
         "every pod of the suspended job to stop",
     )
-    paused = _produced(cluster, job)
+    # What the topic holds, from the broker itself (the status is not refreshed while
+    # suspended): nothing moves, and the suspension came mid-replay.
+    paused = _records_in_topic(cluster, job)
     time.sleep(5)
-    assert _produced(cluster, job) == paused, "rows were produced while suspended"
+    assert _records_in_topic(cluster, job) == paused, "rows were produced while suspended"
+    assert 0 < paused < 43789, "suspended before the end, after the start"
     cluster.kubectl("patch", "replayjob", job, "-n", NS, "--type=merge",
                     "-p", '{"spec": {"suspend": false}}')  # fmt: skip
     cluster.kubectl(
