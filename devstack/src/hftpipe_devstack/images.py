@@ -1278,6 +1278,15 @@ def build_project_images(repo_root: Path, *, uv_cache: bool = True) -> dict[str,
     }
 
 
+def build_project_image(repo_root: Path, dockerfile: str, ref: str) -> Path:
+    """One of our Dockerfiles built as :func:`build_project_images` builds it, tagged
+    ``ref``; the OCI archive's path. For a build tool that names the image itself
+    (skaffold's custom builder: ``hftpipe_devstack.skaffold``)."""
+    repo_root = repo_root.resolve()
+    base = ensure_standin_image(PYTHON_STANDIN)
+    return _project_image(repo_root, context_files(repo_root), base, dockerfile, ref, uv_cache=True)
+
+
 def _project_image(
     repo_root: Path, files: Sequence[str], base: Path, dockerfile: str, ref: str, *, uv_cache: bool
 ) -> Path:
