@@ -15,7 +15,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STACK_DIR ?= .stack
 APT_PACKAGES := redis-server etcd-server prometheus
-# The real node (make cluster-up, the e2e tier): container runtime, pod network, image builds.
+# The real node (make cluster-up, tests/node): container runtime, pod network, image builds.
 NODE_APT_PACKAGES := containerd runc containernetworking-plugins iptables conntrack buildah \
 	debootstrap busybox-static
 NODE_COMMANDS := containerd runc iptables conntrack buildah debootstrap busybox
@@ -116,8 +116,8 @@ test-unit: venv ## the service-free tier, in seconds
 	@$(call pytest,tests/unit)
 
 .PHONY: test-integration
-test-integration: venv ## integration + e2e tiers against the real local stack
-	@$(call pytest,tests/integration $(wildcard tests/e2e))
+test-integration: venv ## the integration tier against the real local stack
+	@$(call pytest,tests/integration)
 
 .PHONY: test
 .PHONY: test-node
@@ -126,7 +126,7 @@ test-node: system-deps venv ## the real-node tier alone (root): a one-node clust
 
 test: system-deps lint ## lint, type checks, then every test tier against the real stack
 	$(PY) -m hftpipe_devstack install
-	@$(call pytest,tests/unit tests/integration $(wildcard tests/e2e))
+	@$(call pytest,tests/unit tests/integration)
 	@# Its own run: its cluster (a second API server and broker) is not up beside the
 	@# other tiers' stack on a 2-core machine.
 	@$(call pytest,tests/node)

@@ -1,9 +1,10 @@
 """Shared fixtures: the real local stack, started once per test session.
 
 Tiers are set by directory: ``tests/unit`` needs nothing, ``tests/integration``
-and ``tests/e2e`` get the ``integration``/``e2e`` marker and a running stack
-(real Kafka, Redis, etcd, kube-apiserver, kube-controller-manager). The stack
-is tied to the pytest process: if pytest dies, the kernel kills the servers.
+gets the ``integration`` marker and a running stack (real Kafka, Redis, etcd,
+kube-apiserver, kube-controller-manager); ``tests/node`` brings its own cluster with a
+real node (its conftest). The stack is tied to the pytest process: if pytest dies, the
+kernel kills the servers.
 """
 
 from __future__ import annotations
@@ -29,8 +30,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         parts = Path(str(item.fspath)).relative_to(REPO / "tests").parts
         if parts[0] == "integration":
             item.add_marker(pytest.mark.integration)
-        elif parts[0] == "e2e":
-            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture(scope="session")

@@ -33,13 +33,14 @@ import pytest
 import redis
 import yaml
 from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
 from oracle import assert_close, oracle, redis_history
 
 from hftpipe_devstack import charts, images
 from hftpipe_devstack.cluster import Cluster
 from hftpipe_devstack.testing import wait_for
 from hftpipe_operator.naming import Names
-from hftpipe_workers.contract import Topics, job_id
+from hftpipe_workers.contract import RedisKeys, Topics, job_id
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_JOB = REPO / "k8s" / "replayjob.yaml"
@@ -364,3 +365,46 @@ def test_suspend_and_resume_through_real_pods(installed: Cluster) -> None:
         "wait", f"replayjob/{job}", "-n", NS, "--for=condition=Complete", "--timeout=600s"
     )
     _check_outputs(cluster, job, cluster.get("replayjob", job, "-n", NS)["status"])
+
+
+@pytest.mark.timeout(600)
+def test_a_missing_source_file_fails_the_job_with_the_producers_reason(installed: Cluster) -> None:
+    cluster, job = installed, "broken"
+    cluster.apply(
+        [
+            _job_manifest(
+                job,
+                source={"url": "/opt/venv/no-such-dir/bars.csv.gz", "symbol": "BTCUSDT"},
+                restartPolicy={"maxRestarts": 1, "backoffSeconds": 1, "maxBackoffSeconds": 2},
+            )
+        ]
+    )
+    cluster.kubectl(
+        "wait", f"replayjob/{job}", "-n", NS, "--for=condition=Failed", "--timeout=300s"
+    )
+    status = cluster.get("replayjob", job, "-n", NS)["status"]
+    assert status["phase"] == "Failed"
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    # The producer's own words, from its container's termination message, which the
+    # real kubelet filled from the log's tail (terminationMessagePolicy).
+    assert "producer" in failed["message"], failed
+    assert "/no-such-dir/bars.csv.gz" in failed["message"], failed
+    assert "completionTime" not in status
+
+
+@pytest.mark.timeout(600)
+def test_deleting_a_running_job_stops_its_pods_before_deleting_its_data(
+    installed: Cluster,
+) -> None:
+    cluster, job = installed, "gone"
+    cleanup = {"deleteTopics": True, "deleteRedisKeys": True}
+    # Paced, so the processor still writes to Redis when the job is deleted.
+    cluster.apply([_job_manifest(job, pacing={"rate": 1000}, cleanup=cleanup)])
+    wait_for(lambda: _produced(cluster, job) >= 3000, 240, "the replay to be under way")
+    cluster.kubectl("delete", "replayjob", job, "-n", NS, "--timeout=180s")
+    assert not [p for p in _pods(cluster, NS) if p["metadata"]["name"].startswith(f"{job}-")]
+    ident = job_id(job, NS)
+    assert list(_redis(cluster).scan_iter(match=RedisKeys(ident).pattern)) == []
+    admin = AdminClient({"bootstrap.servers": cluster.stack.env["KAFKA_BOOTSTRAP_SERVERS"]})
+    left = [t for t in admin.list_topics(timeout=10).topics if t.startswith(f"hftpipe.{ident}.")]
+    assert left == [], "the job's topics outlived it"
