@@ -82,10 +82,18 @@ def test_pods_get_ips_services_route_and_dns_resolves(cluster: Cluster) -> None:
     ip = cluster.get("pod", "web", "-n", ns)["status"]["podIP"]
     assert ip.startswith(POD_CIDR.rsplit(".", 2)[0]), ip
     # A second pod reaches the first by Service name (CoreDNS, then kube-proxy's DNAT).
+    # Retried as any client would: the Service's endpoints reach CoreDNS's cache and
+    # kube-proxy's rules a moment after the server pod turns Ready.
     client = f"""
-import socket, urllib.request
-addr = socket.gethostbyname("web.{ns}.svc.cluster.local")
-body = urllib.request.urlopen("http://web/bin/", timeout=10).read().decode()
+import socket, time, urllib.request
+for attempt in range(30):
+    try:
+        addr = socket.gethostbyname("web.{ns}.svc.cluster.local")
+        body = urllib.request.urlopen("http://web/bin/", timeout=3).read().decode()
+        break
+    except OSError as exc:
+        print("retry", attempt, exc, flush=True)
+        time.sleep(1)
 resolv = open("/etc/resolv.conf").read()
 print(addr, "hftpipe" in body, "{DNS_SERVICE_IP}" in resolv)
 """
@@ -110,12 +118,16 @@ print(addr, "hftpipe" in body, "{DNS_SERVICE_IP}" in resolv)
             }
         ]
     )
-    cluster.kubectl(
+    waited = cluster.kubectl(
         "wait", "-n", ns, "pod/client", "--for=jsonpath={.status.phase}=Succeeded",
-        "--timeout=120s",
+        "--timeout=180s", check=False,
     )  # fmt: skip
+    assert "condition met" in waited, cluster.kubectl(
+        "logs", "-n", ns, "client", check=False
+    ) + cluster.kubectl("get", "pods,endpointslices", "-A", "-o", "wide", check=False)
     service_ip = cluster.get("service", "web", "-n", ns)["spec"]["clusterIP"]
-    assert cluster.kubectl("logs", "-n", ns, "client").split() == [service_ip, "True", "True"]
+    logs = cluster.kubectl("logs", "-n", ns, "client")
+    assert logs.splitlines()[-1].split() == [service_ip, "True", "True"], logs
     cluster.kubectl("delete", "namespace", ns, "--wait=false")
 
 
