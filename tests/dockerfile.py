@@ -9,13 +9,14 @@ what both read of the images (base Python, ENTRYPOINT, the venv's source stage,
 from __future__ import annotations
 
 import json
-import posixpath
 import re
 import shlex
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from hftpipe_devstack import images
 
 BASE_IMAGE = re.compile(
     r"^python:(?P<python>3\.\d+)(?:\.\d+)?-slim(?:-[a-z]+)?(?P<digest>@sha256:[0-9a-f]{64})?$"
@@ -282,32 +283,6 @@ def final_entrypoint(image: Dockerfile) -> tuple[int, list[str]]:
 # ------------------------------------------------------- the build context and the project
 
 
-def _ignore_regex(pattern: str, where: str) -> re.Pattern[str]:
-    """A ``.dockerignore`` pattern as Docker (moby's patternmatcher) compiles it."""
-    out = "^"
-    i = 0
-    while i < len(pattern):
-        char = pattern[i]
-        if char == "*":
-            if pattern[i + 1 : i + 2] == "*":
-                i += 2
-                if pattern[i : i + 1] == "/":
-                    i += 1
-                out += ".*" if i >= len(pattern) else "(.*/)?"
-                continue
-            out += "[^/]*"
-        elif char == "?":
-            out += "[^/]"
-        elif char in "[\\":
-            raise ValueError(
-                f"{where}: {pattern!r}: character classes and escapes are not supported"
-            )
-        else:
-            out += re.escape(char)
-        i += 1
-    return re.compile(out + "$")
-
-
 @dataclass(frozen=True)
 class DockerIgnore:
     """The build context's ``.dockerignore``: ``(exception, regex)`` in order."""
@@ -317,28 +292,13 @@ class DockerIgnore:
     @classmethod
     def read(cls, context: Path) -> DockerIgnore:
         path = context / ".dockerignore"
-        patterns = []
-        for number, raw in enumerate(path.read_text().splitlines() if path.exists() else [], 1):
-            line = raw.strip()
-            if not line or line.startswith("#"):
-                continue
-            exception = line.startswith("!")
-            pattern = posixpath.normpath(line.removeprefix("!").strip())
-            if len(pattern) > 1 and pattern.startswith("/"):
-                pattern = pattern[1:]
-            patterns.append((exception, _ignore_regex(pattern, f"{path}:{number}")))
-        return cls(tuple(patterns))
+        text = path.read_text() if path.exists() else ""
+        return cls(tuple(images.dockerignore_patterns(text, str(path))))
 
     def excludes(self, relative: str) -> bool:
         """Whether ``relative`` (a path in the context) is left out of it: the last
         pattern that matches it or one of its parent directories decides."""
-        parts = relative.split("/")
-        candidates = [relative, *("/".join(parts[:i]) for i in range(1, len(parts)))]
-        excluded = False
-        for exception, regex in self.patterns:
-            if any(regex.match(candidate) for candidate in candidates):
-                excluded = not exception
-        return excluded
+        return images.dockerignored(self.patterns, relative)
 
 
 def makefile_uv_version(repo: Path) -> str:

@@ -325,8 +325,9 @@ def pause_source_tag(makefile: str) -> str:
 # ------------------------------------------------------------ pure: build context hash
 
 
-def _dockerignore_regex(pattern: str) -> re.Pattern[str]:
-    """A ``.dockerignore`` pattern compiled as moby's patternmatcher does (no classes)."""
+def _dockerignore_regex(pattern: str, where: str) -> re.Pattern[str]:
+    """A ``.dockerignore`` pattern compiled as moby's patternmatcher does; character
+    classes and escapes are refused (``where`` names the line) rather than misread."""
     out, i = "^", 0
     while i < len(pattern):
         char = pattern[i]
@@ -340,16 +341,22 @@ def _dockerignore_regex(pattern: str) -> re.Pattern[str]:
             out += "[^/]*"
         elif char == "?":
             out += "[^/]"
+        elif char in "[\\":
+            raise ValueError(
+                f"{where}: {pattern!r}: character classes and escapes are not supported"
+            )
         else:
             out += re.escape(char)
         i += 1
     return re.compile(out + "$")
 
 
-def dockerignore_patterns(text: str) -> list[tuple[bool, re.Pattern[str]]]:
+def dockerignore_patterns(
+    text: str, where: str = ".dockerignore"
+) -> list[tuple[bool, re.Pattern[str]]]:
     """``(is_exception, regex)`` for each pattern of a ``.dockerignore``, in order."""
     patterns = []
-    for raw in text.splitlines():
+    for number, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -357,7 +364,7 @@ def dockerignore_patterns(text: str) -> list[tuple[bool, re.Pattern[str]]]:
         pattern = posixpath.normpath(line.removeprefix("!").strip())
         if len(pattern) > 1 and pattern.startswith("/"):
             pattern = pattern[1:]
-        patterns.append((exception, _dockerignore_regex(pattern)))
+        patterns.append((exception, _dockerignore_regex(pattern, f"{where}:{number}")))
     return patterns
 
 
