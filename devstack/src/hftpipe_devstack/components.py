@@ -182,10 +182,11 @@ class Kafka:
                     *jvm,
                     "kafka.tools.StorageTool",
                     "format",
-                    "-t",
-                    kafka_cluster_id(),
-                    "-c",
-                    str(props),
+                    # One token: a base64 id starts with "-" one time in 64, and
+                    # argparse then took it for an option ("--cluster-id: expected
+                    # one argument"; seen failing a whole test session's stack).
+                    f"--cluster-id={kafka_cluster_id()}",
+                    f"--config={props}",
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
