@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final, cast
 
@@ -35,6 +36,7 @@ from hftpipe_workers import loader as loader_module
 from hftpipe_workers.contract import Groups, RedisKeys, Topics
 from hftpipe_workers.kafka_admin import ensure_topics
 from hftpipe_workers.loader import Loader
+from hftpipe_workers.metrics import DEFAULT_WINDOWS
 from hftpipe_workers.observability import REGISTRY
 from hftpipe_workers.processor import Processor
 from hftpipe_workers.producer import iter_dead_letters
@@ -296,12 +298,13 @@ def redis_snapshot(client: redis.Redis, job: str) -> dict[str, Any]:
     return out
 
 
-def test_processor_killed_at_five_random_points_leaves_redis_identical(
+def test_processor_killed_at_five_random_points_leaves_redis_and_warehouse_identical(
     subprocess_env: dict[str, str],
     kafka: KafkaSettings,
     redis_settings: RedisSettings,
     redis_url: str,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     source = generated_minute_file(tmp_path / "gen.csv", bars=40_000)
     total = 3 * 40_000
@@ -337,6 +340,64 @@ def test_processor_killed_at_five_random_points_leaves_redis_identical(
     assert run_processor(killed, "--until-caught-up").wait(timeout=300) == 0
 
     assert redis_snapshot(client, killed) == redis_snapshot(client, clean)
+
+    # The warehouse too (issue 10, point 1): the metrics topic is inside the
+    # exactly-once boundary, so the killed job's metric rows equal the clean job's,
+    # one per bar and window, in DuckDB and in Snowflake (fakesnow) alike.
+    windows = len(DEFAULT_WINDOWS)
+    with open_sink(tmp_path / "wh.duckdb") as duck:
+        for job in (clean, killed):
+            Loader(job=job, kafka=kafka, sink=duck, backend="duckdb").run(
+                until_caught_up=True, idle_timeout=1.0
+            )
+        assert metric_rows(duck, killed) == metric_rows(duck, clean) == (total * windows,) * 2
+        assert metric_differences(duck, clean, killed) == 0
+    # The same topics again into Snowflake: the loader's group starts over.
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
+    for done in admin.delete_consumer_groups([Groups.for_job(killed).loader]).values():
+        done.result(timeout=30)
+    with fakesnow_sink(tmp_path, monkeypatch) as snow:
+        Loader(job=killed, kafka=kafka, sink=snow, backend="snowflake", batch_max=50_000).run(
+            until_caught_up=True, idle_timeout=1.0
+        )
+        assert metric_rows(snow, killed) == (total * windows,) * 2
+
+
+def metric_rows(sink: Sink, job: str) -> tuple[int, int]:
+    """Rows of ``job`` in the warehouse's bar_metrics table, and distinct keys among them."""
+    counts = sink.query(
+        "SELECT count(*) AS n, count(DISTINCT symbol || '|' || bar_time || '|' || \"window\") "
+        "AS k FROM bar_metrics WHERE job = $job",
+        {"job": job},
+    )
+    return int(counts.iloc[0, 0]), int(counts.iloc[0, 1])
+
+
+def metric_differences(sink: Sink, a: str, b: str) -> int:
+    """Metric rows of job ``a`` with no identical row (every value) in job ``b``, and back."""
+    columns = 'symbol, bar_time, "window", vwap, sma_close, std_close, std_log_return, bar_count'
+    one_way = (
+        f"SELECT count(*) FROM (SELECT {columns} FROM bar_metrics WHERE job = $x "  # noqa: S608 - constant columns
+        f"EXCEPT ALL SELECT {columns} FROM bar_metrics WHERE job = $y)"
+    )
+    return sum(int(sink.query(one_way, {"x": x, "y": y}).iloc[0, 0]) for x, y in ((a, b), (b, a)))
+
+
+@contextmanager
+def fakesnow_sink(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sink]:
+    """A Snowflake sink through the real connector, served by fakesnow in-process."""
+    for var, value in {
+        "HFTPIPE_SNOWFLAKE_ACCOUNT": "acct",
+        "HFTPIPE_SNOWFLAKE_USER": "u",
+        "HFTPIPE_SNOWFLAKE_PASSWORD": "p",
+        "HFTPIPE_SNOWFLAKE_DATABASE": "HFT",
+        "HFTPIPE_SNOWFLAKE_SCHEMA": "PUBLIC",
+        "HFTPIPE_SNOWFLAKE_WAREHOUSE": "WH",
+    }.items():
+        monkeypatch.setenv(var, value)
+    (tmp_path / "fakesnow").mkdir(exist_ok=True)
+    with fakesnow.patch(db_path=str(tmp_path / "fakesnow")), open_sink("snowflake://") as sink:
+        yield sink
 
 
 # -------------------------------------------------------------------------- loader
@@ -551,17 +612,7 @@ def test_loader_crash_before_commit_leaves_one_row_per_bar_in_fakesnow(
     """Snowflake through the real connector code path, served by fakesnow in-process."""
     source = generated_minute_file(tmp_path / "gen.csv", symbols=2, bars=3_000)
     produce(subprocess_env, job, source, "--speed", "max")
-    for var, value in {
-        "HFTPIPE_SNOWFLAKE_ACCOUNT": "acct",
-        "HFTPIPE_SNOWFLAKE_USER": "u",
-        "HFTPIPE_SNOWFLAKE_PASSWORD": "p",
-        "HFTPIPE_SNOWFLAKE_DATABASE": "HFT",
-        "HFTPIPE_SNOWFLAKE_SCHEMA": "PUBLIC",
-        "HFTPIPE_SNOWFLAKE_WAREHOUSE": "WH",
-    }.items():
-        monkeypatch.setenv(var, value)
-    (tmp_path / "fakesnow").mkdir()
-    with fakesnow.patch(db_path=str(tmp_path / "fakesnow")), open_sink("snowflake://") as sink:
+    with fakesnow_sink(tmp_path, monkeypatch) as sink:
         real_write = sink.write
         calls = {"n": 0}
 

@@ -13,6 +13,13 @@ Fencing: the transaction WATCHes the partition's offset key and checks it still
 holds the offset this processor read; a processor that lost the partition in a
 rebalance (a zombie) fails its EXEC instead of overwriting the new owner.
 
+The metrics topic (the loader's input, so the warehouse's) is inside the same
+boundary: a slice's metrics records are produced and acknowledged by the broker
+before its Redis transaction is sent. A processor killed between the two publishes
+them again after restart, bit for bit, and the loader's MERGE on (job, symbol,
+bar_time, window) makes the second copy a no-op: at-least-once on the topic,
+exactly-once in the warehouse.
+
 Kafka offsets are committed too, after Redis, only so that lag and progress are
 visible to Kafka tooling and the operator.
 
@@ -539,6 +546,14 @@ class Processor:
             messages = codec.encode_metrics_columns(symbol, ts, seq, close, volume, windows)
             outputs.append(_Output(symbol, ts, seq, close, windows, messages))
         next_offset = (msgs[-1].offset() or 0) + 1
+        if producer is not None:
+            # The metrics topic is inside the exactly-once boundary: the slice's
+            # metrics are acknowledged by the broker *before* Redis advances the
+            # offset. A crash in between re-publishes them on restart (bit-identical
+            # records, absorbed by the loader's MERGE); the other order lost them for
+            # good (issue 10, point 1: thousands of warehouse rows per SIGKILL run).
+            self._publish(producer, outputs)
+            self._flush_metrics(producer)
         self._commit_to_redis(partition, part, outputs, next_offset, msgs)
         part.offset = next_offset
 
@@ -566,8 +581,6 @@ class Processor:
                         gauge = LATEST_VWAP.labels(self.job, out.symbol, w.window)
                         self._vwap_gauges[out.symbol, w.window] = gauge
                     gauge.set(vwap)
-        if producer is not None:
-            self._publish(producer, outputs)
 
     def _publish(self, producer: Producer, outputs: list[_Output]) -> None:
         """Each bar's metrics to the metrics topic too (for the loader and anyone else)."""
@@ -590,6 +603,16 @@ class Processor:
                 pending = failed  # the queue is full: let the broker take some, retry
                 producer.poll(0.05)
         self._records_published.inc(count)
+
+    def _flush_metrics(self, producer: Producer) -> None:
+        """Wait until the broker has acknowledged every metrics record produced so far.
+
+        A record the broker refuses, or that times out (``message.timeout.ms``: a
+        broker outage longer than that), raises here, before its slice reaches
+        Redis: the processor exits and its restart recomputes the slice."""
+        while producer.flush(1.0) > 0:
+            self._raise_delivery_errors()
+        self._raise_delivery_errors()
 
     def _commit_to_redis(
         self,
