@@ -394,6 +394,13 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
         "should be greater than or equal to 1",
     ),
     (
+        # Issue 10, point 8: passed admission, then crash-looped the processor.
+        "windows-of-equal-length",
+        _with(MINIMAL, processing={"windows": ["60m", "5m", "1h"]}),
+        "spec.processing.windows",
+        "processing.windows must all differ in length",
+    ),
+    (
         "backoff-over-max",
         _with(MINIMAL, restartPolicy={"backoffSeconds": 600}),
         "spec.restartPolicy.backoffSeconds",
@@ -416,6 +423,64 @@ def test_invalid_replayjobs_are_rejected_naming_the_field(
     assert message in text, text
     with pytest.raises(ValidationError):
         ReplayJobSpec.model_validate(spec)
+
+
+def _patch(api: client.ApiClient, namespace: str, name: str, spec: dict[str, Any]) -> None:
+    client.CustomObjectsApi(api).patch_namespaced_custom_object(
+        crd.GROUP, crd.VERSION, namespace, crd.PLURAL, name, {"spec": spec}
+    )
+
+
+IMMUTABLE: list[tuple[str, dict[str, Any], str, str]] = [
+    ("source-url", {"source": {"url": "https://example.com/other.csv"}}, "spec.source", "source"),
+    ("source-range", {"source": {"start": "2021-01-01T00:00:00Z"}}, "spec.source", "source"),
+    (
+        "partitions",
+        {"kafka": {"topic": {"partitions": 3}}},
+        "spec.kafka.topic.partitions",
+        "kafka.topic.partitions",
+    ),
+    (
+        "windows-set",
+        {"processing": {"windows": ["5m", "1h"]}},
+        "spec.processing.windows",
+        "processing.windows",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("patch", "field", "named"), [c[1:] for c in IMMUTABLE], ids=[c[0] for c in IMMUTABLE]
+)
+def test_fields_that_define_the_jobs_data_are_immutable(
+    api: client.ApiClient, namespace: str, patch: dict[str, Any], field: str, named: str
+) -> None:
+    """Issue 10, point 8: an edit of what a job's data is (its source, partitions, window
+    set) is refused at admission with a message that names the field and says what to do,
+    instead of splitting or skipping data in a running job."""
+    spec = _with(MINIMAL, processing={"windows": ["5m", "15m", "1h"]})
+    name = _create(api, namespace, spec)["metadata"]["name"]
+    with pytest.raises(ApiException) as rejected:
+        _patch(api, namespace, name, patch)
+    assert rejected.value.status == 422
+    text = json.loads(rejected.value.body)["message"]
+    assert f"{field}:" in text, text
+    assert f"{named} is immutable" in text, text
+    assert "create a new ReplayJob" in text, text
+
+
+def test_edits_of_how_a_job_runs_are_accepted(api: client.ApiClient, namespace: str) -> None:
+    """Pacing, replicas, resources and suspend apply to a running job, and a window list
+    in another order is the same set (list-type set: the API server compares as a set)."""
+    spec = _with(MINIMAL, processing={"windows": ["5m", "15m", "1h"]})
+    name = _create(api, namespace, spec)["metadata"]["name"]
+    for patch in (
+        {"pacing": {"max": None, "rate": 500.0}},
+        {"processing": {"windows": ["1h", "5m", "15m"], "replicas": 2}},
+        {"resources": {"processor": {"requests": {"cpu": "1"}}}},
+        {"suspend": True},
+    ):
+        _patch(api, namespace, name, patch)
 
 
 def test_a_name_that_cannot_name_topics_and_objects_is_rejected(

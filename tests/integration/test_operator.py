@@ -8,6 +8,8 @@ never start, so a job stays Pending and says why.
 from __future__ import annotations
 
 import os
+import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -297,7 +299,9 @@ def test_a_changed_producer_template_replaces_the_job(
         name = _create_job(api, namespace, _spec(kafka_bootstrap))["metadata"]["name"]
         key = f"Job/{Names(name).producer}"
         old_uid = _all_children(api, namespace, name)[key]["metadata"]["uid"]
-        _patch_spec(api, namespace, name, {"source": {"symbol": "ETHUSDT"}})
+        # Pacing reaches the producer only: its Job is replaced (a Job's template is
+        # immutable); the source itself may not change (spec.source is immutable).
+        _patch_spec(api, namespace, name, {"pacing": {"max": None, "speed": "10x"}})
 
         def new_job() -> bool:
             job = _children(api, namespace, name).get(key)
@@ -458,7 +462,11 @@ def test_deleting_a_job_with_delete_redis_keys_deletes_its_keys(
     url = urlsplit(redis_url)
     password = url.password or ""
     client.CoreV1Api(api).create_namespaced_secret(
-        namespace, {"metadata": {"name": "redis"}, "stringData": {"password": password}}
+        namespace,
+        {
+            "metadata": {"name": "redis", "labels": {labels.SECRET_OPT_IN: "true"}},
+            "stringData": {"password": password},
+        },
     )
     spec = {
         **_spec(kafka_bootstrap),
@@ -486,3 +494,107 @@ def test_deleting_a_job_with_delete_redis_keys_deletes_its_keys(
     assert list(store.scan_iter(match=keys.pattern)) == []
     assert [store.smembers(other.symbols) for other in others] == [{b"BTCUSDT"}] * 2
     store.delete(*(other.symbols for other in others))
+
+
+@contextmanager
+def _capturing_server() -> Iterator[tuple[int, Callable[[], bytes]]]:
+    """A TCP server on 127.0.0.1 that records whatever clients send and never answers:
+    the server a ReplayJob's author chose, to see what the operator would tell it."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    received: list[bytes] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        conns: list[socket.socket] = []
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+                conn.setblocking(False)
+                conns.append(conn)
+            except TimeoutError:
+                pass
+            for conn in conns:
+                try:
+                    chunk = conn.recv(65536)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    chunk = b""
+                if chunk:
+                    received.append(chunk)
+        for conn in conns:
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1], lambda: b"".join(received)
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
+def _condition(
+    api: client.ApiClient, namespace: str, name: str, kind: str
+) -> dict[str, Any] | None:
+    status = (_get_job(api, namespace, name) or {}).get("status") or {}
+    return next((c for c in status.get("conditions") or () if c["type"] == kind), None)
+
+
+def test_a_job_cannot_make_the_operator_use_a_secret_nobody_opted_in(
+    api: client.ApiClient, namespace: str, operator_cmd: list[str], kafka_bootstrap: str
+) -> None:
+    """Issue 10, point 10 (confused deputy). A user who may create ReplayJobs but not read
+    Secrets names someone else's Secret as the job's Redis password and points the job at
+    a server of their own. The operator must neither send it there (its Redis clean-up
+    on delete did) nor start workers that carry it (their pods mount what a job names)."""
+    core = client.CoreV1Api(api)
+    password = f"victim-{uuid.uuid4().hex}"
+    core.create_namespaced_secret(
+        namespace, {"metadata": {"name": "db"}, "stringData": {"password": password}}
+    )
+    with _capturing_server() as (port, received), _operator(operator_cmd):
+        spec = {
+            **_spec(kafka_bootstrap),
+            "redis": {
+                "url": f"redis://127.0.0.1:{port}/0",
+                "credentials": {"secretRef": {"name": "db"}},
+            },
+            "cleanup": {"deleteTopics": False, "deleteRedisKeys": True},
+        }
+        name = _create_job(api, namespace, spec)["metadata"]["name"]
+        wait_for(lambda: _condition(api, namespace, name, "Ready"), 60, "a status")
+        time.sleep(3)  # time enough for children, were any to be made
+        refused = _condition(api, namespace, name, "CredentialsAllowed")
+        children = _children(api, namespace, name)
+        client.CustomObjectsApi(api).delete_namespaced_custom_object(
+            crd.GROUP, crd.VERSION, namespace, crd.PLURAL, name
+        )
+        wait_for(lambda: _get_job(api, namespace, name) is None, 60, "the ReplayJob to go")
+        assert password.encode() not in received(), "the operator sent the Secret away"
+        assert not [k for k in children if k.startswith(("Deployment/", "Job/"))], children
+        assert refused is not None, "no CredentialsAllowed condition"
+        assert refused["status"] == "False", refused
+        assert refused["reason"] == "SecretNotOptedIn"
+        assert "Secret db" in refused["message"]
+        assert "redis.credentials.secretRef" in refused["message"]
+        assert labels.SECRET_OPT_IN in refused["message"]
+
+        # Once a namespace admin opts the Secret in, the same job starts.
+        core.patch_namespaced_secret(
+            "db", namespace, {"metadata": {"labels": {labels.SECRET_OPT_IN: "true"}}}
+        )
+        name = _create_job(api, namespace, spec)["metadata"]["name"]
+        _all_children(api, namespace, name)
+        allowed = wait_for(
+            lambda: (
+                (c := _condition(api, namespace, name, "CredentialsAllowed"))
+                and c["status"] == "True"
+                and c
+            ),
+            60,
+            "CredentialsAllowed True",
+        )
+        assert allowed["reason"] == "SecretsOptedIn"

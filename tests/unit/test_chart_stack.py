@@ -230,6 +230,9 @@ def test_kafka_user_turns_on_simple_authorization_and_the_user_operator() -> Non
     user = one(objects, "KafkaUser")
     assert user["metadata"]["labels"][labels.STRIMZI_CLUSTER] == kafka["metadata"]["name"]
     assert user["spec"]["authorization"]["type"] == "simple"
+    # The Secret Strimzi writes for it opts in to ReplayJobs (the operator uses no other).
+    secret_labels = user["spec"]["template"]["secret"]["metadata"]["labels"]
+    assert secret_labels[labels.SECRET_OPT_IN] == "true"
 
 
 def test_kafka_user_acls_cover_every_jobs_topics_and_groups() -> None:
@@ -269,6 +272,8 @@ def test_redis_password_comes_from_the_secret(value_set: str) -> None:
     ref = env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
     secret = one(objects, "Secret", ref["name"])
     assert ref["key"] in secret["data"]
+    # ReplayJobs name this Secret (k8s/replayjob.yaml): it opts in to them.
+    assert secret["metadata"]["labels"][labels.SECRET_OPT_IN] == "true"
     assert env["REDISCLI_AUTH"]["value"] == "$(REDIS_PASSWORD)"
     for probe in ("livenessProbe", "readinessProbe"):
         assert "redis-cli" in " ".join(container[probe]["exec"]["command"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import gzip
 import io
 import itertools
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 import pandas as pd  # type: ignore[import-untyped]  # pandas-stubs is not in the lock
 import pytest
 
@@ -583,6 +585,41 @@ def test_columns_skip_bars_not_after_the_last_and_count_them() -> None:
         [],
     )
     assert engine.ignored == 5
+
+
+def _stored_in_order(snapshot: bytes, order: Sequence[str]) -> bytes:
+    """``snapshot`` with its windows stored in ``order`` (as one taken before the engine
+    ordered its windows by length was)."""
+    doc = orjson.loads(snapshot)
+    at = [doc["windows"].index(label) for label in order]
+    doc["windows"] = list(order)
+    for state in doc["symbols"].values():
+        f64 = np.frombuffer(base64.b64decode(state["win_f64"]), "<f8").reshape(len(at), -1)
+        state["win_f64"] = base64.b64encode(f64[at].tobytes()).decode()
+        state["win_int"] = [state["win_int"][k] for k in at]
+    return orjson.dumps(doc)
+
+
+def test_a_window_list_in_another_order_is_the_same_engine() -> None:
+    """Issue 10, point 8: a processor restarted with its windows reordered (a legal edit
+    of a set) crash-looped on "restore with the same windows"."""
+    bars = list(minute_batch().bars())
+    straight = MetricsEngine(["5m", "1h", "15m"])
+    expected = run_scalar(straight, bars)
+    width = len(straight.labels)
+    cut = len(bars) // 2
+    first = MetricsEngine(["1h", "15m", "5m"])
+    assert first.labels == straight.labels == ("5m", "15m", "1h", "session")
+    run_scalar(first, bars[:cut])
+    resumed = MetricsEngine.restore(first.snapshot(), expect_windows=["15m", "5m", "1h"])
+    assert run_scalar(resumed, bars[cut:]) == expected[cut * width :]
+    assert resumed.snapshot() == straight.snapshot()
+    # A snapshot stored with its windows in another order restores to the same state.
+    legacy = _stored_in_order(first.snapshot(), ["1h", "session", "5m", "15m"])
+    assert legacy != first.snapshot()
+    resumed = MetricsEngine.restore(legacy, expect_windows=["5m", "1h", "15m"])
+    assert run_scalar(resumed, bars[cut:]) == expected[cut * width :]
+    assert resumed.snapshot() == straight.snapshot()
 
 
 def test_bad_snapshots_are_refused_with_a_reason() -> None:

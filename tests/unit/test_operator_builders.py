@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 from hftpipe_operator import builders, labels
 from hftpipe_operator.naming import Names
 from hftpipe_operator.spec import ReplayJob, ReplayJobSpec
+from hftpipe_operator.workerapi import cli_envvar
 from hftpipe_workers import cli
 from hftpipe_workers.contract import Topics
 from hftpipe_workers.pacing import Pacing
@@ -528,6 +529,18 @@ def test_settings_hash_changes_with_the_settings() -> None:
     assert builders.config_hash(one) != builders.config_hash(two)
 
 
+def test_windows_in_another_order_change_no_pod() -> None:
+    """The windows are a set (issue 10, point 8): reordering them is the same job."""
+    jobs = [
+        make_job(processing={"windows": windows, "replicas": 1})
+        for windows in (["1h", "5m", "1d"], ["5m", "1d", "1h"])
+    ]
+    first, second = (builders.build_all(job, complete=False) for job in jobs)
+    assert first == second
+    settings = builders.worker_settings(jobs[0])
+    assert settings[cli_envvar("process", "windows")] == "5m,1h,1d"
+
+
 # ------------------------------------------------------------ metrics, topics
 
 
@@ -642,3 +655,51 @@ def test_an_s3_source_gets_endpoint_region_and_keys_in_the_producer_only() -> No
     assert not [k for k in builders.build_settings_configmap(job)["data"] if "AWS" in k]
     with pytest.raises(ValueError, match=r"source\.s3 is for an s3:// source\.url"):
         make_job(source={"url": "https://example.com/bars.csv", "s3": s3})
+
+
+def _referenced_secrets(value: Any) -> set[str]:
+    """Names of the Secrets a manifest makes the kubelet read: env secretKeyRefs, secret
+    volumes, image pull secrets, anywhere in it."""
+    found: set[str] = set()
+    if isinstance(value, dict):
+        if "secretKeyRef" in value:
+            found.add(value["secretKeyRef"]["name"])
+        if "secret" in value and isinstance(value["secret"], dict):
+            found.add(value["secret"]["secretName"])
+        for ref in value.get("imagePullSecrets") or ():
+            found.add(ref["name"])
+        for item in value.values():
+            found |= _referenced_secrets(item)
+    elif isinstance(value, list):
+        for item in value:
+            found |= _referenced_secrets(item)
+    return found
+
+
+def test_named_secrets_are_every_secret_the_manifests_reference() -> None:
+    """The opt-in check (labels.SECRET_OPT_IN) sees every Secret a worker could mount."""
+    job = make_job(
+        kafka={
+            **BASE["kafka"],
+            "tls": {"caSecretRef": {"name": "kafka-ca"}},
+        },
+        warehouse=SNOWFLAKE,
+        source={
+            "url": "s3://bars/btc.csv",
+            "s3": {"credentials": {"secretRef": {"name": "s3-keys"}}},
+        },
+        images={"pullSecrets": ["registry", "kafka-user"]},
+    )
+    named = builders.named_secrets(job.spec)
+    assert named == {
+        "kafka-user": ["kafka.credentials.secretRef", "images.pullSecrets[1]"],
+        "kafka-ca": ["kafka.tls.caSecretRef"],
+        "redis-auth": ["redis.credentials.secretRef"],
+        "sf": ["warehouse.snowflake.secretRef"],
+        "s3-keys": ["source.s3.credentials.secretRef"],
+        "registry": ["images.pullSecrets[0]"],
+    }
+    assert _referenced_secrets(builders.build_all(job, complete=False)) == set(named)
+    assert builders.named_secrets(make_job(kafka={"bootstrapServers": "k:9092"}).spec) == {
+        "redis-auth": ["redis.credentials.secretRef"]
+    }

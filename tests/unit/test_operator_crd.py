@@ -427,3 +427,34 @@ def test_replay_job_from_an_api_object() -> None:
     assert job.spec.processing.replicas == 2
     with pytest.raises(ValueError, match=r"metadata\.name"):
         ReplayJob.from_body({**body, "metadata": {"name": "9lives", "namespace": "x"}})
+
+
+def test_transition_rules_refuse_changes_of_the_jobs_data_and_nothing_else() -> None:
+    """The pydantic side of the CRD's ``oldSelf`` rules (the API server's verdicts are in
+    tests/integration/test_crd.py): what the operator refuses on an update that a CRD
+    installed without those rules let through."""
+    base = ReplayJobSpec.model_validate({**MINIMAL, "processing": {"windows": ["5m", "15m", "1h"]}})
+
+    def refused(**changes: Any) -> list[str]:
+        new = ReplayJobSpec.model_validate({**base.to_api(), **changes})
+        return [m.split(" is immutable")[0] for m in ReplayJobSpec.transition_violations(base, new)]
+
+    assert refused() == []
+    assert refused(source={"url": "https://example.com/other.csv"}) == ["source"]
+    assert refused(kafka={"bootstrapServers": "kafka:9092", "topic": {"partitions": 5}}) == [
+        "kafka.topic.partitions"
+    ]
+    assert refused(processing={"windows": ["5m", "1h"]}) == ["processing.windows"]
+    assert refused(processing={"windows": ["1h", "5m", "15m"], "replicas": 2}) == []
+    assert refused(pacing={"rate": 100.0}, suspend=True) == []
+    rules = {r["rule"] for r in SPEC["x-kubernetes-validations"]}
+    assert "self.source == oldSelf.source" in rules
+
+
+def test_windows_of_equal_length_are_refused() -> None:
+    with pytest.raises(ValidationError, match="must all differ in length"):
+        ReplayJobSpec.model_validate({**MINIMAL, "processing": {"windows": ["1d", "24h"]}})
+    for windows in (["60s", "1m"], ["90m", "5400s"]):
+        with pytest.raises(ValidationError, match="must all differ in length"):
+            ReplayJobSpec.model_validate({**MINIMAL, "processing": {"windows": windows}})
+    ReplayJobSpec.model_validate({**MINIMAL, "processing": {"windows": ["59m", "1h"]}})

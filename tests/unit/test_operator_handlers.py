@@ -13,6 +13,7 @@ from hftpipe_operator.reconcile import (
     KAFKA_OBSERVED,
     TEMPLATE_HASH,
     KafkaReading,
+    credentials_condition,
     job_patch,
     kafka_condition,
     object_path,
@@ -142,6 +143,25 @@ def test_kafka_condition_should_keep_its_transition_time_while_unchanged() -> No
     assert (up.status, up.reason, up.last_transition_time) == (
         "True",
         "OffsetsRead",
+        "2026-01-01T00:01:00Z",
+    )
+
+
+def test_credentials_condition_should_name_every_secret_that_cannot_be_used() -> None:
+    problems = ["Secret db (named by redis.credentials.secretRef) is not labelled ...", "x"]
+    refused = credentials_condition(problems, NOW, 3, None)
+    assert (refused.status, refused.reason, refused.observed_generation) == (
+        "False",
+        "SecretNotOptedIn",
+        3,
+    )
+    assert refused.message == "; ".join(problems)
+    status = with_condition(_status(_job(), NOW, None), refused)
+    later = NOW + timedelta(minutes=1)
+    allowed = credentials_condition([], later, 3, status)
+    assert (allowed.status, allowed.reason, allowed.last_transition_time) == (
+        "True",
+        "SecretsOptedIn",
         "2026-01-01T00:01:00Z",
     )
 

@@ -32,8 +32,12 @@ class Rule:
 
     cel: str
     message: str
-    holds: Callable[[Any], bool]
+    holds: Callable[..., bool]
+    """``holds(model)``; for a transition rule ``holds(old, new)``."""
     field_path: str | None = None
+    transition: bool = False
+    """A rule on an update (``cel`` reads ``oldSelf``): what may not change. pydantic
+    validates one object, so these are checked by :meth:`ApiModel.transition_violations`."""
 
     def to_crd(self) -> dict[str, str]:
         """The ``x-kubernetes-validations`` entry."""
@@ -71,10 +75,20 @@ class ApiModel(BaseModel):
 
     @model_validator(mode="after")
     def _rules_hold(self) -> Self:
-        broken = [rule.message for rule in type(self).rules if not rule.holds(self)]
+        broken = [
+            rule.message
+            for rule in type(self).rules
+            if not rule.transition and not rule.holds(self)
+        ]
         if broken:
             raise ValueError("; ".join(broken))
         return self
+
+    @classmethod
+    def transition_violations(cls, old: Self, new: Self) -> list[str]:
+        """The messages of this model's transition rules that an update from ``old`` to
+        ``new`` breaks (what the API server refuses, for a CRD installed without them)."""
+        return [rule.message for rule in cls.rules if rule.transition and not rule.holds(old, new)]
 
     def to_api(self) -> dict[str, Any]:
         """The object as the API server stores it (camelCase, unset fields left out)."""

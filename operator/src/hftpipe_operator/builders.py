@@ -26,7 +26,7 @@ from hftpipe_workers.snowflake_settings import SnowflakeSettings
 from . import labels
 from .labels import Component, Worker
 from .naming import Names
-from .spec import ReplayJob, ReplayJobSpec
+from .spec import ReplayJob, ReplayJobSpec, window_seconds
 from .workerapi import COMMANDS, METRICS_PORTS, cli_envvar, settings_envvar
 
 STRIMZI_API_VERSION: Final = "kafka.strimzi.io/v1"
@@ -144,7 +144,10 @@ def worker_settings(job: ReplayJob) -> dict[str, str]:
         cli_envvar("produce", "create_topics"): "false" if kafka.strimzi_cluster else "true",
         cli_envvar("produce", "partitions"): str(kafka.topic.partitions),
         cli_envvar("produce", "replication"): str(kafka.topic.replicas),
-        cli_envvar("process", "windows"): ",".join(spec.processing.windows),
+        # A set: in one order (by length), so that reordering them changes no pod.
+        cli_envvar("process", "windows"): ",".join(
+            sorted(spec.processing.windows, key=window_seconds)
+        ),
         cli_envvar("load", "warehouse"): warehouse_url(spec),
         settings_envvar(KafkaSettings, "bootstrap_servers"): bootstrap_servers(job),
         settings_envvar(KafkaSettings, "security_protocol"): security_protocol(spec),
@@ -266,6 +269,32 @@ def secret_env(spec: ReplayJobSpec, worker: Worker) -> list[dict[str, Any]]:
             if key is not None:
                 env.append(_secret_var(settings_envvar(SnowflakeSettings, field), sf_ref.name, key))
     return env
+
+
+def named_secrets(spec: ReplayJobSpec) -> dict[str, list[str]]:
+    """Every Secret the job names, with the fields that name it (pure).
+
+    What the operator checks for :data:`.labels.SECRET_OPT_IN` before it reads one or
+    starts a worker that mounts one; a unit test holds it equal to the Secrets the
+    built manifests reference.
+    """
+    uses: list[tuple[str, str]] = []
+    if spec.kafka.credentials is not None:
+        uses.append((spec.kafka.credentials.secret_ref.name, "kafka.credentials.secretRef"))
+    if spec.kafka.tls is not None:
+        uses.append((spec.kafka.tls.ca_secret_ref.name, "kafka.tls.caSecretRef"))
+    if spec.redis.credentials is not None:
+        uses.append((spec.redis.credentials.secret_ref.name, "redis.credentials.secretRef"))
+    if spec.warehouse.type == "snowflake" and spec.warehouse.snowflake is not None:
+        uses.append((spec.warehouse.snowflake.secret_ref.name, "warehouse.snowflake.secretRef"))
+    if spec.source.s3 is not None and spec.source.s3.credentials is not None:
+        uses.append((spec.source.s3.credentials.secret_ref.name, "source.s3.credentials.secretRef"))
+    for i, name in enumerate(spec.images.pull_secrets or ()):
+        uses.append((name, f"images.pullSecrets[{i}]"))
+    out: dict[str, list[str]] = {}
+    for name, field in uses:
+        out.setdefault(name, []).append(field)
+    return out
 
 
 # ---------------------------------------------------------------------------- pods

@@ -17,7 +17,7 @@ import logging
 import secrets
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -37,6 +37,7 @@ from .kube import Kube, Manifest, load_api_client
 from .naming import Names
 from .reconcile import (
     KafkaReading,
+    credentials_condition,
     job_patch,
     kafka_condition,
     phase_event,
@@ -46,7 +47,7 @@ from .reconcile import (
     with_condition,
 )
 from .settings import OperatorSettings
-from .spec import ReplayJob
+from .spec import ReplayJob, ReplayJobSpec
 from .status import (
     READY,
     Observed,
@@ -131,6 +132,25 @@ def _job(body: kopf.Body) -> ReplayJob:
     except (ValidationError, ValueError) as exc:
         kopf.warn(body, reason="InvalidSpec", message=str(exc))
         raise kopf.PermanentError(f"invalid ReplayJob: {exc}") from exc
+
+
+def _refuse_immutable_changes(body: kopf.Body, old: Any, job: ReplayJob) -> None:
+    """An update that changes what the job's data is -> refused, children left as they are.
+
+    The CRD's transition rules refuse such an update at admission; this holds where the
+    installed CRD predates them (Helm never upgrades a chart's crds/)."""
+    old_spec = old.get("spec") if isinstance(old, Mapping) else None
+    if not old_spec:
+        return
+    try:
+        before = ReplayJobSpec.model_validate(old_spec)
+    except ValidationError:
+        return  # the last handled spec no longer parses: nothing to compare it with
+    refused = ReplayJobSpec.transition_violations(before, job.spec)
+    if refused:
+        message = "; ".join(refused)
+        kopf.warn(body, reason="ImmutableFieldChanged", message=message)
+        raise kopf.PermanentError(message)
 
 
 def _previous(status: kopf.Status) -> ReplayJobStatus | None:
@@ -219,13 +239,28 @@ def _measured() -> Iterator[None]:
 @kopf.on.create(*RESOURCE)
 @kopf.on.update(*RESOURCE)
 def reconcile(
-    body: kopf.Body, status: kopf.Status, memo: Any, logger: Log, retry: int, **_: Any
+    body: kopf.Body,
+    status: kopf.Status,
+    memo: Any,
+    logger: Log,
+    retry: int,
+    old: Any = None,
+    **_: Any,
 ) -> None:
     """ReplayJob created, changed or seen at start -> every child created or patched."""
     with _measured():
         job = _job(body)
+        _refuse_immutable_changes(body, old, job)
         kube = _kube(memo)
         complete = status.get("phase") == "Succeeded"
+        problems = secret_problems(kube, job)
+        if problems:
+            # No worker may mount a Secret nobody opted in (see labels.SECRET_OPT_IN);
+            # retried with the job's backoff, so labelling the Secret starts the job.
+            delay = backoff_delay(job.spec.restart_policy, retry)
+            if retry == 0:
+                kopf.warn(body, reason="SecretNotOptedIn", message="; ".join(problems))
+            raise kopf.TemporaryError("; ".join(problems), delay=delay)
         try:
             for manifest in _desired(job, body, kube, complete=complete):
                 ensure(kube, manifest, logger)
@@ -243,6 +278,15 @@ def reconcile(
 
 
 # --------------------------------------------------------------------------- observe
+
+
+def secret_problems(kube: Kube, job: ReplayJob) -> list[str]:
+    """Why each Secret the job names cannot be used (missing, or not opted in)."""
+    found = (
+        kube.secret_problem(job.namespace, name, fields)
+        for name, fields in builders.named_secrets(job.spec).items()
+    )
+    return [problem for problem in found if problem is not None]
 
 
 def kafka_config(job: ReplayJob, kube: Kube, ca_file: str | None) -> ClientConfig:
@@ -334,6 +378,12 @@ def update_status(
     observed, reading = observe(kube, job, int(meta.get("generation") or 0))
     new = roll_up(job, observed, previous, pending_timeout=SETTINGS.pending_timeout)
     new = with_condition(new, kafka_condition(reading, observed.now, observed.generation, previous))
+    new = with_condition(
+        new,
+        credentials_condition(
+            secret_problems(kube, job), observed.now, observed.generation, previous
+        ),
+    )
     phase = new.phase or "Pending"
     PHASES.set(job.namespace, job.name, phase)
     PHASES.export()

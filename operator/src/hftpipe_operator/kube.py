@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+from collections.abc import Sequence
 from typing import Any, Final
 
 from kubernetes import client, config
@@ -123,9 +124,51 @@ class Kube:
         return True
 
     def secret_value(self, namespace: str, name: str, key: str) -> str:
-        """One key of a Secret, decoded (KeyError names the Secret and key when missing)."""
+        """One key of a Secret that opted in to ReplayJobs, decoded.
+
+        KeyError names the Secret and key when either is missing;
+        :class:`SecretNotOptedIn` (a KeyError) when the Secret lacks
+        :data:`.labels.SECRET_OPT_IN`: the operator never reads such a Secret's data.
+        """
         secret = self.get("v1", "Secret", namespace, name)
-        data = (secret or {}).get("data") or {}
+        if secret is None:
+            raise KeyError(f"Secret {namespace}/{name} does not exist")
+        if not opted_in(secret):
+            raise SecretNotOptedIn(not_opted_in_message(namespace, name, []))
+        data = secret.get("data") or {}
         if key not in data:
             raise KeyError(f"Secret {namespace}/{name} has no key {key!r}")
         return base64.b64decode(data[key]).decode()
+
+    def secret_problem(self, namespace: str, name: str, fields: Sequence[str]) -> str | None:
+        """Why a Secret that ``fields`` of a job name cannot be used, or None if it can."""
+        secret = self.get("v1", "Secret", namespace, name)
+        if secret is None:
+            return f"Secret {name} (named by {', '.join(fields)}) does not exist"
+        if not opted_in(secret):
+            return not_opted_in_message(namespace, name, fields)
+        return None
+
+
+class SecretNotOptedIn(KeyError):
+    """A Secret a job names lacks :data:`.labels.SECRET_OPT_IN`."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def opted_in(secret: Manifest) -> bool:
+    """Whether a Secret carries :data:`.labels.SECRET_OPT_IN` = ``"true"``."""
+    found = ((secret.get("metadata") or {}).get("labels") or {}).get(labels.SECRET_OPT_IN)
+    return found == "true"
+
+
+def not_opted_in_message(namespace: str, name: str, fields: Sequence[str]) -> str:
+    """What to do about a Secret that has not opted in (one line, for a condition or Event)."""
+    named = f" (named by {', '.join(fields)})" if fields else ""
+    return (
+        f"Secret {name}{named} is not labelled {labels.SECRET_OPT_IN}=true: a ReplayJob may "
+        "only use Secrets a namespace admin has opted in, so that nobody who can create a "
+        "ReplayJob can have its workers or the operator send a Secret elsewhere. To allow "
+        f"it: kubectl label secret {name} -n {namespace} {labels.SECRET_OPT_IN}=true"
+    )

@@ -22,6 +22,15 @@ COMPONENT: Final = f"{DOMAIN}/component"
 CONFIG_HASH: Final = f"{DOMAIN}/config-hash"
 """Pod-template annotation: hash of the worker settings, so a settings change rolls the pods."""
 
+SECRET_OPT_IN: Final = f"{DOMAIN}/replayjob-access"
+"""Label (value ``"true"``) by which a namespace admin lets ReplayJobs use a Secret.
+
+A ReplayJob names Secrets (Kafka, Redis, Snowflake, S3 credentials, a CA, image pull
+secrets) that its workers mount and that the operator itself reads. Without this
+opt-in, anyone who may create a ReplayJob could have the operator send any Secret of
+the namespace to a server of their choosing: the operator would be a confused deputy.
+So it uses, and starts workers with, only Secrets that carry this label."""
+
 APP_NAME: Final = "app.kubernetes.io/name"
 APP_INSTANCE: Final = "app.kubernetes.io/instance"
 APP_COMPONENT: Final = "app.kubernetes.io/component"

@@ -29,6 +29,10 @@ template is immutable, so a change of it means deleting and recreating the Job."
 KAFKA_OBSERVED: Final = "KafkaObserved"
 """Condition: the last observation could read the job's offsets from Kafka."""
 
+CREDENTIALS_ALLOWED: Final = "CredentialsAllowed"
+"""Condition: every Secret the job names exists and carries :data:`.labels.SECRET_OPT_IN`;
+while one does not, no worker is started and the operator reads none of them."""
+
 Action = Literal["create", "keep", "apply", "replace"]
 
 _PLURALS: Final = {
@@ -133,24 +137,62 @@ class KafkaReading:
     message: str
 
 
-def kafka_condition(
-    reading: KafkaReading, now: datetime, generation: int, previous: ReplayJobStatus | None
+def _condition(
+    kind: str,
+    ok: bool,
+    reasons: tuple[str, str],
+    message: str,
+    now: datetime,
+    generation: int,
+    previous: ReplayJobStatus | None,
 ) -> Condition:
-    """The :data:`KAFKA_OBSERVED` condition (its transition time moves only with its status)."""
-    value: ConditionStatus = "True" if reading.ok else "False"
-    before = previous.condition(KAFKA_OBSERVED) if previous else None
+    """A condition whose transition time moves only with its status; ``reasons`` are
+    (when true, when false)."""
+    value: ConditionStatus = "True" if ok else "False"
+    before = previous.condition(kind) if previous else None
     since = (
         before.last_transition_time
         if before is not None and before.status == value
         else timestamp(now)
     )
     return Condition(
-        type=KAFKA_OBSERVED,
+        type=kind,
         status=value,
-        reason="OffsetsRead" if reading.ok else "KafkaUnreachable",
-        message=reading.message,
+        reason=reasons[0] if ok else reasons[1],
+        message=message,
         last_transition_time=since,
         observed_generation=generation,
+    )
+
+
+def kafka_condition(
+    reading: KafkaReading, now: datetime, generation: int, previous: ReplayJobStatus | None
+) -> Condition:
+    """The :data:`KAFKA_OBSERVED` condition."""
+    return _condition(
+        KAFKA_OBSERVED,
+        reading.ok,
+        ("OffsetsRead", "KafkaUnreachable"),
+        reading.message,
+        now,
+        generation,
+        previous,
+    )
+
+
+def credentials_condition(
+    problems: list[str], now: datetime, generation: int, previous: ReplayJobStatus | None
+) -> Condition:
+    """The :data:`CREDENTIALS_ALLOWED` condition: every Secret the job names exists and
+    opted in (``problems`` says which do not, one line each)."""
+    return _condition(
+        CREDENTIALS_ALLOWED,
+        not problems,
+        ("SecretsOptedIn", "SecretNotOptedIn"),
+        "; ".join(problems) or "every Secret the job names has opted in",
+        now,
+        generation,
+        previous,
     )
 
 

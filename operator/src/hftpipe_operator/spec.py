@@ -70,6 +70,22 @@ def _count(*flags: bool) -> int:
     return sum(1 for f in flags if f)
 
 
+_UNIT_SECONDS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+def window_seconds(window: str) -> int:
+    """Length of a window matching :data:`WINDOW_PATTERN`, in seconds."""
+    return int(window[:-1]) * _UNIT_SECONDS[window[-1]]
+
+
+def _cel_window_seconds(var: str) -> str:
+    """:func:`window_seconds` in CEL, for the window in variable ``var``."""
+    return (
+        f"int({var}.substring(0, size({var}) - 1)) * ({var}.endsWith('s') ? 1 : "
+        f"{var}.endsWith('m') ? 60 : {var}.endsWith('h') ? 3600 : 86400)"
+    )
+
+
 # --------------------------------------------------------------------------- source
 
 
@@ -345,6 +361,21 @@ class KafkaSpec(ApiModel):
 
 class ProcessingSpec(ApiModel):
     """The processor: rolling windows and how many run in parallel."""
+
+    rules = (
+        Rule(
+            cel=(
+                "self.windows.all(a, self.windows.exists_one(b, "
+                f"{_cel_window_seconds('a')} == {_cel_window_seconds('b')}))"
+            ),
+            message=(
+                "processing.windows must all differ in length (e.g. 60m and 1h are the same "
+                "window): keep one of each"
+            ),
+            holds=lambda s: len({window_seconds(w) for w in s.windows}) == len(s.windows),
+            field_path=".windows",
+        ),
+    )
 
     windows: Annotated[
         list[Window],
@@ -636,6 +667,45 @@ class ReplayJobSpec(ApiModel):
             ),
             holds=lambda s: s.processing.replicas <= s.kafka.topic.partitions,
             field_path=".processing.replicas",
+        ),
+        # What a job's data is cannot change under it (as a Flink job's topology or a
+        # Strimzi topic's partitions): the producer's resume, the processors' state and
+        # every stored row are keyed by it. How it runs (pacing, replicas, resources,
+        # suspend, history) may change; that applies live.
+        Rule(
+            cel="self.source == oldSelf.source",
+            message=(
+                "source is immutable: it defines the job's data (a new file or range would "
+                "be read past, or mixed in, by the rows already replayed); create a new "
+                "ReplayJob to replay another source"
+            ),
+            holds=lambda old, new: old.source == new.source,
+            field_path=".source",
+            transition=True,
+        ),
+        Rule(
+            cel="self.kafka.topic.partitions == oldSelf.kafka.topic.partitions",
+            message=(
+                "kafka.topic.partitions is immutable: it decides which partition, and so "
+                "which processor's state, each symbol belongs to; create a new ReplayJob "
+                "for another partition count"
+            ),
+            holds=lambda old, new: old.kafka.topic.partitions == new.kafka.topic.partitions,
+            field_path=".kafka.topic.partitions",
+            transition=True,
+        ),
+        Rule(
+            # A list-type set: the API server compares it as a set, so a reordered list
+            # is equal (and so is the same job: the processor orders windows itself).
+            cel="self.processing.windows == oldSelf.processing.windows",
+            message=(
+                "processing.windows is immutable (as a set: the order may change): the "
+                "processors' state and every stored metric are per window; create a new "
+                "ReplayJob for other windows"
+            ),
+            holds=lambda old, new: set(old.processing.windows) == set(new.processing.windows),
+            field_path=".processing.windows",
+            transition=True,
         ),
     )
 

@@ -272,7 +272,12 @@ class MetricsEngine:
     """Rolling metrics for any number of symbols; see the module docstring."""
 
     def __init__(self, windows: Sequence[str] = DEFAULT_WINDOWS, *, session: bool = True) -> None:
-        parsed = [parse_window(w) for w in windows if w.strip() != SESSION]
+        # Ordered by length, session last: the windows are a set, and an engine built
+        # from the same set in another order must be the same engine (its snapshot is
+        # restored by a processor whose job lists them in a new order).
+        parsed = sorted(
+            (parse_window(w) for w in windows if w.strip() != SESSION), key=lambda w: w.ns
+        )
         if session or any(w.strip() == SESSION for w in windows):
             parsed.append(Window(SESSION, 0))
         lengths = [w.ns for w in parsed]
@@ -725,6 +730,9 @@ class MetricsEngine:
                 )
             labels = doc["windows"]
             engine = cls([w for w in labels if w != SESSION], session=SESSION in labels)
+            # The snapshot's k-th window is the engine's at[k] (older snapshots kept the
+            # order the windows were configured in).
+            at = [engine.labels.index(label) for label in labels]
             if expect_windows is not None:
                 wanted = cls(expect_windows).labels
                 if wanted != engine.labels:
@@ -753,7 +761,7 @@ class MetricsEngine:
                     raise ValueError(f"symbol {name!r} has state for the wrong number of windows")
                 for k, (start, nv, ops) in enumerate(s["win_int"]):
                     floats = f64[_N_FLOATS * k : _N_FLOATS * (k + 1)]
-                    st.wins[k] = [int(start), int(nv), *floats, int(ops)]
+                    st.wins[at[k]] = [int(start), int(nv), *floats, int(ops)]
                 engine._symbols[name] = st
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"cannot restore the metrics state: {exc}") from exc
