@@ -393,6 +393,44 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
         "spec.kafka.topic.partitions",
         "should be greater than or equal to 1",
     ),
+    # Issue 10, point 11: a ReplayJob could mount the node's files or any Secret into
+    # the producer (and echo it line by line to the dead-letter topic).
+    (
+        "host-path-source-volume",
+        _with(
+            MINIMAL,
+            source={
+                "url": "/data/passwd",
+                "volume": {"volumeSource": {"hostPath": {"path": "/etc"}}},
+            },
+        ),
+        "spec.source.volume.volumeSource",
+        "needs exactly one of persistentVolumeClaim, configMap, nfs, csi or ephemeral",
+    ),
+    (
+        "secret-source-volume",
+        _with(
+            MINIMAL,
+            source={
+                "url": "/data/token",
+                "volume": {"volumeSource": {"secret": {"secretName": "x"}}},
+            },
+        ),
+        "spec.source.volume.volumeSource",
+        "needs exactly one of persistentVolumeClaim, configMap, nfs, csi or ephemeral",
+    ),
+    (
+        "secrets-store-csi-source-volume",
+        _with(
+            MINIMAL,
+            source={
+                "url": "/data/x",
+                "volume": {"volumeSource": {"csi": {"driver": "secrets-store.csi.k8s.io"}}},
+            },
+        ),
+        "spec.source.volume.volumeSource.csi.driver",
+        "the Secrets Store CSI driver mounts secrets",
+    ),
     (
         # Issue 10, point 8: passed admission, then crash-looped the processor.
         "windows-of-equal-length",

@@ -23,6 +23,7 @@ from typing import Any, Final, cast
 import duckdb
 import fakesnow
 import numpy as np
+import orjson
 import pandas as pd  # type: ignore[import-untyped]
 import pytest
 import redis
@@ -221,6 +222,36 @@ def test_bad_rows_go_to_the_dead_letter_topic_with_line_numbers(
     assert kinds[15] != kinds[5]
     good = list(topic_records(kafka_bootstrap, Topics.for_job(job).bars))
     assert len(good) == 28 - len(bad) == report["produced"]
+
+
+def test_a_dead_letter_carries_a_bounded_excerpt_of_its_line(
+    subprocess_env: dict[str, str], kafka: KafkaSettings, job: str, tmp_path: Path
+) -> None:
+    """Issue 10, point 11: dead letters echoed rejected lines whole, so a file that was
+    never market data (or one 20 MB line) went into Kafka line by line."""
+    secret = "s3cr3t-" * 100
+    lines = ["Timestamp,Open,High,Low,Close,Volume", "1700000060,10,11,9,10.5,2"]
+    lines.append(f"1700000120,10,{secret},9,10,1")  # a field that is no number
+    lines.append("1700000180,10,11,9,10.5,2")
+    path = tmp_path / "long.csv"
+    path.write_text("\n".join(lines) + "\n")
+    produce(
+        subprocess_env,
+        job,
+        path,
+        "--symbol",
+        "BTC",
+        "--speed",
+        "max",
+        "--dead-letter-excerpt",
+        "40",
+    )
+    (dead,) = iter_dead_letters(kafka, Topics.for_job(job).deadletter)
+    assert dead["line"] == 3
+    assert dead["text"].startswith(lines[2][:40])
+    assert dead["text"].endswith(f"[{len(lines[2]) - 40:,} more characters]")
+    assert len(dead["reason"]) < 200, dead["reason"]
+    assert secret not in orjson.dumps(dead).decode()
 
 
 # ---------------------------------------------------------------- processor oracle

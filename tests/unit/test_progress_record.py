@@ -29,6 +29,7 @@ from hftpipe_workers.producer import (
     ReplayReport,
     ResumePoint,
     _LiveState,
+    excerpt,
     progress_record,
 )
 from hftpipe_workers.settings import KafkaSettings
@@ -401,3 +402,9 @@ def test_the_phase_of_each_job_is_one_for_its_phase_and_gone_with_the_job() -> N
     book.export()
     assert (_phase("phase-ns", "a", "Running"), _phase("phase-ns", "a", "Succeeded")) == (0, 1)
     assert all(_phase("phase-ns", "b", p) is None for p in metrics.PHASES)
+
+
+def test_a_dead_letter_excerpt_is_bounded_and_says_what_was_cut() -> None:
+    assert excerpt("short", 10) == "short"
+    assert excerpt("x" * 25, 10) == "x" * 10 + "... [15 more characters]"
+    assert excerpt("x" * 2_000_000, 0) == "... [2,000,000 more characters]"

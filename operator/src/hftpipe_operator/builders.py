@@ -334,7 +334,9 @@ def _volumes(job: ReplayJob, worker: Worker) -> tuple[list[dict[str, Any]], list
                 "persistentVolumeClaim": {"claimName": source_volume.claim_name, "readOnly": True}
             }
         else:
-            volume_source = dict(source_volume.volume_source or {})
+            volume_source = (
+                source_volume.volume_source.to_api() if source_volume.volume_source else {}
+            )
         volumes.append({"name": "source", **volume_source})
         mounts.append({"name": "source", "mountPath": spec.source.mount_path, "readOnly": True})
     if worker == "loader" and spec.warehouse.type == "duckdb":

@@ -153,6 +153,9 @@ def _type_schema(annotation: Any, metadata: list[Any], *, defaults: bool) -> dic
     elif origin is list:
         (item,) = get_args(annotation)
         schema = {"type": "array", "items": _type_schema(item, [], defaults=defaults)}
+    elif origin is dict and get_args(annotation)[1] is str:
+        # A string map (labels, CSI volume attributes).
+        schema = {"type": "object", "additionalProperties": {"type": "string", "maxLength": 4096}}
     elif origin is dict:
         # A raw Kubernetes object (a volume source): its schema is Kubernetes', not ours.
         schema = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}

@@ -89,6 +89,85 @@ def _cel_window_seconds(var: str) -> str:
 # --------------------------------------------------------------------------- source
 
 
+SECRETS_STORE_CSI_DRIVER: Final = "secrets-store.csi.k8s.io"
+
+
+class CsiVolume(ApiModel):
+    """A CSI volume (e.g. an S3 or blob-store mount); no `nodePublishSecretRef`."""
+
+    rules = (
+        Rule(
+            cel=f"self.driver != '{SECRETS_STORE_CSI_DRIVER}'",
+            message=(
+                "source.volume.volumeSource.csi: the Secrets Store CSI driver mounts secrets, "
+                "not market data"
+            ),
+            holds=lambda s: s.driver != SECRETS_STORE_CSI_DRIVER,
+            field_path=".driver",
+        ),
+    )
+
+    driver: Annotated[str, StringConstraints(min_length=1, max_length=253)]
+    """Name of the CSI driver."""
+
+    read_only: bool = True
+    """Mount read-only (the producer only reads)."""
+
+    fs_type: Annotated[str, StringConstraints(max_length=64)] | None = None
+    """File system type, if the driver needs one."""
+
+    volume_attributes: Annotated[dict[str, str], Field(max_length=64)] | None = None
+    """Driver-specific attributes (bucket, share...)."""
+
+
+class VolumeSource(ApiModel):
+    """The kinds of volume a replay reads market data from: exactly one of them.
+
+    Deliberately not any volume source: `hostPath`, `secret`, `projected` (service
+    account tokens, Secrets) or `downwardAPI` would let whoever writes a ReplayJob read
+    the node's files or a Secret through the producer (and its dead-letter topic)."""
+
+    rules = (
+        Rule(
+            cel=(
+                "(has(self.persistentVolumeClaim) ? 1 : 0) + (has(self.configMap) ? 1 : 0)"
+                " + (has(self.nfs) ? 1 : 0) + (has(self.csi) ? 1 : 0)"
+                " + (has(self.ephemeral) ? 1 : 0) == 1"
+            ),
+            message=(
+                "source.volume.volumeSource needs exactly one of persistentVolumeClaim, "
+                "configMap, nfs, csi or ephemeral (other kinds, such as hostPath or secret, "
+                "are not allowed)"
+            ),
+            holds=lambda s: (
+                _count(
+                    s.persistent_volume_claim is not None,
+                    s.config_map is not None,
+                    s.nfs is not None,
+                    s.csi is not None,
+                    s.ephemeral is not None,
+                )
+                == 1
+            ),
+        ),
+    )
+
+    persistent_volume_claim: dict[str, Any] | None = None
+    """`{claimName: ...}`: a claim in the job's namespace (mounted read-only)."""
+
+    config_map: dict[str, Any] | None = None
+    """`{name: ..., items: [...]}`: a ConfigMap's keys as files (small files)."""
+
+    nfs: dict[str, Any] | None = None
+    """`{server: ..., path: ...}`: an NFS export."""
+
+    csi: CsiVolume | None = None
+    """A CSI driver's volume."""
+
+    ephemeral: dict[str, Any] | None = None
+    """`{volumeClaimTemplate: ...}`: a claim made for the pod (e.g. from a snapshot)."""
+
+
 class SourceVolume(ApiModel):
     """Where a file-system source comes from: a PersistentVolumeClaim or any volume source."""
 
@@ -103,9 +182,10 @@ class SourceVolume(ApiModel):
     claim_name: ObjectName | None = None
     """Name of a PersistentVolumeClaim in the job's namespace that holds the file."""
 
-    volume_source: dict[str, Any] | None = None
-    """A Kubernetes volume source instead of a claim, as in a Pod's volumes without the
-    name, e.g. `{nfs: {server: nas, path: /exports/bars}}` or `{configMap: {name: bars}}`."""
+    volume_source: VolumeSource | None = None
+    """A volume source instead of a claim, as in a Pod's volumes without the name, e.g.
+    `{nfs: {server: nas, path: /exports/bars}}` or `{configMap: {name: bars}}`; only the
+    kinds that hold data (see VolumeSource)."""
 
 
 class S3SecretRef(ApiModel):

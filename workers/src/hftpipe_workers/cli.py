@@ -267,6 +267,7 @@ def produce(settings: ProduceSettings) -> None:
             partitions=settings.partitions,
             replication=settings.replication,
             create_topics=settings.create_topics,
+            dead_letter_excerpt=settings.dead_letter_excerpt,
         ).run()
     except (LayoutError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)

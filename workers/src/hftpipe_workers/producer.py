@@ -302,8 +302,10 @@ class Replay:
         create_topics: bool = True,
         count_source_rows: bool = True,
         progress: bool = True,
+        dead_letter_excerpt: int = 200,
     ) -> None:
         self.job, self.source = job, source
+        self.dead_letter_excerpt = dead_letter_excerpt
         declare_series("producer", job, REJECT_KINDS)
         self.bars_topic, self.dead_topic = bars_topic, dead_topic
         self.kafka, self.pacing = kafka, pacing
@@ -452,13 +454,15 @@ class Replay:
 
     def _dead_letter(self, producer: Producer, row: RejectedRow) -> None:
         DEAD_LETTERS.labels(self.job, row.kind).inc()
+        limit = self.dead_letter_excerpt
         payload = orjson.dumps(
             {
                 "source": row.source,
                 "line": row.line,
                 "kind": row.kind,
-                "reason": row.reason,
-                "text": row.text,
+                # The reason quotes the offending fields: bounded like the line itself.
+                "reason": excerpt(row.reason, max(limit, REASON_MIN_CHARS)),
+                "text": excerpt(row.text, limit),
             }
         )
         self._produce(producer, self.dead_topic, None, payload, 0)
@@ -523,6 +527,20 @@ class Replay:
             producer.poll(0)
             _add(report, live, sent, skipped, size)
             self._live(producer, report)
+
+
+REASON_MIN_CHARS: Final = 120
+"""A dead letter's reason keeps at least this much (it says what is wrong)."""
+
+
+def excerpt(text: str, limit: int) -> str:
+    """At most ``limit`` characters of ``text``, and how many were cut (pure).
+
+    A dead letter carries a bounded excerpt of the rejected line, not the line: a
+    20 MB line, or a file that was never market data, is not copied into Kafka."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... [{len(text) - limit:,} more characters]"
 
 
 def iter_dead_letters(

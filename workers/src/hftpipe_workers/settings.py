@@ -311,6 +311,10 @@ class ProduceSettings(WorkerSettings):
     create_topics: bool = True
     """Create the bars and dead-letter topics if missing."""
 
+    dead_letter_excerpt: int = Field(default=200, ge=0, le=1_000_000)
+    """Characters of a rejected line kept in its dead letter (the rest is cut, and
+    counted); 0 keeps none of it."""
+
     metrics_port: MetricsPort = 9100
 
     @field_validator("speed")
