@@ -31,7 +31,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 from oracle import assert_close, oracle, redis_history
 
-from hftpipe_devstack.testing import CLI, produce
+from hftpipe_devstack.testing import CLI, produce, wait_for
 from hftpipe_workers import codec
 from hftpipe_workers import loader as loader_module
 from hftpipe_workers.contract import Groups, RedisKeys, Topics
@@ -385,8 +385,8 @@ def test_processor_killed_at_five_random_points_leaves_redis_and_warehouse_ident
         assert metric_differences(duck, clean, killed) == 0
     # The same topics again into Snowflake: the loader's group starts over.
     admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
-    for done in admin.delete_consumer_groups([Groups.for_job(killed).loader]).values():
-        done.result(timeout=30)
+    for deleted in admin.delete_consumer_groups([Groups.for_job(killed).loader]).values():
+        deleted.result(timeout=30)
     with fakesnow_sink(tmp_path, monkeypatch) as snow:
         Loader(job=killed, kafka=kafka, sink=snow, backend="snowflake", batch_max=50_000).run(
             until_caught_up=True, idle_timeout=1.0
@@ -429,6 +429,88 @@ def fakesnow_sink(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[S
     (tmp_path / "fakesnow").mkdir(exist_ok=True)
     with fakesnow.patch(db_path=str(tmp_path / "fakesnow")), open_sink("snowflake://") as sink:
         yield sink
+
+
+def _processor(env: dict[str, str], job: str, *extra: str, log: Path | None = None) -> Any:
+    """``hftpipe process`` as a pod runs it, its log to ``log`` (else discarded)."""
+    out = log.open("wb") if log is not None else subprocess.DEVNULL
+    return subprocess.Popen(
+        [*CLI, "process", "--job", job, "--metrics-port", "-1", *extra],
+        env=env,
+        stdout=out,
+        stderr=out,
+    )
+
+
+def _redis_done(client: redis.Redis, job: str, partitions: int = 3) -> int:
+    keys = RedisKeys(job)
+    return sum(int(client.get(keys.offset(p)) or 0) for p in range(partitions))
+
+
+def test_a_processor_killed_right_after_its_last_batch_still_commits_every_offset(
+    subprocess_env: dict[str, str], kafka: KafkaSettings, redis_url: str, job: str, tmp_path: Path
+) -> None:
+    """Issue 10, point 4: the Kafka commit (what the operator's progress and lag read) is
+    asynchronous and at most once a second, and a restarted processor never committed
+    the offsets it restored from Redis: killed between its last Redis write and that
+    commit, its job showed lag forever and never became Complete."""
+    source = generated_minute_file(tmp_path / "gen.csv", bars=10_000)
+    total = 3 * 10_000
+    client = redis.Redis.from_url(redis_url)
+    # The kill must land in the moment between the last Redis write and the Kafka
+    # commit (at most a second): a few tries, each a fresh job, until one does.
+    for attempt in range(4):
+        job = f"{job}-{attempt}"
+        produce(subprocess_env, job, source, "--speed", "max")
+        bars, group = Topics.for_job(job).bars, Groups.for_job(job).processor
+        proc = _processor(subprocess_env, job)
+        wait_for(lambda: _redis_done(client, job) == total, 120, "Redis", interval=0.002)  # noqa: B023
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        committed, end = committed_and_end(kafka, bars, group)
+        assert end == total
+        if committed < total:
+            break
+    assert committed < total, "the kill never landed before the offsets were committed"
+    assert _processor(subprocess_env, job, "--until-caught-up").wait(timeout=120) == 0
+    assert committed_and_end(kafka, bars, group) == (total, total)
+
+
+def test_a_processor_whose_partition_write_is_fenced_goes_on(
+    subprocess_env: dict[str, str], kafka: KafkaSettings, redis_url: str, tmp_path: Path
+) -> None:
+    """Issue 10, point 5: when another processor writes a partition's offset (a normal
+    handover: the new owner commits while this one still had a transaction on its way),
+    this one's fenced EXEC raised LostPartition, which nothing caught: the process died
+    and each death counted toward the job's restart budget. It must resync that
+    partition from Redis and go on, and the result must be the same."""
+    source = generated_minute_file(tmp_path / "gen.csv", bars=20_000)
+    total = 3 * 20_000
+    clean, fenced = f"clean-{uuid.uuid4().hex[:6]}", f"fenced-{uuid.uuid4().hex[:6]}"
+    for job in (clean, fenced):
+        produce(subprocess_env, job, source, "--speed", "max")
+    assert _processor(subprocess_env, clean, "--until-caught-up").wait(timeout=300) == 0
+    client = redis.Redis.from_url(redis_url)
+    log = tmp_path / "fenced.log"
+    proc = _processor(subprocess_env, fenced, "--batch-max", "200", log=log)
+    # Another writer of the same offsets: it sets each key to the value it holds, as an
+    # owner that committed the same state would; atomically, so nothing goes backwards.
+    touch = client.register_script("redis.call('SET', KEYS[1], redis.call('GET', KEYS[1]))")
+    keys = RedisKeys(fenced)
+    wait_for(lambda: _redis_done(client, fenced) > 0, 60, "the processor to start writing")
+    deadline = time.monotonic() + 120
+    fenced_once = False
+    while time.monotonic() < deadline and _redis_done(client, fenced) < total:
+        for p in range(3):
+            if client.exists(keys.offset(p)):
+                touch(keys=[keys.offset(p)])
+        fenced_once = fenced_once or b"resync" in log.read_bytes()
+        assert proc.poll() is None, log.read_text()[-3000:]
+    wait_for(lambda: _redis_done(client, fenced) == total, 120, "every bar in Redis")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
+    assert fenced_once or b"resync" in log.read_bytes(), "no write was fenced: test nothing"
+    assert redis_snapshot(client, fenced) == redis_snapshot(client, clean)
 
 
 # -------------------------------------------------------------------------- loader

@@ -78,7 +78,7 @@ DEAD_LETTERS = Counter(
 )
 ERROR_REASONS: dict[str, tuple[str, ...]] = {
     "producer": ("delivery", "progress"),
-    "processor": ("delivery", "consume", "lost_partition"),
+    "processor": ("delivery", "consume", "lost_partition", "commit"),
     "loader": ("consume", "commit"),
 }
 """The ``reason`` label values of :data:`ERRORS`, per worker."""

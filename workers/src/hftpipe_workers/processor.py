@@ -78,7 +78,12 @@ log = logging.getLogger("hftpipe.processor")
 
 
 class LostPartition(RuntimeError):
-    """Another processor now owns the partition (its offset moved under us)."""
+    """Another processor wrote the partition's offset (its new owner in a handover):
+    this processor's transaction was refused, and what it holds in memory is stale."""
+
+    def __init__(self, partition: int, why: str) -> None:
+        super().__init__(f"partition {partition}: {why}")
+        self.partition = partition
 
 
 def redis_client(settings: RedisSettings) -> redis.Redis:
@@ -357,6 +362,13 @@ class Processor:
         for tp in partitions:
             part = self._parts[tp.partition] = self._load(tp.partition)
             tp.offset = OFFSET_BEGINNING if part.offset is None else part.offset
+            if part.offset is not None:
+                # Redis holds where this partition is done; Kafka's group offset (what
+                # progress and lag read) may lag behind it if the last owner died
+                # before its commit. With nothing left to process, nothing else would
+                # commit it, and the job would never be Complete.
+                self._uncommitted[tp.partition] = part.offset
+                self._committed_at = 0.0
             log.info(
                 "assigned %s[%d], resuming at %s",
                 tp.topic,
@@ -367,11 +379,36 @@ class Processor:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Every finished batch is in Redis once its reply is read; then just forget.
-        self._confirm_commit()
+        try:
+            self._confirm_commit()
+        except LostPartition as lost:
+            # Its new owner wrote it first: that owner's state stands, ours is dropped.
+            self._count_lost(lost)
         self._commit_offsets(force=True)
         for tp in partitions:
             self._parts.pop(tp.partition, None)
+            self._uncommitted.pop(tp.partition, None)
         consumer.incremental_unassign(partitions)
+
+    def _count_lost(self, lost: LostPartition) -> None:
+        ERRORS.labels("processor", self.job, "lost_partition").inc()
+        log.warning("%s: another processor wrote it (a partition handover)", lost)
+
+    def _resync(self, consumer: Consumer, lost: LostPartition) -> None:
+        """A transaction was fenced: reload every held partition from Redis and seek there.
+
+        All of them, not only the one that was refused: the refusal can surface while
+        another partition's slice was being committed, whose engine had already
+        advanced in memory. Redis is the truth; its new owner's state stands, and if
+        the partition is still ours, the next batch goes on from it (its metrics are
+        published again: the loader's MERGE keeps one row)."""
+        self._count_lost(lost)
+        self._drop_pending()
+        for partition in list(self._parts):
+            part = self._parts[partition] = self._load(partition)
+            offset = OFFSET_BEGINNING if part.offset is None else part.offset
+            consumer.seek(TopicPartition(self.topics.bars, partition, offset))
+            log.warning("partition %d: resync from Redis, at %s", partition, part.offset)
 
     # -- the loop -------------------------------------------------------------
 
@@ -384,7 +421,9 @@ class Processor:
         partition is at its end offset and nothing arrived for ``idle_timeout`` seconds)."""
         if not wait_for_topics(self.kafka.common(), [self.topics.bars], self.stop):
             return ProcessorReport()
-        consumer = Consumer(self.kafka.consumer(self.groups.processor))
+        consumer = Consumer(
+            {**self.kafka.consumer(self.groups.processor), "on_commit": self._on_commit}
+        )
         self._consumer = consumer
         producer = None
         if self.publish_metrics:
@@ -415,7 +454,7 @@ class Processor:
                 lambda msgs: self._handle(msgs, producer, report),
             )
             self._confirm_commit()
-            self._commit_offsets(force=True)
+            self._commit_offsets(force=True, wait=True)
         finally:
             self._drop_pending()
             READY.labels("processor", self.job).set(0)
@@ -442,7 +481,13 @@ class Processor:
                 continue
             by_partition.setdefault(msg.partition() or 0, []).append(msg)
         for partition, batch in by_partition.items():
-            self._process(partition, batch, producer, report)
+            try:
+                self._process(partition, batch, producer, report)
+            except LostPartition as lost:
+                if self._consumer is None:
+                    raise
+                self._resync(self._consumer, lost)
+                return  # the rest of this batch is re-read from where Redis says
         if producer is not None:
             producer.poll(0)
             self._raise_delivery_errors()
@@ -663,7 +708,7 @@ class Processor:
             if conn.read_response() != expected:
                 send([_command(b"UNWATCH")])
                 conn.read_response()
-                raise LostPartition(f"partition {partition}: offset moved under us")
+                raise LostPartition(partition, "offset moved under us")
             parts = [_MULTI, *commands, _EXEC]
             # One write for a small transaction (a write per command costs a
             # syscall each); a large one goes as it is rather than be copied.
@@ -706,7 +751,7 @@ class Processor:
             pool.release(conn)
         if result is None:
             ERRORS.labels("processor", self.job, "lost_partition").inc()
-            raise LostPartition(f"partition {pending.partition}: another processor wrote it")
+            raise LostPartition(pending.partition, "another processor wrote it")
         for reply in result:
             if isinstance(reply, Exception):
                 raise reply
@@ -718,7 +763,7 @@ class Processor:
         self._uncommitted[pending.partition] = pending.next_offset
         self._commit_offsets()
 
-    def _commit_offsets(self, *, force: bool = False) -> None:
+    def _commit_offsets(self, *, force: bool = False, wait: bool = False) -> None:
         """Commit the offsets Redis has confirmed to Kafka: at most every
         :data:`KAFKA_COMMIT_SECONDS`, or now with ``force``.
 
@@ -736,7 +781,31 @@ class Processor:
         offsets = [TopicPartition(self.topics.bars, p, o) for p, o in self._uncommitted.items()]
         self._uncommitted.clear()
         self._committed_at = now
-        consumer.commit(offsets=offsets, asynchronous=True)
+        if not wait:
+            consumer.commit(offsets=offsets, asynchronous=True)  # errors: _on_commit
+            return
+        # The last commit (shutdown): synchronous, retried while the group rebalances.
+        for attempt in range(5):
+            try:
+                consumer.commit(offsets=offsets, asynchronous=False)
+                return
+            except KafkaException as exc:
+                if exc.args[0].fatal() or attempt == 4:
+                    ERRORS.labels("processor", self.job, "commit").inc()
+                    log.warning("offsets not committed at exit (%s): %s", exc, offsets)
+                    return
+                time.sleep(0.5)
+
+    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """An asynchronous commit's outcome: a refused one (a rebalance) goes again with
+        the next, unless a newer offset of its partition is already waiting."""
+        if err is None:
+            return
+        ERRORS.labels("processor", self.job, "commit").inc()
+        log.warning("offset commit refused, retried with the next: %s", err)
+        for tp in partitions:
+            if tp.partition in self._parts and tp.offset >= 0:
+                self._uncommitted.setdefault(tp.partition, tp.offset)
 
     def _drop_pending(self) -> None:
         """On the way out after an error: close a connection whose replies are unread.
