@@ -598,3 +598,77 @@ def test_a_job_cannot_make_the_operator_use_a_secret_nobody_opted_in(
             "CredentialsAllowed True",
         )
         assert allowed["reason"] == "SecretsOptedIn"
+
+
+# ------------------------------------------------- issue 10, point 9: three lifecycle bugs
+
+
+def _kafkatopics(api: client.ApiClient, namespace: str, job: str) -> list[dict[str, Any]]:
+    found = client.CustomObjectsApi(api).list_namespaced_custom_object(
+        "kafka.strimzi.io", "v1", namespace, "kafkatopics", label_selector=f"{labels.JOB}={job}"
+    )
+    items: list[dict[str, Any]] = found["items"]
+    return items
+
+
+def test_kafkatopics_outlive_their_job_when_delete_topics_is_false(
+    api: client.ApiClient,
+    namespace: str,
+    operator_cmd: list[str],
+    crds_installed: list[dict[str, Any]],
+) -> None:
+    """Issue 10, point 9. With Strimzi's real KafkaTopic CRD installed and a job on a
+    Strimzi cluster in its own namespace, ``cleanup.deleteTopics: false`` must keep the
+    KafkaTopics (and so, through the Topic Operator, the topics) when the job is
+    deleted: owned by the job, the garbage collector deleted them with it. Also when
+    the setting is turned off on a running job."""
+    strimzi = {"strimziCluster": {"name": "events"}, "topic": {"partitions": 2}}
+    base = {**_spec("unused:9092"), "kafka": strimzi}
+    keep = {**base, "cleanup": {"deleteTopics": False}}
+    objects = client.CustomObjectsApi(api)
+
+    def topics_of(job: str) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = wait_for(
+            lambda: len(t := _kafkatopics(api, namespace, job)) == 4 and t,
+            60,
+            f"the KafkaTopics of {job}",
+        )
+        return found
+
+    def delete_and_collect(job: str) -> None:
+        objects.delete_namespaced_custom_object(crd.GROUP, crd.VERSION, namespace, crd.PLURAL, job)
+        wait_for(lambda: _get_job(api, namespace, job) is None, 60, f"{job} to go")
+        wait_for(lambda: not _children(api, namespace, job), 60, "the garbage collector")
+        time.sleep(3)  # the collector handles the dependents of one owner together
+
+    with _operator(operator_cmd):
+        # Kept from the start.
+        kept = _create_job(api, namespace, keep)["metadata"]["name"]
+        topics_of(kept)
+        _all_children(api, namespace, kept)
+        delete_and_collect(kept)
+        left = _kafkatopics(api, namespace, kept)
+        assert len(left) == 4, f"deleteTopics is false, yet {4 - len(left)} KafkaTopics went"
+        assert not [t for t in left if t["metadata"].get("deletionTimestamp")]
+        assert not [t for t in left if t["metadata"].get("ownerReferences")]
+
+        # Deleted by default (owned, and the clean-up deletes them)... until turned off.
+        flipped = _create_job(api, namespace, base)["metadata"]["name"]
+        owned = topics_of(flipped)
+        uid = (_get_job(api, namespace, flipped) or {})["metadata"]["uid"]
+        assert [[o["uid"] for o in t["metadata"]["ownerReferences"]] for t in owned] == [[uid]] * 4
+        _all_children(api, namespace, flipped)
+        _patch_spec(api, namespace, flipped, {"cleanup": {"deleteTopics": False}})
+        wait_for(
+            lambda: (
+                not [
+                    t
+                    for t in _kafkatopics(api, namespace, flipped)
+                    if t["metadata"].get("ownerReferences")
+                ]
+            ),
+            60,
+            "the KafkaTopics to be released by the job",
+        )
+        delete_and_collect(flipped)
+        assert len(_kafkatopics(api, namespace, flipped)) == 4

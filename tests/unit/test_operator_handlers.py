@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from hftpipe_operator import builders, metrics
+from hftpipe_operator import builders, crd, metrics
 from hftpipe_operator.reconcile import (
     APPLIED_HASH,
     KAFKA_OBSERVED,
@@ -122,6 +122,39 @@ def test_plan_should_replace_a_job_whose_pod_template_changed() -> None:
         builders.build_producer_job(_job(source={**SPEC["source"], "symbol": "ETHUSDT"}))
     )
     assert plan(stored, desired) == "replace"
+
+
+class _AllCrds:
+    """The one call :func:`handlers._desired` makes: every CRD is installed."""
+
+    def crd_exists(self, name: str) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(("delete_topics", "owned"), [(True, 4), (False, 0)])
+def test_kafkatopics_should_be_owned_only_when_the_job_deletes_its_topics(
+    delete_topics: bool, owned: int
+) -> None:
+    """Issue 10, point 9: an owned KafkaTopic goes with the job (the garbage collector),
+    and Strimzi then deletes the topic, whatever cleanup.deleteTopics says."""
+    from hftpipe_operator import handlers  # noqa: PLC0415 - kopf registers on import
+
+    job = _job(
+        kafka={"strimziCluster": {"name": "events"}},
+        cleanup={"deleteTopics": delete_topics},
+    )
+    body = {
+        "apiVersion": crd.API_VERSION,
+        "kind": crd.KIND,
+        "metadata": {"name": "btc", "namespace": "ns", "uid": "u-1"},
+    }
+    desired = handlers._desired(job, body, _AllCrds(), complete=False)  # type: ignore[arg-type]
+    topics = [m for m in desired if m["kind"] == "KafkaTopic"]
+    assert len(topics) == 4
+    assert sum(bool(t["metadata"].get("ownerReferences")) for t in topics) == owned
+    # The workers and their settings go with the job either way.
+    others = [m for m in desired if m["kind"] not in ("KafkaTopic", "PersistentVolumeClaim")]
+    assert all(m["metadata"]["ownerReferences"][0]["uid"] == "u-1" for m in others)
 
 
 # ------------------------------------------------------------------------- status

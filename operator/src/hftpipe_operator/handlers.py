@@ -181,6 +181,11 @@ def _desired(job: ReplayJob, body: kopf.Body, kube: Kube, *, complete: bool) -> 
         if kind == "PersistentVolumeClaim":
             # The DuckDB file outlives its job unless cleanup.deleteWarehouse says otherwise.
             owned = job.spec.cleanup.delete_warehouse
+        elif kind == "KafkaTopic":
+            # An owned KafkaTopic goes with the job (the garbage collector), and Strimzi's
+            # Topic Operator then deletes the topic: only with cleanup.deleteTopics. Turned
+            # off later, the server-side apply drops the owner reference it had set.
+            owned = owned and job.spec.cleanup.delete_topics
         if owned:
             kopf.adopt(manifest, owner=body)
         out.append(stamp(manifest))
