@@ -124,6 +124,14 @@ def test_plan_should_replace_a_job_whose_pod_template_changed() -> None:
     assert plan(stored, desired) == "replace"
 
 
+def test_plan_should_replace_a_child_being_deleted_whatever_its_hash() -> None:
+    # The edit that started a producer Job's replacement was reverted: the deleting
+    # Job's hash is the desired one again, yet it is going and must be made anew.
+    desired = stamp(builders.build_producer_job(_job()))
+    deleting = {**desired, "metadata": {**desired["metadata"], "deletionTimestamp": "x"}}
+    assert plan(deleting, desired) == "replace"
+
+
 class _AllCrds:
     """The one call :func:`handlers._desired` makes: every CRD is installed."""
 

@@ -196,6 +196,7 @@ def _wait_gone(kube: Kube, manifest: Manifest) -> None:
     deadline = time.monotonic() + JOB_GONE_TIMEOUT
     while kube.read(manifest) is not None:
         if time.monotonic() > deadline:
+            # Retried by kopf: the next ensure() sees the object still deleting and waits.
             raise kopf.TemporaryError(f"{manifest['metadata']['name']} is still deleting", delay=5)
         time.sleep(0.5)
 
@@ -209,8 +210,13 @@ def ensure(kube: Kube, desired: Manifest, logger: Log) -> str:
         kube.create(desired)
     elif action == "replace":
         # A Job's pod template is immutable: a changed one means a new Job (the
-        # producer resumes after the last row already in Kafka).
-        kube.delete(desired, propagation="Background")
+        # producer resumes after the last row already in Kafka). Foreground: the old
+        # Job stays until the garbage collector has deleted its pods (the Job
+        # controller marks them blockOwnerDeletion), so waiting for the Job to be gone
+        # waits for its producer to have ended; with Background the Job went at once
+        # and the new producer started beside the old one (issue 10, point 9).
+        if not (existing or {}).get("metadata", {}).get("deletionTimestamp"):
+            kube.delete(desired, propagation="Foreground")
         _wait_gone(kube, desired)
         kube.create(desired)
     elif action == "apply":

@@ -101,10 +101,14 @@ def plan(existing: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> Acti
     """What to do to turn ``existing`` into ``desired`` (a :func:`stamp`-ed manifest).
 
     ``create`` when missing, ``keep`` when the applied hash matches, ``replace`` a
-    Job whose immutable part changed, else ``apply`` (a server-side apply).
+    Job whose immutable part changed, else ``apply`` (a server-side apply). A child
+    being deleted is ``replace``d (waited out, then made anew) whatever its hash says:
+    else an edit reverted while the old producer Job is deleting would leave no Job.
     """
     if existing is None:
         return "create"
+    if (existing.get("metadata") or {}).get("deletionTimestamp"):
+        return "replace"
     if _annotation(existing, APPLIED_HASH) == _annotation(desired, APPLIED_HASH):
         return "keep"
     if desired.get("kind") == "Job" and _annotation(existing, TEMPLATE_HASH) != _annotation(
