@@ -603,6 +603,97 @@ def test_a_job_cannot_make_the_operator_use_a_secret_nobody_opted_in(
 # ------------------------------------------------- issue 10, point 9: three lifecycle bugs
 
 
+def _status_of(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
+    status: dict[str, Any] = (_get_job(api, namespace, name) or {}).get("status") or {}
+    return status
+
+
+def _generations(status: dict[str, Any]) -> dict[str, Any]:
+    """``observedGeneration`` of the status and of each condition, by condition type."""
+    out = {"status": status.get("observedGeneration")}
+    for condition in status.get("conditions") or ():
+        out[condition["type"]] = condition.get("observedGeneration")
+    return out
+
+
+def test_observed_generation_advances_only_when_a_generation_was_reconciled(
+    api: client.ApiClient, namespace: str, operator_cmd: list[str], kafka_bootstrap: str
+) -> None:
+    """Issue 10, point 9. A generation the operator refuses (here: it names a Secret that
+    has not opted in, so no child is made or patched) must not show as observed: the
+    status says the last generation whose children exist, as kstatus, Argo CD and
+    ``kubectl rollout``-like tools read it. CredentialsAllowed is the exception, by
+    design: it is evaluated against the current spec, and says why that is refused."""
+    core = client.CoreV1Api(api)
+    for secret in ("redis", "redis-new"):
+        core.create_namespaced_secret(
+            namespace, {"metadata": {"name": secret}, "stringData": {"password": "pw"}}
+        )
+    spec = {
+        **_spec(kafka_bootstrap),
+        "redis": {
+            "url": "redis://127.0.0.1:6379/0",
+            "credentials": {"secretRef": {"name": "redis"}},
+        },
+        # Retry a refused reconcile every second or two, not after 10 s doubling.
+        "restartPolicy": {"backoffSeconds": 1, "maxBackoffSeconds": 2},
+        "cleanup": {"deleteTopics": False},
+    }
+    opt_in = {"metadata": {"labels": {labels.SECRET_OPT_IN: "true"}}}
+
+    def credentials(generation: int, value: str) -> dict[str, Any] | None:
+        found = _condition(api, namespace, name, "CredentialsAllowed")
+        ok = found and found["status"] == value and found["observedGeneration"] == generation
+        return found if ok else None
+
+    def observed(generation: int) -> dict[str, Any] | None:
+        status = _status_of(api, namespace, name)
+        generations = _generations(status)
+        return status if set(generations.values()) == {generation} else None
+
+    with _operator(operator_cmd):
+        name = _create_job(api, namespace, spec)["metadata"]["name"]
+        processor = f"Deployment/{Names(name).processor}"
+        # Generation 1 is refused: no child, so no generation is observed.
+        wait_for(lambda: credentials(1, "False"), 60, "CredentialsAllowed False for gen 1")
+        time.sleep(4)  # two more status observations
+        status = _status_of(api, namespace, name)
+        assert not _children(api, namespace, name)
+        generations = _generations(status)
+        assert generations.pop("CredentialsAllowed") == 1
+        assert set(generations.values()) == {None}, (
+            f"no child was made for generation 1, yet the status says {generations}"
+        )
+
+        # Opted in: generation 1 is reconciled, and says so.
+        core.patch_namespaced_secret("redis", namespace, opt_in)
+        _all_children(api, namespace, name)
+        wait_for(lambda: observed(1), 60, "observedGeneration 1 everywhere")
+
+        # Generation 2 names another Secret that has not opted in: refused, so the
+        # status still describes generation 1, whose children are left as they were.
+        _patch_spec(
+            api,
+            namespace,
+            name,
+            {"redis": {"credentials": {"secretRef": {"name": "redis-new"}}}},
+        )
+        assert (_get_job(api, namespace, name) or {})["metadata"]["generation"] == 2
+        wait_for(lambda: credentials(2, "False"), 60, "CredentialsAllowed False for gen 2")
+        time.sleep(4)
+        generations = _generations(_status_of(api, namespace, name))
+        assert generations.pop("CredentialsAllowed") == 2
+        assert set(generations.values()) == {1}, (
+            f"generation 2 was refused, yet the status says {generations}"
+        )
+        assert "redis-new" not in str(_children(api, namespace, name)[processor])
+
+        # Opted in: generation 2 is reconciled and observed.
+        core.patch_namespaced_secret("redis-new", namespace, opt_in)
+        wait_for(lambda: observed(2), 60, "observedGeneration 2 everywhere")
+        assert "redis-new" in str(_children(api, namespace, name)[processor])
+
+
 def _kafkatopics(api: client.ApiClient, namespace: str, job: str) -> list[dict[str, Any]]:
     found = client.CustomObjectsApi(api).list_namespaced_custom_object(
         "kafka.strimzi.io", "v1", namespace, "kafkatopics", label_selector=f"{labels.JOB}={job}"

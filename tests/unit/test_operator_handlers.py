@@ -11,6 +11,7 @@ from hftpipe_operator import builders, crd, metrics
 from hftpipe_operator.reconcile import (
     APPLIED_HASH,
     KAFKA_OBSERVED,
+    RECONCILED_GENERATION,
     TEMPLATE_HASH,
     KafkaReading,
     credentials_condition,
@@ -19,6 +20,7 @@ from hftpipe_operator.reconcile import (
     object_path,
     phase_event,
     plan,
+    reconciled_generation,
     stamp,
     status_changed,
     with_condition,
@@ -130,6 +132,23 @@ def test_plan_should_replace_a_child_being_deleted_whatever_its_hash() -> None:
     desired = stamp(builders.build_producer_job(_job()))
     deleting = {**desired, "metadata": {**desired["metadata"], "deletionTimestamp": "x"}}
     assert plan(deleting, desired) == "replace"
+
+
+@pytest.mark.parametrize(
+    ("annotations", "generation"),
+    [
+        ({RECONCILED_GENERATION: "7"}, 7),
+        ({}, None),
+        (None, None),
+        ({RECONCILED_GENERATION: "seven"}, None),
+        ({RECONCILED_GENERATION: "-1"}, None),
+    ],
+)
+def test_reconciled_generation_should_read_only_a_generation(
+    annotations: dict[str, str] | None, generation: int | None
+) -> None:
+    meta = {"generation": 9} if annotations is None else {"annotations": annotations}
+    assert reconciled_generation(meta) == generation
 
 
 class _AllCrds:

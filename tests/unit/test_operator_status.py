@@ -223,6 +223,16 @@ def test_pending_before_anything_runs() -> None:
     assert status.start_time is None
 
 
+def test_a_job_never_reconciled_observes_no_generation() -> None:
+    """Issue 10, point 9: the generation comes from what was reconciled; before the
+    first reconcile (e.g. a Secret not opted in) none is observed, and the merge patch
+    removes a stale one."""
+    status = roll_up(job(), Observed(now=T0, generation=None, producer=ProducerFacts()))
+    assert status.observed_generation is None
+    assert {c.observed_generation for c in status.conditions or ()} == {None}
+    assert status.to_patch()["observedGeneration"] is None
+
+
 def test_pending_while_a_processor_is_not_ready() -> None:
     status = roll_up(job(), observe(processor=WorkerFacts(exists=True, desired=2, ready=1)))
     assert status.phase == "Pending"

@@ -36,12 +36,14 @@ from .kafka_facts import ClientConfig, KafkaUnavailable, delete_topics, read_off
 from .kube import Kube, Manifest, load_api_client
 from .naming import Names
 from .reconcile import (
+    RECONCILED_GENERATION,
     KafkaReading,
     credentials_condition,
     job_patch,
     kafka_condition,
     phase_event,
     plan,
+    reconciled_generation,
     stamp,
     status_changed,
     with_condition,
@@ -251,14 +253,17 @@ def _measured() -> Iterator[None]:
 @kopf.on.update(*RESOURCE)
 def reconcile(
     body: kopf.Body,
+    meta: kopf.Meta,
     status: kopf.Status,
+    patch: kopf.Patch,
     memo: Any,
     logger: Log,
     retry: int,
     old: Any = None,
     **_: Any,
 ) -> None:
-    """ReplayJob created, changed or seen at start -> every child created or patched."""
+    """ReplayJob created, changed or seen at start -> every child created or patched, and
+    the generation recorded as reconciled."""
     with _measured():
         job = _job(body)
         _refuse_immutable_changes(body, old, job)
@@ -286,6 +291,8 @@ def reconcile(
             raise kopf.TemporaryError(
                 f"{reason}: {detail} (attempt {retry + 1}, next in {delay:.0f} s)", delay=delay
             ) from exc
+        # Only now, every child being as this generation wants it (see RECONCILED_GENERATION).
+        patch.metadata.annotations[RECONCILED_GENERATION] = str(int(meta.get("generation") or 0))
 
 
 # --------------------------------------------------------------------------- observe
@@ -348,8 +355,9 @@ def _worker(kube: Kube, job: ReplayJob, name: str, worker: labels.Worker) -> Wor
     return WorkerFacts.from_deployment(deployment, pods)
 
 
-def observe(kube: Kube, job: ReplayJob, generation: int) -> tuple[Observed, KafkaReading]:
-    """The facts about a job's children and its Kafka topics, now."""
+def observe(kube: Kube, job: ReplayJob, generation: int | None) -> tuple[Observed, KafkaReading]:
+    """The facts about a job's children and its Kafka topics, now (``generation``: the
+    last one reconciled, which those children are of)."""
     names = Names(job.name)
     offsets, reading = _offsets(job, kube)
     # Rows in the source and rows read: the producer's progress record in Kafka.
@@ -386,14 +394,13 @@ def update_status(
     job = _job(body)
     kube = _kube(memo)
     previous = _previous(status)
-    observed, reading = observe(kube, job, int(meta.get("generation") or 0))
+    observed, reading = observe(kube, job, reconciled_generation(meta))
     new = roll_up(job, observed, previous, pending_timeout=SETTINGS.pending_timeout)
     new = with_condition(new, kafka_condition(reading, observed.now, observed.generation, previous))
+    # Judged on the current spec (possibly not reconciled yet): its own generation.
+    current = int(meta.get("generation") or 0)
     new = with_condition(
-        new,
-        credentials_condition(
-            secret_problems(kube, job), observed.now, observed.generation, previous
-        ),
+        new, credentials_condition(secret_problems(kube, job), observed.now, current, previous)
     )
     phase = new.phase or "Pending"
     PHASES.set(job.namespace, job.name, phase)

@@ -26,6 +26,19 @@ TEMPLATE_HASH: Final = f"{labels.DOMAIN}/template-hash"
 """Annotation on the producer Job: hash of its spec without ``suspend``. A Job's pod
 template is immutable, so a change of it means deleting and recreating the Job."""
 
+RECONCILED_GENERATION: Final = f"{labels.DOMAIN}/reconciled-generation"
+"""Annotation on the ReplayJob: the last ``metadata.generation`` whose children were all
+made or patched (issue 10, point 9). ``status.observedGeneration`` and the conditions'
+come from it, not from the generation the status timer happens to see: a generation
+that was refused (an immutable field changed, a Secret not opted in) or whose reconcile
+failed is not observed, so tools that compare the two (kstatus, Argo CD, Flux) see the
+edit as not applied. The one exception is :data:`CREDENTIALS_ALLOWED`, which judges the
+current spec and carries its generation.
+
+An annotation rather than kopf's memo: it survives an operator restart, and the status
+timer (a task of its own) reads it from the body it is given. It is under the operator's
+kopf prefix, whose annotations kopf leaves out of its diff: writing it is not an edit."""
+
 KAFKA_OBSERVED: Final = "KafkaObserved"
 """Condition: the last observation could read the job's offsets from Kafka."""
 
@@ -97,6 +110,14 @@ def _annotation(obj: Mapping[str, Any] | None, key: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def reconciled_generation(meta: Mapping[str, Any]) -> int | None:
+    """The generation :data:`RECONCILED_GENERATION` records in ``meta``, or ``None``."""
+    value = _annotation({"metadata": meta}, RECONCILED_GENERATION)
+    if value is None or not value.isdigit():
+        return None
+    return int(value)
+
+
 def plan(existing: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> Action:
     """What to do to turn ``existing`` into ``desired`` (a :func:`stamp`-ed manifest).
 
@@ -147,7 +168,7 @@ def _condition(
     reasons: tuple[str, str],
     message: str,
     now: datetime,
-    generation: int,
+    generation: int | None,
     previous: ReplayJobStatus | None,
 ) -> Condition:
     """A condition whose transition time moves only with its status; ``reasons`` are
@@ -170,7 +191,7 @@ def _condition(
 
 
 def kafka_condition(
-    reading: KafkaReading, now: datetime, generation: int, previous: ReplayJobStatus | None
+    reading: KafkaReading, now: datetime, generation: int | None, previous: ReplayJobStatus | None
 ) -> Condition:
     """The :data:`KAFKA_OBSERVED` condition."""
     return _condition(

@@ -97,7 +97,8 @@ class Condition(StatusModel):
     """When the status last changed."""
 
     observed_generation: int | None = Field(default=None, ge=0)
-    """The spec generation the condition was computed from."""
+    """The spec generation the condition describes: the last one reconciled (for
+    CredentialsAllowed, the current one, which it judges)."""
 
 
 class Progress(StatusModel):
@@ -202,7 +203,9 @@ class ReplayJobStatus(StatusModel):
     """Ready, Complete, Failed and Suspended."""
 
     observed_generation: int | None = Field(default=None, ge=0)
-    """The spec generation this status describes."""
+    """The last spec generation reconciled: every child made or patched for it. Behind
+    `metadata.generation` while an edit is being applied or was refused (see the
+    conditions and Events)."""
 
     start_time: Timestamp | None = None
     """When the replay started running."""
@@ -430,7 +433,8 @@ class Observed:
     """Everything the roll-up needs to know about the cluster, at one moment."""
 
     now: datetime
-    generation: int
+    generation: int | None
+    """The last generation reconciled (its children made), ``None`` before the first."""
     producer: ProducerFacts = ProducerFacts()
     processor: WorkerFacts = WorkerFacts()
     loader: WorkerFacts = WorkerFacts()
