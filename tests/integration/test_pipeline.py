@@ -513,6 +513,70 @@ def test_a_processor_whose_partition_write_is_fenced_goes_on(
     assert redis_snapshot(client, fenced) == redis_snapshot(client, clean)
 
 
+def _wipe(client: redis.Redis, job: str) -> None:
+    """Every key of a job gone, as after a Redis restart without persistence."""
+    keys = list(client.scan_iter(match=RedisKeys(job).pattern, count=1000))
+    assert keys
+    client.delete(*keys)
+
+
+def test_redis_that_lost_a_jobs_keys_is_detected_and_rebuilt_or_refused(
+    subprocess_env: dict[str, str], kafka: KafkaSettings, redis_url: str, tmp_path: Path
+) -> None:
+    """Issue 10, point 14: a processor restarted on a Redis that lost its keys said only
+    "resuming at the beginning", and one whose keys vanished while it ran died blaming
+    another processor. Now the loss is named (a log line naming Redis, an error counter)
+    and the state rebuilt from the topic; where retention deleted the topic's head, the
+    processor stops with a message instead of building a partial state."""
+    longer = generated_minute_file(tmp_path / "longer.csv", bars=6_000)
+    source = tmp_path / "gen.csv"  # its first 15,000 rows
+    source.write_text("".join(longer.read_text().splitlines(keepends=True)[:15_001]))
+    clean, lost = f"clean-{uuid.uuid4().hex[:6]}", f"lost-{uuid.uuid4().hex[:6]}"
+    client = redis.Redis.from_url(redis_url)
+    produce(subprocess_env, clean, longer, "--speed", "max")
+    assert _processor(subprocess_env, clean, "--until-caught-up").wait(timeout=300) == 0
+
+    # 1. Restarted on a Redis that lost the job's keys: rebuilt, loudly.
+    produce(subprocess_env, lost, source, "--speed", "max")
+    assert _processor(subprocess_env, lost, "--until-caught-up").wait(timeout=300) == 0
+    _wipe(client, lost)
+    log = tmp_path / "restart.log"
+    proc = _processor(subprocess_env, lost, log=log)
+    wait_for(lambda: _redis_done(client, lost) == 15_000, 120, "the rebuild")
+    assert b"Redis lost the state of" in log.read_bytes(), log.read_text()[-2000:]
+
+    # 2. Keys gone while it runs, then more bars: rebuilt, not a crash.
+    _wipe(client, lost)
+    produce(subprocess_env, lost, longer, "--speed", "max")
+    wait_for(lambda: _redis_done(client, lost) == 18_000, 120, "the rebuild while running")
+    assert proc.poll() is None, log.read_text()[-3000:]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
+    assert log.read_bytes().count(b"Redis lost the state of") >= 2
+    assert redis_snapshot(client, lost) == redis_snapshot(client, clean)
+
+    # 3. Lost again, and retention has deleted the topic's first records: refused.
+    _wipe(client, lost)
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
+    bars = Topics.for_job(lost).bars
+    filled = max(range(3), key=lambda p: int(client.get(RedisKeys(clean).offset(p)) or 0))
+    for deleted in admin.delete_records([TopicPartition(bars, filled, 100)]).values():
+        deleted.result(timeout=30)
+    done = subprocess.run(
+        [*CLI, "process", "--job", lost, "--metrics-port", "-1", "--until-caught-up"],
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 3, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert "Redis lost the state of" in last
+    assert "cannot be rebuilt" in last
+    assert "starts at offset 100" in last
+
+
 # -------------------------------------------------------------------------- loader
 
 

@@ -6,6 +6,8 @@ failures are suspect.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import time
 import uuid
@@ -20,7 +22,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from hftpipe_devstack import kubeschemas
+from hftpipe_devstack import components, kubeschemas
+from hftpipe_devstack.procs import ProcessTable, alive
 from hftpipe_devstack.testing import wait_for
 
 SMOKE_CHART = Path(__file__).parent / "fixtures" / "smoke-chart"
@@ -281,3 +284,22 @@ def test_helm_renders_and_kubeconform_validates_against_server_schemas(
     bad = render_and_validate("--set", "port=http")
     assert bad.returncode != 0
     assert "containerPort" in bad.stdout
+
+
+def test_the_local_redis_keeps_its_data_across_a_crash(tmp_path: Path) -> None:
+    """Issue 10, point 14: the local stack's Redis kept nothing on disk, so a Redis crash
+    silently emptied every job's exactly-once state. It persists an append-only file."""
+    redis_component = components.Redis()
+    table = ProcessTable(tmp_path, tie_to_parent=True)
+    try:
+        redis_component.start(table, tmp_path / "redis")
+        client = redis.Redis.from_url(redis_component.url)
+        client.set("hftpipe:t:offset:0", "42")
+        time.sleep(1.5)  # appendfsync everysec
+        (record,) = [r for r in table.records() if r.name == "redis"]
+        os.killpg(record.pid, signal.SIGKILL)  # a crash: no shutdown save
+        wait_for(lambda: not alive(record), 10, "redis to die")
+        redis_component.start(table, tmp_path / "redis")
+        assert redis.Redis.from_url(redis_component.url).get("hftpipe:t:offset:0") == b"42"
+    finally:
+        table.stop_all(grace=1)

@@ -243,8 +243,10 @@ class Redis:
         conf.write_text(
             f"bind 127.0.0.1\nport {self.port}\nprotected-mode yes\n"
             f"requirepass {self.password}\ndir {workdir}\n"
-            # Persistence is the cluster's concern; the local stack is throwaway.
-            'save ""\nappendonly no\ndaemonize no\nlogfile ""\n'
+            # An append-only file, as the stack chart's Redis has: the processor's
+            # exactly-once state lives here, and a Redis that comes back empty after a
+            # crash makes it rebuild every job from its topics (or refuse to).
+            'save ""\nappendonly yes\nappendfsync everysec\ndaemonize no\nlogfile ""\n'
         )
         conf.chmod(0o600)
         table.start("redis", [install.redis_server(), str(conf)], ports=[self.port])

@@ -291,7 +291,7 @@ def produce(settings: ProduceSettings) -> None:
 @_settings_command(ProcessSettings)
 def process(settings: ProcessSettings) -> None:
     """Compute rolling VWAP, SMA and volatility from the bars topic into Redis (exactly once)."""
-    from .processor import Processor  # noqa: PLC0415 - keep --help fast
+    from .processor import Processor, RedisStateLost  # noqa: PLC0415 - keep --help fast
 
     kafka = _connection(KafkaSettings, profile=settings.profile)
     redis_settings = _connection(RedisSettings)
@@ -312,7 +312,11 @@ def process(settings: ProcessSettings) -> None:
         )
     if server:
         server.ready.set()
-    report = processor.run(until_caught_up=settings.until_caught_up)
+    try:
+        report = processor.run(until_caught_up=settings.until_caught_up)
+    except RedisStateLost as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(3) from exc
     typer.echo(
         json.dumps(
             {

@@ -78,7 +78,7 @@ DEAD_LETTERS = Counter(
 )
 ERROR_REASONS: dict[str, tuple[str, ...]] = {
     "producer": ("delivery", "progress"),
-    "processor": ("delivery", "consume", "lost_partition", "commit"),
+    "processor": ("delivery", "consume", "lost_partition", "commit", "redis_state_lost"),
     "loader": ("consume", "commit"),
 }
 """The ``reason`` label values of :data:`ERRORS`, per worker."""

@@ -86,6 +86,10 @@ class LostPartition(RuntimeError):
         self.partition = partition
 
 
+class RedisStateLost(RuntimeError):
+    """Redis lost a partition's keys and the bars topic no longer holds what rebuilds them."""
+
+
 def redis_client(settings: RedisSettings) -> redis.Redis:
     """A Redis client from settings (URL, optional ACL user/password and TLS CA)."""
     kwargs: dict[str, Any] = {}
@@ -347,9 +351,18 @@ class Processor:
 
     # -- partition lifecycle --------------------------------------------------
 
-    def _load(self, partition: int) -> _Partition:
+    def _load(self, partition: int, done: int = 0) -> _Partition:
+        """A partition's engine and offset as Redis holds them.
+
+        ``done``: how far this job is known to have processed the partition (Kafka's
+        committed offset, or the offset held in memory). Redis holding nothing then
+        means Redis lost the job's keys (a restart without persistence, an eviction, a
+        FLUSHALL): never papered over (issue 10, point 14), see :meth:`_state_lost`.
+        """
         offset_raw, state = self.redis.mget(self.keys.offset(partition), self.keys.state(partition))
         if offset_raw is None:
+            if done > 0:
+                self._state_lost(partition, done)
             return _Partition(MetricsEngine(self.windows), None)
         engine = (
             MetricsEngine.restore(_as_bytes(state), expect_windows=self.windows)
@@ -358,9 +371,44 @@ class Processor:
         )
         return _Partition(engine, int(offset_raw))
 
+    def _state_lost(self, partition: int, done: int) -> None:
+        """Redis lost partition ``partition``'s keys after ``done`` records: rebuild it from
+        the beginning of the bars topic, deliberately and loudly, or stop if the topic
+        no longer starts at offset 0 (retention deleted what the state was built from)."""
+        ERRORS.labels("processor", self.job, "redis_state_lost").inc()
+        where = f"{self.topics.bars}[{partition}]"
+        low = 0
+        if self._consumer is not None:
+            low, _ = self._consumer.get_watermark_offsets(
+                TopicPartition(self.topics.bars, partition), timeout=10, cached=False
+            )
+        if low > 0:
+            raise RedisStateLost(
+                f"Redis lost the state of {where}: this job had processed {done:,} of its "
+                f"records, and its keys in {self.redis_settings.url} are gone. It cannot be "
+                f"rebuilt: the topic now starts at offset {low:,} (retention deleted the "
+                "rest). Restore Redis from its persistence (AOF/RDB), or replay into a new job."
+            )
+        log.error(
+            "Redis lost the state of %s: this job had processed %d of its records, and its "
+            "keys in Redis are gone (a Redis restart without persistence, an eviction, a "
+            "flush). Rebuilding it from the beginning of the topic; give Redis persistence "
+            "(appendonly yes) to avoid this.",
+            where,
+            done,
+        )
+
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        committed = {
+            tp.partition: tp.offset
+            for tp in consumer.committed(
+                [TopicPartition(tp.topic, tp.partition) for tp in partitions], timeout=10
+            )
+        }
         for tp in partitions:
-            part = self._parts[tp.partition] = self._load(tp.partition)
+            part = self._parts[tp.partition] = self._load(
+                tp.partition, max(0, committed.get(tp.partition, 0))
+            )
             tp.offset = OFFSET_BEGINNING if part.offset is None else part.offset
             if part.offset is not None:
                 # Redis holds where this partition is done; Kafka's group offset (what
@@ -404,8 +452,8 @@ class Processor:
         published again: the loader's MERGE keeps one row)."""
         self._count_lost(lost)
         self._drop_pending()
-        for partition in list(self._parts):
-            part = self._parts[partition] = self._load(partition)
+        for partition, held in list(self._parts.items()):
+            part = self._parts[partition] = self._load(partition, held.offset or 0)
             offset = OFFSET_BEGINNING if part.offset is None else part.offset
             consumer.seek(TopicPartition(self.topics.bars, partition, offset))
             log.warning("partition %d: resync from Redis, at %s", partition, part.offset)
