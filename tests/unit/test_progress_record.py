@@ -21,6 +21,7 @@ from hftpipe_workers import producer as producer_module
 from hftpipe_workers.bars import Bar
 from hftpipe_workers.contract import PROGRESS_TOPIC_CONFIG, ProducerProgress, Topics
 from hftpipe_workers.csvformat import BarBatch
+from hftpipe_workers.deadletters import excerpt
 from hftpipe_workers.observability import REGISTRY
 from hftpipe_workers.pacing import Pacer, Pacing
 from hftpipe_workers.producer import (
@@ -29,7 +30,6 @@ from hftpipe_workers.producer import (
     ReplayReport,
     ResumePoint,
     _LiveState,
-    excerpt,
     progress_record,
 )
 from hftpipe_workers.settings import KafkaSettings

@@ -42,6 +42,7 @@ from confluent_kafka.admin import AdminClient
 from . import codec
 from .contract import PROGRESS_TOPIC_CONFIG, ProducerProgress, Topics
 from .csvformat import REJECT_KINDS, BarBatch, BarReader, ColumnMapping, LayoutName, RejectedRow
+from .deadletters import excerpt
 from .kafka_admin import ensure_topics, partition_count
 from .observability import (
     BYTES_OUT,
@@ -151,9 +152,15 @@ def find_resume_point(settings: KafkaSettings, bars_topic: str, dead_topic: str)
         for partition, msg in _last_records(consumer, bars_topic).items():
             point.last_seq[partition] = codec.decode_bar(msg.value() or b"").seq
         for msg in _last_records(consumer, dead_topic).values():
-            point.last_dead_line = max(
-                point.last_dead_line, int(orjson.loads(msg.value() or b"{}")["line"])
-            )
+            line = orjson.loads(msg.value() or b"{}").get("line")
+            if line is None:
+                # The processor's or the loader's dead letter came last (see
+                # deadletters): the producer's own last line is further back.
+                line = max(
+                    (d["line"] for d in iter_dead_letters(settings, dead_topic) if "line" in d),
+                    default=0,
+                )
+            point.last_dead_line = max(point.last_dead_line, int(line))
         return point
     finally:
         consumer.close()
@@ -531,16 +538,6 @@ class Replay:
 
 REASON_MIN_CHARS: Final = 120
 """A dead letter's reason keeps at least this much (it says what is wrong)."""
-
-
-def excerpt(text: str, limit: int) -> str:
-    """At most ``limit`` characters of ``text``, and how many were cut (pure).
-
-    A dead letter carries a bounded excerpt of the rejected line, not the line: a
-    20 MB line, or a file that was never market data, is not copied into Kafka."""
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}... [{len(text) - limit:,} more characters]"
 
 
 def iter_dead_letters(
