@@ -27,13 +27,14 @@ import orjson
 import pandas as pd  # type: ignore[import-untyped]
 import pytest
 import redis
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from oracle import assert_close, oracle, redis_history
 
 from hftpipe_devstack.testing import CLI, produce, wait_for
 from hftpipe_workers import codec
 from hftpipe_workers import loader as loader_module
+from hftpipe_workers.bars import Bar
 from hftpipe_workers.contract import Groups, RedisKeys, Topics
 from hftpipe_workers.kafka_admin import ensure_topics
 from hftpipe_workers.loader import Loader
@@ -575,6 +576,102 @@ def test_redis_that_lost_a_jobs_keys_is_detected_and_rebuilt_or_refused(
     assert "Redis lost the state of" in last
     assert "cannot be rebuilt" in last
     assert "starts at offset 100" in last
+
+
+def test_records_a_consumer_cannot_use_are_dead_lettered_not_a_crash_loop(
+    subprocess_env: dict[str, str],
+    kafka: KafkaSettings,
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    """Issue 10, point 3: one bad record in the bars topic crashed the processor at every
+    restart (decode_bars raised), and a bar whose time has a sub-microsecond part (the
+    warehouse keeps microseconds) crashed the loader at every restart: the job ended
+    Failed with 0 rows loaded. Each such record is now dead-lettered with its topic,
+    partition, offset and reason, counted, and the stream goes on."""
+    source = generated_minute_file(tmp_path / "gen.csv", symbols=2, bars=2_000)
+    clean, poisoned = f"clean-{uuid.uuid4().hex[:6]}", f"poison-{uuid.uuid4().hex[:6]}"
+    for job in (clean, poisoned):
+        produce(subprocess_env, job, source, "--speed", "max")
+    # Appended after the producer's bars, as a misbehaving client would write them.
+    later = 1_900_000_000_000_000_000
+    odd = Bar("SYMX", later + 123_456_789, 10.0, 11.0, 9.0, 10.5, 2.0, 1)  # ns part
+    fine = Bar("SYMX", later + 60_000_000_000, 10.0, 11.0, 9.0, 10.5, 2.0, 2)
+    raw = Producer({"bootstrap.servers": kafka.bootstrap_servers})
+    bars_topic = Topics.for_job(poisoned).bars
+    for value in (
+        b"\x00not json",
+        codec.encode_bar(odd),
+        b'{"sv":1,"s":"SYMX"}',
+        codec.encode_bar(fine),
+    ):
+        raw.produce(bars_topic, value=value, key=b"SYMX", partition=0)
+    assert raw.flush(30) == 0
+    clean_fine = Producer({"bootstrap.servers": kafka.bootstrap_servers})
+    for value in (codec.encode_bar(odd), codec.encode_bar(fine)):
+        clean_fine.produce(Topics.for_job(clean).bars, value=value, key=b"SYMX", partition=0)
+    assert clean_fine.flush(30) == 0
+
+    for job in (clean, poisoned):
+        done = subprocess.run(
+            [*CLI, "process", "--job", job, "--metrics-port", "-1", "--until-caught-up"],
+            env=subprocess_env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+    client = redis.Redis.from_url(redis_url)
+
+    def outputs(job: str) -> dict[str, Any]:  # the offsets differ: two records more
+        return {k: v for k, v in redis_snapshot(client, job).items() if ":offset:" not in k}
+
+    assert outputs(poisoned) == outputs(clean)
+
+    db = tmp_path / "wh.duckdb"
+    load = subprocess.run(
+        [
+            *CLI,
+            "load",
+            "--job",
+            poisoned,
+            "--metrics-port",
+            "-1",
+            "--warehouse",
+            f"duckdb:///{db}",
+            "--until-caught-up",
+        ],
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert load.returncode == 0, load.stderr[-3000:]
+    with duckdb.connect(str(db), read_only=True) as con:
+        bars = con.execute("SELECT count(*) FROM bars WHERE job = ?", [poisoned]).fetchone()
+        metric = con.execute(
+            "SELECT count(*) FROM bar_metrics WHERE job = ?", [poisoned]
+        ).fetchone()
+    windows = len(DEFAULT_WINDOWS)
+    assert bars == (4_000 + 1,)  # every bar but the garbage and the ns-time one
+    assert metric == ((4_000 + 1) * windows,)
+
+    letters = list(iter_dead_letters(kafka, Topics.for_job(poisoned).deadletter))
+    by_worker: dict[str, list[dict[str, Any]]] = {}
+    for letter in letters:
+        by_worker.setdefault(letter.get("worker", "producer"), []).append(letter)
+    processor_letters = sorted(by_worker["processor"], key=lambda d: d["offset"])
+    assert [(d["topic"], d["partition"]) for d in processor_letters] == [(bars_topic, 0)] * 2
+    assert all(d["reason"] and d["kind"] == "bad_message" for d in processor_letters)
+    kinds = sorted(d["kind"] for d in by_worker["loader"])
+    assert kinds == ["bad_message", "bad_message", "time_precision", "time_precision"]
+    assert all(
+        "sub-microsecond" in d["reason"]
+        for d in by_worker["loader"]
+        if d["kind"] == "time_precision"
+    )
 
 
 # -------------------------------------------------------------------------- loader

@@ -80,8 +80,9 @@ def topics_table() -> str:
     rows += [
         f"| `{topics.bars.replace('.job.', '.<job>.')}` | bars, key = symbol |",
         f"| `{topics.metrics.replace('.job.', '.<job>.')}` | per-bar metrics documents |",
-        f"| `{topics.deadletter.replace('.job.', '.<job>.')}` | rejected source rows with "
-        "file, line and reason |",
+        f"| `{topics.deadletter.replace('.job.', '.<job>.')}` | rejected source rows (file, "
+        "line, reason), and records the processor or loader could not use (worker, topic, "
+        "partition, offset, reason) |",
         f"| `{topics.progress.replace('.job.', '.<job>.')}` | the producer's progress record "
         "(rows total, read, produced; compacted, one partition): the operator's status reads it |",
         f"| `{groups.processor.replace('.job.', '.<job>.')}` | processor consumer group |",

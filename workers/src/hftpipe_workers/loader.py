@@ -19,14 +19,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final, TypeVar
 
 import pandas as pd  # type: ignore[import-untyped]
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from . import codec
+from .bars import Bar
+from .codec import CodecError
 from .contract import Groups, Topics, job_id
+from .deadletters import BAD_MESSAGE, CONSUMER_KINDS, TIME_PRECISION, set_aside
 from .kafka_admin import wait_for_topics
 from .lifecycle import DrainClock, stop_on_signals
 from .metrics import SESSION, parse_window
@@ -46,10 +50,44 @@ from .warehouse.schema import BAR_METRICS, BARS
 
 log = logging.getLogger("hftpipe.loader")
 
+T = TypeVar("T")
+Poison = tuple[Message, str, str]
+"""A record set aside: the message, a kind (see :mod:`.deadletters`), the reason."""
 
-def bars_frame(job: str, values: list[bytes]) -> pd.DataFrame:
-    """Rows of the ``bars`` table from bars-topic values (pure)."""
-    bars = [codec.decode_bar(v) for v in values]
+
+NS_PER_US: Final = 1_000
+
+
+def usable(msgs: list[Message], decode: Callable[[bytes], T]) -> tuple[list[T], list[Poison]]:
+    """The decoded records the warehouse can store, and (message, kind, reason) of the
+    others (pure): a record that does not decode, or whose time has a sub-microsecond
+    part (the warehouse keeps microseconds; flooring it could merge two bars)."""
+    good: list[T] = []
+    bad: list[Poison] = []
+    for msg in msgs:
+        try:
+            record = decode(msg.value() or b"")
+        except CodecError as exc:
+            bad.append((msg, BAD_MESSAGE, str(exc)))
+            continue
+        ts_ns = record.ts_ns  # type: ignore[attr-defined]  # Bar and BarMetrics have it
+        if ts_ns % NS_PER_US:
+            bad.append(
+                (
+                    msg,
+                    TIME_PRECISION,
+                    f"bar time {ts_ns} ns has a sub-microsecond part, which the warehouse "
+                    "does not store (it keeps microseconds)",
+                )
+            )
+            continue
+        good.append(record)
+    return good, bad
+
+
+def bars_frame(job: str, values: list[bytes] | list[Bar]) -> pd.DataFrame:
+    """Rows of the ``bars`` table from bars-topic values or decoded bars (pure)."""
+    bars = [v if isinstance(v, Bar) else codec.decode_bar(v) for v in values]
     return pd.DataFrame(
         {
             "job": job,
@@ -66,7 +104,7 @@ def bars_frame(job: str, values: list[bytes]) -> pd.DataFrame:
     )
 
 
-def metrics_frame(job: str, values: list[bytes]) -> pd.DataFrame:
+def metrics_frame(job: str, values: list[bytes] | list[codec.BarMetrics]) -> pd.DataFrame:
     """Rows of the ``bar_metrics`` table (one per bar and window) from metrics-topic values.
 
     The session window becomes the ``session_vwap`` column of every row, not a row.
@@ -74,7 +112,7 @@ def metrics_frame(job: str, values: list[bytes]) -> pd.DataFrame:
     rows: list[tuple[Any, ...]] = []
     seconds: dict[str, int] = {}
     for value in values:
-        doc = codec.decode_bar_metrics(value)
+        doc = value if isinstance(value, codec.BarMetrics) else codec.decode_bar_metrics(value)
         session = next((m.vwap for m in doc.windows if m.window == SESSION), None)
         for m in doc.windows:
             if m.window == SESSION:
@@ -133,12 +171,13 @@ class Loader:
         # Topics, groups and the warehouse's job column carry the job id
         # (namespace-qualified under the operator); metric labels the plain name.
         self.job_id = job_id(job, namespace)
-        declare_series("loader", job)
+        declare_series("loader", job, CONSUMER_KINDS)
         self.batch_max, self.batch_seconds = batch_max, batch_seconds
         self.topics, self.groups = Topics.for_job(self.job_id), Groups.for_job(self.job_id)
         self.stop = threading.Event()
         # (topic, partition) -> next offset: rows in the warehouse, offset not committed.
         self._pending: dict[tuple[str, int], int] = {}
+        self._letters: Producer | None = None
 
     def install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT: finish and commit the current batch, then exit cleanly."""
@@ -249,8 +288,23 @@ class Loader:
         return batch
 
     def _load(self, consumer: Consumer, batch: list[Message], report: LoaderReport) -> None:
-        bar_values = [m.value() or b"" for m in batch if m.topic() == self.topics.bars]
-        metric_values = [m.value() or b"" for m in batch if m.topic() == self.topics.metrics]
+        bar_values, bad = usable(
+            [m for m in batch if m.topic() == self.topics.bars], codec.decode_bar
+        )
+        metric_values, bad_metrics = usable(
+            [m for m in batch if m.topic() == self.topics.metrics], codec.decode_bar_metrics
+        )
+        if bad or bad_metrics:
+            # Met again at every restart, they would crash-loop the loader: set aside,
+            # and acknowledged before the offsets move past them.
+            if self._letters is None:
+                self._letters = Producer(self.kafka.producer())
+            for msg, kind, reason in bad + bad_metrics:
+                set_aside(
+                    self._letters, self.topics.deadletter, self.job, "loader", msg, kind, reason
+                )
+            if self._letters.flush(60) > 0:
+                raise KafkaException("dead letters not acknowledged within 60 s")
         started = time.monotonic()
         if bar_values:
             n = self.sink.write("bars", bars_frame(self.job_id, bar_values))

@@ -72,7 +72,7 @@ ERRORS = Counter(
 )
 DEAD_LETTERS = Counter(
     "hftpipe_dead_letters",
-    "Source rows set aside to the dead-letter topic, by reason",
+    "Source rows, and records a consumer could not use, set aside to the dead-letter topic",
     ["job", "reason"],
     registry=REGISTRY,
 )

@@ -57,6 +57,7 @@ from confluent_kafka.admin import AdminClient
 from . import codec
 from .bars import Bar
 from .contract import Groups, RedisKeys, Topics, job_id
+from .deadletters import BAD_MESSAGE, set_aside
 from .kafka_admin import ensure_topics, partition_count, wait_for_topics
 from .lifecycle import DrainClock, stop_on_signals
 from .metrics import DEFAULT_WINDOWS, MetricsEngine, WindowColumns, WindowMetrics
@@ -307,7 +308,7 @@ class Processor:
         # operator); metric labels carry the plain name.
         self.job, self.kafka, self.redis_settings = job, kafka, redis_settings
         self.job_id = job_id(job, namespace)
-        declare_series("processor", job)
+        declare_series("processor", job, (BAD_MESSAGE,))
         self.windows = tuple(windows)
         self.batch_max = batch_max
         self.publish_metrics = publish_metrics
@@ -321,6 +322,7 @@ class Processor:
         self._parts: dict[int, _Partition] = {}
         self._consumer: Consumer | None = None
         self._delivery_errors: list[str] = []
+        self._letters: Producer | None = None  # dead letters, when metrics are not published
         self._pending: _Pending | None = None
         self._uncommitted: dict[int, int] = {}  # partition -> offset, in Redis, not in Kafka
         self._committed_at = 0.0
@@ -623,9 +625,16 @@ class Processor:
         """
         engine = part.engine
         ignored_before = engine.ignored
-        bars = codec.decode_bars([m.value() or b"" for m in msgs])
+        bars, bad = codec.decode_bars_lenient([m.value() or b"" for m in msgs])
+        letters = self._dead_letters(producer) if bad else None
+        for i, reason in bad:
+            # Met again at every restart, it would crash-loop the processor: set aside.
+            assert letters is not None
+            set_aside(
+                letters, self.topics.deadletter, self.job, "processor", msgs[i], BAD_MESSAGE, reason
+            )
         outputs: list[_Output] = []
-        for symbol, rows in _rows_by_symbol(bars.symbol):
+        for symbol, rows in _rows_by_symbol(bars.symbol) if bars.symbol else ():
             ts, seq, close, volume = bars.ts_ns, bars.seq, bars.close, bars.volume
             high, low = bars.high, bars.low
             if rows is not None:
@@ -646,7 +655,10 @@ class Processor:
             # records, absorbed by the loader's MERGE); the other order lost them for
             # good (issue 10, point 1: thousands of warehouse rows per SIGKILL run).
             self._publish(producer, outputs)
-            self._flush_metrics(producer)
+        flushed = letters if letters is not None else producer
+        if flushed is not None:
+            # Metrics and dead letters acknowledged before Redis moves past them.
+            self._flush_metrics(flushed)
         self._commit_to_redis(partition, part, outputs, next_offset, msgs)
         part.offset = next_offset
 
@@ -696,6 +708,14 @@ class Processor:
                 pending = failed  # the queue is full: let the broker take some, retry
                 producer.poll(0.05)
         self._records_published.inc(count)
+
+    def _dead_letters(self, producer: Producer | None) -> Producer:
+        """Where dead letters go: the metrics producer, or one of their own."""
+        if producer is not None:
+            return producer
+        if self._letters is None:
+            self._letters = Producer({**self.kafka.producer(), "delivery.report.only.error": True})
+        return self._letters
 
     def _flush_metrics(self, producer: Producer) -> None:
         """Wait until the broker has acknowledged every metrics record produced so far.
