@@ -14,6 +14,8 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +33,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from confluent_kafka.admin import AdminClient
 from oracle import assert_close, oracle, redis_history
 
+from hftpipe_devstack.procs import free_port
 from hftpipe_devstack.testing import CLI, produce, wait_for
 from hftpipe_workers import codec
 from hftpipe_workers import loader as loader_module
@@ -672,6 +675,79 @@ def test_records_a_consumer_cannot_use_are_dead_lettered_not_a_crash_loop(
         for d in by_worker["loader"]
         if d["kind"] == "time_precision"
     )
+
+
+def _status(port: int, path: str) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def test_a_processor_blocked_on_redis_fails_liveness_then_times_out(
+    subprocess_env: dict[str, str], redis_url: str, job: str, tmp_path: Path
+) -> None:
+    """Issue 10, point 7: /healthz said only that the process ran, and Redis calls had no
+    timeout: a processor blocked on a Redis that stopped answering looked healthy for
+    ever. Liveness now fails once the main loop has not come round for stall_seconds,
+    comes back when it does, and a Redis call fails after socket_timeout."""
+    source = generated_minute_file(tmp_path / "gen.csv", bars=20_000)
+    produce(subprocess_env, job, source, "--speed", "max")
+    client = redis.Redis.from_url(redis_url)
+    port = free_port()
+    env = {
+        **subprocess_env,
+        "HFTPIPE_STALL_SECONDS": "3",
+        "HFTPIPE_REDIS_SOCKET_TIMEOUT": "120",
+    }
+    log = tmp_path / "process.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*CLI, "process", "--job", job, "--metrics-port", str(port), "--batch-max", "500"],
+            env=env,
+            stdout=out,
+            stderr=out,
+        )
+    try:
+        wait_for(lambda: _redis_done(client, job) > 0, 60, "the processor to start writing")
+        assert _status(port, "/healthz") == 200
+        client.execute_command("CLIENT", "PAUSE", "20000", "WRITE")  # Redis stops answering
+        try:
+            wait_for(lambda: _status(port, "/healthz") == 503, 15, "liveness to fail")
+            assert _status(port, "/readyz") == 503
+        finally:
+            client.execute_command("CLIENT", "UNPAUSE")
+        wait_for(lambda: _status(port, "/healthz") == 200, 15, "liveness to come back")
+        wait_for(lambda: _redis_done(client, job) == 60_000, 120, "every bar in Redis")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
+
+    # A short socket timeout: the blocked call fails, the worker exits (its pod restarts).
+    # (rows past the 60,000th of a longer file: more records to process)
+    produce(
+        subprocess_env,
+        job,
+        generated_minute_file(tmp_path / "g2.csv", bars=30_000),
+        "--speed",
+        "max",
+    )
+    env["HFTPIPE_REDIS_SOCKET_TIMEOUT"] = "2"
+    proc = subprocess.Popen(
+        [*CLI, "process", "--job", job, "--metrics-port", "-1", "--batch-max", "500"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    wait_for(lambda: _redis_done(client, job) > 60_000, 60, "the processor to go on")
+    client.execute_command("CLIENT", "PAUSE", "20000", "WRITE")
+    try:
+        code = proc.wait(timeout=15)
+    finally:
+        client.execute_command("CLIENT", "UNPAUSE")
+    assert code != 0
+    assert b"Timeout" in (proc.stderr.read() if proc.stderr else b"")
 
 
 # -------------------------------------------------------------------------- loader

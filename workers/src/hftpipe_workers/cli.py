@@ -216,7 +216,7 @@ class _CurrentStderr:
         sys.stderr.flush()
 
 
-def _setup(log_json: bool, metrics_port: int) -> MetricsServer | None:
+def _setup(log_json: bool, metrics_port: int, stall_seconds: float = 120.0) -> MetricsServer | None:
     from .observability import MetricsServer  # noqa: PLC0415 - keep --help fast
 
     # The handler looks sys.stderr up at each write: a command run in-process (tests,
@@ -230,7 +230,7 @@ def _setup(log_json: bool, metrics_port: int) -> MetricsServer | None:
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
     if metrics_port < 0:
         return None
-    server = MetricsServer(metrics_port).start()
+    server = MetricsServer(metrics_port, stall_seconds=stall_seconds).start()
     logging.getLogger("hftpipe").info("metrics on :%d/metrics", server.port)
     return server
 
@@ -246,7 +246,7 @@ def produce(settings: ProduceSettings) -> None:
     from .producer import Replay  # noqa: PLC0415
 
     kafka = _connection(KafkaSettings, profile=settings.profile)
-    server = _setup(settings.log_json, settings.metrics_port)
+    server = _setup(settings.log_json, settings.metrics_port, settings.stall_seconds)
     topics = Topics.for_job(settings.job_id)
     if server:
         server.ready.set()
@@ -295,7 +295,7 @@ def process(settings: ProcessSettings) -> None:
 
     kafka = _connection(KafkaSettings, profile=settings.profile)
     redis_settings = _connection(RedisSettings)
-    server = _setup(settings.log_json, settings.metrics_port)
+    server = _setup(settings.log_json, settings.metrics_port, settings.stall_seconds)
     processor = Processor(
         job=settings.job,
         namespace=settings.namespace,
@@ -338,7 +338,7 @@ def load(settings: LoadSettings) -> None:
     from .warehouse import open_sink  # noqa: PLC0415
 
     kafka = _connection(KafkaSettings, profile=settings.profile)
-    server = _setup(settings.log_json, settings.metrics_port)
+    server = _setup(settings.log_json, settings.metrics_port, settings.stall_seconds)
     with open_sink(settings.warehouse) as sink:
         loader = Loader(
             job=settings.job,

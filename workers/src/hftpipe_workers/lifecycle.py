@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from confluent_kafka import KafkaException
 
-from .observability import LAG_EXPORT_SECONDS
+from .observability import HEARTBEAT, LAG_EXPORT_SECONDS
 
 Batch = TypeVar("Batch", bound=Sized)
 log = logging.getLogger("hftpipe.lifecycle")
@@ -81,15 +81,19 @@ class DrainClock:
     ) -> None:
         """The consuming loop: ``fetch`` a batch, ``handle`` it, until ``stop`` is set
         or (``until_caught_up``) the input is drained."""
-        while not stop.is_set():
-            self.before_poll()
-            batch = fetch()
-            if not batch:
-                if self.done_when_idle():
-                    return
-                continue
-            self.got_data()
-            handle(batch)
+        try:
+            while not stop.is_set():
+                HEARTBEAT.beat()
+                self.before_poll()
+                batch = fetch()
+                if not batch:
+                    if self.done_when_idle():
+                        return
+                    continue
+                self.got_data()
+                handle(batch)
+        finally:
+            HEARTBEAT.stop()
 
     def done_when_idle(self) -> bool:
         """Whether a worker in ``until_caught_up`` mode has drained its input."""

@@ -4,13 +4,15 @@ Names share the ``hftpipe_`` prefix. Dashboards and alert rules may only use
 names listed here (a test checks them against this registry), and the README's
 metrics table is generated from it.
 
-The endpoint serves ``/metrics`` and ``/healthz`` (liveness: the process runs)
-and ``/readyz`` (readiness: the worker has connected and is doing its job).
+The endpoint serves ``/metrics``, ``/healthz`` (liveness: the process runs and its
+main loop came round within ``stall_seconds``, see :class:`Heartbeat`) and ``/readyz``
+(readiness: the worker has connected and is doing its job, and is not stalled).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
 
@@ -157,16 +159,51 @@ LATEST_CLOSE = Gauge(
 READY = Gauge("hftpipe_ready", "1 when the worker is ready", ["worker", "job"], registry=REGISTRY)
 
 
+class Heartbeat:
+    """When a worker's main loop last came round (each batch, and each empty poll of a
+    few tens of milliseconds while idle).
+
+    A loop blocked in a call that never returns (a Redis that stopped answering, a
+    broker that takes no more records) stops beating: liveness then fails and the
+    kubelet restarts the pod, instead of a hung worker looking healthy for ever."""
+
+    def __init__(self) -> None:
+        self._last: float | None = None
+
+    def beat(self) -> None:
+        """The loop came round."""
+        self._last = time.monotonic()
+
+    def stop(self) -> None:
+        """The loop ended (the worker is finishing): nothing to watch any more."""
+        self._last = None
+
+    def stalled_for(self) -> float:
+        """Seconds since the last beat; 0 while no loop runs."""
+        return 0.0 if self._last is None else time.monotonic() - self._last
+
+
+HEARTBEAT = Heartbeat()
+"""The heartbeat of this process's worker loop (:class:`.lifecycle.DrainClock` beats it)."""
+
+
 class _Handler(BaseHTTPRequestHandler):
     ready: ClassVar[threading.Event]
+    stall_seconds: ClassVar[float]
 
     def do_GET(self) -> None:
+        stalled = HEARTBEAT.stalled_for()
+        alive = stalled <= self.stall_seconds
         if self.path.startswith("/metrics"):
             body, status, ctype = generate_latest(REGISTRY), 200, CONTENT_TYPE_LATEST
         elif self.path.startswith("/healthz"):
-            body, status, ctype = b"ok\n", 200, "text/plain"
+            body, status, ctype = (
+                (b"ok\n", 200, "text/plain")
+                if alive
+                else (f"main loop stalled for {stalled:.0f} s\n".encode(), 503, "text/plain")
+            )
         elif self.path.startswith("/readyz"):
-            ok = self.ready.is_set()
+            ok = self.ready.is_set() and alive
             body, status, ctype = (
                 (b"ok\n", 200, "text/plain") if ok else (b"not ready\n", 503, "text/plain")
             )
@@ -185,9 +222,16 @@ class _Handler(BaseHTTPRequestHandler):
 class MetricsServer:
     """``/metrics``, ``/healthz`` and ``/readyz`` on a background thread."""
 
-    def __init__(self, port: int, host: str = "0.0.0.0") -> None:  # noqa: S104 - pods listen on all
+    def __init__(
+        self,
+        port: int,
+        host: str = "0.0.0.0",  # noqa: S104 - pods listen on all
+        stall_seconds: float = 120.0,
+    ) -> None:
         self.ready = threading.Event()
-        handler = type("Handler", (_Handler,), {"ready": self.ready})
+        handler = type(
+            "Handler", (_Handler,), {"ready": self.ready, "stall_seconds": stall_seconds}
+        )
         self._server = ThreadingHTTPServer((host, port), handler)
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)

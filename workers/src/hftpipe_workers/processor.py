@@ -93,7 +93,10 @@ class RedisStateLost(RuntimeError):
 
 def redis_client(settings: RedisSettings) -> redis.Redis:
     """A Redis client from settings (URL, optional ACL user/password and TLS CA)."""
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {
+        "socket_timeout": settings.socket_timeout,
+        "socket_connect_timeout": min(10.0, settings.socket_timeout),
+    }
     if settings.username:
         kwargs["username"] = settings.username
     if settings.password:

@@ -206,6 +206,10 @@ class RedisSettings(BaseSettings):
     history_limit: int = Field(default=100_000, ge=0)
     """Bars of per-symbol history kept in Redis (older ones are trimmed); 0 keeps none."""
 
+    socket_timeout: float = Field(default=30.0, gt=0)
+    """Seconds a Redis call may take before it fails (the worker exits and restarts)
+    rather than hang: a Redis that stops answering never stalls a processor for ever."""
+
 
 class JobSettings(BaseSettings):
     """Which replay job a worker belongs to (``HFTPIPE_JOB``)."""
@@ -268,6 +272,10 @@ class WorkerSettings(JobSettings):
 
     log_json: bool = False
     """Structured JSON logs (for log shippers) instead of plain text."""
+
+    stall_seconds: float = Field(default=120.0, gt=0)
+    """/healthz fails when the processor's or loader's main loop has not come round for
+    this long (a call that hangs): the kubelet then restarts the pod."""
 
 
 class ProduceSettings(WorkerSettings):
