@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import io
+import lzma
+import random
 from pathlib import Path
 from typing import get_args
 
@@ -308,8 +311,104 @@ def test_fractional_unix_seconds_keep_their_fraction() -> None:
     text = f"Timestamp,Open,High,Low,Close,Volume\n{T0}.25,1,1,1,1,1\n{T0 + 1}.000001,1,1,1,1,1\n"
     bars, _, _ = read_all(reader_for(text, symbol="X"))
     assert bars[0].ts_ns == T0 * NS_PER_SECOND + 250_000_000
-    # A double resolves ~0.2 us at this magnitude: the nearest ns to the double is kept.
-    assert abs(bars[1].ts_ns - ((T0 + 1) * NS_PER_SECOND + 1000)) < 300
+    assert bars[1].ts_ns == (T0 + 1) * NS_PER_SECOND + 1000
+
+
+# Each text, as a double, is off by tens or hundreds of nanoseconds (1700000000.123 is
+# 1700000000.1229999065...): times are read from the text, exactly (issue 10, point 3).
+UNIX_TEXTS = [
+    ("unix_s", "1700000000.123", 1_700_000_000_123_000_000),
+    ("unix_s", "1700000060.999", 1_700_000_060_999_000_000),
+    ("unix_s", "1700000000.123456789", 1_700_000_000_123_456_789),
+    ("unix_s", "1700000000.000000001", 1_700_000_000_000_000_001),
+    ("unix_s", "1700000000.1234567895", 1_700_000_000_123_456_790),  # half a ns: away from 0
+    ("unix_s", "1700000000.12345678949", 1_700_000_000_123_456_789),
+    ("unix_s", "1700000000", 1_700_000_000_000_000_000),
+    ("unix_s", "1700000000.", 1_700_000_000_000_000_000),
+    ("unix_s", "+1700000000.5", 1_700_000_000_500_000_000),
+    ("unix_s", "-1.123456789", -1_123_456_789),
+    ("unix_s", ".5", 500_000_000),
+    ("unix_s", "1.700000000123e9", 1_700_000_000_123_000_000),
+    ("unix_s", "0001700000000.25", 1_700_000_000_250_000_000),
+    ("unix_ms", "1700000000123.456789", 1_700_000_000_123_456_789),
+    ("unix_ms", "1700000000123", 1_700_000_000_123_000_000),
+    ("unix_ms", "1700000000999.9999999", 1_700_000_001_000_000_000),
+]
+
+
+@pytest.mark.parametrize("quoted", [False, True], ids=["plain", "quoted-block"])
+def test_unix_times_are_exact_integers_from_their_text(quoted: bool) -> None:
+    for fmt in ("unix_s", "unix_ms"):
+        cases = [(text, ns) for f, text, ns in UNIX_TEXTS if f == fmt]
+        # One row per time, each its own symbol (so order does not matter).
+        extra = (",x", ',"a"') if quoted else ("", "")
+        lines = [f"t,o,h,l,c,v,sym{extra[0]}"]
+        lines += [f"{text},1,1,1,1,1,S{i}{extra[1]}" for i, (text, _) in enumerate(cases)]
+        mapping = ColumnMapping.parse(
+            f"time=t:{fmt},open=o,high=h,low=l,close=c,volume=v,symbol=sym"
+        )
+        bars, rejected, _ = read_all(reader_for("\n".join(lines) + "\n", mapping=mapping))
+        assert rejected == []
+        assert [(b.symbol, b.ts_ns) for b in bars] == [
+            (f"S{i}", ns) for i, (_, ns) in enumerate(cases)
+        ], fmt
+
+
+@pytest.mark.parametrize(
+    ("fmt", "texts", "expected"),
+    [
+        ("unix_s", ["1700000000.123", "1700000060.999"], [1_700_000_000_123, 1_700_000_060_999]),
+        ("unix_s", ["1700000000", "1700000060"], [1_700_000_000_000, 1_700_000_060_000]),
+        ("unix_s", ["1700000000.", "1700000060."], [1_700_000_000_000, 1_700_000_060_000]),
+        ("unix_s", ["9200000000.00", "9199999999.99"], [None, 9_199_999_999_990]),
+        ("unix_ms", ["1700000000123", "1700000060999"], [1_700_000_000_123, 1_700_000_060_999]),
+    ],
+)
+def test_unix_times_of_one_width_are_exact(
+    fmt: str, texts: list[str], expected: list[int | None]
+) -> None:
+    # Every time with the same width and point: the fast way, which most files take.
+    # (expected in milliseconds; None: not a time hftpipe can hold)
+    lines = ["t,open,high,low,close,volume", *(f"{t},1,1,1,1,1" for t in texts)]
+    mapping = ColumnMapping.parse(f"time=t:{fmt}")
+    bars, rejected, _ = read_all(reader_for("\n".join(lines) + "\n", mapping=mapping, symbol="X"))
+    assert [b.ts_ns for b in bars] == [e * 1_000_000 for e in expected if e is not None]
+    assert [r.kind for r in rejected] == ["time"] * expected.count(None)
+
+
+def test_unix_times_of_one_width_round_to_the_nearest_nanosecond() -> None:
+    text = "t,open,high,low,close,volume\n1700000000.1234567895,1,1,1,1,1\n"
+    text += "1700000001.1234567894,1,1,1,1,1\n"
+    mapping = ColumnMapping.parse("time=t:unix_s")
+    bars, _, _ = read_all(reader_for(text, mapping=mapping, symbol="X"))
+    assert [b.ts_ns for b in bars] == [1_700_000_000_123_456_790, 1_700_000_001_123_456_789]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "x", "1e", ".", "-", "1.2.3", "1_700_000_000", "inf", "NaN", "9200000000", "0x10", "1 2"],
+)
+def test_text_that_is_no_unix_time_is_a_bad_row(text: str) -> None:
+    csv_text = f"timestamp,open,high,low,close,volume\n{T0},1,1,1,1,1\n{text},1,1,1,1,1\n"
+    bars, rejected, _ = read_all(reader_for(csv_text, symbol="X"))
+    assert len(bars) == 1
+    assert [(r.line, r.kind) for r in rejected] == [(3, "time")]
+
+
+def test_iso_times_with_nanoseconds_are_exact() -> None:
+    text = (
+        "timestamp,open,high,low,close,volume\n"
+        "2023-11-14T22:13:20.000000001Z,1,1,1,1,1\n"
+        "2023-11-14T23:13:20.123456789+01:00,1,1,1,1,1\n"
+        "2023-11-14 22:13:21.999999999,1,1,1,1,1\n"
+    )
+    bars, rejected, _ = read_all(reader_for(text, symbol="X"))
+    assert rejected == []
+    assert [b.ts_ns for b in bars] == [
+        1_700_000_000_000_000_001,
+        1_700_000_000_123_456_789,
+        1_700_000_001_999_999_999,
+    ]
 
 
 def test_iso_times_with_offsets_and_naive_times_are_utc() -> None:
@@ -420,3 +519,170 @@ def test_read_bars_and_bar_batches() -> None:
     assert list(again.bars()) == bars
     assert list(batch.take(np.array([1])).bars()) == bars[1:]
     assert len(BarBatch.from_bars([])) == 0
+
+
+# -- sources that are no clean UTF-8 CSV (issue 10, point 16) ----------------------
+
+HEADER = "timestamp,open,high,low,close,volume\n"
+
+
+def rows_text(count: int, first: int = T0) -> str:
+    return "".join(f"{first + 60 * i},1,2,0.5,1.5,10\n" for i in range(count))
+
+
+def read_source(data: bytes, **kwargs: object) -> tuple[BarReader, list[Bar], list[RejectedRow]]:
+    reader = BarReader(io.BytesIO(data), source="test.csv", symbol="X", **kwargs)  # type: ignore[arg-type]
+    bars, rejected, _ = read_all(reader)
+    return reader, bars, rejected
+
+
+def source_error(data: bytes | io.BufferedIOBase, **kwargs: object) -> str:
+    from hftpipe_workers.csvformat import SourceError  # noqa: PLC0415 - new in issue 10
+
+    stream = io.BytesIO(data) if isinstance(data, bytes) else data
+    with pytest.raises(SourceError) as err:
+        list(BarReader(stream, source="test.csv", symbol="X", **kwargs))  # type: ignore[arg-type]
+    message = str(err.value)
+    assert "\n" not in message
+    return message
+
+
+def test_layout_errors_are_source_errors() -> None:
+    from hftpipe_workers.csvformat import SourceError  # noqa: PLC0415
+
+    assert issubclass(LayoutError, SourceError)
+    assert issubclass(SourceError, ValueError)
+
+
+def test_an_empty_file_is_refused() -> None:
+    message = source_error(b"")
+    assert message.startswith("test.csv: the file is empty")
+
+
+@pytest.mark.parametrize("after", ["", "\n\n", "\r\n\r\n"])
+def test_a_header_without_rows_is_refused(after: str) -> None:
+    message = source_error((HEADER + after).encode())
+    assert message.startswith("test.csv:")
+    assert "no data row" in message
+
+
+def test_a_header_without_rows_is_refused_with_a_mapping_too() -> None:
+    mapping = ColumnMapping.parse("time=timestamp:unix_s")
+    assert "no data row" in source_error(HEADER.encode(), mapping=mapping)
+
+
+def test_binary_data_is_refused_on_line_1() -> None:
+    garbage = random.Random(7).randbytes(4096)
+    message = source_error(garbage)
+    assert message.startswith("test.csv:1: ")
+    assert "not UTF-8 text" in message
+
+
+def test_a_carriage_return_inside_the_header_is_refused() -> None:
+    # The probe's binary file: csv's "new-line character seen in unquoted field" before.
+    message = source_error(b"timestamp,open\rhigh,low,close,volume\n1,2,3,4,5,6\n")
+    assert message.startswith("test.csv:1: ")
+    assert "carriage return" in message
+
+
+def test_a_header_without_a_line_break_is_refused() -> None:
+    message = source_error(b"timestamp" * 200_000)
+    assert message.startswith("test.csv:1: ")
+    assert "no line break" in message
+
+
+@pytest.mark.parametrize(
+    ("data", "kind"),
+    [
+        (gzip.compress(HEADER.encode()), "gzip"),
+        (bz2.compress(HEADER.encode()), "bzip2"),
+        (lzma.compress(HEADER.encode()), "xz"),
+        (b"PK\x03\x04" + bytes(40), "zip"),
+    ],
+    ids=["gzip", "bzip2", "xz", "zip"],
+)
+def test_compressed_data_under_a_plain_name_is_named(data: bytes, kind: str) -> None:
+    message = source_error(data)
+    assert message.startswith("test.csv:1: ")
+    assert kind in message
+
+
+@pytest.mark.parametrize(
+    ("encoding", "name"),
+    [
+        ("utf-16", "UTF-16LE"),  # with a byte-order mark
+        ("utf-16-le", "UTF-16LE"),  # without one
+        ("utf-16-be", "UTF-16BE"),
+        ("utf-32", "UTF-32LE"),
+        ("utf-8-sig", "UTF-8"),
+    ],
+)
+def test_utf16_and_utf32_text_is_decoded(encoding: str, name: str) -> None:
+    reader, bars, rejected = read_source((HEADER + rows_text(3)).encode(encoding))
+    assert rejected == []
+    assert [b.ts_ns // NS_PER_SECOND for b in bars] == [T0, T0 + 60, T0 + 120]
+    assert [b.line for b in bars] == [2, 3, 4]
+    assert reader.encoding == name
+
+
+def test_a_gzip_stream_cut_short_names_the_line_and_the_cause() -> None:
+    whole = gzip.compress((HEADER + rows_text(50_000)).encode())
+    cut = gzip.GzipFile(fileobj=io.BytesIO(whole[: len(whole) // 2]))
+    message = source_error(cut, block_bytes=1 << 16)
+    line = int(message.split(":")[1])
+    assert 2 < line < 50_000
+    assert "truncated" in message
+
+
+def test_lines_ending_in_cr_cr_lf_are_rows() -> None:
+    data = (HEADER + rows_text(5)).replace("\n", "\r\r\n").encode()
+    for block_bytes in (1 << 20, 40):
+        _, bars, rejected = read_source(data, block_bytes=block_bytes)
+        assert rejected == []
+        assert [b.line for b in bars] == [2, 3, 4, 5, 6]
+
+
+def test_a_carriage_return_inside_a_line_is_a_bad_row() -> None:
+    data = (HEADER + rows_text(3)).encode().replace(b",2,0.5,1.5,10\n", b",2,0.5\r,1.5,10\n", 1)
+    _, bars, rejected = read_source(data)
+    assert [b.line for b in bars] == [3, 4]
+    assert [(r.line, r.kind) for r in rejected] == [(2, "text")]
+    assert "carriage return" in rejected[0].reason
+
+
+def test_nul_bytes_and_bad_utf8_in_a_line_are_bad_rows() -> None:
+    lines = (HEADER + rows_text(5)).encode().splitlines(keepends=True)
+    lines[2] = lines[2].replace(b",2,", b",2\x003,")  # would parse as 2 otherwise
+    lines[4] = lines[4].replace(b",10", b",10\xff")
+    _, bars, rejected = read_source(b"".join(lines))
+    assert [b.line for b in bars] == [2, 4, 6]
+    assert [(r.line, r.kind) for r in rejected] == [(3, "text"), (5, "text")]
+    assert "NUL" in rejected[0].reason
+    assert "UTF-8" in rejected[1].reason
+
+
+def test_a_symbol_in_another_encoding_is_a_bad_row_not_a_crash() -> None:
+    data = b"timestamp,open,high,low,close,volume,symbol\n" + f"{T0},1,2,0.5,1.5,10,".encode()
+    data += "café\n".encode("latin-1") + f"{T0},1,2,0.5,1.5,10,BTC\n".encode()
+    reader = BarReader(io.BytesIO(data), source="test.csv")
+    bars, rejected, _ = read_all(reader)
+    assert [(b.symbol, b.line) for b in bars] == [("BTC", 3)]
+    assert [(r.line, r.kind) for r in rejected] == [(2, "text")]
+
+
+def test_a_field_over_csv_modules_limit_is_a_bad_row() -> None:
+    # 20 MB of digits in the time field: csv's "field larger than field limit" before.
+    long_line = f"{'9' * 1_000_000},1,2,0.5,1.5,10"
+    data = (HEADER + rows_text(2) + long_line + "\n" + rows_text(2, T0 + 600)).encode()
+    for block_bytes in (1 << 22, 1 << 16):
+        _, bars, rejected = read_source(data, block_bytes=block_bytes)
+        assert [b.line for b in bars] == [2, 3, 5, 6]
+        assert [(r.line, r.kind, len(r.text)) for r in rejected] == [(4, "time", len(long_line))]
+
+
+def test_an_unclosed_quote_is_one_bad_row() -> None:
+    lines = (HEADER + rows_text(4)).splitlines(keepends=True)
+    lines[2] = lines[2].replace(",2,", ',"2,', 1)
+    _, bars, rejected = read_source("".join(lines).encode())
+    assert [b.line for b in bars] == [2, 4, 5]
+    assert [(r.line, r.kind) for r in rejected] == [(3, "fields")]

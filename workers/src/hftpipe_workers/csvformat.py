@@ -17,18 +17,32 @@ every line at once, which ties each parsed row to its file line even when
 malformed lines are dropped; pandas' C parser converts the good lines; every
 check is an array operation. Python-level work is done only for rejected rows.
 
-Limits: fields are comma-separated and UTF-8; a quoted field may hold commas
-but not line breaks (such a row is reported as a field-count error). Numbers
-are parsed correctly rounded, so a price equals ``float()`` of its text.
+Limits: fields are comma-separated UTF-8 text (UTF-16 and UTF-32, recognised by a
+byte-order mark or by the zero bytes of ASCII text, are converted); a quoted field
+may hold commas but not line breaks (such a row is reported as a field-count
+error). Lines end in ``\n``, ``\r\n`` or ``\r\r\n``; a line holding a NUL byte, a
+``\r`` before its end or bytes that are not UTF-8 is a bad row (``text``). Numbers
+are parsed correctly rounded, so a price equals ``float()`` of its text; unix
+times are read from their text as exact integers (never through a double, which
+is hundreds of nanoseconds off at today's times).
+
+A source that cannot be read at all (empty, a header and no row, binary data,
+compressed data under a plain name, a stream that fails) raises
+:class:`SourceError`: one line naming the file, the line, the cause and what to do.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import gzip
 import io
+import lzma
 import re
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation
 from typing import ClassVar, Final, Literal, Protocol, cast, get_args
 
 import numpy as np
@@ -77,11 +91,184 @@ class Readable(Protocol):
 
     def read(self, size: int, /) -> bytes | str: ...
 
-    def readline(self) -> bytes | str: ...
+
+class ByteReadable(Protocol):
+    """A file object read as bytes (:func:`utf8_stream` gives one)."""
+
+    def read(self, size: int, /) -> bytes: ...
 
 
-class LayoutError(ValueError):
+class SourceError(ValueError):
+    """The source cannot be replayed. The message is one line: the file (and the line,
+    where one applies, as ``file:line:``), the cause and what to do."""
+
+
+class LayoutError(SourceError):
     """The header does not match a known layout or the given column mapping."""
+
+
+def one_line(text: object) -> str:
+    """``text`` with every run of whitespace, line breaks included, as one space."""
+    return " ".join(str(text).split())
+
+
+_CORRUPT: Final = (zlib.error, lzma.LZMAError, gzip.BadGzipFile)
+_CORRUPT_NAMED: Final = ("ZstdError", "BadZipFile")
+"""Errors of decompressors not imported here (zstandard, zipfile), by name."""
+
+
+def read_error(source: str, line: int, exc: BaseException) -> SourceError:
+    """The :class:`SourceError` for a stream that failed while line ``line`` was read."""
+    if isinstance(exc, SourceError):
+        return exc
+    detail = one_line(exc) or type(exc).__name__
+    if isinstance(exc, EOFError):
+        cause = (
+            f"the compressed data ends early ({detail}): the file is truncated (a download "
+            "or copy cut short?); fetch it again"
+        )
+    elif isinstance(exc, _CORRUPT) or type(exc).__name__ in _CORRUPT_NAMED:
+        cause = (
+            f"the compressed data is corrupt ({type(exc).__name__}: {detail}): fetch the "
+            "file again, and check that its suffix names its compression"
+        )
+    else:
+        cause = f"reading failed: {type(exc).__name__}: {detail}"
+    return SourceError(f"{source}:{line}: {cause}")
+
+
+# -- text encodings -------------------------------------------------------------------
+
+_BOMS: Final = (
+    (codecs.BOM_UTF32_LE, "utf-32-le", "UTF-32LE"),
+    (codecs.BOM_UTF32_BE, "utf-32-be", "UTF-32BE"),
+    (codecs.BOM_UTF16_LE, "utf-16-le", "UTF-16LE"),
+    (codecs.BOM_UTF16_BE, "utf-16-be", "UTF-16BE"),
+)
+
+
+def _as_bytes(data: bytes | str) -> bytes:
+    return data.encode() if isinstance(data, str) else data
+
+
+class _Prefixed:
+    """A stream with bytes already read from it put back in front."""
+
+    def __init__(self, head: bytes, stream: Readable) -> None:
+        self._head, self._stream = head, stream
+
+    def read(self, size: int, /) -> bytes:
+        if self._head:
+            head, self._head = self._head, b""
+            return head
+        return _as_bytes(self._stream.read(size))
+
+
+class _Decoded:
+    """A stream of UTF-16 or UTF-32 text, read as UTF-8 bytes (text that does not
+    decode becomes U+FFFD, so its rows are set aside, not the file)."""
+
+    def __init__(self, head: bytes, stream: Readable, codec: str) -> None:
+        self._stream = stream
+        self._decoder = codecs.getincrementaldecoder(codec)("replace")
+        self._head = self._decoder.decode(head).encode()
+
+    def read(self, size: int, /) -> bytes:
+        if self._head:
+            head, self._head = self._head, b""
+            return head
+        while True:
+            raw = _as_bytes(self._stream.read(size))
+            text = self._decoder.decode(raw, final=not raw)
+            if text or not raw:
+                return text.encode()
+
+
+def utf8_stream(stream: Readable) -> tuple[ByteReadable, str]:
+    """``stream`` as UTF-8 bytes, and the name of the encoding it was in.
+
+    UTF-16 and UTF-32 are recognised by their byte-order mark, and UTF-16 without one
+    by the zero bytes of its ASCII characters (a CSV header is ASCII), and converted;
+    anything else is taken as UTF-8 (its byte-order mark, if any, is left for the
+    reader to drop). Reads the first bytes of ``stream``.
+    """
+    head = b""
+    while len(head) < 4:
+        data = _as_bytes(stream.read(4 - len(head)))
+        if not data:
+            break
+        head += data
+    for bom, codec, name in _BOMS:
+        if head.startswith(bom):
+            return _Decoded(head[len(bom) :], stream, codec), name
+    if len(head) == 4 and head[0] and not head[1] and head[2] and not head[3]:
+        return _Decoded(head, stream, "utf-16-le"), "UTF-16LE"
+    if len(head) == 4 and not head[0] and head[1] and not head[2] and head[3]:
+        return _Decoded(head, stream, "utf-16-be"), "UTF-16BE"
+    return _Prefixed(head, stream), "UTF-8"
+
+
+_COMPRESSED: Final = (
+    (b"\x1f\x8b", "gzip", ".gz"),
+    (re.compile(rb"BZh[1-9]1AY&SY"), "bzip2", ".bz2"),
+    (b"\xfd7zXZ\x00", "xz", ".xz"),
+    (b"\x28\xb5\x2f\xfd", "zstd", ".zst"),
+    (b"PK\x03\x04", "zip", ".zip"),
+)
+
+HEADER_LIMIT: Final = 1 << 20
+"""Longest header line read (bytes): a file with no line break that early is no CSV."""
+
+
+def _header_text(source: str, raw: bytes, *, complete: bool) -> str:
+    """Line 1 as text, or a :class:`SourceError` saying why the file is no CSV."""
+    where = f"{source}:1"
+    if not raw:
+        raise LayoutError(
+            f"{source}: the file is empty: expected a header line naming the columns, then "
+            "rows (a download or export that wrote nothing?)"
+        )
+    for magic, kind, suffix in _COMPRESSED:
+        if magic.match(raw) if isinstance(magic, re.Pattern) else raw.startswith(magic):
+            raise SourceError(
+                f"{where}: the file holds {kind}-compressed data but its name does not say "
+                f"so: name it *{suffix} (the suffix chooses the decompression: .gz, .bz2, "
+                ".xz, .zst, .zip)"
+            )
+    if raw.startswith(b"PAR1"):
+        raise SourceError(f"{where}: the file is Parquet, not CSV text: export it as CSV")
+    if not complete:
+        raise SourceError(
+            f"{where}: no line break in the first {HEADER_LIMIT // 1024} KiB: this is no "
+            "CSV header (binary data, or compressed data under a plain name?)"
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SourceError(
+            f"{where}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column "
+            f"{exc.start + 1}): the file is binary, or text in another encoding (Latin-1, "
+            "Windows-1252?); save it as UTF-8"
+        ) from None
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        raise SourceError(
+            f"{where}: a NUL byte at column {nul + 1} of the header: the file is binary, "
+            "or text in UTF-16/UTF-32 without a byte-order mark; save it as UTF-8"
+        )
+    text = text.lstrip("\ufeff").rstrip("\r\n")
+    cr = text.find("\r")
+    if cr >= 0:
+        raise SourceError(
+            f"{where}: a carriage return (\\r) at column {cr + 1} inside the header: are "
+            "the file's lines ended by a bare \\r (classic Mac OS)? convert its line "
+            "breaks to \\n or \\r\\n"
+        )
+    if not text.strip():
+        raise LayoutError(
+            f"{where}: the file starts with a blank line; expected a header line naming the columns"
+        )
+    return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,6 +501,7 @@ def layout_from_mapping(
 
 
 REJECT_KINDS: Final = (
+    "text",
     "fields",
     "time",
     "symbol",
@@ -439,23 +627,137 @@ def _as_float(series: pd.Series) -> FloatArray:
     return cast(FloatArray, series.to_numpy(dtype=np.float64, na_value=np.nan))
 
 
+# Unix times are read from their text, never through a double: 1700000000.123 as a
+# double is 1700000000.12299990654, 93 ns early (issue 10, point 3). Plain decimal text
+# ([+-]digits[.digits]) is converted with integer arithmetic on arrays of its bytes;
+# anything else (exponents, blanks around it, very long text) one value at a time
+# with Decimal. Either way a fraction finer than a nanosecond is rounded to the
+# nearest, half a nanosecond away from zero.
+_POW10: Final = 10 ** np.arange(19, dtype=np.int64)
+_PLACES: Final = {"unix_s": 9, "unix_ms": 6}
+"""Digits of a fraction of the unit that are whole nanoseconds."""
+_FAST_WIDTH: Final = 24
+"""Time texts up to this many bytes go the array way."""
+
+
+def _exact_unix_ns(text: object, fmt: str) -> int:
+    """The nanoseconds of one unix time text, exactly; NaT when it is no time."""
+    if not isinstance(text, str):
+        return int(_NAT)  # missing
+    t = text.strip()
+    if not t or len(t) > 64 or "_" in t or not t.isascii():
+        return int(_NAT)
+    try:
+        value = Decimal(t)
+    except InvalidOperation:
+        return int(_NAT)
+    if not value.is_finite() or abs(value) >= int(_MAX_ABS_UNIX[fmt]):
+        return int(_NAT)
+    ns = Context(prec=100).multiply(value, Decimal(_NS_PER_UNIT[fmt]))
+    return int(ns.to_integral_value(rounding=ROUND_HALF_UP))
+
+
+def _unix_text_to_ns(
+    data: npt.NDArray[np.uint8],
+    begin: IntArray,
+    end: IntArray,
+    fmt: str,
+    text_at: Callable[[int], str],
+) -> IntArray:
+    """Unix seconds or milliseconds to int64 ns, exactly; bad values to NaT.
+
+    Value ``i`` is the text ``data[begin[i]:end[i]]``; ``text_at(i)`` gives it as a
+    string, for the values that go the slow way. The fast way reads the texts one
+    character position at a time, for all values at once (Horner's scheme on arrays).
+    """
+    n = len(begin)
+    unit, places, limit = _NS_PER_UNIT[fmt], _PLACES[fmt], int(_MAX_ABS_UNIX[fmt])
+    lengths = end - begin
+    width = int(min(lengths.max(initial=0), _FAST_WIDTH))
+    if n and (lengths == width).all():
+        uniform = _uniform_unix_ns(data, begin, width, unit, places, limit)
+        if uniform is not None:
+            return uniform
+    whole = np.zeros(n, dtype=np.int64)
+    fraction = np.zeros(n, dtype=np.int64)
+    whole_digits = np.zeros(n, dtype=np.int64)
+    fraction_digits = np.zeros(n, dtype=np.int64)
+    negative = np.zeros(n, dtype=np.bool_)
+    after_point = np.zeros(n, dtype=np.bool_)
+    half_up = np.zeros(n, dtype=np.bool_)
+    plain = (lengths > 0) & (lengths <= width)
+    last = len(data) - 1
+    for j in range(width):
+        inside = lengths > j
+        char = data[np.minimum(begin + j, last)] if last >= 0 else np.zeros(n, np.uint8)
+        digit = char - np.uint8(ord("0"))  # wraps around below "0": a digit is < 10
+        is_digit = inside & (digit < 10)
+        is_point = inside & (char == ord("."))
+        other = inside & ~is_digit & ~is_point
+        if j == 0:
+            negative = inside & (char == ord("-"))
+            other &= ~negative & (char != ord("+"))
+        plain &= ~other & ~(is_point & after_point)
+        in_whole = is_digit & ~after_point
+        whole = np.where(in_whole, whole * 10 + digit, whole)
+        whole_digits += in_whole
+        in_fraction = is_digit & after_point
+        fraction = np.where(
+            in_fraction & (fraction_digits < places), fraction * 10 + digit, fraction
+        )
+        half_up |= in_fraction & (fraction_digits == places) & (digit >= 5)
+        fraction_digits += in_fraction
+        after_point |= is_point
+    plain &= (whole_digits + fraction_digits > 0) & (whole_digits <= 15)
+    fraction *= _POW10[places - np.minimum(fraction_digits, places)]
+    ok = plain & (whole < limit)
+    magnitude = np.where(ok, whole, 0) * unit + fraction + half_up
+    out = np.where(ok, np.where(negative, -magnitude, magnitude), _NAT)
+    for i in np.flatnonzero(~plain).tolist():
+        out[i] = _exact_unix_ns(text_at(i), fmt)
+    return cast(IntArray, out)
+
+
+def _uniform_unix_ns(
+    data: npt.NDArray[np.uint8], begin: IntArray, width: int, unit: int, places: int, limit: int
+) -> IntArray | None:
+    """:func:`_unix_text_to_ns` for texts of one width with the point (if any) in one
+    place, such as ``1325317920.0`` on every line (most files): None for other texts."""
+    point = None
+    columns = []
+    for j in range(width):
+        char = data[begin + j]
+        digit = char - np.uint8(ord("0"))  # wraps around below "0": a digit is < 10
+        if (digit < 10).all():
+            columns.append(digit)
+        elif point is None and (char == ord(".")).all():
+            point = j
+        else:
+            return None
+    whole_digits = width if point is None else point
+    if not columns or whole_digits > 15:
+        return None
+    whole = np.zeros(len(begin), dtype=np.int64)
+    for digit in columns[:whole_digits]:
+        whole = whole * 10 + digit
+    fraction = np.zeros(len(begin), dtype=np.int64)
+    for digit in columns[whole_digits : whole_digits + places]:
+        fraction = fraction * 10 + digit
+    fraction_digits = len(columns) - whole_digits
+    fraction *= int(_POW10[places - min(fraction_digits, places)])
+    if fraction_digits > places:
+        fraction += columns[whole_digits + places] >= 5
+    ok = whole < limit
+    return cast(IntArray, np.where(ok, np.where(ok, whole, 0) * unit + fraction, _NAT))
+
+
 def _unix_to_ns(series: pd.Series, fmt: str) -> IntArray:
-    """Unix seconds or milliseconds (possibly fractional) to int64 ns; bad values to NaT."""
-    unit = _NS_PER_UNIT[fmt]
-    limit = _MAX_ABS_UNIX[fmt]
-    if series.dtype.kind in "iu":
-        ints = series.to_numpy(dtype=np.int64)
-        ok = np.abs(ints) < limit
-        return np.where(ok, ints * unit, _NAT)
-    values = _as_float(series)
-    with np.errstate(invalid="ignore"):
-        ok = np.isfinite(values) & (np.abs(values) < limit)
-    values = np.where(ok, values, 0.0)
-    # Split whole units from the fraction so that whole values convert exactly,
-    # however large; the fraction is rounded to the nearest nanosecond.
-    whole = np.floor(values)
-    frac_ns = np.rint((values - whole) * unit).astype(np.int64)
-    return np.where(ok, whole.astype(np.int64) * unit + frac_ns, _NAT)
+    """Unix time texts (a column read as text; missing values are NaN) to int64 ns."""
+    return np.fromiter(
+        (_exact_unix_ns(v, fmt) for v in series.to_numpy(dtype=object)),
+        dtype=np.int64,
+        count=len(series),
+    )
 
 
 # pandas' ISO8601 parser (2.3) gives a naive time that follows a time with an
@@ -490,7 +792,27 @@ def _iso_to_ns(series: pd.Series, *, may_hold_offsets: bool) -> IntArray:
 
 
 def _fields_of(text: str) -> list[str]:
-    return next(csv.reader([text]), [])
+    """The fields of one line (for messages and detection; never raises)."""
+    try:
+        return next(csv.reader([text]), [])
+    except csv.Error:  # a field over csv's size limit, a stray line break
+        return text.split(",")
+
+
+def _count_fields(text: str) -> tuple[int, str | None]:
+    """Fields of one line with quotes, or -1 and why it cannot be split into fields."""
+    try:
+        return len(next(csv.reader([text], strict=True), [])), None
+    except csv.Error as exc:
+        if "unexpected end of data" in str(exc):
+            return -1, (
+                "a quoted field is not closed on its line (a quoted field may hold "
+                "commas, not line breaks)"
+            )
+    try:  # other quoting oddities are read as pandas reads them
+        return len(next(csv.reader([text]), [])), None
+    except csv.Error as exc:
+        return -1, f"the line cannot be split into fields: {exc}"
 
 
 class BarReader:
@@ -504,7 +826,11 @@ class BarReader:
     a time range; rows outside it are counted in ``out_of_range`` and not checked
     further. ``symbol`` names the symbol of files without a symbol column.
     ``layout`` names the layout the file must have (see :func:`detect_layout`);
-    it cannot be combined with a ``mapping``.
+    it cannot be combined with a ``mapping``. :attr:`encoding` says what the file
+    was in (``UTF-8``, ``UTF-16LE``...: see :func:`utf8_stream`).
+
+    A source that cannot be read (empty, no data row, not CSV text, a stream that
+    fails) raises :class:`SourceError`, when the reader is built or while iterating.
     """
 
     def __init__(
@@ -524,7 +850,6 @@ class BarReader:
             raise ValueError(
                 f"{self.source}: give a column mapping or a layout ({layout}), not both"
             )
-        self._stream = stream
         self._block_bytes = block_bytes
         self._start = start_ns if start_ns is not None else np.iinfo(np.int64).min + 1
         self._end = end_ns if end_ns is not None else np.iinfo(np.int64).max
@@ -537,24 +862,34 @@ class BarReader:
         self._seq = 0
         self._last: dict[str, tuple[int, int]] = {}  # symbol -> (ts_ns, line) last accepted
 
-        header_line = self._read_line()
-        if not header_line.strip():
-            raise LayoutError(
-                f"{self.source}: the file is empty or starts with a blank line; "
-                "expected a header line naming the columns"
-            )
-        header = [h.strip() for h in _fields_of(header_line.lstrip("\ufeff").rstrip("\r\n"))]
-        self._pending = b""
+        try:
+            self._stream, self.encoding = utf8_stream(stream)
+        except Exception as exc:  # whatever stops the stream: one message
+            raise read_error(self.source, 1, exc) from exc
+
+        buf = bytearray()
+        header_end = self._line_end(buf, 0, limit=HEADER_LIMIT, line=1)
+        complete = header_end >= 0
+        raw = bytes(buf[:header_end] if complete else buf)
+        text = _header_text(self.source, raw, complete=complete)
+        header = [h.strip() for h in _fields_of(text)]
+        # Peek at the first data line (blank lines skipped): it tells ISO text from unix
+        # times, and a file without one is refused before anything else happens.
+        start, line = header_end, 2
+        while True:
+            end = self._line_end(buf, start, limit=None, line=line)
+            first = bytes(buf[start:end]).rstrip(b"\r\n")
+            if first or end == start:
+                break
+            start, line = end, line + 1
+        self._pending = bytes(buf[header_end:])  # from line 2 on
         if mapping is not None:
             self.layout = layout_from_mapping(header, mapping, source=self.source)
         else:
-            # Peek at the first data line; it stays pending for the first block.
-            first = self._read_line()
-            self._pending = first.encode()
             self.layout = detect_layout(
                 header,
                 source=self.source,
-                first_row=_fields_of(first.rstrip("\r\n")),
+                first_row=_fields_of(first.decode("utf-8", "replace")) if first else None,
                 expect=layout,
             )
         if self.layout.symbol is None and not symbol:
@@ -563,30 +898,52 @@ class BarReader:
                 "give the symbol of its bars: hftpipe produce --symbol BTCUSD "
                 "(HFTPIPE_SYMBOL; a ReplayJob's spec.source.symbol)"
             )
+        if not first:
+            raise SourceError(
+                f"{self.source}:{line}: no data row after the header (line 1): nothing to "
+                "replay; is the file complete (a download or export cut short?)"
+            )
         self._symbol = symbol or ""
         self._ncols = len(header)
+        self._time_index = header.index(self.layout.time)
         self._usecols = [self.layout.time, *self.layout.ohlcv]
         if self.layout.symbol is not None:
             self._usecols.append(self.layout.symbol)
         self._na_values = {c: _MISSING_TEXT for c in self._usecols if c != self.layout.symbol}
-        self._dtypes = {c: str for c in self._usecols if c == self.layout.symbol}
-        if self.layout.time_format == "iso":
-            self._dtypes[self.layout.time] = str
+        # Times are text: ISO for pandas' parser, unix for the exact one.
+        self._dtypes = {c: str for c in (self.layout.time, self.layout.symbol) if c is not None}
 
-    def _read_line(self) -> str:
-        line = self._stream.readline()
-        return line.decode("utf-8", "replace") if isinstance(line, bytes) else line
+    def _read(self, size: int, line: int) -> bytes:
+        """Up to ``size`` bytes (b"" at the end); a failure is a :class:`SourceError`
+        naming ``line``, the line being read."""
+        try:
+            return self._stream.read(size)
+        except Exception as exc:  # whatever stops the stream: one message
+            raise read_error(self.source, line, exc) from exc
 
-    def _read_block(self) -> bytes:
-        data = self._stream.read(self._block_bytes)
-        return data.encode() if isinstance(data, str) else data
+    def _line_end(self, buf: bytearray, start: int, *, limit: int | None, line: int) -> int:
+        """Index just past the line that starts at ``buf[start]``, reading more of the
+        stream into ``buf`` as needed: ``len(buf)`` at the end of the stream, -1 for a
+        line longer than ``limit`` bytes."""
+        scan = start
+        while True:
+            found = buf.find(b"\n", scan)
+            if found >= 0:
+                return found + 1 if limit is None or found - start < limit else -1
+            if limit is not None and len(buf) - start >= limit:
+                return -1
+            scan = len(buf)
+            data = self._read(1 << 16 if limit is not None else self._block_bytes, line)
+            if not data:
+                return len(buf)
+            buf += data
 
     def _blocks(self) -> Iterator[tuple[bytes, int]]:
         """Blocks of whole lines, each with the file line number of its first line."""
         line_no = 2
         pending = self._pending
         while True:
-            data = self._read_block()
+            data = self._read(self._block_bytes, line_no + pending.count(b"\n"))
             if not data:
                 if pending:
                     yield pending, line_no
@@ -609,29 +966,36 @@ class BarReader:
         breaks = np.flatnonzero(arr == ord("\n"))
         ends = breaks if block.endswith(b"\n") else np.append(breaks, len(arr))
         starts = np.concatenate(([0], breaks + 1))[: len(ends)]
-        has_cr = (ends > starts) & (arr[np.maximum(ends - 1, 0)] == ord("\r"))
-        text_ends = ends - has_cr  # line content without "\r\n"
+        text_ends = _text_ends(arr, block, starts, ends)  # line content without its "\r"s
         line_nos = first_line + np.arange(len(ends), dtype=np.int64)
         blank = text_ends == starts
-
-        if b'"' in block:
-            # Quoted fields may hide commas: count fields properly, line by line.
-            nfields = np.array(
-                [
-                    len(_fields_of(block[s:e].decode("utf-8", "replace")))
-                    for s, e in zip(starts.tolist(), text_ends.tolist(), strict=True)
-                ],
-                dtype=np.int64,
-            )
-        else:
-            commas = np.flatnonzero(arr == ord(","))
-            nfields = np.searchsorted(commas, text_ends) - np.searchsorted(commas, starts) + 1
-        good = ~blank & (nfields == self._ncols)
 
         def text_of(i: int) -> str:
             return block[starts[i] : text_ends[i]].decode("utf-8", "replace")
 
+        # Lines that are no clean text: pandas would cut them elsewhere, or misread them.
+        problems = _text_problems(block, arr, starts, text_ends, blank)
+        commas: IntArray | None = None
+        if b'"' in block:
+            # Quoted fields may hide commas: count fields properly, line by line.
+            nfields = np.zeros(len(ends), dtype=np.int64)
+            for i in np.flatnonzero(~blank).tolist():
+                if i not in problems:
+                    nfields[i], why = _count_fields(text_of(i))
+                    if why is not None:
+                        problems[i] = ("fields", why)
+        else:
+            commas = np.flatnonzero(arr == ord(","))
+            nfields = np.searchsorted(commas, text_ends) - np.searchsorted(commas, starts) + 1
+        clean = np.ones(len(ends), dtype=np.bool_)
+        clean[list(problems)] = False
+        good = ~blank & clean & (nfields == self._ncols)
+
         rejected = [
+            RejectedRow(self.source, int(line_nos[i]), text_of(i), kind, why)
+            for i, (kind, why) in problems.items()
+        ]
+        rejected += [
             RejectedRow(
                 self.source,
                 int(line_nos[i]),
@@ -640,35 +1004,41 @@ class BarReader:
                 f"expected {self._ncols} comma-separated fields as in the header, "
                 f"found {nfields[i]}",
             )
-            for i in np.flatnonzero(~blank & ~good).tolist()
+            for i in np.flatnonzero(~blank & clean & ~good).tolist()
         ]
         n_blank = int(blank.sum())
         self.stats.blank_lines += n_blank
         self.stats.lines += len(ends) - n_blank
 
         good_idx = np.flatnonzero(good)
-        if len(good_idx) == len(ends):
-            data = block
-        else:
-            next_starts = np.append(starts[1:], len(arr))
-            data = arr[np.repeat(good, next_starts - starts)].tobytes()
         if len(good_idx):
-            frame = pd.read_csv(
-                io.BytesIO(data),
-                header=None,
-                names=list(self.layout.header),
-                usecols=self._usecols,
-                dtype=self._dtypes,
-                keep_default_na=False,
-                na_values=self._na_values,
-                skip_blank_lines=False,
-                engine="c",
-                # Correctly rounded, so a price equals float() of its text.
-                float_precision="round_trip",
-            )
-            offsets = self.layout.time_format == "iso" and _may_hold_offsets(data)
+            frame, ts = self._read_frame(arr, block, starts, text_ends, ends, good, commas)
+            if len(frame) != len(good_idx):
+                # pandas split the lines otherwise than they were counted (quoting that
+                # csv and pandas read differently): set the quoted lines aside, read again.
+                quoted = np.array([b'"' in block[starts[i] : ends[i]] for i in good_idx])
+                rejected += [
+                    RejectedRow(
+                        self.source,
+                        int(line_nos[i]),
+                        text_of(i),
+                        "fields",
+                        "its quoting cannot be read consistently: quote whole fields only",
+                    )
+                    for i in good_idx[quoted].tolist()
+                ]
+                good[good_idx[quoted]] = False
+                good_idx = np.flatnonzero(good)
+                frame, ts = self._read_frame(arr, block, starts, text_ends, ends, good, None)
+                if len(frame) != len(good_idx):  # never seen: refuse rather than misalign
+                    raise SourceError(
+                        f"{self.source}:{first_line}: lines {first_line} to "
+                        f"{first_line + len(ends) - 1} cannot be split into rows "
+                        "consistently; please report this file"
+                    )
+            offsets = self.layout.time_format == "iso" and _may_hold_offsets(block)
             chunk = self._check_rows(
-                frame, line_nos[good_idx], lambda j: text_of(good_idx[j]), offsets=offsets
+                frame, line_nos[good_idx], lambda j: text_of(good_idx[j]), offsets=offsets, ts=ts
             )
         else:
             chunk = ParsedChunk(_empty_batch(), [], 0, 0)
@@ -677,12 +1047,75 @@ class BarReader:
         self.stats.rejected += len(rejected)
         return ParsedChunk(chunk.bars, rejected, chunk.out_of_range, n_blank)
 
+    def _read_frame(
+        self,
+        arr: npt.NDArray[np.uint8],
+        block: bytes,
+        starts: IntArray,
+        text_ends: IntArray,
+        ends: IntArray,
+        good: BoolArray,
+        commas: IntArray | None,
+    ) -> tuple[pd.DataFrame, IntArray | None]:
+        """The good lines' columns, and their unix times when read from the block itself
+        (lines without quotes, whose fields lie between the commas found)."""
+        lay = self.layout
+        usecols = self._usecols
+        ts: IntArray | None = None
+        rows = np.flatnonzero(good)
+        if lay.time_format != "iso" and commas is not None:
+            first_comma = np.searchsorted(commas, starts[rows])
+            col = self._time_index
+            begin = starts[rows] if col == 0 else commas[first_comma + col - 1] + 1
+            end = commas[first_comma + col] if col < self._ncols - 1 else text_ends[rows]
+            ts = _unix_text_to_ns(
+                arr,
+                begin,
+                end,
+                lay.time_format,
+                lambda i: block[begin[i] : end[i]].decode("utf-8", "replace"),
+            )
+            usecols = [c for c in usecols if c != lay.time]
+        extra_cr = bool((text_ends[rows] < ends[rows] - 1).any())
+        if len(rows) == len(starts) and not extra_cr:
+            data = block
+        else:
+            line_bytes = np.append(starts[1:], len(arr)) - starts
+            keep = np.repeat(good, line_bytes)
+            if extra_cr:
+                # Lines ending in "\r\r\n": pandas would see a line break in each "\r".
+                end_of_text = np.repeat(text_ends, line_bytes)
+                keep &= ~((np.arange(len(arr)) >= end_of_text) & (arr == ord("\r")))
+            data = arr[keep].tobytes()
+        frame = pd.read_csv(
+            io.BytesIO(data),
+            header=None,
+            names=list(lay.header),
+            usecols=usecols,
+            dtype=self._dtypes,
+            keep_default_na=False,
+            na_values=self._na_values,
+            skip_blank_lines=False,
+            engine="c",
+            # Correctly rounded, so a price equals float() of its text.
+            float_precision="round_trip",
+        )
+        return frame, ts
+
     def _check_rows(
-        self, frame: pd.DataFrame, lines: IntArray, text_of: _TextOf, *, offsets: bool
+        self,
+        frame: pd.DataFrame,
+        lines: IntArray,
+        text_of: _TextOf,
+        *,
+        offsets: bool,
+        ts: IntArray | None = None,
     ) -> ParsedChunk:
         lay = self.layout
         n = len(frame)
-        if lay.time_format == "iso":
+        if ts is not None:
+            pass  # unix times, read exactly from the block
+        elif lay.time_format == "iso":
             ts = _iso_to_ns(frame[lay.time], may_hold_offsets=offsets)
         else:
             ts = _unix_to_ns(frame[lay.time], lay.time_format)
@@ -830,6 +1263,79 @@ _TIME_HELP: Final = {
 def _field(text: str, index: int) -> str:
     fields = _fields_of(text)
     return fields[index] if index < len(fields) else ""
+
+
+def _text_ends(
+    arr: npt.NDArray[np.uint8], block: bytes, starts: IntArray, ends: IntArray
+) -> IntArray:
+    """Where each line's text ends: before its line break and every "\r" just before it
+    (a "\r\n" file converted once more ends its lines in "\r\r\n")."""
+    if b"\r\r" not in block:
+        has_cr = (ends > starts) & (arr[np.maximum(ends - 1, 0)] == ord("\r"))
+        return cast(IntArray, ends - has_cr)
+    not_cr = np.where(arr != ord("\r"), np.arange(len(arr)), -1)
+    last_text = np.maximum.accumulate(not_cr)[np.maximum(ends - 1, 0)] + 1
+    return cast(IntArray, np.clip(last_text, starts, ends))
+
+
+def _first_in_line(
+    positions: IntArray, starts: IntArray, text_ends: IntArray
+) -> tuple[IntArray, IntArray]:
+    """Lines holding one of ``positions`` (sorted) before their text ends, and the first
+    such position of each."""
+    first = np.searchsorted(positions, starts)
+    at = positions[np.minimum(first, len(positions) - 1)]
+    lines = np.flatnonzero((first < len(positions)) & (at < text_ends))
+    return lines, at[lines]
+
+
+def _text_problems(
+    block: bytes,
+    arr: npt.NDArray[np.uint8],
+    starts: IntArray,
+    text_ends: IntArray,
+    blank: BoolArray,
+) -> dict[int, tuple[str, str]]:
+    """Lines (index in the block) that are no clean UTF-8 text: kind and reason."""
+    problems: dict[int, tuple[str, str]] = {}
+    if b"\x00" in block:
+        lines, at = _first_in_line(np.flatnonzero(arr == 0), starts, text_ends)
+        for i, pos in zip(lines.tolist(), at.tolist(), strict=True):
+            problems[i] = (
+                "text",
+                f"a NUL byte at column {pos - starts[i] + 1}: binary data, or text in "
+                "UTF-16/UTF-32 without a byte-order mark (save the file as UTF-8)",
+            )
+    if b"\r" in block:
+        lines, at = _first_in_line(np.flatnonzero(arr == ord("\r")), starts, text_ends)
+        for i, pos in zip(lines.tolist(), at.tolist(), strict=True):
+            problems.setdefault(
+                i,
+                (
+                    "text",
+                    f"a carriage return (\\r) at column {pos - starts[i] + 1}, inside the "
+                    "line: lines must end in \\n or \\r\\n, and a field cannot hold a "
+                    "line break",
+                ),
+            )
+    if not block.isascii():
+        try:
+            block.decode("utf-8")
+        except UnicodeDecodeError:
+            for i in np.flatnonzero(~blank).tolist():
+                line = block[starts[i] : text_ends[i]]
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    problems.setdefault(
+                        i,
+                        (
+                            "text",
+                            f"not UTF-8 text (byte 0x{line[exc.start]:02x} at column "
+                            f"{exc.start + 1}): save the file as UTF-8",
+                        ),
+                    )
+    return dict(sorted(problems.items()))
 
 
 def _empty_batch() -> BarBatch:
