@@ -13,6 +13,13 @@ there. Because the idempotent producer keeps order within a partition, "every
 bar of partition p with seq <= the last seq in p" is exactly the set delivered:
 no duplicates, no gaps.
 
+Bad sources: the source is opened, its header understood and (unless counting is
+off) read to its end before any topic is created, so a file that cannot be replayed
+leaves nothing behind. Whatever stops it (no such file, an HTTP status, missing S3
+credentials, binary data, a truncated archive) is a
+:class:`~.csvformat.SourceError`: one line naming the file, the line where it
+applies, the cause and what to do.
+
 Progress: while it sends, the producer keeps its metrics current (records out
 and rows done, at least every 0.5 s) and about once a second writes a
 :class:`~.contract.ProducerProgress` record to the job's compacted progress
@@ -24,6 +31,9 @@ from __future__ import annotations
 
 import io
 import logging
+import math
+import os
+import socket
 import sys
 import time
 import zlib
@@ -41,7 +51,18 @@ from confluent_kafka.admin import AdminClient
 
 from . import codec
 from .contract import PROGRESS_TOPIC_CONFIG, ProducerProgress, Topics
-from .csvformat import REJECT_KINDS, BarBatch, BarReader, ColumnMapping, LayoutName, RejectedRow
+from .csvformat import (
+    REJECT_KINDS,
+    BarBatch,
+    BarReader,
+    ColumnMapping,
+    LayoutName,
+    RejectedRow,
+    SourceError,
+    one_line,
+    read_error,
+    utf8_stream,
+)
 from .deadletters import excerpt
 from .kafka_admin import ensure_topics, partition_count
 from .observability import (
@@ -170,11 +191,15 @@ def open_source(url: str) -> tuple[IO[bytes], Callable[[], float]]:
     """Open ``url`` for streaming; also return a function giving the fraction read.
 
     The fraction is measured on the raw (compressed) bytes, so progress works
-    for gzip files too.
+    for gzip files too. A source that cannot be opened is a :class:`SourceError`
+    saying why (see :func:`open_error`).
     """
-    fs_file = fsspec.open(url, mode="rb")
-    raw: IO[bytes] = fs_file.open()
-    size = float(fs_file.fs.size(fs_file.path) or 0)
+    try:
+        fs_file = fsspec.open(url, mode="rb")
+        raw: IO[bytes] = fs_file.open()
+        size = float(fs_file.fs.size(fs_file.path) or 0)
+    except Exception as exc:  # whatever stops it: one message that says why
+        raise open_error(url, exc) from exc
     compression = fsspec.utils.infer_compression(url)
     stream: IO[bytes] = raw
     if compression:
@@ -190,16 +215,148 @@ def open_source(url: str) -> tuple[IO[bytes], Callable[[], float]]:
     return stream, fraction
 
 
+def _error_type(module: str, name: str) -> type[BaseException] | None:
+    """An exception class of a library, if that library was imported at all (an
+    exception of a library that never loaded cannot be at hand)."""
+    found = getattr(sys.modules.get(module), name, None)
+    return found if isinstance(found, type) and issubclass(found, BaseException) else None
+
+
+def _is(exc: BaseException, module: str, name: str) -> bool:
+    kind = _error_type(module, name)
+    return kind is not None and isinstance(exc, kind)
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what caused it, outermost first (fsspec wraps an HTTP status or a
+    refused connection in a bare FileNotFoundError)."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+_S3_CREDENTIALS: Final = (
+    "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (a ReplayJob: spec.source.s3.credentials."
+    "secretRef), or give the pod an IAM role"
+)
+
+
+def _http_status(status: int, reason: str) -> str:
+    if status in (404, 410):
+        hint = "the server has no file at this URL: check it"
+    elif status in (401, 403):
+        hint = (
+            "the server wants credentials the producer does not send: use a URL that "
+            "needs none (a pre-signed URL, or s3:// with credentials)"
+        )
+    elif status >= 500:
+        hint = "the server failed: try again later"
+    else:
+        hint = "check the URL"
+    return f"HTTP {status} {reason}: {hint}"
+
+
+def _connect_error(exc: BaseException) -> str:
+    host, port = getattr(exc, "host", "?"), getattr(exc, "port", "?")
+    os_error = getattr(exc, "os_error", None)
+    if isinstance(os_error, socket.gaierror):
+        reason = f"the host name does not resolve ({os_error.strerror})"
+    elif isinstance(os_error, OSError) and os_error.errno:
+        reason = os.strerror(os_error.errno).lower()
+    else:
+        reason = one_line(os_error or exc)
+    return (
+        f"cannot connect to {host}:{port}: {reason}: check the URL, and that the server "
+        "runs and is reachable from here"
+    )
+
+
+def _library_error(exc: BaseException) -> str | None:  # noqa: PLR0911 - one case per kind
+    """What an error of the HTTP or S3 client says, in words; None for other errors."""
+    if _is(exc, "botocore.exceptions", "NoCredentialsError"):
+        return (
+            "no AWS credentials: none in the environment, a profile, a web identity "
+            f"token or an instance role; set {_S3_CREDENTIALS}"
+        )
+    if _is(exc, "botocore.exceptions", "PartialCredentialsError"):
+        missing = getattr(exc, "kwargs", {}).get("cred_var", "a variable")
+        provider = getattr(exc, "kwargs", {}).get("provider", "?")
+        where = "the environment" if provider == "env" else provider
+        return (
+            f"incomplete AWS credentials: {missing} is missing (the rest is in {where}); "
+            f"set {_S3_CREDENTIALS}"
+        )
+    if _is(exc, "botocore.exceptions", "ClientError"):
+        error = getattr(exc, "response", {}).get("Error", {})
+        code, message = str(error.get("Code", "?")), str(error.get("Message", ""))
+        if code in ("404", "NoSuchKey", "NoSuchBucket", "NotFound"):
+            return f"no such S3 object ({code} {message}): check the bucket and the key"
+        return (
+            f"S3 refused the request ({code} {message}): check {_S3_CREDENTIALS}, and the "
+            "bucket's policy"
+        )
+    if _is(exc, "botocore.exceptions", "EndpointConnectionError"):
+        return f"{one_line(exc)}: check AWS_ENDPOINT_URL and that the endpoint is reachable"
+    if _is(exc, "aiohttp", "ClientResponseError"):
+        return _http_status(int(getattr(exc, "status", 0)), str(getattr(exc, "message", "")))
+    if _is(exc, "aiohttp", "ClientConnectorError"):
+        return _connect_error(exc)
+    if _is(exc, "aiohttp", "ServerTimeoutError") or isinstance(exc, TimeoutError):
+        return f"no answer in time ({one_line(exc) or 'timeout'}): try again later"
+    return None
+
+
+def _other_error(url: str, exc: BaseException) -> str:  # noqa: PLR0911 - one case per kind
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory: name a file"
+    if isinstance(exc, FileNotFoundError):
+        if "://" in url and not url.startswith("file://"):
+            return f"no such file: check the URL ({one_line(exc)})"
+        return "no such file: check the path (in a pod: below the source volume's mount path)"
+    if isinstance(exc, PermissionError):
+        return "permission denied: the producer may not read it"
+    if isinstance(exc, ImportError):
+        return f"this kind of URL needs a package that is not installed ({exc.name})"
+    if isinstance(exc, ValueError) and "protocol" in str(exc).lower():
+        return f"{one_line(exc)}: give a path, or a file://, s3://, http:// or https:// URL"
+    return f"cannot open it: {type(exc).__name__}: {one_line(exc)}"
+
+
+def open_error(url: str, exc: BaseException) -> SourceError:
+    """The :class:`SourceError` for ``url`` that could not be opened: the HTTP status,
+    the refused connection, the missing S3 credential, the missing file..."""
+    for cause in _causes(exc):
+        if isinstance(cause, SourceError):
+            return cause
+        said = _library_error(cause)
+        if said is not None:
+            return SourceError(f"{url}: {said}")
+    return SourceError(f"{url}: {_other_error(url, exc)}")
+
+
 def count_rows(url: str) -> int:
-    """Data rows in the file (lines minus the header, blank lines excluded): for ETA."""
+    """Data rows in the file (lines minus the header, blank lines excluded): for ETA.
+
+    Reads the whole file: a stream that fails (a truncated archive...) is a
+    :class:`SourceError` naming the line it got to.
+    """
     stream, _ = open_source(url)
+    lines, last = 0, b"\n"
     with stream:
-        lines, last = 0, b"\n"
-        for block in iter(lambda: stream.read(1 << 22), b""):
-            lines += block.count(b"\n") - block.count(b"\n\n")
-            last = block[-1:]
-        if last != b"\n":
-            lines += 1
+        try:
+            text, _encoding = utf8_stream(stream)
+            # Small reads: a stream that fails loses the read in progress, and the
+            # line reported is the first one not read.
+            for block in iter(lambda: text.read(1 << 16), b""):
+                lines += block.count(b"\n") - block.count(b"\n\n")
+                last = block[-1:]
+        except Exception as exc:  # whatever stops the stream: one message
+            raise read_error(url, lines + 1, exc) from exc
+    if last != b"\n":
+        lines += 1
     return max(0, lines - 1)
 
 
@@ -236,7 +393,7 @@ class _Progress:
         total = f"/{self.total:,}" if self.total else ""
         print(
             f"[produce] {rows:,}{total} rows ({done:6.1%}), {rows / elapsed:,.0f} rows/s, "
-            f"ETA {eta:,.0f} s",
+            + (f"ETA {eta:,.0f} s" if math.isfinite(eta) else "ETA unknown"),
             file=sys.stderr,
             flush=True,
         )
@@ -339,8 +496,33 @@ class Replay:
             log.warning("progress record not delivered to %s: %s", self.progress_topic, err)
             ERRORS.labels("producer", self.job, "progress").inc()
 
+    def _reader(self, stream: IO[bytes]) -> BarReader:
+        return BarReader(
+            stream,
+            source=self.source,
+            symbol=self.symbol,
+            mapping=self.mapping,
+            layout=self.layout,
+            start_ns=self.start_ns,
+            end_ns=self.end_ns,
+        )
+
+    def _check_source(self) -> None:
+        """Open the source and read its header (and first row): a :class:`SourceError`
+        if it cannot be replayed. Before anything is created in Kafka."""
+        stream, _ = open_source(self.source)
+        with stream:
+            reader = self._reader(stream)
+        if reader.encoding != "UTF-8":
+            log.info(
+                "%s is %s text: converted to UTF-8 as it is read", self.source, reader.encoding
+            )
+
     def run(self) -> ReplayReport:
-        """Replay the file; raises if any record could not be delivered."""
+        """Replay the file; raises if any record could not be delivered, and a
+        :class:`SourceError` (before creating topics, if it can) for a bad source."""
+        self._check_source()
+        total = count_rows(self.source) if self.count_source_rows else 0
         admin = AdminClient(self.kafka.common())
         if self.create_topics:
             ensure_topics(
@@ -371,7 +553,6 @@ class Replay:
                 resume.last_seq,
                 resume.last_dead_line,
             )
-        total = count_rows(self.source) if self.count_source_rows else 0
         REPLAY_ROWS_TOTAL.labels(self.job).set(total)
         live.rows_total = total
         producer = Producer({**self.kafka.producer(), "on_delivery": self._on_delivery})
@@ -383,29 +564,27 @@ class Replay:
             stack.enter_context(stream)
             if self.show_progress:
                 live.printer = _Progress(total, fraction)
-            reader = BarReader(
-                stream,
-                source=self.source,
-                symbol=self.symbol,
-                mapping=self.mapping,
-                layout=self.layout,
-                start_ns=self.start_ns,
-                end_ns=self.end_ns,
-            )
+            reader = self._reader(stream)
             log.info(
                 "reading %s: %s; pacing: %s", self.source, reader.layout.describe(), self.pacing
             )
-            for chunk in reader:
-                report.out_of_range += chunk.out_of_range
-                live.rejected += len(chunk.rejected)
-                for row in chunk.rejected:
-                    if row.line > resume.last_dead_line:
-                        self._dead_letter(producer, row)
-                        report.dead_lettered += 1
-                report.rows_read += len(chunk.rejected) + chunk.out_of_range
-                self._send(producer, chunk.bars, partitions, resume, pacer, started, report)
-                if self._failed:
-                    break
+            try:
+                for chunk in reader:
+                    report.out_of_range += chunk.out_of_range
+                    live.rejected += len(chunk.rejected)
+                    for row in chunk.rejected:
+                        if row.line > resume.last_dead_line:
+                            self._dead_letter(producer, row)
+                            report.dead_lettered += 1
+                    report.rows_read += len(chunk.rejected) + chunk.out_of_range
+                    self._send(producer, chunk.bars, partitions, resume, pacer, started, report)
+                    if self._failed:
+                        break
+            except SourceError:
+                # The source failed part way (not counted first): what was read is
+                # delivered, so that a rerun resumes after it.
+                producer.flush(60)
+                raise
             remaining = producer.flush(60)
         if self._failed or remaining:
             raise KafkaException(
