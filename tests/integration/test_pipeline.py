@@ -30,7 +30,7 @@ import pandas as pd  # type: ignore[import-untyped]
 import pytest
 import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, ConfigResource, ConfigSource
 from oracle import assert_close, oracle, redis_history
 
 from hftpipe_devstack.procs import free_port
@@ -677,6 +677,12 @@ def test_records_a_consumer_cannot_use_are_dead_lettered_not_a_crash_loop(
     )
 
 
+def _pause_writes(client: redis.Redis, ms: int | None) -> None:
+    """CLIENT PAUSE <ms> WRITE (Redis stops answering writes), or UNPAUSE with None."""
+    args = ("CLIENT", "PAUSE", str(ms), "WRITE") if ms is not None else ("CLIENT", "UNPAUSE")
+    client.execute_command(*args)  # type: ignore[no-untyped-call]
+
+
 def _status(port: int, path: str) -> int:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
@@ -712,12 +718,12 @@ def test_a_processor_blocked_on_redis_fails_liveness_then_times_out(
     try:
         wait_for(lambda: _redis_done(client, job) > 0, 60, "the processor to start writing")
         assert _status(port, "/healthz") == 200
-        client.execute_command("CLIENT", "PAUSE", "20000", "WRITE")  # Redis stops answering
+        _pause_writes(client, 20_000)  # Redis stops answering
         try:
             wait_for(lambda: _status(port, "/healthz") == 503, 15, "liveness to fail")
             assert _status(port, "/readyz") == 503
         finally:
-            client.execute_command("CLIENT", "UNPAUSE")
+            _pause_writes(client, None)
         wait_for(lambda: _status(port, "/healthz") == 200, 15, "liveness to come back")
         wait_for(lambda: _redis_done(client, job) == 60_000, 120, "every bar in Redis")
     finally:
@@ -741,13 +747,80 @@ def test_a_processor_blocked_on_redis_fails_liveness_then_times_out(
         stderr=subprocess.PIPE,
     )
     wait_for(lambda: _redis_done(client, job) > 60_000, 60, "the processor to go on")
-    client.execute_command("CLIENT", "PAUSE", "20000", "WRITE")
+    _pause_writes(client, 20_000)
     try:
         code = proc.wait(timeout=15)
     finally:
-        client.execute_command("CLIENT", "UNPAUSE")
+        _pause_writes(client, None)
     assert code != 0
     assert b"Timeout" in (proc.stderr.read() if proc.stderr else b"")
+
+
+def test_job_topics_keep_their_records_and_workers_refuse_a_gap_left_by_retention(
+    subprocess_env: dict[str, str], kafka: KafkaSettings, job: str, tmp_path: Path
+) -> None:
+    """Issue 10, point 6: the job's topics got the broker's retention (7 days by default)
+    while the status and the workers assume they start at offset 0, and a worker whose
+    position fell out of retention silently went on from the topic's new start. The
+    topics now keep their records (retention set explicitly, infinite: a job's topics
+    are its data until the job is deleted), and a worker whose next records were
+    deleted stops and says so."""
+    longer = generated_minute_file(tmp_path / "longer.csv", bars=4_000)
+    first = tmp_path / "first.csv"
+    first.write_text("".join(longer.read_text().splitlines(keepends=True)[:6_001]))
+    produce(subprocess_env, job, first, "--speed", "max")
+    topics = Topics.for_job(job)
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
+    resources = [
+        ConfigResource(ConfigResource.Type.TOPIC, t) for t in (topics.bars, topics.deadletter)
+    ]
+    for described in admin.describe_configs(resources).values():
+        retention = described.result(timeout=30)["retention.ms"]
+        assert retention.value == "-1"
+        assert retention.source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value
+
+    def run(*cmd: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*CLI, *cmd, "--job", job, "--metrics-port", "-1", "--until-caught-up"],
+            env=subprocess_env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+
+    db = f"duckdb:///{tmp_path / 'wh.duckdb'}"
+    assert run("process").returncode == 0
+    assert run("load", "--warehouse", db).returncode == 0
+    produce(subprocess_env, job, longer, "--speed", "max")  # 6,000 more rows
+    # Retention (here: deleteRecords) takes records nobody has processed yet.
+    ends = {p: committed_and_end_of(kafka, job, p) for p in range(3)}
+    gap = [
+        TopicPartition(topics.bars, p, end - 10)
+        for p, (done, end) in ends.items()
+        if end - done > 20
+    ]
+    assert gap
+    for deleted in admin.delete_records(gap).values():
+        deleted.result(timeout=30)
+    for worker in (("process",), ("load", "--warehouse", db)):
+        done = run(*worker)
+        assert done.returncode == 3, (worker, done.stderr[-3000:])
+        last = done.stderr.strip().splitlines()[-1]
+        assert "deleted" in last, last
+        assert "retention" in last, last
+
+
+def committed_and_end_of(kafka: KafkaSettings, job: str, partition: int) -> tuple[int, int]:
+    """The processor group's committed offset of one partition, and its end offset."""
+    topic, group = Topics.for_job(job).bars, Groups.for_job(job).processor
+    watcher = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": group})
+    try:
+        tp = TopicPartition(topic, partition)
+        (committed,) = watcher.committed([tp], timeout=10)
+        return max(committed.offset, 0), watcher.get_watermark_offsets(tp, timeout=10)[1]
+    finally:
+        watcher.close()
 
 
 # -------------------------------------------------------------------------- loader

@@ -6,30 +6,54 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
+from typing import Final
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 log = logging.getLogger("hftpipe.kafka")
+
+JOB_TOPIC_CONFIG: Final = {"retention.ms": "-1", "retention.bytes": "-1"}
+"""Every job topic keeps its records until the job is deleted (``cleanup.deleteTopics``).
+
+Set explicitly rather than left to the broker's default (7 days): the producer's
+resume, the processors' state in Redis and the progress in the status all read the
+topics from offset 0, and a record deleted before a worker used it is data lost."""
+
+
+def default_replication(brokers: int) -> int:
+    """Replicas of a job topic when none is asked for: 3, or every broker if fewer (pure)."""
+    return max(1, min(3, brokers))
+
+
+def durable_config(replication: int) -> dict[str, str]:
+    """The configs every job topic gets (pure): :data:`JOB_TOPIC_CONFIG`, and with
+    replicas, ``min.insync.replicas`` 2 so that an ``acks=all`` write survives a
+    broker (1 replica: 1)."""
+    return {**JOB_TOPIC_CONFIG, "min.insync.replicas": str(min(2, replication))}
 
 
 def ensure_topics(
     admin: AdminClient,
     names: Mapping[str, int],
-    replication: int,
+    replication: int | None,
     timeout: float = 30,
     *,
     configs: Mapping[str, Mapping[str, str]] | None = None,
 ) -> None:
     """Create missing topics (``name -> partitions``); existing ones are left as they are.
 
-    ``configs`` gives topic configs (``name -> {"cleanup.policy": "compact", ...}``)
-    for the topics it names; they apply only to topics created here.
+    ``replication`` None means :func:`default_replication` of the cluster's brokers.
+    Every topic created gets :func:`durable_config`; ``configs`` adds or overrides
+    configs (``name -> {"cleanup.policy": "compact", ...}``) of the topics it names.
     """
-    existing = admin.list_topics(timeout=timeout).topics
+    metadata = admin.list_topics(timeout=timeout)
+    existing = metadata.topics
+    if replication is None:
+        replication = default_replication(len(metadata.brokers))
     configs = configs or {}
     new = [
-        NewTopic(n, p, replication, config=dict(configs.get(n, {})))
+        NewTopic(n, p, replication, config={**durable_config(replication), **configs.get(n, {})})
         for n, p in names.items()
         if n not in existing
     ]
@@ -102,3 +126,23 @@ def wait_for_topics(
             said = True
         stop.wait(interval)
     return False
+
+
+class RetentionGap(RuntimeError):
+    """Records a worker had not used yet were deleted from its topic (retention)."""
+
+
+def check_no_gap(consumer: Consumer, tp: TopicPartition, next_offset: int, did: str) -> None:
+    """Raise :class:`RetentionGap` if ``tp`` now starts after ``next_offset``, the next
+    record this worker would use (it ``did`` the ones before: processed, loaded)."""
+    low, _ = consumer.get_watermark_offsets(
+        TopicPartition(tp.topic, tp.partition), timeout=10, cached=False
+    )
+    if next_offset < low:
+        raise RetentionGap(
+            f"{tp.topic}[{tp.partition}]: the next record to use is offset {next_offset:,}, "
+            f"but the topic now starts at {low:,}: {low - next_offset:,} records were "
+            f"deleted (retention) before this job {did} them, and their results cannot be "
+            "made any more. Replay into a new job, and keep job topics' retention.ms=-1 "
+            "(as hftpipe creates them)."
+        )

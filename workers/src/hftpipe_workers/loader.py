@@ -31,7 +31,7 @@ from .bars import Bar
 from .codec import CodecError
 from .contract import Groups, Topics, job_id
 from .deadletters import BAD_MESSAGE, CONSUMER_KINDS, TIME_PRECISION, set_aside
-from .kafka_admin import wait_for_topics
+from .kafka_admin import check_no_gap, wait_for_topics
 from .lifecycle import DrainClock, stop_on_signals
 from .metrics import SESSION, parse_window
 from .observability import (
@@ -196,6 +196,7 @@ class Loader:
         )
         consumer.subscribe(
             [self.topics.bars, self.topics.metrics],
+            on_assign=self._on_assign,
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
         )
@@ -224,6 +225,13 @@ class Loader:
             consumer.close()
         report.seconds = time.monotonic() - started
         return report
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Partitions arrive: where this job's loads stopped must still be in the topic."""
+        for tp in consumer.committed(partitions, timeout=10):
+            if tp.offset >= 0:
+                check_no_gap(consumer, tp, tp.offset, "loaded")
+        consumer.incremental_assign(partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Partitions leave in a rebalance: commit what is loaded of them while the

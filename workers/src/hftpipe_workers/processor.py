@@ -58,7 +58,7 @@ from . import codec
 from .bars import Bar
 from .contract import Groups, RedisKeys, Topics, job_id
 from .deadletters import BAD_MESSAGE, set_aside
-from .kafka_admin import ensure_topics, partition_count, wait_for_topics
+from .kafka_admin import check_no_gap, ensure_topics, partition_count, wait_for_topics
 from .lifecycle import DrainClock, stop_on_signals
 from .metrics import DEFAULT_WINDOWS, MetricsEngine, WindowColumns, WindowMetrics
 from .observability import (
@@ -343,8 +343,11 @@ class Processor:
             self._delivery_errors.append(str(err))
             ERRORS.labels("processor", self.job, "delivery").inc()
 
-    def ensure_metrics_topic(self, replication: int = 1, partitions: int | None = None) -> None:
-        """Create the metrics topic if missing, with ``replication`` replicas and
+    def ensure_metrics_topic(
+        self, replication: int | None = None, partitions: int | None = None
+    ) -> None:
+        """Create the metrics topic if missing, with ``replication`` replicas (``None``:
+        the cluster's default, see :func:`.kafka_admin.default_replication`) and
         ``partitions`` partitions (``None``: as many as the bars topic)."""
         admin = AdminClient(self.kafka.common())
         # In a pod the processor may start before the producer has created the bars
@@ -415,6 +418,9 @@ class Processor:
                 tp.partition, max(0, committed.get(tp.partition, 0))
             )
             tp.offset = OFFSET_BEGINNING if part.offset is None else part.offset
+            if part.offset is not None:
+                # A seek past the topic's start would go on silently from there.
+                check_no_gap(consumer, tp, part.offset, "processed")
             if part.offset is not None:
                 # Redis holds where this partition is done; Kafka's group offset (what
                 # progress and lag read) may lag behind it if the last owner died
