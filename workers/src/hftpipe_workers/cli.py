@@ -242,7 +242,7 @@ def _setup(log_json: bool, metrics_port: int, stall_seconds: float = 120.0) -> M
 @_settings_command(ProduceSettings, arguments=("source",))
 def produce(settings: ProduceSettings) -> None:
     """Replay a CSV of OHLCV bars into Kafka (resumes where an earlier run stopped)."""
-    from .csvformat import LayoutError  # noqa: PLC0415 - keep --help fast
+    from .csvformat import SourceError  # noqa: PLC0415 - keep --help fast
     from .producer import Replay  # noqa: PLC0415
 
     kafka = _connection(KafkaSettings, profile=settings.profile)
@@ -269,7 +269,8 @@ def produce(settings: ProduceSettings) -> None:
             create_topics=settings.create_topics,
             dead_letter_excerpt=settings.dead_letter_excerpt,
         ).run()
-    except (LayoutError, FileNotFoundError) as exc:
+    except (SourceError, FileNotFoundError) as exc:
+        # One line naming the file, the line, the cause and what to do: no traceback.
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     typer.echo(
@@ -291,7 +292,8 @@ def produce(settings: ProduceSettings) -> None:
 @_settings_command(ProcessSettings)
 def process(settings: ProcessSettings) -> None:
     """Compute rolling VWAP, SMA and volatility from the bars topic into Redis (exactly once)."""
-    from .processor import Processor, RedisStateLost  # noqa: PLC0415 - keep --help fast
+    from .kafka_admin import RetentionGap  # noqa: PLC0415 - keep --help fast
+    from .processor import Processor, RedisStateLost  # noqa: PLC0415
 
     kafka = _connection(KafkaSettings, profile=settings.profile)
     redis_settings = _connection(RedisSettings)
@@ -314,7 +316,7 @@ def process(settings: ProcessSettings) -> None:
         server.ready.set()
     try:
         report = processor.run(until_caught_up=settings.until_caught_up)
-    except RedisStateLost as exc:
+    except (RedisStateLost, RetentionGap) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(3) from exc
     typer.echo(
@@ -334,7 +336,8 @@ def process(settings: ProcessSettings) -> None:
 @_settings_command(LoadSettings)
 def load(settings: LoadSettings) -> None:
     """Load bars and metrics into the warehouse (idempotent MERGE, offsets after commit)."""
-    from .loader import Loader  # noqa: PLC0415 - keep --help fast
+    from .kafka_admin import RetentionGap  # noqa: PLC0415 - keep --help fast
+    from .loader import Loader  # noqa: PLC0415
     from .warehouse import open_sink  # noqa: PLC0415
 
     kafka = _connection(KafkaSettings, profile=settings.profile)
@@ -352,7 +355,11 @@ def load(settings: LoadSettings) -> None:
         loader.install_signal_handlers()
         if server:
             server.ready.set()
-        report = loader.run(until_caught_up=settings.until_caught_up)
+        try:
+            report = loader.run(until_caught_up=settings.until_caught_up)
+        except RetentionGap as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(3) from exc
     typer.echo(
         json.dumps(
             {
