@@ -28,6 +28,7 @@ from prometheus_client import REGISTRY
 from hftpipe_devstack.testing import wait_for
 from hftpipe_operator import crd, labels
 from hftpipe_operator.naming import Names
+from hftpipe_operator.reconcile import RECONCILED_GENERATION
 from hftpipe_workers.contract import RedisKeys, job_id
 
 # Read by the operator's settings when kopf imports the handlers (once per session).
@@ -863,3 +864,153 @@ def test_a_replaced_producer_job_starts_only_once_the_old_pods_are_gone(
         assert not old_pods()
         assert new.metadata.deletion_timestamp is None
         assert set(_children(api, namespace, name)) == _expected(name)
+
+
+# ------------------------------------------- issue 10, point 5: Failed means what it says
+
+
+def _pods_of(core: client.CoreV1Api, namespace: str, job: str, worker: str) -> list[Any]:
+    selector = f"{labels.JOB}={job},{labels.COMPONENT}={worker}"
+    return list(core.list_namespaced_pod(namespace, label_selector=selector).items)
+
+
+def _kubelet_says_restarted(core: client.CoreV1Api, namespace: str, pod: Any) -> None:
+    """Stand in for the kubelet (none runs here): the pod's container crashed and was
+    restarted once, as a worker that exits with an error is."""
+    container = pod.spec.containers[0]
+    status = {
+        "name": container.name,
+        "image": container.image,
+        "imageID": "",
+        "ready": False,
+        "started": False,
+        "restartCount": 1,
+        "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 10s"}},
+        "lastState": {
+            "terminated": {
+                "exitCode": 1,
+                "reason": "Error",
+                "startedAt": "2026-01-01T00:00:00Z",
+                "finishedAt": "2026-01-01T00:00:01Z",
+            }
+        },
+    }
+    core.patch_namespaced_pod_status(
+        pod.metadata.name, namespace, {"status": {"containerStatuses": [status]}}
+    )
+
+
+def _kubelet_says_failed(core: client.CoreV1Api, namespace: str, pod: Any) -> None:
+    """Stand in for the kubelet: the pod's only container exited 1 (the Job counts a
+    failed pod towards its backoffLimit)."""
+    container = pod.spec.containers[0]
+    status = {
+        "phase": "Failed",
+        "containerStatuses": [
+            {
+                "name": container.name,
+                "image": container.image,
+                "imageID": "",
+                "ready": False,
+                "restartCount": 0,
+                "state": {
+                    "terminated": {
+                        "exitCode": 1,
+                        "reason": "Error",
+                        "message": "boom",
+                        "startedAt": "2026-01-01T00:00:00Z",
+                        "finishedAt": "2026-01-01T00:00:01Z",
+                    }
+                },
+            }
+        ],
+    }
+    core.patch_namespaced_pod_status(pod.metadata.name, namespace, {"status": status})
+
+
+@pytest.mark.parametrize(
+    ("failing", "reason"),
+    [("processor", "RestartLimitExceeded"), ("producer", "BackoffLimitExceeded")],
+)
+def test_a_failed_job_stops_its_workers_and_stays_failed(
+    api: client.ApiClient,
+    namespace: str,
+    operator_cmd: list[str],
+    kafka_bootstrap: str,
+    failing: str,
+    reason: str,
+) -> None:
+    """Issue 10, point 5. A worker that failed for good (restarted more than
+    ``restartPolicy.maxRestarts`` times, or a producer Job past its backoffLimit) makes
+    the job Failed; then the workers must stop (the Deployments at 0, the producer Job
+    suspended) instead of crash-looping on, and the phase must stay Failed once their
+    pods are gone, also across a later edit of how the job runs."""
+    core = client.CoreV1Api(api)
+    spec = {**_spec(kafka_bootstrap), "restartPolicy": {"maxRestarts": 0}}
+    stopped = (0, 0, True)
+    with _operator(operator_cmd):
+        name = _create_job(api, namespace, spec)["metadata"]["name"]
+        names = Names(name)
+        _all_children(api, namespace, name)
+
+        def state() -> tuple[int, int, bool]:
+            c = _children(api, namespace, name)
+            return (
+                c[f"Deployment/{names.processor}"]["spec"]["replicas"],
+                c[f"Deployment/{names.loader}"]["spec"]["replicas"],
+                bool(c[f"Job/{names.producer}"]["spec"].get("suspend")),
+            )
+
+        def phase() -> str | None:
+            found: str | None = _status_of(api, namespace, name).get("phase")
+            return found
+
+        (pod, *_) = wait_for(
+            lambda: _pods_of(core, namespace, name, failing), 30, f"the {failing}'s pod"
+        )
+        if failing == "producer":
+            _kubelet_says_failed(core, namespace, pod)
+        else:
+            _kubelet_says_restarted(core, namespace, pod)
+        wait_for(lambda: phase() == "Failed", 60, "phase Failed")
+        failure = _status_of(api, namespace, name)["lastFailure"]
+        assert (failure["component"], failure["reason"]) == (failing, reason), failure
+
+        deadline = time.monotonic() + 30
+        while state() != stopped and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert state() == stopped, (
+            f"the job is Failed, yet its workers are not stopped: (processor replicas, "
+            f"loader replicas, producer suspended) = {state()}"
+        )
+
+        # No kubelet: pods never scheduled go as soon as their controllers delete them
+        # (a failed producer pod stays, ended, as a finished Job keeps its pods).
+        def live_pods() -> list[str]:
+            found = core.list_namespaced_pod(namespace, label_selector=f"{labels.JOB}={name}")
+            return [p.metadata.name for p in found.items if p.status.phase != "Failed"]
+
+        wait_for(lambda: not live_pods(), 60, "every live pod of the job to be gone")
+        # The restarts that made it Failed went with the pods: the phase must not.
+        for _ in range(4):  # two observations or more (status interval 2 s)
+            time.sleep(1.5)
+            assert phase() == "Failed", _status_of(api, namespace, name)
+        conditions = {c["type"]: c for c in _status_of(api, namespace, name)["conditions"]}
+        assert conditions["Failed"]["status"] == "True", conditions["Failed"]
+        assert _status_of(api, namespace, name)["lastFailure"] == failure
+
+        # An edit of how the job runs is applied, and brings no worker back.
+        _patch_spec(api, namespace, name, {"processing": {"replicas": 2}})
+        wait_for(
+            lambda: (
+                ((_get_job(api, namespace, name) or {})["metadata"].get("annotations") or {}).get(
+                    RECONCILED_GENERATION
+                )
+                == "2"
+            ),
+            30,
+            "generation 2 to be reconciled",
+        )
+        time.sleep(3)
+        assert state() == stopped
+        assert phase() == "Failed"

@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from hftpipe_operator import builders, labels
 from hftpipe_operator.naming import Names
+from hftpipe_operator.reconcile import template_hash
 from hftpipe_operator.spec import ReplayJob, ReplayJobSpec
 from hftpipe_operator.workerapi import cli_envvar
 from hftpipe_workers import cli
@@ -437,6 +438,23 @@ def test_processor_replicas_follow_spec_suspend_and_completion() -> None:
     assert builders.build_loader_deployment(suspended)["spec"]["replicas"] == 0
     assert builders.build_loader_deployment(make_job(), complete=True)["spec"]["replicas"] == 0
     assert builders.build_loader_deployment(make_job())["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_a_failed_job_runs_no_worker() -> None:
+    """Issue 10, point 5: Failed stops every worker, as suspend does, without a new Job."""
+    job = make_job()
+    children = {m["kind"] + "/" + m["metadata"]["name"]: m for m in builders.build_all(job)}
+    failed = {
+        m["kind"] + "/" + m["metadata"]["name"]: m for m in builders.build_all(job, failed=True)
+    }
+    names = Names(job.name)
+    assert failed[f"Deployment/{names.processor}"]["spec"]["replicas"] == 0
+    assert failed[f"Deployment/{names.loader}"]["spec"]["replicas"] == 0
+    producer, stopped = children[f"Job/{names.producer}"], failed[f"Job/{names.producer}"]
+    assert (producer["spec"]["suspend"], stopped["spec"]["suspend"]) == (False, True)
+    # Suspending is a patch of the Job (its pod template is unchanged), never a new one.
+    assert template_hash(producer) == template_hash(stopped)
+    assert set(failed) == set(children)
 
 
 def test_duckdb_on_a_claim() -> None:

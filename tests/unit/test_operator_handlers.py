@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import copy
+import logging
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
+import kopf
 import pytest
 
 from hftpipe_operator import builders, crd, metrics
+from hftpipe_operator.kube import Kube
+from hftpipe_operator.naming import Names
 from hftpipe_operator.reconcile import (
     APPLIED_HASH,
     KAFKA_OBSERVED,
@@ -333,3 +339,110 @@ def test_the_operator_resolves_the_jobs_redis_in_the_jobs_namespace(
 ) -> None:
     job = _job(redis={"url": url})
     assert builders.redis_url_for_operator(job) == seen_by_operator
+
+
+# --------------------------------------- the reconcile handler, run against a fake API
+
+
+class _FakeKube(Kube):
+    """The calls :func:`handlers.reconcile` makes, answered from a dict: applied
+    manifests are stored as given (no server defaults, no controllers)."""
+
+    def __init__(self) -> None:  # no API client: nothing is sent anywhere
+        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> Any:
+        return self.objects.get((kind, name))
+
+    def apply(self, manifest: Any) -> Any:
+        self.objects[(manifest["kind"], manifest["metadata"]["name"])] = manifest
+        return manifest
+
+    def merge_patch(self, manifest: Any, patch: Any) -> Any:
+        stored = self.objects[(manifest["kind"], manifest["metadata"]["name"])]
+        stored["metadata"].setdefault("annotations", {}).update(
+            patch.get("metadata", {}).get("annotations") or {}
+        )
+        stored["spec"].update(patch.get("spec") or {})
+        return stored
+
+    def delete(self, manifest: Any, propagation: str = "Background") -> None:
+        self.objects.pop((manifest["kind"], manifest["metadata"]["name"]), None)
+
+    def crd_exists(self, name: str) -> bool:
+        return False
+
+
+class _Operator:
+    """One ReplayJob as kopf hands it to :func:`handlers.reconcile`: the body, the
+    diffbase kopf keeps (``old``: the last spec it considers handled, also when a
+    handler failed permanently) and the annotations the handler's patches wrote."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, spec: dict[str, Any]) -> None:
+        from hftpipe_operator import handlers  # noqa: PLC0415 - kopf registers on import
+
+        self.handlers = handlers
+        self.kube = _FakeKube()
+        self.warnings: list[str] = []
+        monkeypatch.setattr(
+            kopf, "warn", lambda body, *, reason, message: self.warnings.append(reason)
+        )
+        self.body: dict[str, Any] = {
+            "apiVersion": crd.API_VERSION,
+            "kind": crd.KIND,
+            "metadata": {"name": "btc", "namespace": "ns", "uid": "u-1", "generation": 0},
+            "spec": {},
+            "status": {},
+        }
+        self.old: dict[str, Any] | None = None
+        self.edit(spec)
+
+    def edit(self, spec: dict[str, Any]) -> None:
+        """A new spec (a new generation), then the handler as kopf runs it."""
+        self.body["metadata"]["generation"] += 1
+        self.body["spec"] = copy.deepcopy(spec)
+        old, self.old = self.old, {"spec": copy.deepcopy(spec)}
+        patch = kopf.Patch()
+        body = kopf.Body(cast("kopf.RawBody", copy.deepcopy(self.body)))
+        # Called as kopf calls it: with keywords (the decorator's type asks for them all).
+        reconcile: Any = self.handlers.reconcile
+        try:
+            reconcile(
+                body=body,
+                meta=body.meta,
+                status=body.status,
+                patch=patch,
+                memo=SimpleNamespace(kube=self.kube),
+                logger=logging.getLogger("test"),
+                retry=0,
+                old=old,
+            )
+        finally:
+            # Success or PermanentError: kopf stores the new spec as handled, and
+            # applies what the handler patched.
+            annotations = (patch.get("metadata") or {}).get("annotations") or {}
+            self.body["metadata"].setdefault("annotations", {}).update(annotations)
+
+    def child(self, kind: str, name: str) -> dict[str, Any]:
+        return self.kube.objects[(kind, name)]
+
+
+def _producer_url(operator: _Operator) -> str:
+    job = operator.child("Job", Names("btc").producer)
+    url: str = job["spec"]["template"]["spec"]["containers"][0]["command"][-1]
+    return url
+
+
+def test_a_failed_job_should_get_its_workers_stopped_by_any_later_reconcile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 10, point 5. Once Failed, an edit of how the job runs (or the operator's
+    restart, which reconciles every job again) must not start the workers again."""
+    operator = _Operator(monkeypatch, SPEC)
+    names = Names("btc")
+    assert operator.child("Deployment", names.processor)["spec"]["replicas"] == 1
+    operator.body["status"] = {"phase": "Failed"}
+    operator.edit({**SPEC, "processing": {"replicas": 2}})
+    assert operator.child("Deployment", names.processor)["spec"]["replicas"] == 0
+    assert operator.child("Deployment", names.loader)["spec"]["replicas"] == 0
+    assert operator.child("Job", names.producer)["spec"]["suspend"] is True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -409,6 +410,57 @@ def test_too_many_restarts_fail_the_job_and_say_where_to_look() -> None:
         job(), observe(loader=WorkerFacts(exists=True, desired=1, ready=1, restarts=3))
     )
     assert within.phase == "Running"
+
+
+STOPPED = observe(
+    producer=ProducerFacts(exists=True, start_time="2024-05-01T11:59:00Z"),
+    processor=WorkerFacts(exists=True),
+    loader=WorkerFacts(exists=True),
+)
+"""What the operator sees once a failed job's workers are stopped: no pod, no restart."""
+
+
+@pytest.mark.parametrize(
+    ("failing", "reason"),
+    [
+        (
+            observe(loader=WorkerFacts(exists=True, desired=1, ready=0, restarts=4)),
+            "RestartLimitExceeded",
+        ),
+        (
+            observe(
+                producer=ProducerFacts(
+                    exists=True, failed=True, failure_reason="BackoffLimitExceeded"
+                )
+            ),
+            "BackoffLimitExceeded",
+        ),
+    ],
+)
+def test_failed_stays_failed_once_the_workers_are_stopped(failing: Observed, reason: str) -> None:
+    """Issue 10, point 5: the restarts that made a job Failed go with its pods (and a
+    suspended producer Job is no longer failed); the phase, its condition and the
+    failure must not go with them, whatever is observed or edited later."""
+    failed = roll_up(job(), failing)
+    assert failed.phase == "Failed"
+    for later, spec in (
+        (STOPPED, job()),
+        (observe(), job()),  # even were the workers seen running again
+        (STOPPED, job(suspend=True)),
+        (observe(producer=DONE_PRODUCER, kafka=offsets(400, 400, 400)), job()),
+    ):
+        after = roll_up(spec, replace(later, now=T0 + timedelta(minutes=1)), failed)
+        assert after.phase == "Failed", (later, after.phase)
+        assert after.last_failure == failed.last_failure
+        condition, before = after.condition("Failed"), failed.condition("Failed")
+        assert condition is not None
+        assert before is not None
+        assert (condition.status, condition.reason) == ("True", reason)
+        assert condition.last_transition_time == before.last_transition_time
+        ready = after.condition("Ready")
+        assert ready is not None
+        assert ready.status == "False"
+        assert after.completion_time is None
 
 
 def test_suspended() -> None:

@@ -425,12 +425,14 @@ def build_settings_configmap(job: ReplayJob) -> dict[str, Any]:
     }
 
 
-def build_producer_job(job: ReplayJob) -> dict[str, Any]:
+def build_producer_job(job: ReplayJob, *, failed: bool = False) -> dict[str, Any]:
     """Job ``<job>-producer``: ``hftpipe produce <source>``, once to completion.
 
     Failed pods are retried ``restartPolicy.maxRestarts`` times (the producer
     resumes after the last row in Kafka); usage errors fail the Job at once, and
-    evictions do not count. ``spec.suspend`` suspends the Job.
+    evictions do not count. ``spec.suspend`` suspends the Job, and so does the job
+    having ``failed`` (a processor or loader past its restarts: nothing would
+    consume what the producer sends).
     """
     settings_hash = config_hash(worker_settings(job))
     metadata = _metadata(job, Names(job.name).producer, "producer")
@@ -445,7 +447,7 @@ def build_producer_job(job: ReplayJob) -> dict[str, Any]:
             "backoffLimit": job.spec.restart_policy.max_restarts,
             "completions": 1,
             "parallelism": 1,
-            "suspend": job.spec.suspend,
+            "suspend": job.spec.suspend or failed,
             "podFailurePolicy": {
                 "rules": [
                     {
@@ -481,10 +483,12 @@ def _deployment(
     }
 
 
-def build_processor_deployment(job: ReplayJob, *, complete: bool = False) -> dict[str, Any]:
+def build_processor_deployment(
+    job: ReplayJob, *, complete: bool = False, failed: bool = False
+) -> dict[str, Any]:
     """Deployment ``<job>-processor``: ``processing.replicas`` processors, 0 when the job is
-    suspended or complete."""
-    stopped = job.spec.suspend or complete
+    suspended, complete or failed."""
+    stopped = job.spec.suspend or complete or failed
     return _deployment(
         job,
         "processor",
@@ -495,9 +499,12 @@ def build_processor_deployment(job: ReplayJob, *, complete: bool = False) -> dic
     )
 
 
-def build_loader_deployment(job: ReplayJob, *, complete: bool = False) -> dict[str, Any]:
-    """Deployment ``<job>-loader``: one loader, 0 when the job is suspended or complete."""
-    stopped = job.spec.suspend or complete
+def build_loader_deployment(
+    job: ReplayJob, *, complete: bool = False, failed: bool = False
+) -> dict[str, Any]:
+    """Deployment ``<job>-loader``: one loader, 0 when the job is suspended, complete or
+    failed."""
+    stopped = job.spec.suspend or complete or failed
     return _deployment(
         job,
         "loader",
@@ -604,17 +611,20 @@ def build_warehouse_pvc(job: ReplayJob) -> dict[str, Any]:
     }
 
 
-def build_all(job: ReplayJob, *, complete: bool = False) -> list[dict[str, Any]]:
-    """Every object the job needs, in creation order (settings and storage first)."""
+def build_all(
+    job: ReplayJob, *, complete: bool = False, failed: bool = False
+) -> list[dict[str, Any]]:
+    """Every object the job needs, in creation order (settings and storage first);
+    ``complete`` or ``failed`` (the job's final phases): no worker runs."""
     spec = job.spec
     objects = [build_settings_configmap(job)]
     if spec.warehouse.type == "duckdb" and spec.warehouse.duckdb.claim_name is None:
         objects.append(build_warehouse_pvc(job))
     objects += build_topic_kafkatopics(job)
     objects += [
-        build_producer_job(job),
-        build_processor_deployment(job, complete=complete),
-        build_loader_deployment(job, complete=complete),
+        build_producer_job(job, failed=failed),
+        build_processor_deployment(job, complete=complete, failed=failed),
+        build_loader_deployment(job, complete=complete, failed=failed),
         build_metrics_service(job),
     ]
     if spec.monitoring.pod_monitor:

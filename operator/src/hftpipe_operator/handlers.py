@@ -3,7 +3,7 @@
 - create/resume/update: build every child (:mod:`.builders`), adopt it, and create or
   patch it only where it differs (:func:`.reconcile.plan`);
 - a timer: observe the children and Kafka, roll the status up (:mod:`.status`), post
-  an Event per phase transition, stop the workers once the job is complete;
+  an Event per phase transition, stop the workers once the job succeeded or failed;
 - delete: children go with the job (owner references, the garbage collector); a
   finalizer is added only when ``spec.cleanup`` asks to delete topics or Redis keys,
   and that clean-up gives up after a short timeout rather than block the deletion.
@@ -36,6 +36,7 @@ from .kafka_facts import ClientConfig, KafkaUnavailable, delete_topics, read_off
 from .kube import Kube, Manifest, load_api_client
 from .naming import Names
 from .reconcile import (
+    FINAL_PHASES,
     RECONCILED_GENERATION,
     KafkaReading,
     credentials_condition,
@@ -165,10 +166,12 @@ def _previous(status: kopf.Status) -> ReplayJobStatus | None:
 # -------------------------------------------------------------------------- children
 
 
-def _desired(job: ReplayJob, body: kopf.Body, kube: Kube, *, complete: bool) -> list[Manifest]:
+def _desired(
+    job: ReplayJob, body: kopf.Body, kube: Kube, *, complete: bool, failed: bool = False
+) -> list[Manifest]:
     """Every child to have, adopted where the job owns it."""
     out = []
-    for manifest in builders.build_all(job, complete=complete):
+    for manifest in builders.build_all(job, complete=complete, failed=failed):
         kind = manifest["kind"]
         if kind == "PodMonitor" and not kube.crd_exists(PODMONITOR_CRD):
             continue
@@ -268,7 +271,8 @@ def reconcile(
         job = _job(body)
         _refuse_immutable_changes(body, old, job)
         kube = _kube(memo)
-        complete = status.get("phase") == "Succeeded"
+        # A job that succeeded or failed runs no worker again, whatever the edit.
+        phase = status.get("phase")
         problems = secret_problems(kube, job)
         if problems:
             # No worker may mount a Secret nobody opted in (see labels.SECRET_OPT_IN);
@@ -278,7 +282,10 @@ def reconcile(
                 kopf.warn(body, reason="SecretNotOptedIn", message="; ".join(problems))
             raise kopf.TemporaryError("; ".join(problems), delay=delay)
         try:
-            for manifest in _desired(job, body, kube, complete=complete):
+            desired = _desired(
+                job, body, kube, complete=phase == "Succeeded", failed=phase == "Failed"
+            )
+            for manifest in desired:
                 ensure(kube, manifest, logger)
         except (ApiException, DynamicApiError) as exc:
             # The API refused a child (RBAC, a quota, admission): retry with the
@@ -422,17 +429,46 @@ def update_status(
         elif ready is not None and phase == "Pending":
             text = f"{text}: {ready.message}"
         (kopf.warn if warning else kopf.info)(body, reason=phase, message=text)
-    if new.phase == "Succeeded" and (previous is None or previous.phase != "Succeeded"):
-        # Nothing is left to consume: free the processors' and the loader's resources.
-        for manifest in (
-            builders.build_processor_deployment(job, complete=True),
-            builders.build_loader_deployment(job, complete=True),
-        ):
-            kopf.adopt(manifest, owner=body)
-            ensure(kube, stamp(manifest), logger)
+    if new.phase in FINAL_PHASES:
+        stop_for_good(kube, job, observed, failed=new.phase == "Failed", logger=logger)
     if status_changed(previous, new):
         for key, value in new.to_patch().items():
             patch.status[key] = value
+
+
+def stop_for_good(
+    kube: Kube, job: ReplayJob, observed: Observed, *, failed: bool, logger: Log
+) -> None:
+    """A job that succeeded or failed -> its Deployments at 0 replicas and, failed, its
+    producer Job suspended: only what still runs is patched.
+
+    Succeeded, nothing is left to consume. Failed (a worker past restartPolicy.maxRestarts,
+    or the producer Job past its backoffLimit), the workers would crash-loop on, or go on
+    with a pipeline missing a stage (issue 10, point 5). Only these fields are patched,
+    not the children rebuilt from the spec: the spec may hold an edit that was refused (an
+    immutable field, a Secret not opted in), which must not reach a child this way. Any
+    later reconcile builds them stopped too (``builders.build_all``: complete, failed)."""
+    stops = (
+        (
+            observed.processor.desired > 0,
+            builders.build_processor_deployment(job),
+            {"spec": {"replicas": 0}},
+        ),
+        (
+            observed.loader.desired > 0,
+            builders.build_loader_deployment(job),
+            {"spec": {"replicas": 0}},
+        ),
+        (
+            failed and observed.producer.exists and not observed.producer.suspended,
+            builders.build_producer_job(job),
+            {"spec": {"suspend": True}},
+        ),
+    )
+    for running, manifest, patch in stops:
+        if running:
+            kube.merge_patch(manifest, patch)
+            logger.info(f"{manifest['kind']} {manifest['metadata']['name']}: stopped")
 
 
 def _gone(event: kopf.RawEvent, **_: Any) -> bool:

@@ -39,6 +39,9 @@ An annotation rather than kopf's memo: it survives an operator restart, and the 
 timer (a task of its own) reads it from the body it is given. It is under the operator's
 kopf prefix, whose annotations kopf leaves out of its diff: writing it is not an edit."""
 
+FINAL_PHASES: Final = ("Succeeded", "Failed")
+"""Phases a job never leaves: no worker of it runs again (issue 10, point 5)."""
+
 KAFKA_OBSERVED: Final = "KafkaObserved"
 """Condition: the last observation could read the job's offsets from Kafka."""
 

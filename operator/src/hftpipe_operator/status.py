@@ -13,8 +13,11 @@ The rules:
   this observation and the previous one with the same row counts: the
   processor publishes metrics asynchronously after committing a batch, so one
   observation with lag 0 could precede its last metrics.
-- **Failed** when the producer Job failed, or a processor or loader container
-  restarted more than ``restartPolicy.maxRestarts`` times.
+- **Failed** (terminal) when the producer Job failed, or a processor or loader
+  container restarted more than ``restartPolicy.maxRestarts`` times. The operator
+  then stops the workers (issue 10, point 5), so the restarts that made it Failed
+  go with their pods: the phase, its condition and ``lastFailure`` stay as they
+  were, whatever is observed or edited later.
 - **Suspended** when ``spec.suspend``.
 - **Running** when the producer runs (or is done) and every processor and the
   loader are ready; **Pending** before that.
@@ -292,6 +295,8 @@ class ProducerFacts:
     succeeded: bool = False
     failed: bool = False
     failed_pods: int = 0
+    suspended: bool = False
+    """``spec.suspend`` of the Job (its pods are deleted, none is created)."""
     failure_reason: str = ""
     failure_message: str = ""
     start_time: str | None = None
@@ -327,6 +332,7 @@ class ProducerFacts:
             succeeded="Complete" in true,
             failed=failed is not None,
             failed_pods=int(status.get("failed") or 0),
+            suspended=bool((job.get("spec") or {}).get("suspend")),
             failure_reason=(failed or {}).get("reason") or "",
             failure_message=(failed or {}).get("message") or "",
             start_time=status.get("startTime"),
@@ -576,6 +582,19 @@ def _failure(job: ReplayJob, observed: Observed) -> tuple[FailedComponent, str, 
     return None
 
 
+def _failed_before(previous: ReplayJobStatus | None) -> tuple[FailedComponent, str, str] | None:
+    """(component, reason, message) of the failure a Failed ``previous`` status names."""
+    if previous is None or previous.phase != "Failed":
+        return None
+    last = previous.last_failure
+    if last is not None:
+        return last.component, last.reason, last.message
+    condition = previous.condition(FAILED)
+    if condition is not None and condition.status == "True":
+        return "operator", condition.reason, condition.message
+    return "operator", "Failed", "the job failed"
+
+
 def _readiness(observed: Observed) -> tuple[bool, str]:
     producer = observed.producer
     parts = [
@@ -592,9 +611,11 @@ def _readiness(observed: Observed) -> tuple[bool, str]:
     return ready, ", ".join(parts)
 
 
-def _ready_reason(*, ready: bool, complete: bool, suspended: bool) -> str:
+def _ready_reason(*, ready: bool, complete: bool, failed: bool, suspended: bool) -> str:
     if complete:
         return "Complete"
+    if failed:
+        return "Failed"
     if suspended:
         return "Suspended"
     return "WorkersReady" if ready else "WorkersNotReady"
@@ -688,11 +709,15 @@ def roll_up(
 ) -> ReplayJobStatus:
     """The status that ``observed`` and the previous status imply (pure)."""
     before = previous.progress if previous else None
-    complete = (previous is not None and previous.phase == "Succeeded") or is_complete(
-        observed.producer, observed.offsets, before
+    # Succeeded and Failed are final: once either, nothing observed later changes it
+    # (a Failed job's workers are stopped, so what made it fail is gone with them).
+    failed_before = _failed_before(previous)
+    complete = failed_before is None and (
+        (previous is not None and previous.phase == "Succeeded")
+        or is_complete(observed.producer, observed.offsets, before)
     )
     progress = _progress(observed, before, complete)
-    failure = None if complete else _failure(job, observed)
+    failure = None if complete else failed_before or _failure(job, observed)
     ready, readiness = _readiness(observed)
     suspended = job.spec.suspend and not complete
 
@@ -710,7 +735,9 @@ def roll_up(
 
     ready_reason, readiness, progressing = _explain(
         phase,
-        _ready_reason(ready=ready, complete=complete, suspended=suspended),
+        _ready_reason(
+            ready=ready, complete=complete, failed=failure is not None, suspended=suspended
+        ),
         readiness,
         failure,
         progress,
@@ -737,7 +764,7 @@ def roll_up(
         _condition(
             previous,
             READY,
-            ready and not complete and not suspended,
+            ready and not complete and not suspended and failure is None,
             ready_reason,
             readiness,
             observed,
