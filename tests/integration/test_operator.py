@@ -26,7 +26,7 @@ from kubernetes.client.rest import ApiException
 from prometheus_client import REGISTRY
 
 from hftpipe_devstack.testing import wait_for
-from hftpipe_operator import crd, labels
+from hftpipe_operator import crd, labels, workerapi
 from hftpipe_operator.naming import Names
 from hftpipe_operator.reconcile import RECONCILED_GENERATION
 from hftpipe_workers.contract import RedisKeys, job_id
@@ -1014,3 +1014,144 @@ def test_a_failed_job_stops_its_workers_and_stays_failed(
         time.sleep(3)
         assert state() == stopped
         assert phase() == "Failed"
+
+
+# ------------------- issue 10, point 8: the operator's own refusal of immutable-field edits
+
+
+def _without_transition_rules(schema: Any) -> Any:
+    """``schema`` without the CEL rules that compare with ``oldSelf`` (as a CRD installed
+    before those rules existed: Helm never upgrades a chart's crds/)."""
+    if isinstance(schema, list):
+        return [_without_transition_rules(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {}
+    for key, value in schema.items():
+        if key != "x-kubernetes-validations":
+            out[key] = _without_transition_rules(value)
+        elif kept := [rule for rule in value if "oldSelf" not in rule["rule"]]:
+            out[key] = kept
+    return out
+
+
+def _replace_crd(api: client.ApiClient, body: dict[str, Any]) -> None:
+    ext = client.ApiextensionsV1Api(api)
+    current = ext.read_custom_resource_definition(crd.NAME)
+    body = {**body, "metadata": {**body["metadata"]}}
+    body["metadata"]["resourceVersion"] = current.metadata.resource_version
+    ext.replace_custom_resource_definition(crd.NAME, body)
+
+
+def _source_edit_accepted(api: client.ApiClient, namespace: str) -> bool:
+    """Whether the API server now lets a ReplayJob's ``source.url`` change (a probe job,
+    created and deleted while no operator runs)."""
+    objects = client.CustomObjectsApi(api)
+    name = _create_job(api, namespace, _spec("unused:9092"))["metadata"]["name"]
+    try:
+        _patch_spec(api, namespace, name, {"source": {"url": "https://example.com/b.csv"}})
+    except ApiException as exc:
+        if exc.status != 422:
+            raise
+        return False
+    finally:
+        objects.delete_namespaced_custom_object(crd.GROUP, crd.VERSION, namespace, crd.PLURAL, name)
+    return True
+
+
+@pytest.fixture
+def crd_without_transition_rules(
+    api: client.ApiClient, installed: None, namespace: str
+) -> Iterator[None]:
+    """The ReplayJob CRD without its transition rules for one test, the full one after."""
+    _replace_crd(api, _without_transition_rules(crd.build_crd()))
+    wait_for(lambda: _source_edit_accepted(api, namespace), 30, "the rules to be gone")
+    try:
+        yield
+    finally:
+        _replace_crd(api, crd.build_crd())
+        wait_for(lambda: not _source_edit_accepted(api, namespace), 30, "the rules to be back")
+
+
+def _events(api: client.ApiClient, namespace: str, name: str, reason: str) -> list[Any]:
+    found = client.CoreV1Api(api).list_namespaced_event(
+        namespace, field_selector=f"involvedObject.name={name}"
+    )
+    return [e for e in found.items if e.reason == reason]
+
+
+def test_an_immutable_field_edit_stays_refused_until_reverted(
+    api: client.ApiClient,
+    crd_without_transition_rules: None,
+    namespace: str,
+    operator_cmd: list[str],
+    kafka_bootstrap: str,
+) -> None:
+    """Issue 10, point 8. Where the installed CRD lacks the transition rules, the operator
+    refuses an edit of ``source`` itself. kopf then records the refused spec as handled,
+    so the next harmless edit (pacing) was compared with the refused spec, not with what
+    the children are of, and carried the new source to the producer: the refusal had to
+    hold until the edit is reverted."""
+    spec = _spec(kafka_bootstrap)
+    original, other = spec["source"]["url"], "https://example.com/other-bars.csv.gz"
+    speed = workerapi.cli_envvar("produce", "speed")
+
+    def reconciled() -> str | None:
+        meta = (_get_job(api, namespace, name) or {}).get("metadata") or {}
+        found: str | None = (meta.get("annotations") or {}).get(RECONCILED_GENERATION)
+        return found
+
+    def producer_command() -> list[str]:
+        job = _children(api, namespace, name)[f"Job/{Names(name).producer}"]
+        command: list[str] = job["spec"]["template"]["spec"]["containers"][0]["command"]
+        return command
+
+    def settings() -> dict[str, str]:
+        found: dict[str, str] = _children(api, namespace, name)[
+            f"ConfigMap/{Names(name).settings}"
+        ]["data"]
+        return found
+
+    with _operator(operator_cmd):
+        name = _create_job(api, namespace, spec)["metadata"]["name"]
+        _all_children(api, namespace, name)
+        wait_for(lambda: reconciled() == "1", 30, "generation 1 to be reconciled")
+        before = _versions(_settled(api, namespace, name))
+        assert producer_command()[-1] == original
+
+        # Generation 2: the source changes. Refused: a warning, the children untouched.
+        _patch_spec(api, namespace, name, {"source": {"url": other}})
+        (refused,) = wait_for(
+            lambda: _events(api, namespace, name, "ImmutableFieldChanged"),
+            30,
+            "the ImmutableFieldChanged event",
+        )
+        assert "source is immutable" in refused.message
+        time.sleep(3)
+        assert _versions(_children(api, namespace, name)) == before
+        assert reconciled() == "1"
+
+        # Generation 3: a harmless edit, with the refused source still in the spec.
+        _patch_spec(api, namespace, name, {"pacing": {"max": None, "speed": "10x"}})
+        wait_for(
+            lambda: (
+                len(_events(api, namespace, name, "ImmutableFieldChanged")) >= 2
+                or reconciled() == "3"
+            ),
+            60,
+            "the pacing edit to be refused or reconciled",
+        )
+        time.sleep(3)
+        command = producer_command()
+        assert command[-1] == original, (
+            f"the refused source.url reached the producer with a later edit: {command}"
+        )
+        assert settings().get(speed) != "10x"
+        assert reconciled() == "1"
+        assert _versions(_children(api, namespace, name)) == before
+
+        # Generation 4: the source is back as it was; the pacing edit now applies.
+        _patch_spec(api, namespace, name, {"source": {"url": original}})
+        wait_for(lambda: reconciled() == "4", 60, "generation 4 to be reconciled")
+        assert settings()[speed] == "10x"
+        assert producer_command()[-1] == original

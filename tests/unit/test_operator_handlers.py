@@ -18,6 +18,7 @@ from hftpipe_operator.reconcile import (
     APPLIED_HASH,
     KAFKA_OBSERVED,
     RECONCILED_GENERATION,
+    RECONCILED_SPEC,
     TEMPLATE_HASH,
     KafkaReading,
     credentials_condition,
@@ -26,7 +27,9 @@ from hftpipe_operator.reconcile import (
     object_path,
     phase_event,
     plan,
+    reconciled_annotations,
     reconciled_generation,
+    reconciled_spec,
     stamp,
     status_changed,
     with_condition,
@@ -34,6 +37,7 @@ from hftpipe_operator.reconcile import (
 from hftpipe_operator.settings import OperatorSettings
 from hftpipe_operator.spec import ReplayJob, ReplayJobSpec
 from hftpipe_operator.status import Observed, ReplayJobStatus, roll_up
+from hftpipe_operator.workerapi import cli_envvar
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 SPEC: dict[str, Any] = {
@@ -155,6 +159,28 @@ def test_reconciled_generation_should_read_only_a_generation(
 ) -> None:
     meta = {"generation": 9} if annotations is None else {"annotations": annotations}
     assert reconciled_generation(meta) == generation
+
+
+@pytest.mark.parametrize(
+    ("value", "spec"),
+    [
+        ('{"suspend":true}', {"suspend": True}),
+        (None, None),
+        ("{not json", None),
+        ("[1]", None),
+    ],
+)
+def test_reconciled_spec_should_read_only_a_recorded_spec(
+    value: str | None, spec: dict[str, Any] | None
+) -> None:
+    meta = {"annotations": {} if value is None else {RECONCILED_SPEC: value}}
+    assert reconciled_spec(meta) == spec
+
+
+def test_reconciled_annotations_should_round_trip() -> None:
+    annotations = reconciled_annotations(4, SPEC)
+    assert reconciled_generation({"annotations": annotations}) == 4
+    assert reconciled_spec({"annotations": annotations}) == SPEC
 
 
 class _AllCrds:
@@ -431,6 +457,33 @@ def _producer_url(operator: _Operator) -> str:
     job = operator.child("Job", Names("btc").producer)
     url: str = job["spec"]["template"]["spec"]["containers"][0]["command"][-1]
     return url
+
+
+def test_a_refused_edit_should_stay_refused_when_kopf_recorded_it_as_handled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 10, point 8. The operator refuses a change of ``source`` (where the CRD lacks
+    the transition rules) with a PermanentError; kopf then keeps the refused spec as the
+    last handled one, and hands it as ``old`` to the next edit's handler. Compared with
+    that, a later harmless edit changed nothing immutable, and the refused source
+    reached the producer. It must be compared with what was last reconciled."""
+    original = SPEC["source"]["url"]
+    refused = {**SPEC, "source": {"url": "https://example.com/other.csv.gz"}}
+    operator = _Operator(monkeypatch, SPEC)
+    assert _producer_url(operator) == original
+    with pytest.raises(kopf.PermanentError, match="source is immutable"):
+        operator.edit(refused)
+    # A harmless edit, the refused source still in the spec.
+    with pytest.raises(kopf.PermanentError, match="source is immutable"):
+        operator.edit({**refused, "pacing": {"speed": "10x"}})
+    assert _producer_url(operator) == original
+    assert operator.warnings == ["ImmutableFieldChanged", "ImmutableFieldChanged"]
+    # Reverted: the harmless edit applies, with the source the job always had.
+    operator.edit({**SPEC, "pacing": {"speed": "10x"}})
+    assert _producer_url(operator) == original
+    settings = operator.child("ConfigMap", Names("btc").settings)["data"]
+    assert settings[cli_envvar("produce", "speed")] == "10x"
+    assert reconciled_generation(operator.body["metadata"]) == 4
 
 
 def test_a_failed_job_should_get_its_workers_stopped_by_any_later_reconcile(

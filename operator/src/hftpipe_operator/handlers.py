@@ -37,14 +37,15 @@ from .kube import Kube, Manifest, load_api_client
 from .naming import Names
 from .reconcile import (
     FINAL_PHASES,
-    RECONCILED_GENERATION,
     KafkaReading,
     credentials_condition,
     job_patch,
     kafka_condition,
     phase_event,
     plan,
+    reconciled_annotations,
     reconciled_generation,
+    reconciled_spec,
     stamp,
     status_changed,
     with_condition,
@@ -138,20 +139,40 @@ def _job(body: kopf.Body) -> ReplayJob:
 
 
 def _refuse_immutable_changes(body: kopf.Body, old: Any, job: ReplayJob) -> None:
-    """An update that changes what the job's data is -> refused, children left as they are.
+    """An update that changes what the job's data is -> refused, children left as they
+    are, and every later edit refused too until that one is reverted.
 
     The CRD's transition rules refuse such an update at admission; this holds where the
-    installed CRD predates them (Helm never upgrades a chart's crds/)."""
-    old_spec = old.get("spec") if isinstance(old, Mapping) else None
+    installed CRD predates them (Helm never upgrades a chart's crds/).
+
+    The spec is compared with the one last reconciled (:data:`.reconcile.RECONCILED_SPEC`),
+    not with kopf's ``old``: kopf stores the spec of a handler that failed permanently as
+    handled, so the next edit's ``old`` was the refused spec, and a harmless edit then
+    carried the refused change to the children (issue 10, point 8); an operator restart
+    did the same, a resume being compared with that diffbase too. Raising TemporaryError
+    instead would keep kopf's diffbase, but at the price of retrying for ever a change
+    only its author can undo, and of a refusal that rests on when kopf writes its own
+    bookkeeping. ``old`` serves only a job last reconciled before that annotation existed.
+    """
+    meta = body.get("metadata") or {}
+    old_spec: Any = reconciled_spec(meta)
+    if old_spec is None and isinstance(old, Mapping):
+        old_spec = old.get("spec")
     if not old_spec:
         return
     try:
         before = ReplayJobSpec.model_validate(old_spec)
     except ValidationError:
-        return  # the last handled spec no longer parses: nothing to compare it with
+        return  # the last reconciled spec no longer parses: nothing to compare it with
     refused = ReplayJobSpec.transition_violations(before, job.spec)
     if refused:
-        message = "; ".join(refused)
+        generation = reconciled_generation(meta)
+        message = "; ".join(refused) + (
+            f" (the job runs on as generation {generation} defined it; no other edit "
+            "applies until this one is reverted)"
+            if generation is not None
+            else ""
+        )
         kopf.warn(body, reason="ImmutableFieldChanged", message=message)
         raise kopf.PermanentError(message)
 
@@ -299,7 +320,9 @@ def reconcile(
                 f"{reason}: {detail} (attempt {retry + 1}, next in {delay:.0f} s)", delay=delay
             ) from exc
         # Only now, every child being as this generation wants it (see RECONCILED_GENERATION).
-        patch.metadata.annotations[RECONCILED_GENERATION] = str(int(meta.get("generation") or 0))
+        generation = int(meta.get("generation") or 0)
+        for key, value in reconciled_annotations(generation, dict(body.get("spec") or {})).items():
+            patch.metadata.annotations[key] = value
 
 
 # --------------------------------------------------------------------------- observe

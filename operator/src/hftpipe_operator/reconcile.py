@@ -39,6 +39,15 @@ An annotation rather than kopf's memo: it survives an operator restart, and the 
 timer (a task of its own) reads it from the body it is given. It is under the operator's
 kopf prefix, whose annotations kopf leaves out of its diff: writing it is not an edit."""
 
+RECONCILED_SPEC: Final = f"{labels.DOMAIN}/reconciled-spec"
+"""Annotation on the ReplayJob: the spec (JSON, as the API server returned it) of the
+generation in :data:`RECONCILED_GENERATION`, written with it: what the children are of.
+
+An edit of a field that defines the job's data is judged against it where the installed
+CRD lacks the transition rules (issue 10, point 8), not against kopf's diffbase: kopf
+records a spec whose handler failed permanently as handled, so the next edit, compared
+with the refused spec, would carry the refused change to the children."""
+
 FINAL_PHASES: Final = ("Succeeded", "Failed")
 """Phases a job never leaves: no worker of it runs again (issue 10, point 5)."""
 
@@ -119,6 +128,27 @@ def reconciled_generation(meta: Mapping[str, Any]) -> int | None:
     if value is None or not value.isdigit():
         return None
     return int(value)
+
+
+def reconciled_spec(meta: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The spec :data:`RECONCILED_SPEC` records in ``meta``, or ``None``."""
+    value = _annotation({"metadata": meta}, RECONCILED_SPEC)
+    if value is None:
+        return None
+    try:
+        spec = json.loads(value)
+    except ValueError:
+        return None
+    return spec if isinstance(spec, dict) else None
+
+
+def reconciled_annotations(generation: int, spec: Mapping[str, Any]) -> dict[str, str]:
+    """:data:`RECONCILED_GENERATION` and :data:`RECONCILED_SPEC` of a generation whose
+    children were all made or patched."""
+    return {
+        RECONCILED_GENERATION: str(generation),
+        RECONCILED_SPEC: json.dumps(spec, sort_keys=True, separators=(",", ":")),
+    }
 
 
 def plan(existing: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> Action:
