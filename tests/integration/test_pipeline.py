@@ -34,7 +34,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, ConfigSource
 from oracle import assert_close, oracle, redis_history
 
 from hftpipe_devstack.procs import free_port
-from hftpipe_devstack.testing import CLI, produce, wait_for
+from hftpipe_devstack.testing import CLI, produce, run_worker, wait_for
 from hftpipe_workers import codec
 from hftpipe_workers import loader as loader_module
 from hftpipe_workers.bars import Bar
@@ -566,14 +566,7 @@ def test_redis_that_lost_a_jobs_keys_is_detected_and_rebuilt_or_refused(
     filled = max(range(3), key=lambda p: int(client.get(RedisKeys(clean).offset(p)) or 0))
     for deleted in admin.delete_records([TopicPartition(bars, filled, 100)]).values():
         deleted.result(timeout=30)
-    done = subprocess.run(
-        [*CLI, "process", "--job", lost, "--metrics-port", "-1", "--until-caught-up"],
-        env=subprocess_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = run_worker(subprocess_env, "process", lost, "--until-caught-up", timeout=120)
     assert done.returncode == 3, done.stderr[-3000:]
     last = done.stderr.strip().splitlines()[-1]
     assert "Redis lost the state of" in last
@@ -616,14 +609,7 @@ def test_records_a_consumer_cannot_use_are_dead_lettered_not_a_crash_loop(
     assert clean_fine.flush(30) == 0
 
     for job in (clean, poisoned):
-        done = subprocess.run(
-            [*CLI, "process", "--job", job, "--metrics-port", "-1", "--until-caught-up"],
-            env=subprocess_env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
+        done = run_worker(subprocess_env, "process", job, "--until-caught-up")
         assert done.returncode == 0, done.stderr[-3000:]
     client = redis.Redis.from_url(redis_url)
 
@@ -633,23 +619,8 @@ def test_records_a_consumer_cannot_use_are_dead_lettered_not_a_crash_loop(
     assert outputs(poisoned) == outputs(clean)
 
     db = tmp_path / "wh.duckdb"
-    load = subprocess.run(
-        [
-            *CLI,
-            "load",
-            "--job",
-            poisoned,
-            "--metrics-port",
-            "-1",
-            "--warehouse",
-            f"duckdb:///{db}",
-            "--until-caught-up",
-        ],
-        env=subprocess_env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    load = run_worker(
+        subprocess_env, "load", poisoned, "--warehouse", f"duckdb:///{db}", "--until-caught-up"
     )
     assert load.returncode == 0, load.stderr[-3000:]
     with duckdb.connect(str(db), read_only=True) as con:
@@ -779,15 +750,8 @@ def test_job_topics_keep_their_records_and_workers_refuse_a_gap_left_by_retentio
         assert retention.value == "-1"
         assert retention.source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value
 
-    def run(*cmd: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*CLI, *cmd, "--job", job, "--metrics-port", "-1", "--until-caught-up"],
-            env=subprocess_env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
+    def run(command: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return run_worker(subprocess_env, command, job, *args, "--until-caught-up")
 
     db = f"duckdb:///{tmp_path / 'wh.duckdb'}"
     assert run("process").returncode == 0

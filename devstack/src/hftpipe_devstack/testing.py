@@ -17,18 +17,26 @@ CLI = [sys.executable, "-m", "hftpipe_workers"]
 """The workers' CLI, run by this interpreter (the project's venv)."""
 
 
-def run_produce(
-    env: dict[str, str], job: str, source: str | Path, *args: str
+def run_worker(
+    env: dict[str, str], command: str, job: str, *args: str, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
-    """``hftpipe produce <source> --job <job> <args>``, without serving metrics."""
+    """``hftpipe <command> --job <job> <args>`` to its end, without serving metrics;
+    its output captured (a worker's last stderr line is its error, if any)."""
     return subprocess.run(
-        [*CLI, "produce", str(source), "--job", job, "--metrics-port", "-1", *args],
+        [*CLI, command, "--job", job, "--metrics-port", "-1", *args],
         env=env,
         capture_output=True,
         text=True,
         check=False,
-        timeout=300,
+        timeout=timeout,
     )
+
+
+def run_produce(
+    env: dict[str, str], job: str, source: str | Path, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """``hftpipe produce --job <job> <source> <args>``, without serving metrics."""
+    return run_worker(env, "produce", job, str(source), *args)
 
 
 def produce(env: dict[str, str], job: str, source: str | Path, *args: str) -> dict[str, Any]:
