@@ -187,7 +187,11 @@ def test_defaults_when_neither_option_nor_variable(workers: dict[str, dict[str, 
     assert init["source"] == "data.csv"
     assert init["job"] == "demo"
     assert init["pacing"] == Pacing("max")
-    assert (init["partitions"], init["replication"], init["create_topics"]) == (3, 1, True)
+    assert (init["partitions"], init["replication"], init["create_topics"]) == (
+        3,
+        None,
+        True,
+    )  # replication None: min(3, brokers)
     assert init["layout"] == "auto"
     assert init["mapping"] is None
     assert init["kafka"].profile == "throughput"
@@ -291,7 +295,7 @@ def test_a_processor_without_partitions_copies_the_bars_topic(
     workers: dict[str, dict[str, Any]],
 ) -> None:
     assert invoke("process", *QUIET).exit_code == 0
-    assert workers["process"]["ensure_metrics_topic"] == {"replication": 1, "partitions": None}
+    assert workers["process"]["ensure_metrics_topic"] == {"replication": None, "partitions": None}
 
 
 # ---------------------------------------------------------------------- errors

@@ -596,13 +596,22 @@ def test_strimzi_cluster_gets_kafkatopics_and_its_bootstrap_service() -> None:
         (names.deadletter, 1),
         (names.progress, 1),
     ]
-    assert topics[-1]["spec"]["config"] == {"cleanup.policy": "compact"}
+    # Every topic keeps its records (issue 10, point 6); the progress topic is compacted.
+    durable = {"retention.ms": "-1", "retention.bytes": "-1"}
+    assert topics[-1]["spec"]["config"] == {**durable, "cleanup.policy": "compact"}
     for topic in topics:
         assert topic["apiVersion"] == "kafka.strimzi.io/v1"
         assert topic["kind"] == "KafkaTopic"
         assert topic["metadata"]["namespace"] == "kafka"
         assert topic["metadata"]["labels"][labels.STRIMZI_CLUSTER] == "events"
-        assert topic["spec"]["replicas"] == 1
+        # No replicas asked for: Strimzi takes the cluster's default.replication.factor.
+        assert "replicas" not in topic["spec"]
+        assert topic["spec"]["config"].items() >= durable.items()
+    three = builders.build_topic_kafkatopics(
+        make_job(kafka={**kafka, "topic": {"partitions": 6, "replicas": 3}})
+    )
+    assert {t["spec"]["replicas"] for t in three} == {3}
+    assert {t["spec"]["config"]["min.insync.replicas"] for t in three} == {"2"}
     settings = builders.worker_settings(job)
     assert settings["HFTPIPE_KAFKA_BOOTSTRAP_SERVERS"] == "events-kafka-bootstrap.kafka.svc:9092"
     assert settings["HFTPIPE_CREATE_TOPICS"] == "false"

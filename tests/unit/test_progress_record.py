@@ -19,7 +19,12 @@ from hftpipe_operator.spec import ReplayJob, ReplayJobSpec
 from hftpipe_operator.status import Observed, OffsetFacts, ProducerFacts, WorkerFacts, roll_up
 from hftpipe_workers import producer as producer_module
 from hftpipe_workers.bars import Bar
-from hftpipe_workers.contract import PROGRESS_TOPIC_CONFIG, ProducerProgress, Topics
+from hftpipe_workers.contract import (
+    JOB_TOPIC_CONFIG,
+    PROGRESS_TOPIC_CONFIG,
+    ProducerProgress,
+    Topics,
+)
 from hftpipe_workers.csvformat import BarBatch
 from hftpipe_workers.deadletters import excerpt
 from hftpipe_workers.observability import REGISTRY
@@ -332,8 +337,11 @@ def test_the_strimzi_progress_topic_is_a_compacted_kafkatopic() -> None:
     )
     by_name = {t["metadata"]["name"]: t for t in builders.build_topic_kafkatopics(job)}
     progress = by_name[Topics.for_job(job.job_id).progress]
-    assert progress["spec"] == {"partitions": 1, "replicas": 1, "config": PROGRESS_TOPIC_CONFIG}
-    assert "config" not in by_name[Topics.for_job(job.job_id).bars]["spec"]
+    assert progress["spec"] == {
+        "partitions": 1,
+        "config": {**JOB_TOPIC_CONFIG, **PROGRESS_TOPIC_CONFIG},
+    }
+    assert by_name[Topics.for_job(job.job_id).bars]["spec"]["config"] == JOB_TOPIC_CONFIG
 
 
 def test_the_status_shows_rows_in_the_source_and_rows_read_from_the_record() -> None:

@@ -19,7 +19,7 @@ import json
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
-from hftpipe_workers.contract import PROGRESS_TOPIC_CONFIG, Topics
+from hftpipe_workers.contract import JOB_TOPIC_CONFIG, PROGRESS_TOPIC_CONFIG, Topics
 from hftpipe_workers.settings import KafkaSettings, RedisSettings
 from hftpipe_workers.snowflake_settings import SnowflakeSettings
 
@@ -143,7 +143,6 @@ def worker_settings(job: ReplayJob) -> dict[str, str]:
         # created one itself would race the Topic Operator.
         cli_envvar("produce", "create_topics"): "false" if kafka.strimzi_cluster else "true",
         cli_envvar("produce", "partitions"): str(kafka.topic.partitions),
-        cli_envvar("produce", "replication"): str(kafka.topic.replicas),
         # A set: in one order (by length), so that reordering them changes no pod.
         cli_envvar("process", "windows"): ",".join(
             sorted(spec.processing.windows, key=window_seconds)
@@ -154,6 +153,8 @@ def worker_settings(job: ReplayJob) -> dict[str, str]:
         settings_envvar(RedisSettings, "url"): spec.redis.url,
         settings_envvar(RedisSettings, "history_limit"): str(spec.redis.history_limit),
     }
+    if kafka.topic.replicas is not None:
+        env[cli_envvar("produce", "replication")] = str(kafka.topic.replicas)
     if pacing.speed is not None:
         env[cli_envvar("produce", "speed")] = pacing.speed
     elif pacing.rate is not None:
@@ -571,6 +572,9 @@ def build_topic_kafkatopics(job: ReplayJob) -> list[dict[str, Any]]:
     topics = Topics.for_job(job.job_id)
     partitions, replicas = job.spec.kafka.topic.partitions, job.spec.kafka.topic.replicas
     out = []
+    durable = dict(JOB_TOPIC_CONFIG)
+    if replicas is not None:
+        durable["min.insync.replicas"] = str(min(2, replicas))
     for topic, count, config in (
         (topics.bars, partitions, None),
         (topics.metrics, partitions, None),
@@ -579,9 +583,9 @@ def build_topic_kafkatopics(job: ReplayJob) -> list[dict[str, Any]]:
     ):
         metadata = _metadata(job, topic, "topic", namespace=cluster.namespace or job.namespace)
         metadata["labels"][labels.STRIMZI_CLUSTER] = cluster.name
-        spec: dict[str, Any] = {"partitions": count, "replicas": replicas}
-        if config is not None:
-            spec["config"] = dict(config)
+        spec: dict[str, Any] = {"partitions": count, "config": {**durable, **(config or {})}}
+        if replicas is not None:  # else Strimzi uses the cluster's default.replication.factor
+            spec["replicas"] = replicas
         out.append(
             {
                 "apiVersion": STRIMZI_API_VERSION,

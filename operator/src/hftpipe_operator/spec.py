@@ -353,8 +353,9 @@ class TopicSpec(ApiModel):
     partitions: int = Field(default=cli_default(cli.produce, "partitions"), ge=1, le=10_000)
     """Partitions of the bars and metrics topics: the most processors that can work at once."""
 
-    replicas: int = Field(default=cli_default(cli.produce, "replication"), ge=1, le=32_767)
-    """Replication factor of the job's topics."""
+    replicas: int | None = Field(default=cli_default(cli.produce, "replication"), ge=1, le=32_767)
+    """Replication factor of the job's topics; unset: 3, or every broker if the cluster
+    has fewer (Strimzi: the cluster's default.replication.factor)."""
 
 
 class KafkaSecretRef(ApiModel):

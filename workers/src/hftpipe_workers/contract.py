@@ -86,6 +86,14 @@ class Topics:
 PROGRESS_TOPIC_CONFIG: Final[dict[str, str]] = {"cleanup.policy": "compact"}
 """Topic config of the progress topic: only the latest record per key matters."""
 
+JOB_TOPIC_CONFIG: Final[dict[str, str]] = {"retention.ms": "-1", "retention.bytes": "-1"}
+"""Every job topic keeps its records until the job is deleted (``cleanup.deleteTopics``).
+
+Set explicitly rather than left to the broker's default (7 days on a stock broker):
+the producer's resume, the processors' state in Redis and the progress in the status
+all read the topics from offset 0, and a record deleted before a worker used it is
+data lost."""
+
 
 @dataclass(frozen=True)
 class ProducerProgress:

@@ -6,19 +6,13 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
-from typing import Final
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from .contract import JOB_TOPIC_CONFIG
+
 log = logging.getLogger("hftpipe.kafka")
-
-JOB_TOPIC_CONFIG: Final = {"retention.ms": "-1", "retention.bytes": "-1"}
-"""Every job topic keeps its records until the job is deleted (``cleanup.deleteTopics``).
-
-Set explicitly rather than left to the broker's default (7 days): the producer's
-resume, the processors' state in Redis and the progress in the status all read the
-topics from offset 0, and a record deleted before a worker used it is data lost."""
 
 
 def default_replication(brokers: int) -> int:

@@ -462,7 +462,7 @@ class Replay:
         start_ns: int | None = None,
         end_ns: int | None = None,
         partitions: int = 3,
-        replication: int = 1,
+        replication: int | None = None,
         create_topics: bool = True,
         count_source_rows: bool = True,
         progress: bool = True,

@@ -313,8 +313,9 @@ class ProduceSettings(WorkerSettings):
     partitions: int = Field(default=3, ge=1)
     """Partitions of the bars topic, if it is created."""
 
-    replication: int = Field(default=1, ge=1)
-    """Replication factor of the job's topics, if they are created."""
+    replication: int | None = Field(default=None, ge=1)
+    """Replication factor of the job's topics, if they are created; unset: 3, or every
+    broker if the cluster has fewer (with min.insync.replicas 2 where there are 2+)."""
 
     create_topics: bool = True
     """Create the bars and dead-letter topics if missing."""
@@ -418,8 +419,9 @@ class ProcessSettings(WorkerSettings):
     partitions: int | None = Field(default=None, ge=1)
     """Partitions of the metrics topic, if it is created; unset: as many as the bars topic."""
 
-    replication: int = Field(default=1, ge=1)
-    """Replication factor of the metrics topic, if it is created."""
+    replication: int | None = Field(default=None, ge=1)
+    """Replication factor of the metrics topic, if it is created; unset: 3, or every
+    broker if the cluster has fewer."""
 
     metrics_port: MetricsPort = 9101
 
