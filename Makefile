@@ -86,7 +86,7 @@ stack-status: venv ## list the local stack's processes
 
 .PHONY: demo
 demo: system-deps venv ## replay the shipped BTC bars: Kafka -> Redis + DuckDB, then a report
-	$(VENV)/bin/hftpipe demo --stack-dir $(STACK_DIR)
+	$(PY) -m hftpipe_devstack --dir $(STACK_DIR) demo
 
 .PHONY: bench
 bench: venv ## benchmark suite (4M generated bars + real BTC bars); writes bench/results/

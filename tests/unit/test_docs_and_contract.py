@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,26 @@ def test_a_job_name_never_holds_a_dot_nor_a_namespace_one() -> None:
         job_id("a.b", "ns")
     with pytest.raises(ValueError, match="namespace"):
         job_id("btc", "Not.A.Namespace")
+
+
+def test_the_product_never_imports_the_development_stack() -> None:
+    """workers/ and operator/ ship in images and wheels; devstack/ is how this repository
+    develops and tests them. An import of it from the product (the demo had two, inside
+    functions) is a dependency the product's own packaging does not declare."""
+    repo = Path(__file__).resolve().parents[2]
+    found = []
+    for path in sorted((*repo.glob("workers/src/**/*.py"), *repo.glob("operator/src/**/*.py"))):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            found += [
+                f"{path.relative_to(repo)}:{node.lineno}: {name}"  # type: ignore[attr-defined]
+                for name in names
+                if name.split(".")[0] in {"hftpipe_devstack", "tests"}
+            ]
+    assert found == []

@@ -1,14 +1,47 @@
-"""``python -m hftpipe_devstack up|down|status|install`` (what ``make stack-up`` runs)."""
+"""``python -m hftpipe_devstack up|down|status|install|demo`` (what ``make stack-up`` and
+``make demo`` run)."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 from . import install, thirdparty
 from .procs import StartError
 from .stack import ALL_COMPONENTS, CLUSTER_COMPONENTS, KNOWN_COMPONENTS, Stack
+
+DEMO_COMPONENTS = ("kafka", "redis")
+"""What the demo's pipeline needs; the Kubernetes API is for the operator."""
+
+
+def _demo(stack: Stack, *, stop: bool) -> int:
+    """``make demo``: the stack's Kafka and Redis (started if none runs), then the product's
+    own ``hftpipe demo`` against them, as a user would run it against theirs."""
+    started = False
+    if stack.running() and stack.env_file.exists():
+        print(f"using the local stack already running from {stack.state_dir}", file=sys.stderr)
+        env = stack.env_from_file()
+    else:
+        print("starting the local stack (Kafka, Redis)...", file=sys.stderr)
+        env = stack.up()
+        started = True
+    try:
+        return subprocess.call(
+            [sys.executable, "-m", "hftpipe_workers", "demo", "--data-dir", str(stack.state_dir)],
+            env={**os.environ, **env},
+        )
+    finally:
+        if stop and started:
+            stack.down()
+            print("\nThe local stack was stopped.")
+        else:
+            print(
+                f"\nThe local stack keeps running (state in {stack.state_dir}); "
+                "stop it with 'make stack-down'."
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,6 +68,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help=f"a real node too (root): same as --only {','.join(CLUSTER_COMPONENTS)}",
     )
+    demo = sub.add_parser(
+        "demo",
+        help="start Kafka and Redis (or use the ones running), then run 'hftpipe demo' on them",
+    )
+    demo.add_argument(
+        "--stop-stack", action="store_true", help="stop the stack afterwards if it started it"
+    )
     sub.add_parser("down", help="stop every process of the stack")
     sub.add_parser("status", help="list the stack's processes")
     sub.add_parser(
@@ -51,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             else tuple(c for c in args.only.split(",") if c)
         )
         if args.command == "up"
+        else DEMO_COMPONENTS
+        if args.command == "demo"
         else ALL_COMPONENTS,
     )
     try:
@@ -71,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
                 if "node" in stack.components
                 else "Stop it: make stack-down"
             )
+        elif args.command == "demo":
+            return _demo(stack, stop=args.stop_stack)
         elif args.command == "down":
             records = stack.table().records()
             killed = stack.down()

@@ -68,6 +68,15 @@ class Stack:
         """The process table of this stack."""
         return ProcessTable(self.state_dir, tie_to_parent=self.tie_to_parent)
 
+    def env_from_file(self) -> dict[str, str]:
+        """The variables of the env file a running stack wrote (``PATH`` left out)."""
+        env = {}
+        for line in self.env_file.read_text().splitlines():
+            key, _, value = line.removeprefix("export ").partition("=")
+            if key != "PATH":
+                env[key] = shlex.split(value)[0] if value else ""
+        return env
+
     def running(self) -> list[str]:
         """Names of this stack's processes that are alive."""
         return [r.name for r in self.table().records() if alive(r)]

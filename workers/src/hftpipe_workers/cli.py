@@ -375,11 +375,8 @@ def load(settings: LoadSettings) -> None:
 @app.command()
 @_settings_command(DemoSettings)
 def demo(settings: DemoSettings) -> None:
-    """Bring up the local stack, replay the BTC bars end to end, print a report."""
+    """Replay the BTC bars end to end through the Kafka and Redis the environment names
+    (make demo starts local ones), then print a report."""
     from .demo import run_demo  # noqa: PLC0415 - keep --help fast
 
-    raise typer.Exit(
-        run_demo(
-            source=settings.source, stack_dir=settings.stack_dir, keep_stack=settings.keep_stack
-        )
-    )
+    raise typer.Exit(run_demo(source=settings.source, data_dir=settings.data_dir))

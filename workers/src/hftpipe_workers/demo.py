@@ -1,9 +1,13 @@
-"""``hftpipe demo``: the whole pipeline on a laptop, against the local stack.
+"""``hftpipe demo``: the whole pipeline on one machine, against the Kafka and Redis that
+the environment names (``KAFKA_BOOTSTRAP_SERVERS``, ``REDIS_URL``, or their
+``HFTPIPE_*`` forms).
 
 It runs the three workers as separate processes with the same CLI a pod runs
 (``hftpipe produce``, ``process``, ``load``), waits for the replay to finish and
 for processor and loader to catch up (read from Kafka's committed offsets, as
-the operator does), stops them with SIGTERM, and prints a report.
+the operator does), stops them with SIGTERM, and prints a report. ``make demo``
+starts a local Kafka and Redis first (``python -m hftpipe_devstack demo``): the
+product does not depend on the development stack.
 """
 
 from __future__ import annotations
@@ -26,26 +30,6 @@ DEMO_WINDOWS = ("4h", "1d", "7d", "30d")
 def sample_path() -> Path:
     """The shipped BTC/USDT hourly bars (see ``sample_data/README.md``)."""
     return Path(str(resources.files("hftpipe_workers") / "sample_data" / SAMPLE))
-
-
-def _stack_env(stack_dir: Path) -> tuple[dict[str, str], bool]:
-    """Env of a running stack in ``stack_dir``, starting Kafka and Redis if none runs."""
-    try:
-        from hftpipe_devstack.stack import Stack  # noqa: PLC0415
-    except ImportError:
-        print("the demo needs the development environment: run 'make demo'", file=sys.stderr)
-        raise
-    # Kafka and Redis are all the pipeline needs; the Kubernetes API is for the operator.
-    stack = Stack(stack_dir.resolve(), ("kafka", "redis"))
-    if stack.running() and stack.env_file.exists():
-        env = {}
-        for line in stack.env_file.read_text().splitlines():
-            key, _, value = line.removeprefix("export ").partition("=")
-            env[key] = value.strip("'")
-        print(f"using the local stack already running from {stack_dir}", file=sys.stderr)
-        return env, False
-    print("starting the local stack (Kafka, Redis)...", file=sys.stderr)
-    return stack.up(), True
 
 
 def _lag(bootstrap: str, group: str, topics: list[str]) -> int:
@@ -77,16 +61,20 @@ def _last_json(output: str) -> dict[str, Any]:
     return {}
 
 
-def run_demo(
-    *, source: str | None, stack_dir: Path, keep_stack: bool, symbol: str = "BTCUSDT"
-) -> int:
+def run_demo(*, source: str | None, data_dir: Path, symbol: str = "BTCUSDT") -> int:
     """Run the demo; returns an exit code."""
     from .contract import Groups, Topics  # noqa: PLC0415
+    from .settings import KafkaSettings, RedisSettings  # noqa: PLC0415
 
-    env_stack, started = _stack_env(stack_dir)
+    kafka, redis_settings = KafkaSettings(), RedisSettings()
     job = "demo-" + datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    warehouse = stack_dir.resolve() / "demo.duckdb"
-    env = {**os.environ, **env_stack, "HFTPIPE_JOB": job}
+    data_dir.mkdir(parents=True, exist_ok=True)
+    warehouse = data_dir.resolve() / "demo.duckdb"
+    env = {**os.environ, "HFTPIPE_JOB": job}
+    print(
+        f"Kafka {kafka.bootstrap_servers}, Redis {redis_settings.url.split('@')[-1]}",
+        file=sys.stderr,
+    )
     src = source or str(sample_path())
     cli = [sys.executable, "-m", "hftpipe_workers"]
     topics, groups = Topics.for_job(job), Groups.for_job(job)
@@ -121,7 +109,7 @@ def run_demo(
         print("the producer failed (see above)", file=sys.stderr)
         return produce.returncode
     produced = _last_json(produce.stdout)
-    bootstrap = env_stack["KAFKA_BOOTSTRAP_SERVERS"]
+    bootstrap = kafka.bootstrap_servers
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         lags = (
@@ -149,22 +137,12 @@ def run_demo(
     _report(
         job=job,
         symbol=symbol,
-        redis_url=env_stack["REDIS_URL"],
+        redis_settings=redis_settings,
         warehouse=warehouse,
         produced=produced,
         outputs=outputs,
         elapsed=elapsed,
     )
-    if keep_stack or not started:
-        print(
-            f"\nThe local stack keeps running (state in {stack_dir}); "
-            "stop it with 'make stack-down'."
-        )
-    else:
-        from hftpipe_devstack.stack import Stack  # noqa: PLC0415
-
-        Stack(stack_dir.resolve()).down()
-        print("\nThe local stack was stopped.")
     return 0
 
 
@@ -172,7 +150,7 @@ def _report(
     *,
     job: str,
     symbol: str,
-    redis_url: str,
+    redis_settings: Any,
     warehouse: Path,
     produced: dict[str, Any],
     outputs: dict[str, dict[str, Any]],
@@ -180,12 +158,12 @@ def _report(
 ) -> None:
     """Print the demo's report: counts, rates, latest VWAPs (Redis), volatile days (DuckDB)."""
     import duckdb  # noqa: PLC0415
-    import redis  # noqa: PLC0415
 
     from .contract import RedisKeys  # noqa: PLC0415
+    from .processor import redis_client  # noqa: PLC0415
     from .warehouse.queries import most_volatile_days  # noqa: PLC0415
 
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client = redis_client(redis_settings)
     keys = RedisKeys(job)
     print("\n=== hftpipe demo report ===")
     print(f"job                 {job}")
@@ -200,8 +178,9 @@ def _report(
         f"end to end          {produced.get('produced', 0) / elapsed:,.0f} bars/s "
         f"({elapsed:.1f} s, producer start to loader caught up)"
     )
-    for seen in sorted(cast("set[str]", client.smembers(keys.symbols))):
-        latest = cast("dict[str, str]", client.hgetall(keys.latest(seen)))
+    for seen in sorted(m.decode() for m in cast("set[bytes]", client.smembers(keys.symbols))):
+        raw = cast("dict[bytes, bytes]", client.hgetall(keys.latest(seen)))
+        latest = {k.decode(): v.decode() for k, v in raw.items()}
         when = datetime.fromtimestamp(int(latest["ts_ns"]) / 1e9, UTC)
         print(
             f"\nlatest metrics for {seen} at {when:%Y-%m-%d %H:%M} UTC "

@@ -476,7 +476,8 @@ class LoadSettings(WorkerSettings):
 
 
 class DemoSettings(BaseSettings):
-    """Options of ``hftpipe demo`` (``HFTPIPE_DEMO_*``)."""
+    """Options of ``hftpipe demo`` (``HFTPIPE_DEMO_*``); Kafka and Redis come from the
+    environment, as for every worker."""
 
     model_config = SettingsConfigDict(
         env_prefix="HFTPIPE_DEMO_",
@@ -488,11 +489,8 @@ class DemoSettings(BaseSettings):
     source: str | None = None
     """CSV to replay; unset: the BTC/USDT hourly bars shipped with hftpipe."""
 
-    stack_dir: Path = Path(".stack")
-    """Where the local stack keeps its state."""
-
-    keep_stack: bool = True
-    """Leave the local stack running afterwards."""
+    data_dir: Path = Path(".stack")
+    """Where the demo's DuckDB file (demo.duckdb) goes."""
 
 
 COMMAND_SETTINGS: dict[str, type[BaseSettings]] = {
