@@ -23,7 +23,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from hftpipe_devstack import components, kubeschemas
-from hftpipe_devstack.procs import ProcessTable, alive
+from hftpipe_devstack.procs import ProcessTable, alive, port_open
 from hftpipe_devstack.testing import wait_for
 
 SMOKE_CHART = Path(__file__).parent / "fixtures" / "smoke-chart"
@@ -299,6 +299,9 @@ def test_the_local_redis_keeps_its_data_across_a_crash(tmp_path: Path) -> None:
         (record,) = [r for r in table.records() if r.name == "redis"]
         os.killpg(record.pid, signal.SIGKILL)  # a crash: no shutdown save
         wait_for(lambda: not alive(record), 10, "redis to die")
+        # Its group may hold a forked child a moment longer (Redis rewrites its AOF in
+        # one), with the listening socket: wait until nothing accepts on the port.
+        wait_for(lambda: not port_open(redis_component.port), 10, "redis' port to close")
         redis_component.start(table, tmp_path / "redis")
         assert redis.Redis.from_url(redis_component.url).get("hftpipe:t:offset:0") == b"42"
     finally:
