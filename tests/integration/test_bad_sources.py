@@ -14,12 +14,9 @@ Only 127.0.0.1 is contacted: HTTP from a local ``http.server``, S3 from moto's s
 
 from __future__ import annotations
 
-import functools
 import gzip
-import http.server
 import json
 import random
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -31,7 +28,7 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from hftpipe_devstack.procs import free_port
-from hftpipe_devstack.testing import run_produce, s3_endpoint
+from hftpipe_devstack.testing import http_server, run_produce, s3_endpoint
 from hftpipe_workers.contract import Topics
 from hftpipe_workers.producer import count_rows, iter_dead_letters
 from hftpipe_workers.settings import KafkaSettings
@@ -212,15 +209,8 @@ def test_values_that_are_no_prices_are_still_dead_lettered(
 
 @pytest.fixture(scope="module")
 def http_root(data: Path) -> Iterator[str]:
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(data))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_server(data) as root:
+        yield root
 
 
 def test_an_http_404(http_root: str, subprocess_env: dict[str, str], kafka_bootstrap: str) -> None:

@@ -10,11 +10,8 @@ the ReplayJob's pod gives them: ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID`` and
 from __future__ import annotations
 
 import bz2
-import functools
 import gzip
-import http.server
 import lzma
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,8 +20,7 @@ from typing import Any
 import pytest
 import zstandard
 
-from hftpipe_devstack.procs import free_port
-from hftpipe_devstack.testing import produce, run_produce, s3_endpoint
+from hftpipe_devstack.testing import http_server, produce, run_produce, s3_endpoint
 from hftpipe_workers.producer import count_rows
 
 SAMPLE = (
@@ -78,16 +74,8 @@ def test_a_local_file_in_every_compression(
 @pytest.fixture(scope="module")
 def http_root(files: dict[str, Path]) -> Iterator[str]:
     """The files over plain HTTP on 127.0.0.1 (fsspec's HTTP filesystem, as for https://)."""
-    directory = str(files[""].parent)
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=directory)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_server(files[""].parent) as root:
+        yield root
 
 
 def test_an_http_url(http_root: str, subprocess_env: dict[str, str]) -> None:

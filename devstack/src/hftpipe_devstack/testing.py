@@ -68,6 +68,27 @@ def wait_for(
 
 
 @contextmanager
+def http_server(directory: Path) -> Iterator[str]:
+    """``directory``'s files over plain HTTP on 127.0.0.1 (fsspec's HTTP filesystem, as
+    for https:// sources); yields the base URL."""
+    import functools  # noqa: PLC0415
+    import http.server  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    from hftpipe_devstack.procs import free_port  # noqa: PLC0415
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextmanager
 def s3_endpoint(objects: Mapping[str, Path]) -> Iterator[dict[str, str]]:
     """An S3 endpoint on 127.0.0.1 (moto's server, a dev dependency: no S3 account is
     reachable here) holding ``objects`` (``s3://`` URL -> local file); yields the
