@@ -973,6 +973,9 @@ class BarReader:
         def text_of(i: int) -> str:
             return block[starts[i] : text_ends[i]].decode("utf-8", "replace")
 
+        def rejected_row(i: int, kind: str, why: str) -> RejectedRow:
+            return RejectedRow(self.source, int(line_nos[i]), text_of(i), kind, why)
+
         # Lines that are no clean text: pandas would cut them elsewhere, or misread them.
         problems = _text_problems(block, arr, starts, text_ends, blank)
         commas: IntArray | None = None
@@ -991,15 +994,10 @@ class BarReader:
         clean[list(problems)] = False
         good = ~blank & clean & (nfields == self._ncols)
 
-        rejected = [
-            RejectedRow(self.source, int(line_nos[i]), text_of(i), kind, why)
-            for i, (kind, why) in problems.items()
-        ]
+        rejected = [rejected_row(i, kind, why) for i, (kind, why) in problems.items()]
         rejected += [
-            RejectedRow(
-                self.source,
-                int(line_nos[i]),
-                text_of(i),
+            rejected_row(
+                i,
                 "fields",
                 f"expected {self._ncols} comma-separated fields as in the header, "
                 f"found {nfields[i]}",
@@ -1018,10 +1016,8 @@ class BarReader:
                 # csv and pandas read differently): set the quoted lines aside, read again.
                 quoted = np.array([b'"' in block[starts[i] : ends[i]] for i in good_idx])
                 rejected += [
-                    RejectedRow(
-                        self.source,
-                        int(line_nos[i]),
-                        text_of(i),
+                    rejected_row(
+                        i,
                         "fields",
                         "its quoting cannot be read consistently: quote whole fields only",
                     )
