@@ -15,9 +15,16 @@ from typing import Any
 import pytest
 
 from hftpipe_devstack import install, kubeschemas, thirdparty, versions
-from hftpipe_devstack.components import kafka_cluster_id, kafka_server_properties
+from hftpipe_devstack.components import (
+    STANDARD_AUTHORIZER,
+    KafkaScram,
+    kafka_cluster_id,
+    kafka_server_properties,
+    scram_env,
+)
 from hftpipe_devstack.procs import ProcessTable, ProcRecord, alive, start_ticks
 from hftpipe_devstack.stack import reap_stale
+from hftpipe_workers.settings import KafkaSettings
 
 KUBERNETES_GO_MOD = """\
 module k8s.io/kubernetes
@@ -71,6 +78,43 @@ def test_kafka_properties_run_kraft_without_topic_auto_creation(tmp_path: Path) 
     assert props["listeners"] == "PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093"
     assert props["controller.quorum.voters"] == "1@127.0.0.1:9093"
     assert props["log.dirs"] == str(tmp_path)
+
+
+def test_a_scram_broker_authenticates_every_listener_and_enforces_acls(tmp_path: Path) -> None:
+    scram = KafkaScram(password="pw")
+    props = dict(
+        line.split("=", 1)
+        for line in kafka_server_properties(
+            port=9092, controller_port=9093, log_dir=tmp_path, scram=scram
+        ).splitlines()
+    )
+    assert props["listeners"] == "SASL_PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093"
+    assert props["listener.security.protocol.map"] == (
+        "CONTROLLER:SASL_PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT"
+    )
+    assert props["inter.broker.listener.name"] == "SASL_PLAINTEXT"
+    assert props["sasl.enabled.mechanisms"] == "SCRAM-SHA-512"
+    assert props["authorizer.class.name"] == STANDARD_AUTHORIZER
+    assert props["super.users"] == "User:admin"
+    assert props["allow.everyone.if.no.acl.found"] == "false"
+    jaas = props["listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config"]
+    assert 'username="admin" password="pw"' in jaas
+    assert scram.format_args() == ["--add-scram=SCRAM-SHA-512=[name=admin,password=pw]"]
+
+
+def test_the_default_broker_stays_plaintext_without_authorizer(tmp_path: Path) -> None:
+    text = kafka_server_properties(port=9092, controller_port=9093, log_dir=tmp_path)
+    assert "sasl" not in text
+    assert "authorizer" not in text
+
+
+def test_scram_env_is_what_the_workers_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in scram_env(KafkaScram(admin="root", password="pw").client_config()).items():
+        monkeypatch.setenv(key, value)
+    common = KafkaSettings().common()
+    assert common["security.protocol"] == "SASL_PLAINTEXT"
+    assert common["sasl.mechanism"] == "SCRAM-SHA-512"
+    assert (common["sasl.username"], common["sasl.password"]) == ("root", "pw")
 
 
 def test_kafka_cluster_id_is_16_bytes_of_urlsafe_base64() -> None:

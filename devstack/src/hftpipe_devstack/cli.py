@@ -68,6 +68,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help=f"a real node too (root): same as --only {','.join(CLUSTER_COMPONENTS)}",
     )
+    up.add_argument(
+        "--kafka-scram",
+        action="store_true",
+        help="Kafka with SASL/SCRAM-SHA-512 and ACLs enforced, as in production; the env "
+        "file authenticates as its super user 'admin'",
+    )
     demo = sub.add_parser(
         "demo",
         help="start Kafka and Redis (or use the ones running), then run 'hftpipe demo' on them",
@@ -94,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         else DEMO_COMPONENTS
         if args.command == "demo"
         else ALL_COMPONENTS,
+        kafka_scram=getattr(args, "kafka_scram", False),
     )
     try:
         if args.command == "install":

@@ -12,8 +12,10 @@ import secrets
 import ssl
 import subprocess
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
 import httpx
 
@@ -39,22 +41,102 @@ logger.state.level = WARN
 """
 
 
+SCRAM_MECHANISM: Final = "SCRAM-SHA-512"
+"""The SASL mechanism of Strimzi's ``scram-sha-512`` KafkaUsers (the production values')."""
+
+STANDARD_AUTHORIZER: Final = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+"""KRaft's ACL authorizer (ACLs live in the cluster metadata; ZooKeeper's AclAuthorizer
+is gone from Kafka 4)."""
+
+
+@dataclass(frozen=True)
+class KafkaScram:
+    """A broker that authenticates and authorizes as production does: SASL/SCRAM-SHA-512
+    on the client listener and ACLs enforced, no ACL meaning no access.
+
+    ``admin`` is the broker's own principal (to itself and to its controller) and the one
+    super user; its SCRAM credentials are written at format time, so the broker can
+    authenticate to itself before any client could have created them. Other users are
+    made with the Admin API (see :mod:`hftpipe_devstack.kafkauser`).
+    """
+
+    admin: str = "admin"
+    password: str = field(default_factory=lambda: secrets.token_urlsafe(18))
+
+    def client_config(self) -> dict[str, str]:
+        """librdkafka settings of a client that authenticates as the super user."""
+        return {
+            "security.protocol": "SASL_PLAINTEXT",
+            "sasl.mechanism": SCRAM_MECHANISM,
+            "sasl.username": self.admin,
+            "sasl.password": self.password,
+        }
+
+    def format_args(self) -> list[str]:
+        """``kafka-storage format`` options that store the super user's SCRAM credentials."""
+        # URL-safe base64 has neither ',' nor '=' nor ']', which would end the value.
+        return [f"--add-scram={SCRAM_MECHANISM}=[name={self.admin},password={self.password}]"]
+
+    def server_properties(self, sasl_listeners: list[str]) -> dict[str, str]:
+        """What turns authentication and ACLs on (pure): SCRAM on ``sasl_listeners`` (the
+        first is the inter-broker one), PLAIN on the controller listener."""
+        scram_login = (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="{self.admin}" password="{self.password}";'
+        )
+        # SCRAM credentials live in the metadata log that the controller serves: the
+        # broker logs in to its controller before it has read any, so that listener uses
+        # PLAIN, against the one user this JAAS entry declares.
+        plain_login = (
+            "org.apache.kafka.common.security.plain.PlainLoginModule required "
+            f'username="{self.admin}" password="{self.password}" '
+            f'user_{self.admin}="{self.password}";'
+        )
+        mechanism = SCRAM_MECHANISM.lower()
+        props = {
+            "sasl.enabled.mechanisms": SCRAM_MECHANISM,
+            "sasl.mechanism.inter.broker.protocol": SCRAM_MECHANISM,
+            "sasl.mechanism.controller.protocol": "PLAIN",
+            "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
+            "listener.name.controller.plain.sasl.jaas.config": plain_login,
+            "authorizer.class.name": STANDARD_AUTHORIZER,
+            "super.users": f"User:{self.admin}",
+            # Kafka's default, stated: a resource without an ACL is refused to everyone
+            # but the super user, as on a Strimzi cluster with `simple` authorization.
+            "allow.everyone.if.no.acl.found": "false",
+        }
+        for listener in sasl_listeners:
+            props[f"listener.name.{listener.lower()}.{mechanism}.sasl.jaas.config"] = scram_login
+        return props
+
+
 def kafka_server_properties(
-    *, port: int, controller_port: int, log_dir: Path, pod_listener: str | None = None
+    *,
+    port: int,
+    controller_port: int,
+    log_dir: Path,
+    pod_listener: str | None = None,
+    scram: KafkaScram | None = None,
 ) -> str:
     """server.properties for one combined broker+controller node in KRaft mode (pure).
 
     ``pod_listener`` (``host:port``) adds a listener for the real node's pods, on the
     node's IP and advertised as such: a client that bootstraps through the
     ``<cluster>-kafka-bootstrap`` Service is then told an address it can reach.
+    ``scram`` makes every listener authenticate (SASL_PLAINTEXT) and turns ACLs on.
     """
-    listeners = [f"PLAINTEXT://127.0.0.1:{port}", f"CONTROLLER://127.0.0.1:{controller_port}"]
-    advertised = [f"PLAINTEXT://127.0.0.1:{port}"]
-    protocols = ["CONTROLLER:PLAINTEXT", "PLAINTEXT:PLAINTEXT"]
+    # The client listener is named after its protocol, as in Kafka's own examples; with
+    # authentication every listener speaks SASL, the controller's included.
+    client = "SASL_PLAINTEXT" if scram else "PLAINTEXT"
+    listeners = [f"{client}://127.0.0.1:{port}", f"CONTROLLER://127.0.0.1:{controller_port}"]
+    advertised = [f"{client}://127.0.0.1:{port}"]
+    protocols = [f"CONTROLLER:{client}", f"{client}:{client}"]
+    sasl_listeners = [client]
     if pod_listener is not None:
         listeners.append(f"PODS://{pod_listener}")
         advertised.append(f"PODS://{pod_listener}")
-        protocols.append("PODS:PLAINTEXT")
+        protocols.append(f"PODS:{client}")
+        sasl_listeners.append("PODS")
     props = {
         "process.roles": "broker,controller",
         "node.id": "1",
@@ -62,7 +144,7 @@ def kafka_server_properties(
         "listeners": ",".join(listeners),
         "advertised.listeners": ",".join(advertised),
         "controller.listener.names": "CONTROLLER",
-        "inter.broker.listener.name": "PLAINTEXT",
+        "inter.broker.listener.name": client,
         "listener.security.protocol.map": ",".join(protocols),
         "log.dirs": str(log_dir),
         # Code must create its topics: a typo in a topic name fails loudly instead
@@ -79,8 +161,24 @@ def kafka_server_properties(
         "group.initial.rebalance.delay.ms": "0",
         "log.retention.hours": "-1",
         "log.segment.bytes": str(256 * 1024 * 1024),
+        **(scram.server_properties(sasl_listeners) if scram else {}),
     }
     return "".join(f"{k}={v}\n" for k, v in props.items())
+
+
+def scram_env(client: Mapping[str, str]) -> dict[str, str]:
+    """The workers' environment variables (``HFTPIPE_KAFKA_SASL_*``...) for the SASL
+    settings in ``client`` (librdkafka names), so that ``source .stack/env`` or a test's
+    worker authenticates as ``client`` does."""
+    from hftpipe_workers.settings import KafkaSettings, env_names  # noqa: PLC0415
+
+    fields = {
+        "security.protocol": "security_protocol",
+        "sasl.mechanism": "sasl_mechanism",
+        "sasl.username": "sasl_username",
+        "sasl.password": "sasl_password",
+    }
+    return {env_names(KafkaSettings, fields[k])[0]: v for k, v in client.items() if k in fields}
 
 
 def kafka_cluster_id() -> str:
@@ -88,8 +186,12 @@ def kafka_cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
 
 
-def kafka_roundtrip(bootstrap: str, *, timeout: float = 10.0) -> bool:
-    """Create a topic, produce one record and consume it back: the broker really works."""
+def kafka_roundtrip(
+    bootstrap: str, *, timeout: float = 10.0, client: Mapping[str, str] | None = None
+) -> bool:
+    """Create a topic, produce one record and consume it back: the broker really works.
+
+    ``client`` adds librdkafka settings (a broker with authentication: its credentials)."""
     from confluent_kafka import Consumer, Producer  # noqa: PLC0415
     from confluent_kafka.admin import AdminClient, NewTopic  # noqa: PLC0415
 
@@ -97,6 +199,7 @@ def kafka_roundtrip(bootstrap: str, *, timeout: float = 10.0) -> bool:
     quiet: dict[str, str | int | float | bool] = {
         "bootstrap.servers": bootstrap,
         "log_level": 3,
+        **(client or {}),
     }  # errors only, while polling
     admin = AdminClient(quiet)
     for fut in admin.create_topics([NewTopic(topic, 1, 1)]).values():
@@ -138,6 +241,8 @@ class Kafka:
     pod_address: str | None = None
     """The real node's IP, when pods must reach the broker (``make cluster-up``)."""
     pod_port: int = field(default_factory=free_port)
+    scram: KafkaScram | None = None
+    """SASL/SCRAM and ACLs (:class:`KafkaScram`); None: plaintext, everyone allowed."""
 
     @property
     def pod_bootstrap(self) -> str | None:
@@ -161,8 +266,10 @@ class Kafka:
                 controller_port=self.controller_port,
                 log_dir=workdir / "data",
                 pod_listener=self.pod_bootstrap,
+                scram=self.scram,
             )
         )
+        props.chmod(0o600)  # with authentication, it holds the super user's password
         log4j = workdir / "log4j2.properties"
         log4j.write_text(_LOG4J2.format(log=table.log_dir / "kafka-server.log"))
         jvm = [
@@ -187,6 +294,7 @@ class Kafka:
                     # one argument"; seen failing a whole test session's stack).
                     f"--cluster-id={kafka_cluster_id()}",
                     f"--config={props}",
+                    *(self.scram.format_args() if self.scram else []),
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -208,7 +316,9 @@ class Kafka:
         )
         table.wait_until(
             "kafka",
-            lambda: kafka_roundtrip(self.bootstrap),
+            lambda: kafka_roundtrip(
+                self.bootstrap, client=self.scram.client_config() if self.scram else None
+            ),
             timeout=120,
             what="produce/consume round-trip",
             interval=1.0,
@@ -216,6 +326,8 @@ class Kafka:
         env = {"KAFKA_BOOTSTRAP_SERVERS": self.bootstrap, "KAFKA_LIBS": str(libs)}
         if self.pod_bootstrap is not None:
             env["KAFKA_POD_BOOTSTRAP_SERVERS"] = self.pod_bootstrap
+        if self.scram is not None:
+            env.update(scram_env(self.scram.client_config()))
         return env
 
 

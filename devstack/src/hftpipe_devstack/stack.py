@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import install, node
-from .components import Kafka, KubeControlPlane, Redis
+from .components import Kafka, KafkaScram, KubeControlPlane, Redis
 from .procs import ProcessTable, StartError, alive
 
 ALL_COMPONENTS = ("kafka", "redis", "kube")
@@ -57,6 +57,9 @@ class Stack:
     state_dir: Path
     components: tuple[str, ...] = ALL_COMPONENTS
     tie_to_parent: bool = False
+    kafka_scram: bool = False
+    """Kafka with SASL/SCRAM-SHA-512 and ACLs (:class:`KafkaScram`): the env file then
+    authenticates as its super user."""
     env: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -126,7 +129,10 @@ class Stack:
         shutil.rmtree(self.state_dir / "logs", ignore_errors=True)
         (self.state_dir / _OWNER_FILE).write_text(f"{os.getpid()}\n")
         table = self.table()
-        kafka = Kafka(pod_address=node.NODE_IP if with_node else None)
+        kafka = Kafka(
+            pod_address=node.NODE_IP if with_node else None,
+            scram=KafkaScram() if self.kafka_scram else None,
+        )
         kube = KubeControlPlane(with_node=with_node)
         starters: dict[str, Callable[[], dict[str, str]]] = {
             "kafka": lambda: kafka.start(table, self.state_dir / "kafka"),
@@ -215,13 +221,18 @@ def reap_stale(root: Path) -> list[Path]:
 
 
 @contextlib.contextmanager
-def ephemeral_stack(components: Iterable[str] = ALL_COMPONENTS) -> Iterator[Stack]:
+def ephemeral_stack(
+    components: Iterable[str] = ALL_COMPONENTS, *, kafka_scram: bool = False
+) -> Iterator[Stack]:
     """A stack in a fresh temporary directory, tied to this process, removed after."""
     root = Path(tempfile.gettempdir()) / "hftpipe-stacks"
     root.mkdir(exist_ok=True)
     reap_stale(root)
     stack = Stack(
-        Path(tempfile.mkdtemp(prefix="stack-", dir=root)), tuple(components), tie_to_parent=True
+        Path(tempfile.mkdtemp(prefix="stack-", dir=root)),
+        tuple(components),
+        tie_to_parent=True,
+        kafka_scram=kafka_scram,
     )
     try:
         stack.up()
