@@ -29,7 +29,7 @@ import orjson
 import pandas as pd  # type: ignore[import-untyped]
 import pytest
 import redis
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, ConfigSource
 from oracle import assert_close, oracle, redis_history
 
@@ -43,7 +43,7 @@ from hftpipe_workers.kafka_admin import ensure_topics
 from hftpipe_workers.loader import Loader
 from hftpipe_workers.metrics import DEFAULT_WINDOWS
 from hftpipe_workers.observability import REGISTRY
-from hftpipe_workers.processor import Processor
+from hftpipe_workers.processor import Processor, latest_metrics
 from hftpipe_workers.producer import iter_dead_letters
 from hftpipe_workers.settings import KafkaSettings, RedisSettings
 from hftpipe_workers.warehouse import Sink, open_sink
@@ -646,6 +646,70 @@ def test_records_a_consumer_cannot_use_are_dead_lettered_not_a_crash_loop(
         for d in by_worker["loader"]
         if d["kind"] == "time_precision"
     )
+
+
+def test_a_processor_that_does_not_publish_metrics_dead_letters_through_a_producer_of_its_own(
+    subprocess_env: dict[str, str],
+    kafka: KafkaSettings,
+    redis_settings: RedisSettings,
+    redis_url: str,
+    job: str,
+    tmp_path: Path,
+) -> None:
+    """With ``publish_metrics=False`` there is no metrics producer, so a record the
+    processor cannot decode leaves through a producer made for dead letters alone
+    (``Processor._dead_letters``). Its letter still names the record's topic, partition,
+    offset and reason, and the bars behind it still reach Redis."""
+    source = generated_minute_file(tmp_path / "gen.csv", symbols=2, bars=500)
+    produce(subprocess_env, job, source, "--speed", "max")  # creates the job's topics
+    topics = Topics.for_job(job)
+    garbage = b"\x00not json"
+    after = Bar("SYMX", 1_900_000_000_000_000_000, 10.0, 11.0, 9.0, 10.5, 2.0, 1)
+    after_value = codec.encode_bar(after)
+    where: dict[bytes, tuple[int, int]] = {}  # value -> (partition, offset)
+
+    def delivered(err: KafkaError | None, msg: Message) -> None:
+        assert err is None, err
+        where[msg.value() or b""] = (msg.partition() or 0, msg.offset() or 0)
+
+    raw = Producer({"bootstrap.servers": kafka.bootstrap_servers})
+    for value in (garbage, after_value):
+        raw.produce(topics.bars, value=value, key=b"SYMX", partition=0, on_delivery=delivered)
+    assert raw.flush(30) == 0
+    partition, offset = where[garbage]
+    counted = {"job": job, "reason": "bad_message"}
+    before = REGISTRY.get_sample_value("hftpipe_dead_letters_total", counted) or 0.0
+
+    processor = Processor(
+        job=job, kafka=kafka, redis_settings=redis_settings, publish_metrics=False
+    )
+    report = processor.run(until_caught_up=True, idle_timeout=1.0)
+
+    assert report.bars_in == 1_000 + 2
+    assert report.bars_out == 1_000 + 1  # every bar but the garbage
+    letters = [
+        d for d in iter_dead_letters(kafka, topics.deadletter) if d.get("worker") == "processor"
+    ]
+    assert len(letters) == 1, letters
+    (letter,) = letters
+    assert letter.pop("reason"), letters  # the decoder's words, whatever they are
+    assert letter == {
+        "worker": "processor",
+        "topic": topics.bars,
+        "partition": partition,
+        "offset": offset,
+        "kind": "bad_message",
+        "text": garbage.decode(),
+    }
+    assert REGISTRY.get_sample_value("hftpipe_dead_letters_total", counted) == before + 1
+    # The stream went on past the garbage: the bar behind it is in Redis, and so is
+    # the offset after it.
+    client = redis.Redis.from_url(redis_url)
+    assert latest_metrics(client, job, "SYMX")["close"] == after.close
+    assert int(client.get(RedisKeys(job).offset(partition)) or 0) == where[after_value][1] + 1
+    # Nothing went to the metrics topic: the letter took the producer of its own.
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
+    assert topics.metrics not in admin.list_topics(timeout=10).topics
 
 
 def _pause_writes(client: redis.Redis, ms: int | None) -> None:
