@@ -6,11 +6,15 @@ DuckDB parses from 1.4 on) goes unnoticed until someone installs next to an old 
 Here uv resolves the workspace with ``--resolution lowest-direct`` into a virtualenv
 cached by the hash of the specifiers (:mod:`hftpipe_devstack.floors`), and a pytest of
 that virtualenv runs the tests that go through the floored APIs, the real stack included.
+The tests through fakesnow, which cannot run beside DuckDB's floor, run in a second one
+with every other floor (:data:`hftpipe_devstack.floors.LIFTED_FOR_FAKESNOW`). Neither run
+may skip a test: a skipped check is one that was not made.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 import xml.etree.ElementTree as ET
@@ -55,12 +59,34 @@ SLOW_AND_NO_FLOOR_OF_ITS_OWN: Final = (
     "tests/unit/test_metrics.py::test_a_million_bars_do_not_drift",
 )
 """Deselected: a quarter of the run, through the same numpy calls as its neighbours."""
+THROUGH_FAKESNOW: Final = (
+    # The Snowflake sink through the real connector (its floor), served by fakesnow:
+    # run in the fakesnow virtualenv, deselected from the floors' own run, where a test
+    # that enters fakesnow fails and names this list.
+    "tests/unit/test_warehouse.py::test_snowflake_ddl_runs_under_fakesnow",
+    "tests/unit/test_warehouse.py::test_rewriting_a_batch_updates_and_never_duplicates[snowflake]",
+    "tests/unit/test_warehouse.py::test_keys_separate_jobs_symbols_and_windows[snowflake]",
+    "tests/unit/test_warehouse.py::test_in_batch_duplicate_keys_last_wins[snowflake]",
+    "tests/unit/test_warehouse.py::test_null_metrics_are_stored_as_null_never_nan[snowflake]",
+    "tests/unit/test_warehouse.py::test_timestamps_round_trip_as_naive_utc[snowflake]",
+    "tests/unit/test_warehouse.py::test_empty_batch_writes_nothing[snowflake]",
+    "tests/unit/test_warehouse.py::test_most_volatile_days_on_a_hand_made_set[snowflake]",
+    "tests/unit/test_warehouse.py::test_most_volatile_days_refuses_a_bad_limit[snowflake]",
+    "tests/unit/test_warehouse.py::test_snowflake_sink_connects_with_a_key_pair",
+    "tests/unit/test_warehouse.py::test_open_sink_snowflake_url_reads_the_environment",
+)
 
 
 @pytest.fixture(scope="module")
 def floors_env() -> floors.Floors:
     """The workspace's requirements at their floors (built once per set of specifiers)."""
     return floors.floors_venv(REPO)
+
+
+@pytest.fixture(scope="module")
+def fakesnow_env(floors_env: floors.Floors) -> floors.Floors:
+    """The floors but DuckDB's, and fakesnow (built once per set of floors)."""
+    return floors.fakesnow_venv(REPO, floors_env)
 
 
 def test_the_virtualenv_is_keyed_by_every_specifier() -> None:
@@ -89,18 +115,32 @@ def test_every_direct_dependency_resolves_to_its_floor(floors_env: floors.Floors
     assert off == [], f"raise these floors to what installs (pins in {pins}): {off}"
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(1800)
-def test_the_tests_pass_with_every_dependency_at_its_floor(
-    floors_env: floors.Floors, tmp_path: Path
+def test_the_fakesnow_virtualenv_lifts_duckdb_alone(
+    floors_env: floors.Floors, fakesnow_env: floors.Floors
 ) -> None:
-    python = floors.overlay(floors_env, REPO, tmp_path / "venv")
-    junit = tmp_path / "floors.xml"
+    """The tests through fakesnow check the floors as much as the others do: every pin of
+    the floors but DuckDB's holds there, the Snowflake connector's included."""
+    lifted = {n for n, v in floors_env.pins.items() if fakesnow_env.pins.get(n) != v}
+    assert lifted == set(floors.LIFTED_FOR_FAKESNOW), fakesnow_env.path / "floors.txt"
+    assert Version(fakesnow_env.pins["duckdb"]) > Version(floors_env.pins["duckdb"])
+    fakesnow = Requirement(floors.fakesnow_requirement(REPO))
+    assert fakesnow.specifier.contains(fakesnow_env.pins["fakesnow"])
+    assert "snowflake-connector-python" in floors_env.pins
+
+
+SUMMARY: Final = re.compile(r"^=* ?((?:\d+ \w+(?:, )?)+) in [\d.]+s")
+"""pytest's closing line (``426 passed, 11 deselected in 155.07s``, ``=`` around it
+without ``-q``)."""
+
+
+def run_pytest(python: Path, tmp_path: Path, *args: str) -> tuple[int, str]:
+    """``python -m pytest args`` in the checkout, which must pass every test it collects
+    and skip none; the number of tests passed and the closing line."""
+    junit = tmp_path / "report.xml"
     env = {
         k: v for k, v in os.environ.items() if k not in {"VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME"}
     }
     env["PATH"] = f"{python.parent}{os.pathsep}{env.get('PATH', '')}"
-    started = time.monotonic()
     proc = subprocess.run(
         [
             str(python),
@@ -108,14 +148,11 @@ def test_the_tests_pass_with_every_dependency_at_its_floor(
             "pytest",
             "-p",
             "no:cacheprovider",
-            "-p",
-            "hftpipe_devstack.floors",
             f"--basetemp={tmp_path / 'basetemp'}",
             f"--junitxml={junit}",
             "-q",
-            "-rfEs",
-            *(f"--deselect={node}" for node in SLOW_AND_NO_FLOOR_OF_ITS_OWN),
-            *SELECTION,
+            "-rfEsxX",
+            *args,
         ],
         cwd=REPO,
         env=env,
@@ -125,19 +162,52 @@ def test_the_tests_pass_with_every_dependency_at_its_floor(
         check=False,
     )
     output = proc.stdout + proc.stderr
-    (tmp_path / "floors.log").write_text(output)
+    (tmp_path / "pytest.log").write_text(output)
     tail = "\n".join(output.splitlines()[-60:])
-    assert proc.returncode != 5, f"pytest of the floors collected no tests:\n{tail}"
-    assert proc.returncode == 0, (
-        f"the tests fail at the dependency floors (exit {proc.returncode}, "
-        f"pins in {floors_env.path / 'requirements.txt'}):\n{tail}"
-    )
+    assert proc.returncode != 5, f"pytest collected no tests:\n{tail}"
+    assert proc.returncode == 0, f"the tests fail (exit {proc.returncode}, with {python}):\n{tail}"
+    closing = [m.group(1) for line in output.splitlines() if (m := SUMMARY.match(line))]
+    assert closing, f"no closing line in pytest's output:\n{tail}"
+    counts = {word: int(n) for n, word in re.findall(r"(\d+) (\w+)", closing[-1])}
     # S314: the report that pytest wrote just now, not data from outside.
     cases = ET.parse(junit).getroot().findall(".//testcase")  # noqa: S314
-    skips = [s.get("message", "") for c in cases for s in c.findall("skipped")]
-    passed = len(cases) - len(skips)
-    assert passed > 0, f"no test passed at the floors:\n{tail}"
-    # Only the tests that enter fakesnow (which needs DuckDB 2.0) may be skipped.
-    assert all(floors.FAKESNOW_SKIP in s for s in skips), skips
+    skipped = [
+        f"{c.get('classname')}::{c.get('name')}" for c in cases if c.find("skipped") is not None
+    ]
+    assert skipped == [], f"skipped at the floors, so not checked: {skipped}\n{tail}"
+    assert set(counts) <= {"passed", "deselected", "warnings", "warning"}, closing[-1]
+    assert counts.get("passed", 0) == len(cases) > 0, closing[-1]
+    return len(cases), closing[-1]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_the_tests_pass_with_every_dependency_at_its_floor(
+    floors_env: floors.Floors, tmp_path: Path
+) -> None:
+    python = floors.overlay(floors_env, REPO, tmp_path / "venv")
+    started = time.monotonic()
+    _, closing = run_pytest(
+        python,
+        tmp_path,
+        # A stand-in fakesnow module: the test modules import it; a test that enters it
+        # fails, naming THROUGH_FAKESNOW.
+        *("-p", "hftpipe_devstack.floors"),
+        *(f"--deselect={node}" for node in (*SLOW_AND_NO_FLOOR_OF_ITS_OWN, *THROUGH_FAKESNOW)),
+        *SELECTION,
+    )
     took = time.monotonic() - started
-    print(f"{passed} passed, {len(skips)} skipped at the dependency floors in {took:.0f} s")
+    print(f"at the dependency floors: {closing} ({took:.0f} s)")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_the_tests_through_fakesnow_pass_with_every_other_dependency_at_its_floor(
+    fakesnow_env: floors.Floors, tmp_path: Path
+) -> None:
+    python = floors.overlay(fakesnow_env, REPO, tmp_path / "venv")
+    started = time.monotonic()
+    passed, closing = run_pytest(python, tmp_path, *THROUGH_FAKESNOW)
+    assert passed == len(THROUGH_FAKESNOW), closing
+    took = time.monotonic() - started
+    print(f"through fakesnow, DuckDB lifted: {closing} ({took:.0f} s)")

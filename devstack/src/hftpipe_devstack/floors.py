@@ -15,10 +15,11 @@ virtualenv per run that sees them through a ``.pth`` file and has the checkout's
 packages installed editable, so two clones never point one cached virtualenv at each
 other's sources.
 
-Loaded as a pytest plugin (``pytest -p hftpipe_devstack.floors``) this module stands in
-for fakesnow, which the tests import: fakesnow 0.12 requires DuckDB 2.0 (``duckdb~=2.0.0``)
-and cannot be installed beside DuckDB's floor, so a test that enters ``fakesnow.patch()``
-is skipped there, and says why.
+No fakesnow release runs beside DuckDB's floor (see :data:`LIFTED_FOR_FAKESNOW`), so the
+tests that enter fakesnow run in a virtualenv of their own, :func:`fakesnow_venv`: the
+floors' pins with DuckDB's left out and the dev group's fakesnow added. Loaded as a pytest
+plugin (``pytest -p hftpipe_devstack.floors``) in the floors' own run, this module stands
+in for the fakesnow module that the tests import, and fails any test that enters it.
 """
 
 from __future__ import annotations
@@ -51,8 +52,25 @@ wants a newer PyYAML), and the floors are the workspace's, not the test tools'."
 
 RESOLUTION: Final = "lowest-direct"
 
-FAKESNOW_SKIP: Final = (
-    "fakesnow requires DuckDB 2.0 (duckdb~=2.0.0), so it cannot run beside DuckDB's floor"
+FAKESNOW: Final = "fakesnow"
+"""The in-process Snowflake of the Snowflake sink's tests (a dev-group requirement)."""
+
+LIFTED_FOR_FAKESNOW: Final = ("duckdb",)
+"""The floors that the fakesnow virtualenv leaves out, for fakesnow's own requirement.
+
+No fakesnow release installs and works beside DuckDB's floor, 1.4.0: 0.12 requires
+``duckdb~=2.0.0``; 0.11.0 to 0.11.4 require ``duckdb~=1.4.1``, and even with that
+overridden their ``write_pandas`` cannot create a table from a datetime column, which the
+Snowflake sink writes (``NotImplementedError: sql_type dtype=dtype('<M8[ns]')``: 8 of the
+11 tests through fakesnow fail); older releases require a DuckDB below 1.4. So the tests
+through fakesnow run with every other floor as it is (snowflake-connector-python, pandas,
+numpy, pyarrow, cryptography...) and DuckDB at what the dev group's fakesnow requires:
+there DuckDB is only fakesnow's engine, and its floor is what the floors' own run checks."""
+
+OUTSIDE_FAKESNOW_VENV: Final = (
+    "this test enters fakesnow, which cannot run beside DuckDB's floor: list it in "
+    "THROUGH_FAKESNOW (tests/integration/test_dependency_floors.py), which runs it in the "
+    "fakesnow virtualenv (hftpipe_devstack.floors.fakesnow_venv)"
 )
 
 
@@ -86,13 +104,22 @@ def tool_requirements(root: Path) -> list[str]:
     return [s for s in dev if requirement_name(s) in tools]
 
 
-def cache_name(specs: Sequence[str], tools: Sequence[str] = ()) -> str:
+def fakesnow_requirement(root: Path) -> str:
+    """The dev group's :data:`FAKESNOW` specifier (``fakesnow>=0.12,<0.13``)."""
+    dev = tomllib.loads((root / "pyproject.toml").read_text())["dependency-groups"]["dev"]
+    (spec,) = (s for s in dev if requirement_name(s) == FAKESNOW)
+    return str(spec)
+
+
+def cache_name(
+    specs: Sequence[str], tools: Sequence[str] = (), resolution: str | None = RESOLUTION
+) -> str:
     """``floors-<16 hex digits>`` naming the virtualenv that ``specs`` (and ``tools``)
     resolve to."""
     key = {
         "requirements": list(specs),
         "tools": list(tools),
-        "resolution": RESOLUTION,
+        "resolution": resolution,
         "python": f"{sys.version_info.major}.{sys.version_info.minor}",
         "uv": versions.UV,
     }
@@ -134,7 +161,28 @@ def floors_venv(root: Path) -> Floors:
     ``<cache>/floors-<hash>`` (built on first use: under a minute with uv's download
     cache warm)."""
     specs, tools = requirements(root), tool_requirements(root)
-    name = cache_name(specs, tools)
+    path = _venv(cache_name(specs, tools), specs, tools, RESOLUTION)
+    return Floors(path, tuple(specs), parse_pins((path / "floors.txt").read_text()))
+
+
+def fakesnow_venv(root: Path, floors: Floors) -> Floors:
+    """``floors``' pins but :data:`LIFTED_FOR_FAKESNOW`, the dev group's fakesnow and what
+    it requires, with the test tools: the virtualenv of the tests that enter fakesnow."""
+    kept = [
+        f"{name}=={version}"
+        for name, version in sorted(floors.pins.items())
+        if name not in LIFTED_FOR_FAKESNOW
+    ]
+    specs, tools = [*kept, fakesnow_requirement(root)], tool_requirements(root)
+    # The floors' pins fix everything but fakesnow and what it brings: resolved highest.
+    path = _venv(cache_name(specs, tools, None), specs, tools, None)
+    return Floors(path, tuple(specs), parse_pins((path / "floors.txt").read_text()))
+
+
+def _venv(name: str, specs: Sequence[str], tools: Sequence[str], resolution: str | None) -> Path:
+    """``<cache>/<name>``, built on first use: ``specs`` resolved (with ``resolution``)
+    into its ``floors.txt``, the test tools resolved around those pins into its
+    ``requirements.txt``, all of it installed."""
 
     def build(tmp: Path) -> None:
         install.log(f"resolving the dependency floors into {install.cache_root() / name}")
@@ -151,14 +199,16 @@ def floors_venv(root: Path) -> Floors:
         # over it, and the version it resolves then differs from the floor, which the
         # floors test reports.
         compile_ = [uv, "pip", "compile", "--quiet", "--only-binary", ":all:"]
+        strategy = ("--resolution", resolution) if resolution else ()
         install.run_step(
             [
                 *compile_,
-                *("--resolution", RESOLUTION, "--python", python, "--no-header"),
+                *strategy,
+                *("--python", python, "--no-header"),
                 *("--output-file", str(tmp / "floors.txt"), str(tmp / "requirements.in")),
             ],
             env=_ENV,
-            what=f"uv pip compile --resolution {RESOLUTION} of the workspace's requirements",
+            what=" ".join(("uv pip compile", *strategy, f"of the requirements of {name}")),
         )
         # The floors' pins as requirements, the test tools around them.
         install.run_step(
@@ -181,9 +231,7 @@ def floors_venv(root: Path) -> Floors:
                 what="uv pip sync of the floors",
             )
 
-    path = install.cached(name, build)
-    pins = parse_pins((path / "floors.txt").read_text())
-    return Floors(path, tuple(specs), pins)
+    return install.cached(name, build)
 
 
 def overlay(floors: Floors, root: Path, dest: Path) -> Path:
@@ -217,14 +265,15 @@ def overlay(floors: Floors, root: Path, dest: Path) -> Path:
 def _fakesnow_patch(*_args: object, **_kwargs: object) -> NoReturn:
     import pytest  # noqa: PLC0415 - only the plugin, inside a pytest run, needs it
 
-    pytest.skip(FAKESNOW_SKIP)
+    pytest.fail(OUTSIDE_FAKESNOW_VENV)
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Plugin hook: a stand-in ``fakesnow`` module where the real one is not installed."""
+    """Plugin hook: a stand-in ``fakesnow`` module where the real one is not installed
+    (the test modules import it; a test that enters it fails)."""
     del config
     if "fakesnow" in sys.modules or importlib.util.find_spec("fakesnow") is not None:
         return
-    stub = types.ModuleType("fakesnow", FAKESNOW_SKIP)
+    stub = types.ModuleType("fakesnow", OUTSIDE_FAKESNOW_VENV)
     stub.patch = _fakesnow_patch  # type: ignore[attr-defined]
     sys.modules["fakesnow"] = stub
