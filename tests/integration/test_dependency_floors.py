@@ -133,9 +133,11 @@ SUMMARY: Final = re.compile(r"^=* ?((?:\d+ \w+(?:, )?)+) in [\d.]+s")
 without ``-q``)."""
 
 
-def run_pytest(python: Path, tmp_path: Path, *args: str) -> tuple[int, str]:
-    """``python -m pytest args`` in the checkout, which must pass every test it collects
-    and skip none; the number of tests passed and the closing line."""
+def run_pytest(env_: floors.Floors, tmp_path: Path, *args: str) -> int:
+    """``pytest args`` in the checkout with ``env_``'s packages, which must pass every
+    test it collects and skip none; the number of tests passed (printed with the time)."""
+    python = floors.overlay(env_, REPO, tmp_path / "venv")
+    started = time.monotonic()
     junit = tmp_path / "report.xml"
     env = {
         k: v for k, v in os.environ.items() if k not in {"VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME"}
@@ -177,7 +179,8 @@ def run_pytest(python: Path, tmp_path: Path, *args: str) -> tuple[int, str]:
     assert skipped == [], f"skipped at the floors, so not checked: {skipped}\n{tail}"
     assert set(counts) <= {"passed", "deselected", "warnings", "warning"}, closing[-1]
     assert counts.get("passed", 0) == len(cases) > 0, closing[-1]
-    return len(cases), closing[-1]
+    print(f"with {env_.path.name}: {closing[-1]} ({time.monotonic() - started:.0f} s)")
+    return len(cases)
 
 
 @pytest.mark.slow
@@ -185,10 +188,8 @@ def run_pytest(python: Path, tmp_path: Path, *args: str) -> tuple[int, str]:
 def test_the_tests_pass_with_every_dependency_at_its_floor(
     floors_env: floors.Floors, tmp_path: Path
 ) -> None:
-    python = floors.overlay(floors_env, REPO, tmp_path / "venv")
-    started = time.monotonic()
-    _, closing = run_pytest(
-        python,
+    run_pytest(
+        floors_env,
         tmp_path,
         # A stand-in fakesnow module: the test modules import it; a test that enters it
         # fails, naming THROUGH_FAKESNOW.
@@ -196,8 +197,6 @@ def test_the_tests_pass_with_every_dependency_at_its_floor(
         *(f"--deselect={node}" for node in (*SLOW_AND_NO_FLOOR_OF_ITS_OWN, *THROUGH_FAKESNOW)),
         *SELECTION,
     )
-    took = time.monotonic() - started
-    print(f"at the dependency floors: {closing} ({took:.0f} s)")
 
 
 @pytest.mark.slow
@@ -205,9 +204,4 @@ def test_the_tests_pass_with_every_dependency_at_its_floor(
 def test_the_tests_through_fakesnow_pass_with_every_other_dependency_at_its_floor(
     fakesnow_env: floors.Floors, tmp_path: Path
 ) -> None:
-    python = floors.overlay(fakesnow_env, REPO, tmp_path / "venv")
-    started = time.monotonic()
-    passed, closing = run_pytest(python, tmp_path, *THROUGH_FAKESNOW)
-    assert passed == len(THROUGH_FAKESNOW), closing
-    took = time.monotonic() - started
-    print(f"through fakesnow, DuckDB lifted: {closing} ({took:.0f} s)")
+    assert run_pytest(fakesnow_env, tmp_path, *THROUGH_FAKESNOW) == len(THROUGH_FAKESNOW)

@@ -112,9 +112,12 @@ def fakesnow_requirement(root: Path) -> str:
 
 
 def cache_name(
-    specs: Sequence[str], tools: Sequence[str] = (), resolution: str | None = RESOLUTION
+    specs: Sequence[str],
+    tools: Sequence[str] = (),
+    resolution: str | None = RESOLUTION,
+    prefix: str = "floors",
 ) -> str:
-    """``floors-<16 hex digits>`` naming the virtualenv that ``specs`` (and ``tools``)
+    """``<prefix>-<16 hex digits>`` naming the virtualenv that ``specs`` (and ``tools``)
     resolve to."""
     key = {
         "requirements": list(specs),
@@ -124,7 +127,7 @@ def cache_name(
         "uv": versions.UV,
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
-    return f"floors-{digest[:16]}"
+    return f"{prefix}-{digest[:16]}"
 
 
 def parse_pins(text: str) -> dict[str, str]:
@@ -175,7 +178,7 @@ def fakesnow_venv(root: Path, floors: Floors) -> Floors:
     ]
     specs, tools = [*kept, fakesnow_requirement(root)], tool_requirements(root)
     # The floors' pins fix everything but fakesnow and what it brings: resolved highest.
-    path = _venv(cache_name(specs, tools, None), specs, tools, None)
+    path = _venv(cache_name(specs, tools, None, "floors-fakesnow"), specs, tools, None)
     return Floors(path, tuple(specs), parse_pins((path / "floors.txt").read_text()))
 
 
