@@ -256,7 +256,8 @@ def _produced(cluster: Cluster, job: str) -> int:
 
 
 def _records_in_topic(cluster: Cluster, job: str) -> int:
-    """Records in the job's bars topic: the sum of its partitions' end offsets."""
+    """The sum of the job's bars topic's end offsets (records and the producer's
+    transaction markers): it moves whenever anything is produced."""
     consumer = Consumer(
         {"bootstrap.servers": cluster.stack.env["KAFKA_BOOTSTRAP_SERVERS"], "group.id": "t"}
     )

@@ -450,6 +450,7 @@ def test_every_rejected_row_kind_is_a_declared_dead_letter_reason() -> None:
     source = (REPO / "workers/src/hftpipe_workers/csvformat.py").read_text()
     literal = set(re.findall(r'kind = "(\w+)"', source))
     literal |= set(re.findall(r'text(?:_of\(\w+\))?,\s*"(\w+)",', source))
+    literal |= set(re.findall(r'rejected_row\(\s*\w+,\s*"(\w+)",', source))
     codes = [*bars.NOT_FINITE, *bars.NOT_POSITIVE, bars.NEGATIVE_VOLUME, bars.HIGH_BELOW_LOW,
              bars.OPEN_OUTSIDE_RANGE, bars.CLOSE_OUTSIDE_RANGE]  # fmt: skip
     kinds = literal | {bars.reason_kind(c) for c in codes}

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from prometheus_client import REGISTRY as OPERATOR_REGISTRY
 
 from hftpipe_operator import builders, kafka_facts, metrics
@@ -117,12 +117,25 @@ def test_the_record_of_a_report_counts_the_source_so_far() -> None:
 
 
 class FakeProducer:
-    """Records what is produced; never full."""
+    """Records what is produced; never full. Transactional, as the producer's is: a
+    record outside a transaction is refused (librdkafka raises _STATE)."""
 
     def __init__(self) -> None:
         self.records: list[tuple[str, bytes | None, bytes, dict[str, Any]]] = []
+        self.open = False
+        self.commits = 0
+
+    def begin_transaction(self) -> None:
+        assert not self.open, "a transaction begun inside another"
+        self.open = True
+
+    def commit_transaction(self, _timeout: float | None = None) -> None:
+        assert self.open, "a commit without a transaction"
+        self.open = False
+        self.commits += 1
 
     def produce(self, topic: str, *, value: bytes, key: bytes | None, **kwargs: Any) -> None:
+        assert self.open, f"a record to {topic} outside a transaction"
         self.records.append((topic, key, value, kwargs))
 
     def poll(self, _timeout: float = 0) -> int:
@@ -235,18 +248,22 @@ def test_no_progress_record_without_the_topic_or_without_change() -> None:
 
 
 class FakeConsumer:
-    """Serves one partition's last record, as the operator's consumer would read it."""
+    """Serves one partition's last record and then its end, as the operator's reader
+    would read it (a commit marker after it is never delivered)."""
 
     def __init__(self, watermarks: tuple[int, int], value: bytes | None) -> None:
         self.watermarks, self.value = watermarks, value
         self.assigned: list[TopicPartition] = []
         self.unassigned = False
 
-    def get_watermark_offsets(self, _tp: TopicPartition, timeout: float) -> tuple[int, int]:
+    def get_watermark_offsets(
+        self, _tp: TopicPartition, timeout: float, cached: bool = False
+    ) -> tuple[int, int]:
         return self.watermarks
 
     def assign(self, partitions: list[TopicPartition]) -> None:
         self.assigned = partitions
+        self.served = False
 
     def unassign(self) -> None:
         self.unassigned = True
@@ -254,11 +271,13 @@ class FakeConsumer:
     def poll(self, _timeout: float) -> Any:
         if self.value is None:
             return None
-        value, topic, offset = self.value, self.assigned[0].topic, self.assigned[0].offset
+        value, topic = self.value, self.assigned[0].topic
+        offset = self.watermarks[1] - 2  # the last record; a commit marker after it
+        end, self.served = self.served, True
 
         class Message:
-            def error(self) -> None:
-                return None
+            def error(self) -> KafkaError | None:
+                return KafkaError(KafkaError._PARTITION_EOF) if end else None
 
             def topic(self) -> str:
                 return topic
@@ -278,7 +297,8 @@ def test_the_operator_reads_the_last_record_of_partition_0() -> None:
     got = kafka_facts.last_progress(cast(Consumer, fake), topic, [0], timeout=1)
     assert got == RECORD
     (tp,) = fake.assigned
-    assert (tp.topic, tp.partition, tp.offset) == (topic, 0, 41)
+    # Read from a little before the end, to the end: offset 41 is a commit marker.
+    assert (tp.topic, tp.partition, tp.offset) == (topic, 0, 0)
     assert fake.unassigned
 
 

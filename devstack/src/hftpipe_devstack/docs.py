@@ -22,7 +22,7 @@ from pydantic_settings import BaseSettings
 
 from hftpipe_operator.settings import OperatorSettings
 from hftpipe_workers import cli
-from hftpipe_workers.contract import REDIS_LAYOUT, Groups, Topics
+from hftpipe_workers.contract import REDIS_LAYOUT, Groups, Topics, transactional_id
 from hftpipe_workers.observability import REGISTRY
 from hftpipe_workers.settings import (
     COMMAND_SETTINGS,
@@ -74,7 +74,7 @@ def redis_table() -> str:
 
 
 def topics_table() -> str:
-    """Topic and consumer-group names of a job."""
+    """Topic, consumer-group and transactional-id names of a job."""
     topics, groups = Topics.for_job("job"), Groups.for_job("job")
     rows = ["| name | what |", "| --- | --- |"]
     rows += [
@@ -87,6 +87,11 @@ def topics_table() -> str:
         "(rows total, read, produced; compacted, one partition): the operator's status reads it |",
         f"| `{groups.processor.replace('.job.', '.<job>.')}` | processor consumer group |",
         f"| `{groups.loader.replace('.job.', '.<job>.')}` | loader consumer group |",
+        f"| `{groups.reader.replace('.job.', '.<job>.')}` | group id of the readers that "
+        "only assign (the producer finding where it stopped, dead-letter reports): "
+        "commits nothing |",
+        f"| `{transactional_id('job').replace('.job.', '.<job>.')}` | the producer's "
+        "transactional id: a second producer of the job fences the first |",
     ]
     return "\n".join(rows)
 

@@ -8,7 +8,6 @@ cannot answer, so an observation records that in a condition instead of failing.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -16,6 +15,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from hftpipe_workers.contract import Groups, ProducerProgress, Topics
+from hftpipe_workers.kafka_admin import last_records, reader
 
 from .status import OffsetFacts
 
@@ -89,35 +89,24 @@ def _committed(
 def last_progress(
     consumer: Consumer, topic: str, partitions: list[int], timeout: float
 ) -> ProducerProgress | None:
-    """The latest record of the progress topic (partition 0), or None: no such topic, no
-    record yet, or none readable within ``timeout``. Never raises for what it finds."""
+    """The latest committed record of the progress topic (partition 0), or None: no such
+    topic, no record yet, or none readable within ``timeout``. Never raises for what it
+    finds. ``consumer``: a :func:`~hftpipe_workers.kafka_admin.reader` (the producer
+    writes in transactions, so the last offset is a commit marker, not a record)."""
     if 0 not in partitions:
         return None
     try:
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=timeout)
-    except KafkaException as exc:  # e.g. a just-created topic without a leader yet
-        log.debug("offsets of %s[0]: %s", topic, exc)
+        found = last_records(consumer, topic, [0], timeout).get(0)
+    except (KafkaException, TimeoutError) as exc:  # e.g. a topic without a leader yet
+        log.debug("reading %s[0]: %s", topic, exc)
         return None
-    if high <= max(low, 0):
+    if found is None:
         return None
-    consumer.assign([TopicPartition(topic, 0, high - 1)])
     try:
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            msg = consumer.poll(min(left, 0.5))
-            if msg is None:
-                continue
-            if msg.error() is not None or msg.topic() != topic:
-                log.debug("reading %s: %s", topic, msg.error())
-                continue
-            try:
-                return ProducerProgress.decode(msg.value())
-            except ValueError as exc:
-                log.warning("%s[0]@%s: %s", topic, msg.offset(), exc)
-                return None
+        return ProducerProgress.decode(found.value())
+    except ValueError as exc:
+        log.warning("%s[0]@%s: %s", topic, found.offset(), exc)
         return None
-    finally:
-        consumer.unassign()
 
 
 def read_offsets(config: ClientConfig, job: str, timeout: float) -> OffsetFacts:
@@ -132,14 +121,18 @@ def read_offsets(config: ClientConfig, job: str, timeout: float) -> OffsetFacts:
             )
             bars_end = _ends(consumer, topics.bars, partitions[topics.bars], timeout)
             metrics_end = _ends(consumer, topics.metrics, partitions[topics.metrics], timeout)
+        finally:
+            consumer.close()
+        progress_reader = reader({**config, **_QUIET}, groups.reader)
+        try:
             progress = last_progress(
-                consumer,
+                progress_reader,
                 topics.progress,
                 partitions[topics.progress],
                 min(timeout, PROGRESS_TIMEOUT),
             )
         finally:
-            consumer.close()
+            progress_reader.close()
         return OffsetFacts(
             bars_end=bars_end,
             metrics_end=metrics_end,

@@ -243,7 +243,7 @@ def _setup(log_json: bool, metrics_port: int, stall_seconds: float = 120.0) -> M
 def produce(settings: ProduceSettings) -> None:
     """Replay a CSV of OHLCV bars into Kafka (resumes where an earlier run stopped)."""
     from .csvformat import SourceError  # noqa: PLC0415 - keep --help fast
-    from .producer import Replay  # noqa: PLC0415
+    from .producer import Fenced, Replay  # noqa: PLC0415
 
     kafka = _connection(KafkaSettings, profile=settings.profile)
     server = _setup(settings.log_json, settings.metrics_port, settings.stall_seconds)
@@ -268,11 +268,15 @@ def produce(settings: ProduceSettings) -> None:
             replication=settings.replication,
             create_topics=settings.create_topics,
             dead_letter_excerpt=settings.dead_letter_excerpt,
+            job_id=settings.job_id,
         ).run()
     except (SourceError, FileNotFoundError) as exc:
         # One line naming the file, the line, the cause and what to do: no traceback.
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
+    except Fenced as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(4) from exc
     typer.echo(
         json.dumps(
             {

@@ -165,12 +165,32 @@ class Groups:
 
     processor: str
     loader: str
+    reader: str
+    """Group id of the job's readers that only assign (the producer reading where it
+    stopped, dead-letter reports): it commits nothing, but an authorizing broker
+    checks the group of every fetch, so it lies under the job's prefix too."""
 
     @classmethod
     def for_job(cls, job: str) -> Groups:
-        """``hftpipe.<job>.processor`` and ``.loader`` (``<job>`` is a :func:`job_id`)."""
+        """``hftpipe.<job>.processor``, ``.loader`` and ``.reader`` (``<job>`` is a
+        :func:`job_id`): one prefix, so one ACL covers every group of every job."""
         check_job_id(job)
-        return cls(processor=f"{PREFIX}.{job}.processor", loader=f"{PREFIX}.{job}.loader")
+        return cls(
+            processor=f"{PREFIX}.{job}.processor",
+            loader=f"{PREFIX}.{job}.loader",
+            reader=f"{PREFIX}.{job}.reader",
+        )
+
+
+def transactional_id(job: str) -> str:
+    """``hftpipe.<job>.producer``: the producer's Kafka transactional id.
+
+    One per job, so a second producer of the same job fences the first (the broker
+    refuses the older one's writes) instead of adding duplicates; under the job's
+    prefix, so one TransactionalId ACL covers every job.
+    """
+    check_job_id(job)
+    return f"{PREFIX}.{job}.producer"
 
 
 REDIS_LAYOUT: tuple[tuple[str, str, str], ...] = (

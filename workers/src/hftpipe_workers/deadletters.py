@@ -15,10 +15,11 @@ The producer's dead letters (rows of the source file) share the topic and the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final
 
 import orjson
-from confluent_kafka import Message, Producer
+from confluent_kafka import KafkaError, Message, Producer
 
 from .observability import DEAD_LETTERS
 
@@ -61,13 +62,49 @@ def consumer_letter(worker: str, msg: Message, kind: str, reason: str) -> bytes:
 
 
 def set_aside(
-    producer: Producer, topic: str, job: str, worker: str, msg: Message, kind: str, reason: str
+    producer: Producer,
+    topic: str,
+    job: str,
+    worker: str,
+    msg: Message,
+    kind: str,
+    reason: str,
+    *,
+    on_delivery: Callable[[KafkaError | None, Message], None],
 ) -> None:
-    """Queue a record's dead letter on ``topic`` and count it; the caller flushes."""
+    """Queue a record's dead letter on ``topic`` and count it; the caller flushes.
+
+    ``on_delivery`` hears whether the broker took it: a letter it refuses (an ACL, a
+    missing topic, a size limit) must stop the worker before its progress moves past
+    the record, or the record would be neither used nor set aside."""
     DEAD_LETTERS.labels(job, kind).inc()
+    produce_when_room(
+        producer,
+        topic,
+        consumer_letter(worker, msg, kind, reason),
+        partition=0,
+        on_delivery=on_delivery,
+    )
+
+
+def produce_when_room(
+    producer: Producer,
+    topic: str,
+    value: bytes,
+    *,
+    key: bytes | None = None,
+    partition: int = 0,
+    on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
+) -> None:
+    """``producer.produce``, waiting while the local queue is full (deliveries drain it)."""
     while True:
         try:
-            producer.produce(topic, value=consumer_letter(worker, msg, kind, reason), partition=0)
+            if on_delivery is None:
+                producer.produce(topic, value=value, key=key, partition=partition)
+            else:
+                producer.produce(
+                    topic, value=value, key=key, partition=partition, on_delivery=on_delivery
+                )
             return
         except BufferError:
-            producer.poll(0.05)  # local queue full: let deliveries drain
+            producer.poll(0.05)

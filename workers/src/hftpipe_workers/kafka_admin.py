@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from .contract import JOB_TOPIC_CONFIG
@@ -120,6 +120,119 @@ def wait_for_topics(
             said = True
         stop.wait(interval)
     return False
+
+
+# ------------------------------------------------------------ reading a topic's end
+
+_TRANSIENT = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._TRANSPORT,
+    }
+)
+
+
+def watermarks(consumer: Consumer, tp: TopicPartition, timeout: float) -> tuple[int, int]:
+    """Low and high offsets, retrying the errors a just-created topic gives for a moment.
+
+    Metadata can show a leader before that broker serves the partition, so the
+    first offset request after creating a topic may fail with NOT_LEADER.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(tp, timeout=timeout, cached=False)
+            return int(low), int(high)
+        except KafkaException as exc:
+            if exc.args[0].code() not in _TRANSIENT or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def reader(config: Mapping[str, str | int | float | bool], group: str) -> Consumer:
+    """A consumer for :func:`read_to_end` and :func:`last_records`: it only assigns,
+    commits nothing, sees committed records only, and is told where a partition ends."""
+    return Consumer(
+        {
+            **config,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
+        }
+    )
+
+
+def read_to_end(
+    consumer: Consumer,
+    topic: str,
+    partition: int,
+    start: int,
+    end: int | None = None,
+    timeout: float = 10,
+) -> Iterator[Message]:
+    """Every record of ``topic[partition]`` from offset ``start`` to its end (or to
+    offset ``end``, exclusive: a partition still written to), as a :func:`reader` sees
+    them.
+
+    The end is the end-of-partition event, or the first record at or past ``end``; not
+    "the record at offset end - 1": the producer writes in transactions, so the last
+    offsets are commit markers (and records of an aborted transaction are never
+    delivered), and a loop waiting for that record would wait for ever. ``timeout``:
+    seconds without a record before giving up.
+    """
+    consumer.assign([TopicPartition(topic, partition, start)])
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"reading {topic}[{partition}] stalled after {start}")
+                continue
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    return
+                raise KafkaException(err)
+            if end is not None and (msg.offset() or 0) >= end:
+                return
+            deadline = time.monotonic() + timeout
+            yield msg
+    finally:
+        consumer.unassign()
+
+
+def last_records(
+    consumer: Consumer, topic: str, partitions: list[int] | None = None, timeout: float = 10
+) -> dict[int, Message]:
+    """The last committed record of every non-empty partition of ``topic`` (all of them,
+    or ``partitions``), read with a :func:`reader`.
+
+    Read backwards in growing steps from the end: offset high - 1 is a transaction
+    marker, and an aborted transaction before it can hide any number of offsets.
+    """
+    if partitions is None:
+        metadata = consumer.list_topics(topic, timeout=timeout).topics[topic]
+        if metadata.error is not None:
+            raise KafkaException(metadata.error)
+        partitions = sorted(metadata.partitions)
+    last: dict[int, Message] = {}
+    for partition in partitions:
+        low, high = watermarks(consumer, TopicPartition(topic, partition), timeout)
+        step, start = 64, high
+        while start > low:
+            start = max(low, high - step)
+            found = None
+            for found in read_to_end(consumer, topic, partition, start, high, timeout):  # noqa: B007
+                pass
+            if found is not None:
+                last[partition] = found
+                break
+            step *= 8
+    return last
 
 
 class RetentionGap(RuntimeError):

@@ -177,6 +177,8 @@ class Loader:
         self.stop = threading.Event()
         # (topic, partition) -> next offset: rows in the warehouse, offset not committed.
         self._pending: dict[tuple[str, int], int] = {}
+        # (topic, partition) -> where it ended when last read to its end (see _reached).
+        self._ends: dict[tuple[str, int], int] = {}
         self._letters: Producer | None = None
 
     def install_signal_handlers(self) -> None:
@@ -244,6 +246,7 @@ class Loader:
         last commit (a second MERGE of the same rows changes nothing)."""
         for tp in partitions:
             self._pending.pop((tp.topic, tp.partition), None)
+            self._ends.pop((tp.topic, tp.partition), None)
 
     def _commit_pending(self, consumer: Consumer, only: set[tuple[str, int]] | None = None) -> None:
         """Commit the pending offsets (synchronously); on a retriable refusal keep them
@@ -267,6 +270,7 @@ class Loader:
     def _collect(self, consumer: Consumer) -> list[Message]:
         # Offsets a rebalance refused last time go now, even when nothing new arrives
         # (else a drained loader would show lag forever).
+        self._reached(consumer)
         self._commit_pending(consumer)
         batch: list[Message] = []
         deadline = time.monotonic() + self.batch_seconds
@@ -280,6 +284,9 @@ class Loader:
             for msg in msgs:
                 err = msg.error()
                 if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        self._ends[(msg.topic() or "", msg.partition() or 0)] = msg.offset() or 0
+                        continue
                     if err.fatal():
                         raise KafkaException(err)
                     if err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
@@ -307,12 +314,31 @@ class Loader:
             # and acknowledged before the offsets move past them.
             if self._letters is None:
                 self._letters = Producer(self.kafka.producer())
+            refused: list[str] = []
+
+            def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+                if err is not None:
+                    refused.append(err.str())
+
             for msg, kind, reason in bad + bad_metrics:
                 set_aside(
-                    self._letters, self.topics.deadletter, self.job, "loader", msg, kind, reason
+                    self._letters,
+                    self.topics.deadletter,
+                    self.job,
+                    "loader",
+                    msg,
+                    kind,
+                    reason,
+                    on_delivery=on_delivery,
                 )
             if self._letters.flush(60) > 0:
                 raise KafkaException("dead letters not acknowledged within 60 s")
+            if refused:
+                # Not committed past: the restart meets the records again.
+                raise KafkaException(
+                    f"{len(refused)} dead letter(s) refused by {self.topics.deadletter}: "
+                    f"{refused[:3]}"
+                )
         started = time.monotonic()
         if bar_values:
             n = self.sink.write("bars", bars_frame(self.job_id, bar_values))
@@ -332,11 +358,24 @@ class Loader:
             key = (m.topic() or "", m.partition() or 0)
             if key in assigned:
                 self._pending[key] = max(self._pending.get(key, 0), (m.offset() or 0) + 1)
+        self._reached(consumer)
         self._commit_pending(consumer)
         report.batches += 1
         RECORDS_IN.labels("loader", self.job, self.topics.bars).inc(len(bar_values))
         RECORDS_IN.labels("loader", self.job, self.topics.metrics).inc(len(metric_values))
         BATCH_SIZE.labels("loader", self.job).observe(len(batch))
+
+    def _reached(self, consumer: Consumer) -> None:
+        """Partitions read to their end, every record before it loaded: their offsets move
+        to the end. Past the last record there are transaction markers only (the
+        producer writes in transactions), which no consumer is given: without this, a
+        drained loader would show a lag of one marker for ever. Called only when every
+        record collected so far is in the warehouse."""
+        assigned = {(tp.topic, tp.partition) for tp in consumer.assignment()}
+        for key, end in self._ends.items():
+            if key in assigned:
+                self._pending[key] = max(self._pending.get(key, 0), end)
+        self._ends.clear()
 
     def _export_lag(self, consumer: Consumer) -> dict[tuple[str, int], int] | None:
         """Lag per assigned partition (end offset minus committed offset), exported as

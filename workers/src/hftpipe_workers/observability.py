@@ -79,7 +79,7 @@ DEAD_LETTERS = Counter(
     registry=REGISTRY,
 )
 ERROR_REASONS: dict[str, tuple[str, ...]] = {
-    "producer": ("delivery", "progress"),
+    "producer": ("delivery", "progress", "aborted", "fenced"),
     "processor": ("delivery", "consume", "lost_partition", "commit", "redis_state_lost"),
     "loader": ("consume", "commit"),
 }

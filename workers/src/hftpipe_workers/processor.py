@@ -530,23 +530,29 @@ class Processor:
     ) -> None:
         """One consumed batch: split by partition, process each, serve delivery reports."""
         by_partition: dict[int, list[Message]] = {}
+        ends: dict[int, int] = {}
         for msg in msgs:
             err = msg.error()
             if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    ends[msg.partition() or 0] = msg.offset() or 0
+                    continue
                 if err.fatal():
                     raise KafkaException(err)
                 log.warning("consumer error: %s", err)
                 ERRORS.labels("processor", self.job, "consume").inc()
                 continue
             by_partition.setdefault(msg.partition() or 0, []).append(msg)
-        for partition, batch in by_partition.items():
-            try:
+        try:
+            for partition, batch in by_partition.items():
                 self._process(partition, batch, producer, report)
-            except LostPartition as lost:
-                if self._consumer is None:
-                    raise
-                self._resync(self._consumer, lost)
-                return  # the rest of this batch is re-read from where Redis says
+            for partition, end in ends.items():
+                self._skip_markers(partition, end)
+        except LostPartition as lost:
+            if self._consumer is None:
+                raise
+            self._resync(self._consumer, lost)
+            return  # the rest of this batch is re-read from where Redis says
         if producer is not None:
             producer.poll(0)
             self._raise_delivery_errors()
@@ -640,7 +646,14 @@ class Processor:
             # Met again at every restart, it would crash-loop the processor: set aside.
             assert letters is not None
             set_aside(
-                letters, self.topics.deadletter, self.job, "processor", msgs[i], BAD_MESSAGE, reason
+                letters,
+                self.topics.deadletter,
+                self.job,
+                "processor",
+                msgs[i],
+                BAD_MESSAGE,
+                reason,
+                on_delivery=self._on_delivery,
             )
         outputs: list[_Output] = []
         for symbol, rows in _rows_by_symbol(bars.symbol) if bars.symbol else ():
@@ -695,6 +708,17 @@ class Processor:
                         gauge = LATEST_VWAP.labels(self.job, out.symbol, w.window)
                         self._vwap_gauges[out.symbol, w.window] = gauge
                     gauge.set(vwap)
+
+    def _skip_markers(self, partition: int, end: int) -> None:
+        """The partition was read to ``end``: the offsets between the last bar and there
+        hold transaction markers only (or records of aborted transactions, which
+        ``read_committed`` never delivers). Move the offset in Redis past them, fenced
+        like any commit, so that the lag reaches 0 and the job can be Complete."""
+        part = self._parts.get(partition)
+        if part is None or (part.offset or 0) >= end:
+            return
+        self._commit_to_redis(partition, part, [], end, [])
+        part.offset = end
 
     def _publish(self, producer: Producer, outputs: list[_Output]) -> None:
         """Each bar's metrics to the metrics topic too (for the loader and anyone else)."""

@@ -7,11 +7,22 @@ partition chosen by a stable hash of the symbol (so order per symbol holds and
 resuming knows where every bar would have gone). Rejected rows go to the
 dead-letter topic with their file, line and reason.
 
-Resuming: after a crash the producer reads the last record of every partition
-of the bars topic (and of the dead-letter topic) and skips what is already
-there. Because the idempotent producer keeps order within a partition, "every
-bar of partition p with seq <= the last seq in p" is exactly the set delivered:
-no duplicates, no gaps.
+Exactly once into the topics, with Kafka transactions (issue 10, points 2 and 15):
+
+- The transactional id is the job's (:func:`~.contract.transactional_id`): a producer
+  that starts fences any earlier producer of the same job (the broker refuses its
+  writes from then on; it stops with :class:`Fenced`, saying so) and aborts that
+  one's open transaction. Two producers of one job never both add bars.
+- Bars, dead letters and progress records are written in transactions of at most
+  :data:`TRANSACTION_SECONDS` (and before any pacing wait). A delivery that fails (a
+  broker away for longer than the delivery timeout) aborts the transaction, so no
+  later bar can be committed behind a lost one; the producer then goes on from what
+  is committed (:data:`ABORTED_RETRIES` times, then it exits for a restart).
+- Resuming reads the last committed record of every partition of the bars topic
+  (and of the dead-letter topic) and skips what is already there: every bar of
+  partition p with seq <= the last committed seq in p is committed, in order, and
+  none after it. Consumers read ``read_committed``, so an aborted transaction's
+  records are never seen downstream.
 
 Bad sources: the source is opened, its header understood and (unless counting is
 off) read to its end before any topic is created, so a file that cannot be replayed
@@ -46,11 +57,11 @@ from typing import IO, Any, Final, Literal
 
 import fsspec
 import orjson
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from . import codec
-from .contract import PROGRESS_TOPIC_CONFIG, ProducerProgress, Topics
+from .contract import PROGRESS_TOPIC_CONFIG, Groups, ProducerProgress, Topics, transactional_id
 from .csvformat import (
     REJECT_KINDS,
     BarBatch,
@@ -63,12 +74,14 @@ from .csvformat import (
     read_error,
     utf8_stream,
 )
-from .deadletters import excerpt
-from .kafka_admin import ensure_topics, partition_count
+from .deadletters import excerpt, produce_when_room
+from .kafka_admin import ensure_topics, last_records, partition_count, read_to_end, reader
+from .kafka_admin import watermarks as _watermarks
 from .observability import (
     BYTES_OUT,
     DEAD_LETTERS,
     ERRORS,
+    HEARTBEAT,
     RECORDS_OUT,
     REPLAY_ROWS_DONE,
     REPLAY_ROWS_TOTAL,
@@ -86,6 +99,30 @@ PROGRESS_EVERY: Final = 1.0
 SLICE_BARS: Final = 8192
 """Bars sent between two looks at the clock: the metrics are updated per slice, never
 per bar (at ~250k bars/s a slice takes ~30 ms)."""
+TRANSACTION_SECONDS: Final = 0.1
+"""Longest a transaction stays open while bars are sent (checked per slice, and before
+a pacing wait): consumers read committed records only, so this is latency added to
+every bar (0.05 s on average), against one commit round trip and one marker per
+partition per transaction. Kafka Streams' exactly-once default is the same 100 ms."""
+ABORTED_RETRIES: Final = 5
+"""Aborted transactions (a broker away for longer than the delivery timeout) the
+producer goes on from, from what is committed, before it exits for a restart."""
+INIT_SECONDS: Final = 60.0
+"""How long to wait for the transaction coordinator (and for an earlier producer's
+open transaction to be aborted) at start."""
+
+
+class Fenced(RuntimeError):
+    """Another producer of the same job started: this one's writes are refused."""
+
+
+class TransactionAborted(RuntimeError):
+    """A transaction was aborted (a delivery failed): go on from what is committed."""
+
+
+_FENCED_CODES: Final = frozenset(
+    {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
+)
 
 
 def partition_for(symbol: str, partitions: int) -> int:
@@ -110,75 +147,29 @@ class ResumePoint:
         return not self.last_seq and self.last_dead_line == 0
 
 
-_TRANSIENT = frozenset(
-    {
-        KafkaError.NOT_LEADER_FOR_PARTITION,
-        KafkaError.LEADER_NOT_AVAILABLE,
-        KafkaError.UNKNOWN_TOPIC_OR_PART,
-        KafkaError._TRANSPORT,
-    }
-)
+def find_resume_point(
+    settings: KafkaSettings, bars_topic: str, dead_topic: str, group: str
+) -> ResumePoint:
+    """Read where an earlier run of this job stopped: its last committed records.
 
-
-def _watermarks(consumer: Consumer, tp: TopicPartition, timeout: float) -> tuple[int, int]:
-    """Low and high offsets, retrying the errors a just-created topic gives for a moment.
-
-    Metadata can show a leader before that broker serves the partition, so the
-    first offset request after creating a topic may fail with NOT_LEADER.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            low, high = consumer.get_watermark_offsets(tp, timeout=timeout, cached=False)
-            return int(low), int(high)
-        except KafkaException as exc:
-            if exc.args[0].code() not in _TRANSIENT or time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-
-
-def _last_records(consumer: Consumer, topic: str, timeout: float = 10) -> dict[int, Message]:
-    """The last record of every non-empty partition of ``topic``."""
-    metadata = consumer.list_topics(topic, timeout=timeout).topics[topic]
-    if metadata.error is not None:
-        raise KafkaException(metadata.error)
-    last: dict[int, Message] = {}
-    for partition in metadata.partitions:
-        low, high = _watermarks(consumer, TopicPartition(topic, partition), timeout)
-        if high <= low:
-            continue
-        consumer.assign([TopicPartition(topic, partition, high - 1)])
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None:
-                continue
-            if msg.error() is not None:
-                raise KafkaException(msg.error())
-            last[partition] = msg
-            break
-        else:
-            raise TimeoutError(f"could not read the last record of {topic}[{partition}]")
-    consumer.unassign()
-    return last
-
-
-def find_resume_point(settings: KafkaSettings, bars_topic: str, dead_topic: str) -> ResumePoint:
-    """Read where an earlier run of this job stopped."""
-    consumer = Consumer(
-        {**settings.common(), "group.id": "hftpipe-producer-resume", "enable.auto.commit": False}
-    )
+    ``group``: the job's reader group (:attr:`.contract.Groups.reader`; nothing is
+    committed, but an authorizing broker checks it)."""
+    consumer = reader(settings.common(), group)
     try:
         point = ResumePoint()
-        for partition, msg in _last_records(consumer, bars_topic).items():
+        for partition, msg in last_records(consumer, bars_topic).items():
             point.last_seq[partition] = codec.decode_bar(msg.value() or b"").seq
-        for msg in _last_records(consumer, dead_topic).values():
+        for msg in last_records(consumer, dead_topic).values():
             line = orjson.loads(msg.value() or b"{}").get("line")
             if line is None:
                 # The processor's or the loader's dead letter came last (see
                 # deadletters): the producer's own last line is further back.
                 line = max(
-                    (d["line"] for d in iter_dead_letters(settings, dead_topic) if "line" in d),
+                    (
+                        d["line"]
+                        for d in iter_dead_letters(settings, dead_topic, group)
+                        if "line" in d
+                    ),
                     default=0,
                 )
             point.last_dead_line = max(point.last_dead_line, int(line))
@@ -351,6 +342,7 @@ def count_rows(url: str) -> int:
             # Small reads: a stream that fails loses the read in progress, and the
             # line reported is the first one not read.
             for block in iter(lambda: text.read(1 << 16), b""):
+                HEARTBEAT.beat()  # a source that stops sending stops the beats
                 lines += block.count(b"\n") - block.count(b"\n\n")
                 last = block[-1:]
         except Exception as exc:  # whatever stops the stream: one message
@@ -467,8 +459,15 @@ class Replay:
         count_source_rows: bool = True,
         progress: bool = True,
         dead_letter_excerpt: int = 200,
+        job_id: str | None = None,
+        transaction_seconds: float = TRANSACTION_SECONDS,
     ) -> None:
         self.job, self.source = job, source
+        # The job id (namespace-qualified under the operator) names the transactional id
+        # and the reader group; metric labels keep the plain name.
+        self.transactional_id = transactional_id(job_id or job)
+        self.reader_group = Groups.for_job(job_id or job).reader
+        self.transaction_seconds = transaction_seconds
         self.dead_letter_excerpt = dead_letter_excerpt
         declare_series("producer", job, REJECT_KINDS)
         self.bars_topic, self.dead_topic = bars_topic, dead_topic
@@ -483,12 +482,23 @@ class Replay:
         )
         self.progress_topic = progress_topic or Topics.for_job(job).progress
         self._failed: list[str] = []
+        self._fatal: KafkaError | None = None
+        self._txn_since: float | None = None
+        """``time.monotonic()`` when the open transaction began; None: none is open."""
         self._live_state = _LiveState()
 
     def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
         if err is not None:
             self._failed.append(str(err))
             ERRORS.labels("producer", self.job, "delivery").inc()
+
+    def _on_error(self, err: KafkaError) -> None:
+        # Fatal errors (being fenced above all) surface here first; the call that
+        # fails next only says "fatal".
+        if err.fatal():
+            self._fatal = err
+        else:
+            log.debug("kafka: %s", err)
 
     def _on_progress_delivery(self, err: KafkaError | None, _msg: Message) -> None:
         # Progress is information only: a lost record never fails the replay.
@@ -519,8 +529,20 @@ class Replay:
             )
 
     def run(self) -> ReplayReport:
-        """Replay the file; raises if any record could not be delivered, and a
-        :class:`SourceError` (before creating topics, if it can) for a bad source."""
+        """Replay the file; raises if any record could not be delivered, :class:`Fenced`
+        if another producer of the job took over, and a :class:`SourceError` (before
+        creating topics, if it can) for a bad source.
+
+        Liveness watches it from the start: a source that stops sending (an HTTP or S3
+        read that hangs), or a broker that takes no more records, stops the heartbeat
+        (every other wait here is bounded, well below ``--stall-seconds``)."""
+        HEARTBEAT.beat()
+        try:
+            return self._run()
+        finally:
+            HEARTBEAT.stop()
+
+    def _run(self) -> ReplayReport:
         self._check_source()
         total = count_rows(self.source) if self.count_source_rows else 0
         admin = AdminClient(self.kafka.common())
@@ -536,16 +558,48 @@ class Replay:
             raise RuntimeError(
                 f"topic {self.bars_topic} does not exist: create it or pass --create-topics"
             )
-        live = self._live_state = _LiveState(
-            progress=partition_count(admin, self.progress_topic) > 0
-        )
-        if not live.progress:
+        progress = partition_count(admin, self.progress_topic) > 0
+        if not progress:
             log.warning(
                 "topic %s does not exist: no progress records (the status shows no rows "
                 "read until the producer is done)",
                 self.progress_topic,
             )
-        resume = find_resume_point(self.kafka, self.bars_topic, self.dead_topic)
+        REPLAY_ROWS_TOTAL.labels(self.job).set(total)
+        producer = Producer(
+            {
+                **self.kafka.producer(),
+                "transactional.id": self.transactional_id,
+                "on_delivery": self._on_delivery,
+                "error_cb": self._on_error,
+            }
+        )
+        # Fences any earlier producer of this job and aborts its open transaction, so
+        # that what the resume point reads below is final.
+        self._txn(producer, "start", lambda: producer.init_transactions(INIT_SECONDS))
+        for attempt in range(1, ABORTED_RETRIES + 2):
+            self._live_state = _LiveState(progress=progress, rows_total=total)
+            try:
+                return self._replay(producer, partitions)
+            except TransactionAborted as exc:
+                if attempt > ABORTED_RETRIES:
+                    raise KafkaException(
+                        f"{exc}; {attempt} transactions aborted in a row: restart the "
+                        "producer to resume from what Kafka has"
+                    ) from exc
+                log.warning(
+                    "%s; going on from what is committed (attempt %d of %d)",
+                    exc,
+                    attempt + 1,
+                    ABORTED_RETRIES + 1,
+                )
+                time.sleep(min(30.0, 2.0**attempt))
+        raise AssertionError("unreachable")
+
+    def _replay(self, producer: Producer, partitions: int) -> ReplayReport:
+        """One pass from the resume point to the end of the file."""
+        live = self._live_state
+        resume = find_resume_point(self.kafka, self.bars_topic, self.dead_topic, self.reader_group)
         if not resume.empty:
             log.info(
                 "resuming: topic already holds bars up to seq %s per partition, dead "
@@ -553,17 +607,15 @@ class Replay:
                 resume.last_seq,
                 resume.last_dead_line,
             )
-        REPLAY_ROWS_TOTAL.labels(self.job).set(total)
-        live.rows_total = total
-        producer = Producer({**self.kafka.producer(), "on_delivery": self._on_delivery})
         report = ReplayReport()
         pacer = Pacer(self.pacing)
         started = time.monotonic()
+        HEARTBEAT.beat()
         with ExitStack() as stack:
             stream, fraction = open_source(self.source)
             stack.enter_context(stream)
             if self.show_progress:
-                live.printer = _Progress(total, fraction)
+                live.printer = _Progress(live.rows_total, fraction)
             reader = self._reader(stream)
             log.info(
                 "reading %s: %s; pacing: %s", self.source, reader.layout.describe(), self.pacing
@@ -578,25 +630,96 @@ class Replay:
                             report.dead_lettered += 1
                     report.rows_read += len(chunk.rejected) + chunk.out_of_range
                     self._send(producer, chunk.bars, partitions, resume, pacer, started, report)
-                    if self._failed:
-                        break
             except SourceError:
                 # The source failed part way (not counted first): what was read is
-                # delivered, so that a rerun resumes after it.
-                producer.flush(60)
+                # committed, so that a rerun resumes after it.
+                self._commit(producer)
                 raise
-            remaining = producer.flush(60)
-        if self._failed or remaining:
-            raise KafkaException(
-                f"{len(self._failed)} record(s) could not be delivered ({remaining} still queued)"
-                f": {self._failed[:3]}; restart the producer to resume from what Kafka has"
-            )
+            self._commit(producer)
         report.seconds = time.monotonic() - started
-        # Every bar is in Kafka: only now may the progress record say done.
+        # Every bar is committed: only now may the progress record say done.
         self._live(producer, report, done=True)
-        if live.progress and producer.flush(10):
-            log.warning("the last progress record was not delivered within 10 s")
+        self._commit(producer)
         return report
+
+    # -- transactions ---------------------------------------------------------
+
+    def _txn(self, producer: Producer, what: str, call: Callable[[], object]) -> None:
+        """A transactional call, with librdkafka's error classes made into ours: retried
+        while retriable, :class:`TransactionAborted` once aborted, :class:`Fenced` if
+        another producer of the job took over."""
+        deadline = time.monotonic() + INIT_SECONDS
+        while True:
+            try:
+                call()
+                return
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+                if err is None:
+                    raise
+                self._raise_if_fenced(err)
+                if err.txn_requires_abort():
+                    self._abort(producer, f"{what}: {err.str()}")
+                if err.retriable() and time.monotonic() < deadline:
+                    time.sleep(0.5)
+                    continue
+                raise
+
+    def _raise_if_fenced(self, err: KafkaError) -> None:
+        fatal = self._fatal if err.code() == KafkaError._FATAL and self._fatal else err
+        if fatal.code() in _FENCED_CODES:
+            ERRORS.labels("producer", self.job, "fenced").inc()
+            raise Fenced(
+                f"fenced: another producer of job {self.job} (transactional id "
+                f"{self.transactional_id}) started, and this one's writes are refused from "
+                "now on. It stops; the other one goes on from what is committed. (Run "
+                "one producer per job: the operator does.)"
+            )
+
+    def _ensure_transaction(self, producer: Producer) -> None:
+        if self._txn_since is None:
+            self._txn(producer, "begin", producer.begin_transaction)
+            self._txn_since = time.monotonic()
+
+    def _commit(self, producer: Producer) -> None:
+        """Commit the open transaction, if any: its records become visible to consumers.
+
+        A delivery that failed in it (reported to :meth:`_on_delivery`) aborts it instead."""
+        if self._txn_since is None:
+            return
+        if self._failed:
+            self._abort(producer, f"{len(self._failed)} record(s) not delivered")
+        self._txn(producer, "commit", lambda: producer.commit_transaction(INIT_SECONDS))
+        if self._failed:  # reported while the commit flushed
+            self._abort(producer, f"{len(self._failed)} record(s) not delivered")
+        self._txn_since = None
+
+    def _commit_if_due(self, producer: Producer) -> None:
+        since = self._txn_since
+        if since is not None and time.monotonic() - since >= self.transaction_seconds:
+            self._commit(producer)
+
+    def _abort(self, producer: Producer, why: str) -> None:
+        """Abort the open transaction (none of its records will be seen) and raise
+        :class:`TransactionAborted` to go on from what is committed."""
+        failed, self._failed = self._failed, []
+        self._txn_since = None
+        deadline = time.monotonic() + INIT_SECONDS
+        while True:
+            try:
+                producer.abort_transaction(INIT_SECONDS)
+                break
+            except KafkaException as exc:
+                err = exc.args[0]
+                self._raise_if_fenced(err)
+                if not err.retriable() or time.monotonic() > deadline:
+                    raise KafkaException(
+                        f"transaction not aborted ({err.str()}) after: {why}; restart the "
+                        "producer to resume from what Kafka has"
+                    ) from exc
+                time.sleep(0.5)
+        ERRORS.labels("producer", self.job, "aborted").inc()
+        raise TransactionAborted(f"transaction aborted: {why} {failed[:3]}")
 
     def _live(self, producer: Producer, report: ReplayReport, *, done: bool = False) -> None:
         """Bring the metrics up to ``report`` and, once a second (and when ``done``),
@@ -624,6 +747,7 @@ class Replay:
         )
         if replace(record, updated_at="") == live.recorded:
             return  # nothing changed (a paced replay waiting): no record
+        self._ensure_transaction(producer)
         try:
             producer.produce(
                 self.progress_topic,
@@ -656,12 +780,9 @@ class Replay:
     def _produce(
         self, producer: Producer, topic: str, key: bytes | None, value: bytes, partition: int
     ) -> None:
-        while True:
-            try:
-                producer.produce(topic, value=value, key=key, partition=partition)
-                return
-            except BufferError:
-                producer.poll(0.05)  # local queue full: let deliveries drain
+        if self._txn_since is None:
+            self._ensure_transaction(producer)
+        produce_when_room(producer, topic, value, key=key, partition=partition)
 
     def _send(
         self,
@@ -685,6 +806,7 @@ class Replay:
         if not len(batch):  # a block of rejected or out-of-range rows only
             self._live(producer, report)
         for _ in range(0, len(batch), SLICE_BARS):
+            HEARTBEAT.beat()
             sent = skipped = size = 0
             for bar in islice(bars, SLICE_BARS):
                 entry = cache.get(bar.symbol)
@@ -705,7 +827,13 @@ class Replay:
                             _add(report, live, sent, skipped, size)
                             sent = skipped = size = 0
                             self._live(producer, report)
-                        time.sleep(wait)
+                        # Bars sent are visible once committed: never hold them over
+                        # a long wait (a paced replay may wait minutes between bars).
+                        if wait > self.transaction_seconds:
+                            self._commit(producer)
+                        else:
+                            self._commit_if_due(producer)
+                        _sleep(wait)
                 value = codec.encode_bar(bar)
                 self._produce(producer, self.bars_topic, key, value, partition)
                 sent += 1
@@ -713,6 +841,18 @@ class Replay:
             producer.poll(0)
             _add(report, live, sent, skipped, size)
             self._live(producer, report)
+            if self._failed:  # a delivery failed: nothing more goes into this transaction
+                self._commit(producer)
+            self._commit_if_due(producer)
+
+
+def _sleep(seconds: float) -> None:
+    """A pacing wait (minutes, at a slow speed), beating the heartbeat meanwhile: the loop
+    is waiting on purpose, not stalled."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        HEARTBEAT.beat()
+        time.sleep(min(left, 1.0))
 
 
 REASON_MIN_CHARS: Final = 120
@@ -720,32 +860,19 @@ REASON_MIN_CHARS: Final = 120
 
 
 def iter_dead_letters(
-    settings: KafkaSettings, topic: str, timeout: float = 10
+    settings: KafkaSettings, topic: str, group: str | None = None, timeout: float = 10
 ) -> Iterator[dict[str, Any]]:
-    """Every dead letter of a topic (for reports and tests)."""
-    consumer = Consumer(
-        {
-            **settings.common(),
-            "group.id": "hftpipe-deadletter-reader",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-        }
-    )
+    """Every committed dead letter of a topic (for reports, resuming and tests).
+
+    ``group``: a group id under the job's prefix (default ``<topic>.reader``)."""
+    consumer = reader(settings.common(), group or f"{topic}.reader")
     try:
         metadata = consumer.list_topics(topic, timeout=timeout).topics[topic]
         for partition in metadata.partitions:
             low, high = _watermarks(consumer, TopicPartition(topic, partition), timeout)
             if high <= low:
                 continue
-            consumer.assign([TopicPartition(topic, partition, low)])
-            seen = low
-            while seen < high:
-                msg = consumer.poll(timeout)
-                if msg is None:
-                    raise TimeoutError(f"reading {topic}[{partition}] stalled at {seen}")
-                if msg.error() is not None:
-                    raise KafkaException(msg.error())
-                seen = (msg.offset() or 0) + 1
+            for msg in read_to_end(consumer, topic, partition, low, high, timeout):
                 yield orjson.loads(msg.value() or b"{}")
     finally:
         consumer.close()

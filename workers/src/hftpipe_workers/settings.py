@@ -169,6 +169,11 @@ class KafkaSettings(BaseSettings):
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
             "isolation.level": "read_committed",
+            # The producer writes in transactions: a partition's last offsets are
+            # commit markers, which no consumer is given. The end-of-partition event
+            # says where the partition ends, so that a worker can move its offset past
+            # them (else its lag would never reach 0, nor a job Complete).
+            "enable.partition.eof": True,
             "partition.assignment.strategy": "cooperative-sticky",
             # A crashed pod's partitions move after this long (the broker's minimum
             # is 6 s); the default 45 s would stall a restarted job for that long.
