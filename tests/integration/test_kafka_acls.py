@@ -165,16 +165,6 @@ def job_file(path: Path) -> Path:
     return path
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "bug (issue 10, point 12): the producer's restart reads where it stopped in the "
-        "consumer group 'hftpipe-producer-resume', outside the KafkaUser's group prefix "
-        "'hftpipe.': GROUP_AUTHORIZATION_FAILED (FindCoordinator). The producer moves to "
-        "Groups.for_job(job).reader; remove this mark with that change."
-    ),
-)
 def test_a_job_runs_end_to_end_as_the_production_kafka_user(
     scram_stack: Stack, workers_user: dict[str, Any], worker_env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -14,6 +14,7 @@ the chart (:func:`hftpipe_devstack.charts.helm_chart`), a copy with stand-ins fo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -33,7 +34,7 @@ from hftpipe_devstack import charts, install, versions
 from hftpipe_operator import builders, labels
 from hftpipe_operator.crd import example_replayjob
 from hftpipe_operator.spec import ReplayJob
-from hftpipe_workers.contract import Groups, Topics
+from hftpipe_workers.contract import Groups, Topics, job_id, transactional_id
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "hftpipe-stack"
@@ -235,18 +236,25 @@ def test_kafka_user_turns_on_simple_authorization_and_the_user_operator() -> Non
     assert secret_labels[labels.SECRET_OPT_IN] == "true"
 
 
-def test_kafka_user_acls_cover_every_jobs_topics_and_groups() -> None:
+def test_kafka_user_acls_cover_every_jobs_topics_groups_and_transactional_id() -> None:
+    """Every name a job's workers use lies under a prefix the user is granted (issue 10,
+    point 12: the producer's resume group `hftpipe-producer-resume` did not);
+    tests/integration/test_kafka_acls.py proves these ACLs on a broker that enforces them."""
     acls = one(render("production"), "KafkaUser")["spec"]["authorization"]["acls"]
     by_type = {acl["resource"]["type"]: acl for acl in acls}
-    topic, group = by_type["topic"], by_type["group"]
-    assert topic["resource"]["patternType"] == group["resource"]["patternType"] == "prefix"
+    assert set(by_type) == {"topic", "group", "transactionalId"}
+    topic, group, txn = by_type["topic"], by_type["group"], by_type["transactionalId"]
+    assert {acl["resource"]["patternType"] for acl in acls} == {"prefix"}
     assert set(topic["operations"]) == {"Read", "Write", "Describe", "Create"}
     assert group["operations"] == ["Read"]
-    job_topics, job_groups = Topics.for_job("any-job"), Groups.for_job("any-job")
-    for name in (job_topics.bars, job_topics.metrics, job_topics.deadletter):
+    assert set(txn["operations"]) == {"Write", "Describe"}
+    job = job_id("any-job", "some-namespace")
+    job_topics, job_groups = Topics.for_job(job), Groups.for_job(job)
+    for name in dataclasses.astuple(job_topics):
         assert name.startswith(topic["resource"]["name"]), name
-    for name in (job_groups.processor, job_groups.loader):
+    for name in dataclasses.astuple(job_groups):
         assert name.startswith(group["resource"]["name"]), name
+    assert transactional_id(job).startswith(txn["resource"]["name"])
 
 
 def test_kafka_user_needs_a_listener_with_its_authentication() -> None:
