@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import duckdb
 import fakesnow
@@ -29,6 +29,7 @@ import orjson
 import pandas as pd  # type: ignore[import-untyped]
 import pytest
 import redis
+from compare import bar_rows, metric_differences, metric_rows, redis_snapshot
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, ConfigSource
 from generated import generated_minute_file
@@ -275,29 +276,6 @@ def test_processor_output_in_redis_equals_a_pandas_oracle(
 # ------------------------------------------------------------ processor SIGKILLs
 
 
-def redis_snapshot(client: redis.Redis, job: str) -> dict[str, Any]:
-    """Every key of a job, with the job name taken out, as comparable values; but the
-    offset keys, which are positions in the bars topic: they count the producer's
-    transaction markers, as many as its transactions, which two replays of one file cut
-    differently (on time). Everything computed from the bars must be equal."""
-    keys = RedisKeys(job)
-    out: dict[str, Any] = {}
-    for key in client.scan_iter(match=keys.pattern, count=1000):
-        name = key.decode().replace(keys.base, "JOB")
-        if ":offset:" in name:
-            continue
-        kind = client.type(key)
-        if kind == b"hash":
-            out[name] = client.hgetall(key)
-        elif kind == b"zset":
-            out[name] = client.zrange(key, 0, -1, withscores=True)
-        elif kind == b"set":
-            out[name] = sorted(cast("set[bytes]", client.smembers(key)))
-        else:
-            out[name] = client.get(key)
-    return out
-
-
 def test_processor_killed_at_five_random_points_leaves_redis_and_warehouse_identical(
     subprocess_env: dict[str, str],
     kafka: KafkaSettings,
@@ -361,26 +339,6 @@ def test_processor_killed_at_five_random_points_leaves_redis_and_warehouse_ident
             until_caught_up=True, idle_timeout=1.0
         )
         assert metric_rows(snow, killed) == (total * windows,) * 2
-
-
-def metric_rows(sink: Sink, job: str) -> tuple[int, int]:
-    """Rows of ``job`` in the warehouse's bar_metrics table, and distinct keys among them."""
-    counts = sink.query(
-        "SELECT count(*) AS n, count(DISTINCT symbol || '|' || bar_time || '|' || \"window\") "
-        "AS k FROM bar_metrics WHERE job = $job",
-        {"job": job},
-    )
-    return int(counts.iloc[0, 0]), int(counts.iloc[0, 1])
-
-
-def metric_differences(sink: Sink, a: str, b: str) -> int:
-    """Metric rows of job ``a`` with no identical row (every value) in job ``b``, and back."""
-    columns = 'symbol, bar_time, "window", vwap, sma_close, std_close, std_log_return, bar_count'
-    one_way = (
-        f"SELECT count(*) FROM (SELECT {columns} FROM bar_metrics WHERE job = $x "  # noqa: S608 - constant columns
-        f"EXCEPT ALL SELECT {columns} FROM bar_metrics WHERE job = $y)"
-    )
-    return sum(int(sink.query(one_way, {"x": x, "y": y}).iloc[0, 0]) for x, y in ((a, b), (b, a)))
 
 
 @contextmanager
@@ -954,16 +912,6 @@ def committed_and_end(kafka: KafkaSettings, topic: str, group: str) -> tuple[int
     finally:
         watcher.close()
     return committed, ends
-
-
-def bar_rows(sink: Sink, job: str) -> tuple[int, int]:
-    """Rows of ``job`` in the warehouse's bars table, and distinct keys among them."""
-    counts = sink.query(
-        "SELECT count(*) AS n, count(DISTINCT symbol || '|' || bar_time) AS k "
-        "FROM bars WHERE job = $job",
-        {"job": job},
-    )
-    return int(counts.iloc[0, 0]), int(counts.iloc[0, 1])
 
 
 def test_loader_keeps_every_offset_while_members_join_and_leave(

@@ -23,14 +23,20 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import KafkaException
+from faults import (
+    assert_every_bar_once,
+    committed_bars,
+    record_count,
+    restart_killed,
+    stop_restarted,
+)
 from generated import generated_minute_file
 
 from hftpipe_devstack.procs import free_port
 from hftpipe_devstack.stack import Stack, ephemeral_stack
 from hftpipe_devstack.testing import CLI, produce, wait_for
-from hftpipe_workers import codec, settings
+from hftpipe_workers import settings
 from hftpipe_workers.contract import Topics
 from hftpipe_workers.pacing import Pacing
 from hftpipe_workers.producer import Replay
@@ -38,72 +44,6 @@ from hftpipe_workers.settings import KafkaSettings
 
 SYMBOLS = 6
 BARS_PER_SYMBOL = 5_000
-
-
-def committed_bars(bootstrap: str, topic: str) -> dict[int, list[int]]:
-    """Partition -> the seqs of its bars in offset order, as a ``read_committed``
-    consumer sees them (records of aborted transactions left out). Read to each
-    partition's end (the end-of-partition event): the last offsets may be transaction
-    markers, which no consumer is given."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": "test-committed-reader",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-            "enable.partition.eof": True,
-        }
-    )
-    out: dict[int, list[int]] = {}
-    try:
-        meta = consumer.list_topics(topic, timeout=10).topics[topic]
-        for p in sorted(meta.partitions):
-            seqs = out.setdefault(p, [])
-            consumer.assign([TopicPartition(topic, p, 0)])
-            deadline = time.monotonic() + 60
-            while True:
-                assert time.monotonic() < deadline, f"reading {topic}[{p}] stalled"
-                msg = consumer.poll(1.0)
-                if msg is None:
-                    continue
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        break
-                    raise KafkaException(err)
-                seqs.append(codec.decode_bar(msg.value() or b"").seq)
-            consumer.unassign()
-    finally:
-        consumer.close()
-    return out
-
-
-def _count(bootstrap: str, topic: str) -> int:
-    """Records in the topic, roughly (transaction markers count too): to see progress."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-count"})
-    try:
-        meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
-        if meta is None or meta.error is not None:
-            return 0
-        return sum(
-            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in meta.partitions
-        )
-    except KafkaException:
-        return 0  # the broker is away, or the topic's leaders are being elected
-    finally:
-        consumer.close()
-
-
-def assert_every_bar_once(by_partition: dict[int, list[int]], rows: int) -> None:
-    """Every seq of the file exactly once in the topic, in order within a partition."""
-    every = sorted(s for seqs in by_partition.values() for s in seqs)
-    missing = sorted(set(range(rows)) - set(every))
-    duplicated = len(every) - len(set(every))
-    assert not missing, f"{len(missing)} bar(s) missing (first {missing[:5]})"
-    assert not duplicated, f"{duplicated} bar(s) duplicated"
-    for p, seqs in by_partition.items():
-        assert seqs == sorted(seqs), f"partition {p} out of order"
 
 
 # ------------------------------------------------------------- two producers at once
@@ -131,7 +71,7 @@ def test_a_second_producer_of_the_same_job_is_fenced_not_a_source_of_duplicates(
     first = start()
 
     wait_for(
-        lambda: _count(kafka_bootstrap, topics.bars) > 3_000,
+        lambda: record_count(kafka_bootstrap, topics.bars) > 3_000,
         60,
         "the first producer's bars in the topic",
     )
@@ -155,59 +95,7 @@ def own_kafka() -> Iterator[Stack]:
     """A broker of the test's own: it kills and restarts it."""
     with ephemeral_stack(("kafka",)) as stack:
         yield stack
-        while _RESTARTED:
-            proc = _RESTARTED.pop()
-            proc.kill()
-            proc.wait()
-
-
-def _kafka_pid(stack: Stack) -> int:
-    [record] = [r for r in stack.table().records() if r.name == "kafka"]
-    return record.pid
-
-
-def _restart_killed(stack: Stack, down_for: float = 0.0) -> None:
-    """SIGKILL the broker and start it again on the same data after ``down_for``
-    seconds (as a pod restart does)."""
-    pid = _RESTARTED[-1].pid if _RESTARTED else _kafka_pid(stack)
-    cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
-    env = dict(
-        line.split(b"=", 1)
-        for line in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        if b"=" in line
-    )
-    cwd = os.readlink(f"/proc/{pid}/cwd")
-    os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: not Path(f"/proc/{pid}").exists() or _zombie(pid), 30, "the broker gone")
-    time.sleep(down_for)
-    log = open(stack.state_dir / "logs" / "kafka-restarted.log", "ab")  # noqa: SIM115
-    restarted = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=log, stderr=log)
-    _RESTARTED.append(restarted)
-    bootstrap = stack.env["KAFKA_BOOTSTRAP_SERVERS"]
-
-    def serves() -> bool:
-        assert restarted.poll() is None, f"the restarted broker exited: see {log.name}"
-        try:
-            return _metadata(bootstrap)
-        except KafkaException:
-            return False
-
-    wait_for(serves, 90, "the restarted broker to serve")
-
-
-def _metadata(bootstrap: str) -> bool:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    return bool(admin.list_topics(timeout=5).brokers)
-
-
-_RESTARTED: list[subprocess.Popen[bytes]] = []
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
+        stop_restarted()
 
 
 def test_deliveries_that_time_out_never_leave_a_gap_behind_a_restart(
@@ -233,12 +121,12 @@ def test_deliveries_that_time_out_never_leave_a_gap_behind_a_restart(
         # more than the delivery timeout (stopping it is not enough: librdkafka does
         # not time out bars queued behind a request in flight).
         wait_for(
-            lambda: _count(bootstrap, topics.bars) > 2_000 and not finished.is_set(),
+            lambda: record_count(bootstrap, topics.bars) > 2_000 and not finished.is_set(),
             60,
             "bars in the topic",
         )
         outage_at.append(time.monotonic())
-        _restart_killed(own_kafka, down_for=8.0)
+        restart_killed(own_kafka, down_for=8.0)
         outage_at.append(time.monotonic())
 
     outage_at: list[float] = []
@@ -295,16 +183,16 @@ def test_producer_killed_at_random_points_and_a_broker_restart_sends_every_bar_o
         more = seen + rng.randrange(300, 2_500)
 
         def added(more: int = more) -> int | None:
-            n = _count(bootstrap, topics.bars)
+            n = record_count(bootstrap, topics.bars)
             return n if n >= more else None
 
         seen = wait_for(added, 90, f"{more} bars in the topic")
         if kill == 2:
-            _restart_killed(own_kafka, down_for=rng.uniform(1.0, 5.0))  # mid-replay
+            restart_killed(own_kafka, down_for=rng.uniform(1.0, 5.0))  # mid-replay
             time.sleep(rng.uniform(1.0, 3.0))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        seen = _count(bootstrap, topics.bars)
+        seen = record_count(bootstrap, topics.bars)
     report = produce(env, job, source)
     assert report["skipped_already_in_kafka"] > 0, "the kills must land mid-replay"
     assert_every_bar_once(committed_bars(bootstrap, topics.bars), rows)

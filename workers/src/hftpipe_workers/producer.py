@@ -107,6 +107,8 @@ partition per transaction. Kafka Streams' exactly-once default is the same 100 m
 ABORTED_RETRIES: Final = 5
 """Aborted transactions (a broker away for longer than the delivery timeout) the
 producer goes on from, from what is committed, before it exits for a restart."""
+TRANSACTION_TIMEOUT_MS: Final = 60_000
+"""librdkafka's default ``transaction.timeout.ms`` (a longer delivery timeout raises it)."""
 INIT_SECONDS: Final = 60.0
 """How long to wait for the transaction coordinator (and for an earlier producer's
 open transaction to be aborted) at start."""
@@ -570,6 +572,10 @@ class Replay:
             {
                 **self.kafka.producer(),
                 "transactional.id": self.transactional_id,
+                # A record's delivery timeout may not exceed its transaction's.
+                "transaction.timeout.ms": max(
+                    TRANSACTION_TIMEOUT_MS, int(self.kafka.producer().get("message.timeout.ms", 0))
+                ),
                 "on_delivery": self._on_delivery,
                 "error_cb": self._on_error,
             }

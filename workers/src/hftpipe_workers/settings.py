@@ -134,6 +134,11 @@ class KafkaSettings(BaseSettings):
 
     profile: KafkaProfile = "throughput"
     """``throughput`` (batching, lz4) or ``latency`` (1 ms linger, no compression)."""
+    delivery_timeout_ms: int | None = Field(default=None, ge=1_000)
+    """How long a record may wait for the broker before its delivery fails (librdkafka's
+    ``message.timeout.ms``); unset: 60 s for the producer (its transaction timeout), 5
+    minutes for the processor's metrics. A failed delivery stops nothing silently: the
+    producer aborts and resends, the processor exits before Redis moves."""
 
     def common(self) -> dict[str, str | int | float | bool]:
         """librdkafka settings shared by producers, consumers and admin clients."""
@@ -153,12 +158,15 @@ class KafkaSettings(BaseSettings):
 
     def producer(self) -> dict[str, str | int | float | bool]:
         """Idempotent producer (no duplicates or reordering on retries), acks from all ISRs."""
-        return {
+        config: dict[str, str | int | float | bool] = {
             **self.common(),
             "enable.idempotence": True,
             "acks": "all",
             **_PRODUCER_PROFILES[self.profile],
         }
+        if self.delivery_timeout_ms is not None:
+            config["message.timeout.ms"] = self.delivery_timeout_ms
+        return config
 
     def consumer(self, group: str) -> dict[str, str | int | float | bool]:
         """Consumer in ``group`` that never auto-commits: workers commit where they write."""
