@@ -839,7 +839,7 @@ def committed_and_end_of(kafka: KafkaSettings, job: str, partition: int) -> tupl
 # -------------------------------------------------------------------------- loader
 
 
-def test_loader_killed_mid_batch_leaves_one_row_per_bar_in_duckdb(
+def test_loader_killed_mid_batch_three_times_leaves_one_row_per_bar_in_duckdb(
     subprocess_env: dict[str, str],
     kafka: KafkaSettings,
     redis_settings: RedisSettings,
@@ -864,21 +864,24 @@ def test_loader_killed_mid_batch_leaves_one_row_per_bar_in_duckdb(
         "--batch-max",
         "5000",
     ]
-    proc = subprocess.Popen(
-        cmd, env=subprocess_env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL
-    )
     groups = Groups.for_job(job)
     consumer = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": groups.loader})
-    deadline = time.monotonic() + 120
-    committed = 0
-    while time.monotonic() < deadline and committed < 10_000:
-        tps = [TopicPartition(Topics.for_job(job).bars, p) for p in range(3)]
-        committed = sum(max(tp.offset, 0) for tp in consumer.committed(tps, timeout=10))
-        time.sleep(0.05)
+    tps = [TopicPartition(Topics.for_job(job).bars, p) for p in range(3)]
+    # Killed three times, each after it committed a little more (a fresh loader re-reads
+    # from the last commit, and its MERGE makes the second copy of a row a no-op).
+    for threshold in (8_000, 20_000, 35_000):
+        proc = subprocess.Popen(
+            cmd, env=subprocess_env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 120
+        committed = 0
+        while time.monotonic() < deadline and committed < threshold:
+            committed = sum(max(tp.offset, 0) for tp in consumer.committed(tps, timeout=10))
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert threshold <= committed < BTC_ROWS, "each kill must land mid-load"
     consumer.close()
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert 0 < committed < BTC_ROWS
 
     out = subprocess.run(
         [*cmd, "--until-caught-up"],
