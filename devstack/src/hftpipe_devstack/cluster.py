@@ -31,10 +31,21 @@ class Cluster:
             "PATH": ":".join([*sorted(tools), os.environ["PATH"]]),
         }
 
-    def run(self, *cmd: str, stdin: str | None = None, check: bool = True) -> str:
-        done = subprocess.run(
-            list(cmd), env=self.env, input=stdin, capture_output=True, text=True, check=False
-        )
+    def run(
+        self, *cmd: str, stdin: str | None = None, check: bool = True, timeout: float = 300
+    ) -> str:
+        try:
+            done = subprocess.run(
+                list(cmd),
+                env=self.env,
+                input=stdin,
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise AssertionError(f"{' '.join(cmd)}: no answer in {timeout} s") from exc
         if check:
             assert done.returncode == 0, f"{' '.join(cmd)}:\n{done.stdout}\n{done.stderr}"
         return done.stdout
@@ -43,7 +54,16 @@ class Cluster:
         return self.run("kubectl", *args, stdin=stdin, check=check)
 
     def get(self, *args: str) -> dict[str, Any]:
-        found: dict[str, Any] = json.loads(self.kubectl("get", *args, "-o", "json"))
+        # A read, so retried: once, on a loaded machine, a `kubectl get` sat for the
+        # whole 600 s of a test on a request that had no timeout.
+        for attempt in range(3):
+            try:
+                printed = self.kubectl("get", *args, "-o", "json", "--request-timeout=30s")
+                break
+            except AssertionError:
+                if attempt == 2:
+                    raise
+        found: dict[str, Any] = json.loads(printed)
         return found
 
     def apply(self, docs: list[dict[str, Any]]) -> None:
