@@ -48,7 +48,7 @@ SELECTION: Final = (
     # through the loader, fsspec, s3fs, aiohttp and zstandard through the sources,
     # kopf and the Kubernetes client against the API server.
     "tests/integration/test_pipeline.py::test_processor_output_in_redis_equals_a_pandas_oracle",
-    "tests/integration/test_pipeline.py::test_loader_killed_mid_batch_leaves_one_row_per_bar_in_duckdb",
+    "tests/integration/test_pipeline.py::test_loader_killed_mid_batch_three_times_leaves_one_row_per_bar_in_duckdb",
     "tests/integration/test_sources.py::test_a_local_file_in_every_compression[.zst]",
     "tests/integration/test_sources.py::test_an_http_url",
     "tests/integration/test_sources.py::test_an_http_url_that_is_not_there_names_it",
