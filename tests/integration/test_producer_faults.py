@@ -35,7 +35,7 @@ from generated import generated_minute_file
 
 from hftpipe_devstack.procs import free_port
 from hftpipe_devstack.stack import Stack, ephemeral_stack
-from hftpipe_devstack.testing import CLI, produce, wait_for
+from hftpipe_devstack.testing import CLI, produce, serve_http, wait_for
 from hftpipe_workers import settings
 from hftpipe_workers.contract import Topics
 from hftpipe_workers.pacing import Pacing
@@ -235,26 +235,23 @@ def test_a_producer_whose_source_stops_sending_fails_liveness(
     source = generated_minute_file(tmp_path / "bars.csv", symbols=2, bars=20_000)
     _StallingSource.body = source.read_bytes()
     _StallingSource.release.clear()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), _StallingSource)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     port = free_port()
-    url = f"http://127.0.0.1:{server.server_address[1]}/bars.csv"
     job = f"t-hung-{random.randrange(10**6)}"
-    proc = subprocess.Popen(
-        [*CLI, "produce", url, "--job", job, "--metrics-port", str(port), "--stall-seconds", "3"],
-        env=subprocess_env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for(lambda: _health(port) == 200, 60, "the producer's /healthz to answer 200")
-        wait_for(lambda: _health(port) == 503, 30, "/healthz to say the producer stalled")
-    finally:
-        _StallingSource.release.set()
-        proc.kill()
-        proc.wait()
-        server.shutdown()
-        server.server_close()
+    with serve_http(_StallingSource) as base:
+        proc = subprocess.Popen(
+            [*CLI, "produce", f"{base}/bars.csv", "--job", job, "--metrics-port", str(port),
+             "--stall-seconds", "3"],
+            env=subprocess_env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            wait_for(lambda: _health(port) == 200, 60, "the producer's /healthz to answer 200")
+            wait_for(lambda: _health(port) == 503, 30, "/healthz to say the producer stalled")
+        finally:
+            _StallingSource.release.set()
+            proc.kill()
+            proc.wait()
 
 
 def _health(port: int) -> int | None:

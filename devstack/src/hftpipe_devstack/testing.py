@@ -73,11 +73,21 @@ def http_server(directory: Path) -> Iterator[str]:
     for https:// sources); yields the base URL."""
     import functools  # noqa: PLC0415
     import http.server  # noqa: PLC0415
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
+    with serve_http(handler) as url:
+        yield url
+
+
+@contextmanager
+def serve_http(handler: Callable[..., Any]) -> Iterator[str]:
+    """An HTTP server on a free port of 127.0.0.1 with ``handler`` (a request handler
+    class, or a factory of one), in a thread; yields the base URL."""
+    import http.server  # noqa: PLC0415
     import threading  # noqa: PLC0415
 
     from hftpipe_devstack.procs import free_port  # noqa: PLC0415
 
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -75,8 +75,14 @@ from .csvformat import (
     utf8_stream,
 )
 from .deadletters import excerpt, produce_when_room
-from .kafka_admin import ensure_topics, last_records, partition_count, read_to_end, reader
-from .kafka_admin import watermarks as _watermarks
+from .kafka_admin import (
+    ensure_topics,
+    last_records,
+    partition_count,
+    read_to_end,
+    reader,
+    watermarks,
+)
 from .observability import (
     BYTES_OUT,
     DEAD_LETTERS,
@@ -875,7 +881,7 @@ def iter_dead_letters(
     try:
         metadata = consumer.list_topics(topic, timeout=timeout).topics[topic]
         for partition in metadata.partitions:
-            low, high = _watermarks(consumer, TopicPartition(topic, partition), timeout)
+            low, high = watermarks(consumer, TopicPartition(topic, partition), timeout)
             if high <= low:
                 continue
             for msg in read_to_end(consumer, topic, partition, low, high, timeout):
