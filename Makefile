@@ -14,7 +14,9 @@ UV := $(UV_HOME)/bin/uv
 VENV := .venv
 PY := $(VENV)/bin/python
 STACK_DIR ?= .stack
-APT_PACKAGES := redis-server etcd-server prometheus
+# `make demo` runs Kafka (Java and Maven come with the machine image) and Redis only.
+DEMO_APT_PACKAGES := redis-server
+APT_PACKAGES := $(DEMO_APT_PACKAGES) etcd-server prometheus
 # The real node (make cluster-up, tests/node): container runtime, pod network, image builds.
 NODE_APT_PACKAGES := containerd runc containernetworking-plugins iptables conntrack buildah \
 	debootstrap busybox-static
@@ -60,6 +62,15 @@ system-deps: ## install Debian packages the stack needs (redis, etcd, promtool, 
 	    $(APT_PACKAGES) $(NODE_APT_PACKAGES); \
 	fi
 
+.PHONY: demo-deps
+demo-deps: ## install only the Debian package the demo needs (redis-server)
+	@if command -v redis-server >/dev/null; then \
+	  echo "redis-server present"; \
+	else \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    $(DEMO_APT_PACKAGES); \
+	fi
+
 .PHONY: install-stack
 install-stack: venv ## install Kafka, Kubernetes, helm, kubeconform into the cache (no start)
 	$(PY) -m hftpipe_devstack install
@@ -85,7 +96,7 @@ stack-status: venv ## list the local stack's processes
 	$(PY) -m hftpipe_devstack --dir $(STACK_DIR) status
 
 .PHONY: demo
-demo: system-deps venv ## replay the shipped BTC bars: Kafka -> Redis + DuckDB, then a report
+demo: demo-deps venv ## replay the shipped BTC bars: Kafka -> Redis + DuckDB, then a report
 	$(PY) -m hftpipe_devstack --dir $(STACK_DIR) demo
 
 .PHONY: bench

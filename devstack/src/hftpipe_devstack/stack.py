@@ -42,7 +42,13 @@ def repo_root() -> Path:
     return root
 
 
-def _tool_env() -> dict[str, str]:
+def _tool_env(components: Iterable[str]) -> dict[str, str]:
+    """helm, kubeconform and promtool, for what runs against the Kubernetes API (the
+    charts' checks): only a stack with ``kube`` gets them, since a cold helm and
+    kubeconform are minutes of ``go install`` that a Kafka-and-Redis stack (``make demo``,
+    the benchmarks) never uses."""
+    if "kube" not in components:
+        return {}
     return {
         "HELM": str(install.HELM.ensure()),
         "KUBECONFORM": str(install.KUBECONFORM.ensure()),
@@ -103,7 +109,7 @@ class Stack:
             )
         # Install first, one at a time: installs are long and print progress, and
         # a failed install should not leave half the servers running.
-        env = _tool_env()
+        env = _tool_env(self.components)
         if "kafka" in self.components:
             install.ensure_kafka()
         if "kube" in self.components:

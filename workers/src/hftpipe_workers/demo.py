@@ -12,19 +12,31 @@ product does not depend on the development stack.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from .contract import Groups, Topics
 
 SAMPLE = "btcusdt_1h_binance.csv.gz"
 DEMO_WINDOWS = ("4h", "1d", "7d", "30d")
+STAGES = ("producer", "processor", "loader")
+"""The pipeline's stages in order: each consumes what the one before it wrote."""
+POLL_SECONDS = 0.25
+"""Pause between two reads of the processor's and the loader's lag."""
+SLACK_SECONDS = 1.5
+"""A stage done within this long after the stage before it kept pace: the loader
+merges at least every second (``--batch-seconds``), and lag is only seen per poll."""
 
 
 def sample_path() -> Path:
@@ -32,25 +44,96 @@ def sample_path() -> Path:
     return Path(str(resources.files("hftpipe_workers") / "sample_data" / SAMPLE))
 
 
-def _lag(bootstrap: str, group: str, topics: list[str]) -> int:
-    """Records of ``topics`` not yet committed by ``group`` (what the operator reads)."""
-    from confluent_kafka import Consumer, TopicPartition  # noqa: PLC0415
+class _Lag:
+    """Records of ``topics`` not yet committed by ``group`` (what the operator reads), read
+    as often as asked through one consumer (a consumer per read costs a connection)."""
 
-    consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
-    )
-    try:
+    def __init__(self, bootstrap: str, group: str, topics: list[str]) -> None:
+        from confluent_kafka import Consumer  # noqa: PLC0415
+
+        self._topics = topics
+        self._consumer = Consumer(
+            {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
+        )
+
+    def __call__(self) -> int:
+        from confluent_kafka import TopicPartition  # noqa: PLC0415
+
         tps = []
-        for topic in topics:
-            meta = consumer.list_topics(topic, timeout=10).topics[topic]
+        for topic in self._topics:  # listed each time: the metrics topic may be new
+            meta = self._consumer.list_topics(topic, timeout=10).topics[topic]
             tps += [TopicPartition(topic, p) for p in meta.partitions]
         lag = 0
-        for tp in consumer.committed(tps, timeout=10):
-            _, high = consumer.get_watermark_offsets(tp, timeout=10)
+        for tp in self._consumer.committed(tps, timeout=10):
+            _, high = self._consumer.get_watermark_offsets(tp, timeout=10)
             lag += high - max(tp.offset, 0)
         return lag
-    finally:
-        consumer.close()
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def bounded_by(done: Mapping[str, float], *, slack: float = SLACK_SECONDS) -> str:
+    """The stage whose speed the end-to-end figure measures.
+
+    ``done`` holds, for each of :data:`STAGES`, the seconds from the start until that
+    stage had handled every bar. A stage done within ``slack`` of the stage before it
+    kept pace: it waited for its input, and a faster one would not have ended sooner.
+    The bound is the last stage that did not keep pace, or the producer when every
+    later one did.
+    """
+    bound = STAGES[0]
+    for upstream, stage in itertools.pairwise(STAGES):
+        if done[stage] - done[upstream] > slack:
+            bound = stage
+    return bound
+
+
+def stage_lines(
+    produced: Mapping[str, Any],
+    outputs: Mapping[str, Mapping[str, Any]],
+    done: Mapping[str, float],
+    *,
+    slack: float = SLACK_SECONDS,
+) -> list[str]:
+    """The report's rates: each stage's bars/s from the start until it was done, whether
+    it kept pace with the stage before it, and the end-to-end figure with what bounds it.
+
+    A stage that kept pace waited for its input, so its rate is only a floor (``>=``) of
+    what it could do; the bounding stage's rate is what it did.
+    """
+    bars = {
+        "producer": int(produced.get("produced", 0)),
+        "processor": int(outputs["process"].get("bars_in", 0)),
+        "loader": int(outputs["load"].get("bars", 0)),
+    }
+    notes = {
+        "producer": f"its own rate after start-up {int(produced.get('rows_per_second', 0)):,} "
+        "rows/s"
+    }
+    kept_pace = {"producer": False}
+    for upstream, stage in itertools.pairwise(STAGES):
+        behind = done[stage] - done[upstream]
+        kept_pace[stage] = behind <= slack
+        notes[stage] = (
+            f"{'kept pace' if kept_pace[stage] else 'fell behind'}: "
+            f"done {behind:.1f} s after the {upstream}"
+        )
+    notes["loader"] += f"; and {int(outputs['load'].get('metrics_rows', 0)):,} metric rows"
+    lines = ["stage rates (bars handled / seconds from the start until the stage was done):"]
+    for stage in STAGES:
+        rate = bars[stage] / done[stage] if done[stage] > 0 else 0.0
+        lines.append(
+            f"  {stage:<10} {bars[stage]:>9,} bars in {done[stage]:5.1f} s "
+            f"{'>=' if kept_pace[stage] else '  '}{rate:>8,.0f} bars/s  ({notes[stage]})"
+        )
+    elapsed = done[STAGES[-1]]
+    end_to_end = bars["producer"] / elapsed if elapsed > 0 else 0.0
+    lines.append(
+        f"end to end          {end_to_end:,.0f} bars/s ({elapsed:.1f} s, producer start to "
+        f"loader caught up): bounded by the {bounded_by(done, slack=slack)}"
+    )
+    return lines
 
 
 def _last_json(output: str) -> dict[str, Any]:
@@ -59,6 +142,48 @@ def _last_json(output: str) -> dict[str, Any]:
             parsed: dict[str, Any] = json.loads(line)
             return parsed
     return {}
+
+
+def _await_caught_up(
+    bootstrap: str,
+    topics: Topics,
+    groups: Groups,
+    workers: Mapping[str, subprocess.Popen[str]],
+    *,
+    started: float,
+    done: dict[str, float],
+) -> str | None:
+    """Poll the processor's and the loader's lag until both are 0, noting in ``done`` when
+    each first was (seconds since ``started``); the reason if they never got there."""
+    lag_of = {
+        "processor": _Lag(bootstrap, groups.processor, [topics.bars]),
+        "loader": _Lag(bootstrap, groups.loader, [topics.bars, topics.metrics]),
+    }
+    deadline, shown = time.monotonic() + 600, 0.0
+    try:
+        while time.monotonic() < deadline:
+            lags = {stage: lag() for stage, lag in lag_of.items()}
+            now = time.monotonic()
+            if lags["processor"] == 0:
+                done.setdefault("processor", now - started)
+                if lags["loader"] == 0:
+                    done["loader"] = now - started
+            dead = [n for n, p in workers.items() if p.poll() is not None]
+            if dead:
+                return f"worker(s) {dead} exited early"
+            if now - shown >= 1 or "loader" in done:
+                shown = now
+                print(
+                    f"[demo] lag: processor {lags['processor']:,}, loader {lags['loader']:,}",
+                    file=sys.stderr,
+                )
+            if "loader" in done:
+                return None
+            time.sleep(POLL_SECONDS)
+    finally:
+        for lag in lag_of.values():
+            lag.close()
+    return "processor and loader did not catch up within 600 s"
 
 
 def run_demo(*, source: str | None, data_dir: Path, symbol: str = "BTCUSDT") -> int:
@@ -109,22 +234,15 @@ def run_demo(*, source: str | None, data_dir: Path, symbol: str = "BTCUSDT") -> 
         print("the producer failed (see above)", file=sys.stderr)
         return produce.returncode
     produced = _last_json(produce.stdout)
-    bootstrap = kafka.bootstrap_servers
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        lags = (
-            _lag(bootstrap, groups.processor, [topics.bars]),
-            _lag(bootstrap, groups.loader, [topics.bars, topics.metrics]),
-        )
-        dead = [n for n, p in workers.items() if p.poll() is not None]
-        if dead:
-            print(f"worker(s) {dead} exited early", file=sys.stderr)
-            return 1
-        print(f"[demo] lag: processor {lags[0]:,}, loader {lags[1]:,}", file=sys.stderr)
-        if lags == (0, 0):
-            break
-        time.sleep(1)
-    elapsed = time.monotonic() - t0
+    # Seconds from the start until each stage had every bar: the producer when it
+    # exited, processor and loader when their lag was first seen at 0.
+    done = {"producer": time.monotonic() - t0}
+    failure = _await_caught_up(
+        kafka.bootstrap_servers, topics, groups, workers, started=t0, done=done
+    )
+    if failure:
+        print(failure, file=sys.stderr)
+        return 1
     outputs = {}
     for name, proc in workers.items():
         proc.send_signal(signal.SIGTERM)
@@ -141,7 +259,7 @@ def run_demo(*, source: str | None, data_dir: Path, symbol: str = "BTCUSDT") -> 
         warehouse=warehouse,
         produced=produced,
         outputs=outputs,
-        elapsed=elapsed,
+        done=done,
     )
     return 0
 
@@ -154,7 +272,7 @@ def _report(
     warehouse: Path,
     produced: dict[str, Any],
     outputs: dict[str, dict[str, Any]],
-    elapsed: float,
+    done: dict[str, float],
 ) -> None:
     """Print the demo's report: counts, rates, latest VWAPs (Redis), volatile days (DuckDB)."""
     import duckdb  # noqa: PLC0415
@@ -173,11 +291,8 @@ def _report(
     print(f"bars processed      {outputs['process'].get('bars_in', 0):,} -> Redis")
     print(f"bars loaded         {outputs['load'].get('bars', 0):,} -> {warehouse}")
     print(f"metric rows loaded  {outputs['load'].get('metrics_rows', 0):,}")
-    print(f"producer rate       {produced.get('rows_per_second', 0):,} rows/s")
-    print(
-        f"end to end          {produced.get('produced', 0) / elapsed:,.0f} bars/s "
-        f"({elapsed:.1f} s, producer start to loader caught up)"
-    )
+    print()
+    print("\n".join(stage_lines(produced, outputs, done)))
     for seen in sorted(m.decode() for m in cast("set[bytes]", client.smembers(keys.symbols))):
         raw = cast("dict[bytes, bytes]", client.hgetall(keys.latest(seen)))
         latest = {k.decode(): v.decode() for k, v in raw.items()}
