@@ -1,9 +1,9 @@
 """A small Dockerfile parser for the tests: stages, instructions, ENV, RUN commands.
 
-No Docker here: ``tests/unit/test_dockerfiles.py`` checks the images' Dockerfiles
-with it, and ``tests/integration/test_image_builds.py`` replays their build stages;
-what both read of the images (base Python, ENTRYPOINT, the venv's source stage,
-``.dockerignore``, the pinned uv) is here too. Heredocs are not supported.
+``tests/unit/test_dockerfiles.py`` checks the images' Dockerfiles with it, and
+``tests/node/test_images.py`` reads what the images must then be (ENTRYPOINT, the venv,
+what its ``uv sync`` installs) to check the built images against it. Heredocs are not
+supported.
 """
 
 from __future__ import annotations
