@@ -125,25 +125,26 @@ def test_bounded_by_names_the_last_stage_that_fell_behind(
     assert bounded_by(done, slack=1.5) == bound
 
 
-def test_the_report_gives_each_stage_its_rate_and_names_the_bound() -> None:
-    produced = {"produced": 48_000, "rows_per_second": 20_000}
+def test_the_report_splits_start_up_from_the_replay_and_names_the_bound() -> None:
+    produced = {"produced": 48_000, "rows_per_second": 24_000, "seconds": 2.0}
     outputs = {
         "process": {"bars_in": 48_000},
         "load": {"bars": 48_000, "metrics_rows": 192_000},
     }
+    # the first bar at 1.0 s: the producer's exit at 3.0 s less its 2.0 s replay
     done = {"producer": 3.0, "processor": 4.0, "loader": 16.0}
     lines = stage_lines(produced, outputs, done, slack=1.5)
     rows = {line.split()[0]: line for line in lines}
     assert set(STAGES) <= set(rows)
-    assert "16,000 bars/s" in rows["producer"]
-    assert "20,000 rows/s" in rows["producer"]
+    assert "48,000 bars in   2.0 s     24,000 bars/s" in rows["producer"]
     # the processor kept pace: its rate is only a floor
-    assert ">=  12,000 bars/s" in rows["processor"]
+    assert "48,000 bars in   3.0 s >=  16,000 bars/s" in rows["processor"]
     assert "kept pace: done 1.0 s after the producer" in rows["processor"]
+    assert "48,000 bars in  15.0 s      3,200 bars/s" in rows["loader"]
     assert "fell behind: done 12.0 s after the processor" in rows["loader"]
-    assert "3,000 bars/s" in rows["loader"]
-    assert ">=" not in rows["loader"]
     assert "192,000 metric rows" in rows["loader"]
-    end = rows["end"]
-    assert "3,000 bars/s (16.0 s" in end
-    assert end.endswith("bounded by the loader")
+    assert "3,000 bars/s (16.0 s" in rows["end"]
+    assert "1.0 s" in rows["start-up"]
+    assert " ".join(rows["+"].split()) == (
+        "+ replay 15.0 s from the first bar at 3,200 bars/s: bounded by the loader"
+    )

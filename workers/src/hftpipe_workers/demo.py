@@ -96,21 +96,21 @@ def stage_lines(
     *,
     slack: float = SLACK_SECONDS,
 ) -> list[str]:
-    """The report's rates: each stage's bars/s from the start until it was done, whether
-    it kept pace with the stage before it, and the end-to-end figure with what bounds it.
+    """The report's rates: the end-to-end time split into start-up and the replay, each
+    stage's bars/s from the first bar until it was done, whether it kept pace with the
+    stage before it, and which stage bounds the replay (:func:`bounded_by`).
 
-    A stage that kept pace waited for its input, so its rate is only a floor (``>=``) of
-    what it could do; the bounding stage's rate is what it did.
+    The first bar is when the producer's replay began: its exit less its own replay
+    seconds. A stage that kept pace waited for its input, so its rate is only a floor
+    (``>=``) of what it could do; the bounding stage's rate is what it did.
     """
     bars = {
         "producer": int(produced.get("produced", 0)),
         "processor": int(outputs["process"].get("bars_in", 0)),
         "loader": int(outputs["load"].get("bars", 0)),
     }
-    notes = {
-        "producer": f"its own rate after start-up {int(produced.get('rows_per_second', 0)):,} "
-        "rows/s"
-    }
+    first_bar = max(done["producer"] - float(produced.get("seconds", 0.0)), 0.0)
+    notes = {"producer": "its own replay, from its first bar read to its last committed"}
     kept_pace = {"producer": False}
     for upstream, stage in itertools.pairwise(STAGES):
         behind = done[stage] - done[upstream]
@@ -120,19 +120,26 @@ def stage_lines(
             f"done {behind:.1f} s after the {upstream}"
         )
     notes["loader"] += f"; and {int(outputs['load'].get('metrics_rows', 0)):,} metric rows"
-    lines = ["stage rates (bars handled / seconds from the start until the stage was done):"]
+    lines = ["stage rates (bars / seconds from the first bar until the stage was done):"]
+    rates = {}
     for stage in STAGES:
-        rate = bars[stage] / done[stage] if done[stage] > 0 else 0.0
+        took = done[stage] - first_bar
+        rates[stage] = bars[stage] / took if took > 0 else 0.0
         lines.append(
-            f"  {stage:<10} {bars[stage]:>9,} bars in {done[stage]:5.1f} s "
-            f"{'>=' if kept_pace[stage] else '  '}{rate:>8,.0f} bars/s  ({notes[stage]})"
+            f"  {stage:<10} {bars[stage]:>9,} bars in {took:5.1f} s "
+            f"{'>=' if kept_pace[stage] else '  '}{rates[stage]:>8,.0f} bars/s  "
+            f"({notes[stage]})"
         )
     elapsed = done[STAGES[-1]]
-    end_to_end = bars["producer"] / elapsed if elapsed > 0 else 0.0
-    lines.append(
-        f"end to end          {end_to_end:,.0f} bars/s ({elapsed:.1f} s, producer start to "
-        f"loader caught up): bounded by the {bounded_by(done, slack=slack)}"
-    )
+    bound = bounded_by(done, slack=slack)
+    lines += [
+        f"end to end          {bars['producer'] / elapsed if elapsed > 0 else 0.0:,.0f} bars/s "
+        f"({elapsed:.1f} s, producer start to loader caught up) =",
+        f"  start-up          {first_bar:5.1f} s (the workers' Python imports, topic "
+        "creation, the producer's transactions)",
+        f"  + replay          {elapsed - first_bar:5.1f} s from the first bar at "
+        f"{rates[STAGES[-1]]:,.0f} bars/s: bounded by the {bound}",
+    ]
     return lines
 
 
