@@ -120,7 +120,10 @@ def test_unknown_header_fails_fast_and_says_what_to_do() -> None:
     assert "Columns found: ['when', 'o', 'h', 'l', 'c', 'v']" in message
     for name in ("kaggle-btc", "binance", "generic"):
         assert name in message
-    assert "time=COLUMN:unix_s|unix_ms|iso,open=COLUMN" in message
+    assert (
+        "time=COLUMN[+COLUMN]:unix|unix_s|unix_ms|unix_us|unix_ns|iso|STRFTIME,open=COLUMN"
+        in message
+    )
 
 
 def test_an_explicit_layout_is_the_only_one_tried() -> None:
@@ -183,7 +186,9 @@ def test_column_mapping_from_text_and_its_errors() -> None:
     mapping = ColumnMapping.parse("time=ts:unix_ms, open=o,high=h,low=l,close=c,volume=v,symbol=s")
     assert mapping == ColumnMapping("ts", "unix_ms", "o", "h", "l", "c", "v", "s")
     assert ColumnMapping.parse("time=when:iso") == ColumnMapping("when", "iso")
-    with pytest.raises(ValueError, match="FORMAT one of unix_s, unix_ms, iso"):
+    with pytest.raises(
+        ValueError, match="FORMAT one of unix, unix_s, unix_ms, unix_us, unix_ns, iso"
+    ):
         ColumnMapping.parse("time=ts:seconds")
     with pytest.raises(ValueError, match=r"unknown keys \['vol'\]"):
         ColumnMapping.parse("time=ts:iso,vol=v")
@@ -452,7 +457,8 @@ def test_text_streams_crlf_bom_quotes_and_no_final_newline() -> None:
 
 
 def test_empty_symbol_is_a_bad_row() -> None:
-    text = "time,symbol,open,high,low,close,volume\n2024-01-01,,1,1,1,1,1\n"
+    # A good row after it: a file of bad rows only is refused (test_source_formats.py).
+    text = "time,symbol,open,high,low,close,volume\n2024-01-01,,1,1,1,1,1\n2024-01-02,X,1,1,1,1,1\n"
     _, rejected, _ = read_all(reader_for(text))
     assert [(r.line, r.kind, r.reason) for r in rejected] == [
         (2, "symbol", "symbol column 'symbol' is empty")

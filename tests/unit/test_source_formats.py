@@ -13,7 +13,13 @@ import io
 import pytest
 
 from hftpipe_workers.bars import Bar, parse_utc
-from hftpipe_workers.csvformat import BarReader, RejectedRow, SourceError
+from hftpipe_workers.csvformat import (
+    BINANCE_KLINE_COLUMNS,
+    BarReader,
+    ColumnMapping,
+    RejectedRow,
+    SourceError,
+)
 
 
 def read(text: str, **kwargs: object) -> tuple[BarReader, list[Bar], list[RejectedRow]]:
@@ -43,7 +49,6 @@ BINANCE_US = (
 )
 
 
-@pytest.mark.xfail(strict=True, raises=SourceError, reason="issue 11: duplicate column names")
 @pytest.mark.parametrize(
     ("text", "first", "second"),
     [
@@ -71,7 +76,6 @@ SEMICOLON_DATE_TIME = (
 )
 
 
-@pytest.mark.xfail(strict=True, raises=SourceError, reason="issue 11: ';' read as one column")
 def test_a_semicolon_file_with_date_and_time_columns() -> None:
     _, bars, rejected = read(SEMICOLON_DATE_TIME)
     assert rejected == []
@@ -88,7 +92,6 @@ DUKASCOPY = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11: day-first times read as ISO, all rejected")
 @pytest.mark.parametrize("time_column", ["Time", "Gmt time"])
 def test_a_day_first_dukascopy_export(time_column: str) -> None:
     _, bars, rejected = read(DUKASCOPY.format(time=time_column))
@@ -96,15 +99,189 @@ def test_a_day_first_dukascopy_export(time_column: str) -> None:
     assert [b.ts_ns for b in bars] == [ns("2017-01-13T22:00:00Z"), ns("2017-01-13T23:00:00Z")]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11: 150 rows dead-lettered one by one")
-def test_a_file_whose_times_cannot_be_read_fails_within_100_rows() -> None:
-    rows = "".join(
-        f"01.01.2017 {h:02d}:{m:02d}:00.000,1,2,0.5,1.5,10\n" for h in range(3) for m in range(50)
-    )
+DAY_FIRST_ROWS = "".join(
+    f"01.01.2017 {h:02d}:{m:02d}:00.000,1,2,0.5,1.5,10\n" for h in range(3) for m in range(50)
+)
+
+
+def test_day_first_or_month_first_is_asked_for_by_name() -> None:
+    """No day above 12 in the first rows: the reader does not guess, it asks."""
     with pytest.raises(SourceError) as err:
-        read("Time,Open,High,Low,Close,Volume\n" + rows)
+        read("Time,Open,High,Low,Close,Volume\n" + DAY_FIRST_ROWS)
     message = str(err.value)
-    assert message.startswith("test.csv: ")
-    assert "'Time'" in message  # the column
-    assert "'01.01.2017 00:00:00.000'" in message  # a sample value
-    assert "%d.%m.%Y %H:%M:%S.%f" in message  # the option that would read it
+    assert message.startswith("test.csv: the times of column 'Time' ('01.01.2017 00:00:00.000'")
+    assert "--time-format '%d.%m.%Y %H:%M:%S.%f' (day first)" in message
+    assert "--time-format '%m.%d.%Y %H:%M:%S.%f' (month first)" in message
+    _, bars, _ = read(
+        "Time,Open,High,Low,Close,Volume\n" + DAY_FIRST_ROWS, time_format="%d.%m.%Y %H:%M:%S.%f"
+    )
+    assert len(bars) == 150
+
+
+def test_a_file_whose_times_cannot_be_read_fails_within_100_rows() -> None:
+    with pytest.raises(SourceError) as err:
+        read(
+            "Time,Open,High,Low,Close,Volume\n" + DAY_FIRST_ROWS,
+            mapping=ColumnMapping.parse(
+                "time=Time:iso,open=Open,high=High,low=Low,close=Close,volume=Volume"
+            ),
+        )
+    message = str(err.value)
+    assert message.startswith("test.csv: the first 100 rows were set aside for the same reason")
+    assert "line 2: time '01.01.2017 00:00:00.000' is not a valid ISO-8601" in message
+    assert "Column 'Time' holds '01.01.2017 00:00:00.000'" in message  # column, sample
+    assert "--time-format '%d.%m.%Y %H:%M:%S.%f'" in message  # the option that would read it
+    assert "--mapping 'time=Time:FORMAT,...'" in message
+
+
+def test_a_handful_of_bad_rows_are_still_set_aside_one_by_one() -> None:
+    good = "".join(f"2024-01-01T00:{m:02d}:00Z,1,2,0.5,1.5,10\n" for m in range(1, 60))
+    bad = "".join(f"not a time {i},1,2,0.5,1.5,10\n" for i in range(99))
+    _, bars, rejected = read("time,open,high,low,close,volume\n" + bad + good)
+    assert (len(bars), len(rejected)) == (59, 99)
+    assert {r.kind for r in rejected} == {"time"}
+
+
+def test_rows_rejected_for_different_reasons_are_no_unreadable_file() -> None:
+    rows = "".join(f"2024-01-01T00:{m:02d}:00Z,1,2,0.5,1.5,-1\n" for m in range(60))
+    rows += "".join(f"bad {m},1,2,0.5,1.5,10\n" for m in range(60))
+    _, bars, rejected = read("time,open,high,low,close,volume\n" + rows)
+    assert (len(bars), len(rejected)) == (0, 120)
+
+
+def test_a_wrong_delimiter_fails_fast_and_names_the_right_one() -> None:
+    rows = "".join(f"{1704067200 + 60 * i};1;2;0.5;1.5;10\n" for i in range(120))
+    with pytest.raises(SourceError, match="--delimiter ';'"):
+        read("timestamp,open,high,low,close,volume\n" + rows, delimiter=",")
+
+
+@pytest.mark.parametrize(
+    ("value", "unit"),
+    [
+        ("1704067200", "unix_s"),
+        ("1704067200.5", "unix_s"),
+        ("1704067200000", "unix_ms"),
+        ("1704067200000000", "unix_us"),
+        ("1704067200000000000", "unix_ns"),
+    ],
+)
+def test_unix_times_take_their_unit_from_the_magnitude(value: str, unit: str) -> None:
+    mapping = ColumnMapping.parse("time=ts:unix,open=o,high=h,low=l,close=c,volume=v")
+    reader, bars, _ = read(f"ts,o,h,l,c,v\n{value},1,2,0.5,1.5,10\n", mapping=mapping)
+    assert reader.layout.time_format == unit
+    assert "unit from the magnitude" in reader.layout.describe()
+    assert bars[0].ts_ns == ns("2024-01-01T00:00:00Z") + (500_000_000 if "." in value else 0)
+    generic = read(f"time,open,high,low,close,volume\n{value},1,2,0.5,1.5,10\n")[0]
+    assert generic.layout.time_format == unit
+
+
+def test_unix_microseconds_and_nanoseconds_are_exact() -> None:
+    mapping = ColumnMapping.parse("time=ts:unix_ns,open=o,high=h,low=l,close=c,volume=v")
+    _, bars, _ = read("ts,o,h,l,c,v\n1704067200123456789,1,2,0.5,1.5,10\n", mapping=mapping)
+    assert bars[0].ts_ns == 1704067200123456789
+    mapping = ColumnMapping.parse("time=ts:unix_us,open=o,high=h,low=l,close=c,volume=v")
+    rows = "".join(f"{1704067200123457 + i},1,2,0.5,1.5,10\n" for i in range(3))
+    _, bars, _ = read("ts,o,h,l,c,v\n" + rows, mapping=mapping)
+    assert [b.ts_ns for b in bars] == [1704067200123457000 + 1000 * i for i in range(3)]
+
+
+def test_a_strftime_pattern_and_two_columns_in_a_mapping() -> None:
+    mapping = ColumnMapping.parse(
+        "time=Time:%d.%m.%Y %H:%M:%S.%f,open=Open,high=High,low=Low,close=Close,volume=Volume"
+    )
+    reader, bars, _ = read(DUKASCOPY.format(time="Time"), mapping=mapping)
+    assert reader.layout.time_format == "%d.%m.%Y %H:%M:%S.%f"
+    assert bars[0].ts_ns == ns("2017-01-13T22:00:00Z")
+    mapping = ColumnMapping.parse(
+        "time=Date+Time:%Y.%m.%d %H:%M,open=Open,high=High,low=Low,close=Close,volume=Volume"
+    )
+    reader, bars, _ = read(SEMICOLON_DATE_TIME, mapping=mapping)
+    assert reader.layout.time_columns == ("Date", "Time")
+    assert [b.ts_ns for b in bars] == [ns("2017-01-02T00:00:00Z"), ns("2017-01-02T00:01:00Z")]
+
+
+def test_naive_times_in_a_time_zone_across_both_dst_changes() -> None:
+    """New York: 2024-03-10 02:00 does not exist, 2024-11-03 01:00-02:00 happens twice."""
+    local = [
+        "2024-03-10 01:30",  # EST, -05:00
+        "2024-03-10 03:00",  # EDT, -04:00
+        "2024-11-03 00:30",  # EDT
+        "2024-11-03 01:30",  # EDT (the first 01:30)
+        "2024-11-03 01:30",  # EST (the second)
+        "2024-11-03 02:30",  # EST
+    ]
+    utc = [
+        "2024-03-10T06:30:00Z",
+        "2024-03-10T07:00:00Z",
+        "2024-11-03T04:30:00Z",
+        "2024-11-03T05:30:00Z",
+        "2024-11-03T06:30:00Z",
+        "2024-11-03T07:30:00Z",
+    ]
+    text = "time,open,high,low,close,volume\n" + "".join(f"{t},1,2,0.5,1.5,10\n" for t in local)
+    _, bars, rejected = read(text, timezone="America/New_York")
+    assert rejected == []
+    assert [b.ts_ns for b in bars] == [ns(t) for t in utc]
+    dotted = text.replace("-", ".")
+    _, bars, _ = read(dotted, timezone="America/New_York", time_format="%Y.%m.%d %H:%M")
+    assert [b.ts_ns for b in bars] == [ns(t) for t in utc]
+    # An offset in the text wins over the zone; a time in the gap is set aside, named.
+    gap = "time,open,high,low,close,volume\n" + "".join(
+        f"{t},1,2,0.5,1.5,10\n"
+        for t in ("2024-03-10 02:30", "2024-03-10T03:00:00+00:00", "2024-03-10 04:00")
+    )
+    _, bars, rejected = read(gap, timezone="America/New_York")
+    assert [b.ts_ns for b in bars] == [ns("2024-03-10T03:00:00Z"), ns("2024-03-10T08:00:00Z")]
+    assert [(r.line, r.kind) for r in rejected] == [(2, "time")]
+    assert "daylight-saving" in rejected[0].reason
+
+
+def test_an_unknown_time_zone_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown time zone 'Mars/Olympus'"):
+        read(
+            "time,open,high,low,close,volume\n2024-01-01,1,2,0.5,1.5,10\n", timezone="Mars/Olympus"
+        )
+
+
+@pytest.mark.parametrize("delimiter", [",", ";", "\t", "|"])
+def test_every_delimiter_is_sniffed_or_named(delimiter: str) -> None:
+    text = "timestamp,open,high,low,close,volume\n1704067200,1,2,0.5,1.5,10\n"
+    text = (text + "1704067260,1,2,0.5,1.5,10\n").replace(",", delimiter)
+    for named in (None, "tab" if delimiter == "\t" else delimiter):
+        reader, bars, rejected = read(text, delimiter=named)
+        assert reader.delimiter == delimiter
+        assert (len(bars), rejected) == (2, [])
+
+
+def test_a_headerless_file_takes_a_column_list() -> None:
+    text = "\ufeff1704067200,1,2,0.5,1.5,10\r\n1704067260,1,2,0.5,1.5,10\n1704067320,1,2,0.5,1.5,10"
+    reader, bars, rejected = read(
+        text, columns=["timestamp", "open", "high", "low", "close", "volume"]
+    )
+    assert reader.layout.headerless
+    assert rejected == []
+    assert [(b.ts_ns, b.line) for b in bars] == [
+        (ns("2024-01-01T00:00:00Z") + 60_000_000_000 * i, i + 1) for i in range(3)
+    ]
+
+
+def test_a_headerless_file_of_other_numbers_asks_for_its_columns() -> None:
+    with pytest.raises(SourceError, match=r"give its columns, e\.g\. hftpipe produce --columns"):
+        read("1704067200,1,2,0.5,1.5,10\n")
+
+
+def test_a_binance_kline_file_with_its_header_and_the_named_layout() -> None:
+    header = ",".join(BINANCE_KLINE_COLUMNS) + "\n"
+    reader, bars, _ = read(header + BINANCE_MS)
+    assert (reader.layout.name, reader.layout.headerless, len(bars)) == ("binance-kline", False, 2)
+    reader, bars, _ = read(BINANCE_US, layout="binance-kline")
+    assert (reader.layout.time_format, bars[0].ts_ns) == ("unix_us", ns("2025-01-01T00:00:00Z"))
+
+
+def test_utf8_bom_utf16_and_mixed_line_endings() -> None:
+    text = "time,open,high,low,close,volume\r\n2024-01-01T00:00:00Z,1,2,0.5,1.5,10\n"
+    text += "2024-01-01T00:01:00Z,1,2,0.5,1.5,10\r\n"
+    for data in (("\ufeff" + text).encode(), text.encode("utf-16")):
+        reader = BarReader(io.BytesIO(data), source="test.csv", symbol="X")
+        bars = [b for ch in reader for b in ch.bars.bars()]
+        assert [b.line for b in bars] == [2, 3]

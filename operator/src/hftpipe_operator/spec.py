@@ -48,7 +48,7 @@ ABSOLUTE_PATH_PATTERN: Final = r"^/.*$"
 RELATIVE_PATH_PATTERN: Final = r"^[A-Za-z0-9_][-A-Za-z0-9_.]*(/[A-Za-z0-9_][-A-Za-z0-9_.]*)*$"
 DURATION_PATTERN: Final = r"^[1-9][0-9]*(ms|s|m|h)$"
 
-Layout = Literal["auto", "kaggle-btc", "binance", "generic"]
+Layout = Literal["auto", "kaggle-btc", "binance", "binance-kline", "generic"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 PullPolicy = Literal["Always", "IfNotPresent", "Never"]
 WarehouseType = Literal["duckdb", "snowflake"]
@@ -284,7 +284,8 @@ class SourceSpec(ApiModel):
 
     layout: Layout = "auto"
     """Layout the file is expected to have; `auto` recognises it from the header
-    (kaggle-btc, binance and generic are recognised; the producer logs its choice)."""
+    (kaggle-btc, binance, binance-kline, also without a header, and generic are
+    recognised; the producer logs its choice)."""
 
     mapping: Annotated[str, StringConstraints(min_length=1, max_length=512)] | None = None
     """Column mapping for other layouts (the producer's `--mapping`), e.g.

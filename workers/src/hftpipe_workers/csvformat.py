@@ -41,9 +41,10 @@ import lzma
 import re
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation
 from typing import ClassVar, Final, Literal, Protocol, cast, get_args
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import numpy.typing as npt
@@ -61,8 +62,21 @@ from hftpipe_workers.bars import (
     reason_kind,
 )
 
-TimeFormat = Literal["unix_s", "unix_ms", "iso"]
-TIME_FORMATS: Final[tuple[str, ...]] = get_args(TimeFormat)
+TimeFormat = str
+"""How a time column is written: one of :data:`TIME_FORMATS`, or a ``strftime`` pattern
+(``%d.%m.%Y %H:%M:%S.%f``), read by pandas' ``to_datetime(format=...)``."""
+UnixUnit = Literal["unix_s", "unix_ms", "unix_us", "unix_ns"]
+UNIX_UNITS: Final[tuple[str, ...]] = get_args(UnixUnit)
+TIME_FORMATS: Final[tuple[str, ...]] = ("unix", *UNIX_UNITS, "iso")
+"""Named time formats; ``unix`` takes the unit from the magnitude of the first values."""
+
+DELIMITERS: Final = ",;\t|"
+"""Field delimiters a file may have; sniffed unless the caller names one."""
+DELIMITER_NAMES: Final = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
+
+FAIL_FAST_ROWS: Final = 100
+"""When this many first rows are all set aside for the same reason, the file is refused
+(:class:`UnreadableSource`) rather than dead-lettered row by row."""
 
 IntArray = npt.NDArray[np.int64]
 ObjectArray = npt.NDArray[np.object_]
@@ -77,13 +91,19 @@ _MISSING_TEXT: Final = [
 
 _NAT: Final = np.iinfo(np.int64).min  # how pandas marks a missing datetime64[ns]
 
-# unix_s / unix_ms magnitudes beyond these overflow int64 nanoseconds.
-_MAX_ABS_UNIX: Final = {"unix_s": 9.2e9, "unix_ms": 9.2e12}
-_NS_PER_UNIT: Final = {"unix_s": NS_PER_SECOND, "unix_ms": 1_000_000}
+# Unix magnitudes beyond these overflow int64 nanoseconds.
+_MAX_ABS_UNIX: Final = {"unix_s": 9.2e9, "unix_ms": 9.2e12, "unix_us": 9.2e15, "unix_ns": 9.2e18}
+_NS_PER_UNIT: Final = {
+    "unix_s": NS_PER_SECOND,
+    "unix_ms": 1_000_000,
+    "unix_us": 1_000,
+    "unix_ns": 1,
+}
 
-# A generic time column holding numbers is unix seconds below this, else unix ms
-# (1e11 s is the year 5138; 1e11 ms is March 1973).
-_UNIX_MS_THRESHOLD: Final = 1e11
+# A time column holding numbers is unix seconds below 1e11 (the year 5138), else
+# milliseconds below 1e14 (5138 again), microseconds below 1e17, else nanoseconds: the
+# unit is read off the magnitude (1e11 ms would be March 1973, 1e14 us May 1973).
+_UNIX_UNIT_BOUNDS: Final = ((1e11, "unix_s"), (1e14, "unix_ms"), (1e17, "unix_us"))
 
 
 class Readable(Protocol):
@@ -105,6 +125,35 @@ class SourceError(ValueError):
 
 class LayoutError(SourceError):
     """The header does not match a known layout or the given column mapping."""
+
+
+class UnreadableSource(SourceError):
+    """The first :data:`FAIL_FAST_ROWS` rows (or every row of a shorter file) were all
+    set aside for the same reason: the file is read the wrong way, and the message
+    says which option would read it."""
+
+
+def check_time_format(value: str) -> str:
+    """``value`` if it is a named time format or a ``strftime`` pattern; else ValueError."""
+    if value in TIME_FORMATS or "%" in value:
+        return value
+    raise ValueError(
+        f"unknown time format {value!r}: expected one of {', '.join(TIME_FORMATS)} or a "
+        "strftime pattern such as %d.%m.%Y %H:%M:%S.%f"
+    )
+
+
+def unix_unit(value: float) -> str:
+    """The unix time unit a number of this magnitude is in (see :data:`_UNIX_UNIT_BOUNDS`)."""
+    return next((unit for bound, unit in _UNIX_UNIT_BOUNDS if abs(value) < bound), "unix_ns")
+
+
+def check_delimiter(value: str) -> str:
+    """One of :data:`DELIMITERS` (``tab`` names the tab); else ValueError."""
+    value = "\t" if value in ("tab", "\\t") else value
+    if len(value) == 1 and value in DELIMITERS:
+        return value
+    raise ValueError(f"unknown delimiter {value!r}: expected one of , ; | tab")
 
 
 def one_line(text: object) -> str:
@@ -275,14 +324,18 @@ def _header_text(source: str, raw: bytes, *, complete: bool) -> str:
 class ColumnMapping:
     """Which columns hold what, for files that no built-in layout recognises.
 
-    ``time_format`` is ``unix_s`` (seconds, may have a fraction), ``unix_ms``
-    (milliseconds) or ``iso`` (ISO-8601 text; no offset means UTC). Without a
-    ``symbol`` column the caller names the symbol of the whole file.
+    ``time_format`` is ``unix_s``, ``unix_ms``, ``unix_us`` or ``unix_ns`` (a number
+    of seconds... since 1970 UTC, may have a fraction), ``unix`` (the unit read off the
+    magnitude), ``iso`` (ISO-8601 text) or a ``strftime`` pattern
+    (``%d.%m.%Y %H:%M:%S.%f``). ``time`` may name two columns, ``Date+Time``: their
+    texts are joined by a space and read with the format. Times without an offset
+    are UTC unless the reader is given a time zone. Without a ``symbol`` column the
+    caller names the symbol of the whole file.
     """
 
     SPEC_HELP: ClassVar[str] = (
-        "time=COLUMN:unix_s|unix_ms|iso,open=COLUMN,high=COLUMN,low=COLUMN,"
-        "close=COLUMN,volume=COLUMN[,symbol=COLUMN]"
+        "time=COLUMN[+COLUMN]:unix|unix_s|unix_ms|unix_us|unix_ns|iso|STRFTIME,"
+        "open=COLUMN,high=COLUMN,low=COLUMN,close=COLUMN,volume=COLUMN[,symbol=COLUMN]"
     )
 
     time: str
@@ -309,12 +362,21 @@ class ColumnMapping:
                     f"full form: {cls.SPEC_HELP}"
                 )
             items[key.strip()] = value.strip()
-        time_col, _, time_format = items.pop("time", "").rpartition(":")
-        if not time_col or time_format not in TIME_FORMATS:
+        time_entry = items.pop("time", "")
+        time_col, _, time_format = time_entry.rpartition(":")
+        if time_format not in TIME_FORMATS and "%" in time_entry:
+            # A strftime pattern may hold colons (%H:%M): it starts after the first
+            # colon that is followed by a pattern.
+            cut = time_entry.find(":")
+            while cut >= 0 and "%" not in time_entry[cut + 1 :].split(":", 1)[0]:
+                cut = time_entry.find(":", cut + 1)
+            time_col, time_format = time_entry[:cut], time_entry[cut + 1 :]
+        if not time_col.strip() or (time_format not in TIME_FORMATS and "%" not in time_format):
             raise ValueError(
                 f"bad column mapping {spec!r}: the time entry must look like "
-                f"time=COLUMN:FORMAT with FORMAT one of {', '.join(TIME_FORMATS)}; "
-                f"full form: {cls.SPEC_HELP}"
+                f"time=COLUMN:FORMAT with FORMAT one of {', '.join(TIME_FORMATS)} or a "
+                f"strftime pattern (time=Time:%d.%m.%Y %H:%M:%S.%f, time=Date+Time:%Y.%m.%d "
+                f"%H:%M); full form: {cls.SPEC_HELP}"
             )
         unknown = sorted(set(items) - {"open", "high", "low", "close", "volume", "symbol"})
         if unknown:
@@ -322,8 +384,8 @@ class ColumnMapping:
                 f"bad column mapping {spec!r}: unknown keys {unknown}; full form: {cls.SPEC_HELP}"
             )
         return cls(
-            time=time_col,
-            time_format=cast(TimeFormat, time_format),
+            time=time_col.strip(),
+            time_format=time_format,
             open=items.get("open", "open"),
             high=items.get("high", "high"),
             low=items.get("low", "low"),
@@ -335,7 +397,11 @@ class ColumnMapping:
 
 @dataclass(frozen=True, slots=True)
 class Layout:
-    """Where the fields of a bar are in a file; ``name`` is what to log."""
+    """Where the fields of a bar are in a file; ``name`` is what to log.
+
+    ``time`` is a column of ``header``, or two joined by ``+`` (``Date+Time``: see
+    :attr:`time_columns`). ``headerless``: ``header`` was given (``--columns``, or a
+    built-in layout of files without a header), and line 1 is a row."""
 
     name: str
     time: str
@@ -347,35 +413,76 @@ class Layout:
     volume: str
     symbol: str | None
     header: tuple[str, ...]
+    delimiter: str = ","
+    headerless: bool = False
+    note: str = ""
+    """How the time format was chosen, when it was not named (for the log)."""
 
     @property
     def ohlcv(self) -> tuple[str, str, str, str, str]:
         return (self.open, self.high, self.low, self.close, self.volume)
+
+    @property
+    def time_columns(self) -> tuple[str, ...]:
+        """The column(s) the time is read from: one, or date and time joined by a space."""
+        if self.time in self.header:
+            return (self.time,)
+        return tuple(c.strip() for c in self.time.split("+"))
 
     def describe(self) -> str:
         """E.g. ``kaggle-btc (time=Timestamp as unix_s, open=Open, ...)``."""
         names = ("open", "high", "low", "close", "volume")
         cols = ", ".join(f"{k}={c}" for k, c in zip(names, self.ohlcv, strict=True))
         sym = f", symbol={self.symbol}" if self.symbol else ""
-        return f"{self.name} (time={self.time} as {self.time_format}, {cols}{sym})"
+        note = f" ({self.note})" if self.note else ""
+        extra = ""
+        if self.delimiter != ",":
+            extra += f", {DELIMITER_NAMES[self.delimiter]}-separated"
+        if self.headerless:
+            extra += ", no header"
+        return f"{self.name} (time={self.time} as {self.time_format}{note}, {cols}{sym}{extra})"
 
 
-LayoutName = Literal["kaggle-btc", "binance", "generic"]
+LayoutName = Literal["kaggle-btc", "binance", "binance-kline", "generic"]
 """The layouts recognised from a header (``hftpipe produce --layout``; ``auto`` tries them
 in this order). ``settings.LayoutChoice`` repeats them for ``--help`` without pandas."""
 
 KNOWN_LAYOUTS: Final[dict[LayoutName, str]] = {
     "kaggle-btc": "Timestamp (unix seconds),Open,High,Low,Close,Volume or Volume_(BTC)",
     "binance": "date (ISO UTC),open,high,low,close,volume,close_time,...",
+    "binance-kline": (
+        "Binance's archive dumps: no header (or open_time,open,...), 12 numeric fields, "
+        "open time in unix ms or us"
+    ),
     "generic": (
-        "timestamp|time|datetime|date (ISO-8601, unix s or unix ms),"
+        "timestamp|time|datetime|date|gmt time|open_time (ISO-8601, unix s/ms/us/ns, "
+        "day-first or other dates), or date and time columns, "
         "open,high,low,close,volume[,symbol|ticker], any case"
     ),
 }
 
-_GENERIC_TIME: Final = ("timestamp", "time", "datetime", "date")
+BINANCE_KLINE_COLUMNS: Final = (
+    "open_time",
+    "open",
+    "high",
+    "low",
+    "close",
+    "volume",
+    "close_time",
+    "quote_volume",
+    "count",
+    "taker_buy_volume",
+    "taker_buy_quote_volume",
+    "ignore",
+)
+"""The fields of Binance's kline files (data.binance.vision), which have no header."""
+
+_GENERIC_TIME: Final = ("timestamp", "time", "datetime", "date", "gmt time", "open_time")
 _GENERIC_SYMBOL: Final = ("symbol", "ticker")
 _OHLCV: Final = ("open", "high", "low", "close", "volume")
+_CLOCK_TIME: Final = re.compile(r"^\s*\d{1,2}:\d\d(:\d\d([.,]\d+)?)?\s*$")
+_SAMPLE_ROWS: Final = 50
+"""Data rows read ahead to recognise the delimiter, the layout and the time format."""
 
 
 def _layout_error(source: str, header: Sequence[str], problem: str) -> LayoutError:
@@ -386,18 +493,91 @@ def _layout_error(source: str, header: Sequence[str], problem: str) -> LayoutErr
     )
 
 
-def _sniff_numeric_time(value: str | None) -> TimeFormat:
-    """``iso`` unless the first time value is a number; then unix s or ms by size."""
+def _number(value: str | None) -> float | None:
     try:
-        number = float(value) if value is not None else None
+        return float(value) if value is not None else None
     except ValueError:
-        number = None
-    if number is None:
-        return "iso"
-    return "unix_ms" if abs(number) >= _UNIX_MS_THRESHOLD else "unix_s"
+        return None
 
 
-def _kaggle_btc(cols: tuple[str, ...], _first_row: Sequence[str] | None) -> Layout | None:
+def _time_values(cols: Sequence[str], rows: Sequence[Sequence[str]], time: str) -> list[str]:
+    """The time texts of the sample rows (two columns joined by a space for ``A+B``)."""
+    names = (time,) if time in cols else tuple(c.strip() for c in time.split("+"))
+    if not all(n in cols for n in names):
+        return []
+    index = [cols.index(n) for n in names]
+    return [
+        " ".join(row[i].strip() for i in index)
+        for row in rows
+        if len(row) == len(cols) and all(row[i].strip() for i in index)
+    ]
+
+
+class AmbiguousTimes(LayoutError):
+    """Day-first and month-first both read every sample time: the caller must say which."""
+
+
+def guess_time_formats(value: str) -> list[str]:
+    """``strftime`` patterns that read ``value``, month first before day first (pandas'
+    ``guess_datetime_format``, which knows far more date spellings than a list here)."""
+    import warnings  # noqa: PLC0415
+
+    from pandas.tseries.api import (  # type: ignore[import-untyped]  # noqa: PLC0415
+        guess_datetime_format,
+    )
+
+    found = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Parsing dates in %d.%m.%Y format when dayfirst=False"
+        for dayfirst in (False, True):
+            fmt = guess_datetime_format(value.strip(), dayfirst=dayfirst)
+            if fmt is not None and fmt not in found:
+                found.append(fmt)
+    return found
+
+
+def _reads_all(values: Sequence[str], fmt: str) -> bool:
+    with np.errstate(all="ignore"):
+        parsed = pd.to_datetime(pd.Series(values), format=fmt, utc=True, errors="coerce")
+    return bool(parsed.notna().all())
+
+
+def detect_time_format(
+    values: Sequence[str], *, source: str = "<csv>", column: str = ""
+) -> tuple[str, str]:
+    """The time format of a column's first values, and how it was chosen (for the log).
+
+    Numbers are unix times, their unit read off the magnitude of the first one;
+    text is ISO-8601 if pandas' ISO parser reads every value, else the pattern
+    pandas guesses from the values (day-first ``13.01.2017``, ``2017.01.02 00:00``...).
+    When both day-first and month-first read every value (no day above 12 in the
+    sample), :class:`AmbiguousTimes` asks for the format by name. Nothing readable:
+    ``iso`` (the rows are then set aside, and a file of them is refused fast).
+    """
+    if not values:
+        return "iso", ""
+    number = _number(values[0])
+    if number is not None:
+        unit = unix_unit(number)
+        return unit, f"unit from the magnitude of {values[0]}"
+    iso = pd.to_datetime(pd.Series(values), format="ISO8601", utc=True, errors="coerce")
+    if bool(iso.notna().all()):
+        return "iso", ""
+    candidates = [f for f in guess_time_formats(values[0]) if _reads_all(values, f)]
+    if len(candidates) > 1:
+        first, second = candidates[:2]
+        raise AmbiguousTimes(
+            f"{source}: the times of column {column!r} ({values[0]!r}...) read both month "
+            f"first and day first in the first {len(values)} rows (no day above 12): name "
+            f"the format: --time-format '{second}' (day first) or --time-format '{first}' "
+            "(month first) (HFTPIPE_TIME_FORMAT; a ReplayJob's spec.source.timeFormat)"
+        )
+    if candidates:
+        return candidates[0], f"recognised from {values[0]!r}"
+    return "iso", ""
+
+
+def _kaggle_btc(cols: tuple[str, ...], _rows: Sequence[Sequence[str]]) -> Layout | None:
     present = set(cols)
     if not {"Timestamp", "Open", "High", "Low", "Close"} <= present:
         return None
@@ -409,28 +589,55 @@ def _kaggle_btc(cols: tuple[str, ...], _first_row: Sequence[str] | None) -> Layo
     )
 
 
-def _binance(cols: tuple[str, ...], _first_row: Sequence[str] | None) -> Layout | None:
+def _binance(cols: tuple[str, ...], _rows: Sequence[Sequence[str]]) -> Layout | None:
     if cols[:6] == ("date", *_OHLCV) and "close_time" in cols:
         return Layout("binance", "date", "iso", *_OHLCV, None, cols)
     return None
 
 
-def _generic(cols: tuple[str, ...], first_row: Sequence[str] | None) -> Layout | None:
-    lower = {c.lower(): c for c in cols}
-    time_col = next((lower[t] for t in _GENERIC_TIME if t in lower), None)
-    if time_col is None or not all(k in lower for k in _OHLCV):
+def _binance_kline(cols: tuple[str, ...], rows: Sequence[Sequence[str]]) -> Layout | None:
+    if cols[:6] != BINANCE_KLINE_COLUMNS[:6]:
         return None
-    sample = first_row[cols.index(time_col)] if first_row and len(first_row) == len(cols) else None
-    fmt = _sniff_numeric_time(sample)
-    name = {"iso": "generic-iso", "unix_s": "generic-unix-s", "unix_ms": "generic-unix-ms"}[fmt]
+    values = _time_values(cols, rows, "open_time")
+    number = _number(values[0]) if values else None
+    # Milliseconds, and microseconds for spot files since 2025: the magnitude says which.
+    unit = unix_unit(number) if number is not None else "unix_ms"
+    note = f"unit from the magnitude of {values[0]}" if values else ""
+    return Layout("binance-kline", "open_time", unit, *_OHLCV, None, cols, note=note)
+
+
+def _generic(cols: tuple[str, ...], rows: Sequence[Sequence[str]]) -> Layout | None:
+    lower = {c.lower(): c for c in cols}
+    if not all(k in lower for k in _OHLCV):
+        return None
+    time_col = next((lower[t] for t in _GENERIC_TIME if t in lower), None)
+    if time_col is None:
+        return None
+    if (
+        "date" in lower
+        and "time" in lower
+        and not {"timestamp", "datetime"} & set(lower)
+        and all(_CLOCK_TIME.match(v) for v in _time_values(cols, rows, lower["time"]))
+    ):
+        time_col = f"{lower['date']}+{lower['time']}"  # MetaTrader, HistData: 2017.01.02;00:00
+    fmt, note = detect_time_format(_time_values(cols, rows, time_col), column=time_col)
+    name = {
+        "iso": "generic-iso",
+        **{u: "generic-" + u.replace("_", "-") for u in UNIX_UNITS},
+    }.get(fmt, "generic")
     symbol = next((lower[s] for s in _GENERIC_SYMBOL if s in lower), None)
     o, h, lo, c, v = (lower[k] for k in _OHLCV)
-    return Layout(name, time_col, fmt, o, h, lo, c, v, symbol, cols)
+    return Layout(name, time_col, fmt, o, h, lo, c, v, symbol, cols, note=note)
 
 
 _MATCHERS: Final[
-    dict[LayoutName, Callable[[tuple[str, ...], Sequence[str] | None], Layout | None]]
-] = {"kaggle-btc": _kaggle_btc, "binance": _binance, "generic": _generic}
+    dict[LayoutName, Callable[[tuple[str, ...], Sequence[Sequence[str]]], Layout | None]]
+] = {
+    "kaggle-btc": _kaggle_btc,
+    "binance": _binance,
+    "binance-kline": _binance_kline,
+    "generic": _generic,
+}
 
 
 def detect_layout(
@@ -438,47 +645,60 @@ def detect_layout(
     *,
     source: str = "<csv>",
     first_row: Sequence[str] | None = None,
+    rows: Sequence[Sequence[str]] = (),
     expect: LayoutName | Literal["auto"] = "auto",
 ) -> Layout:
     """Recognise the layout from the header.
 
     ``expect`` names the layout the file must have; ``auto`` (the default) tries
-    every one of :data:`KNOWN_LAYOUTS` in turn. ``first_row`` (the first data row,
-    if any) only matters for the generic layout, where it tells ISO text from
-    unix seconds or milliseconds. Raises LayoutError naming ``source``, the
-    columns found and the known layouts.
+    every one of :data:`KNOWN_LAYOUTS` in turn. ``rows`` (the first data rows, or
+    just ``first_row``) tell the time format where a layout does not fix it: ISO
+    text, unix seconds to nanoseconds, a day-first date... Raises LayoutError naming
+    ``source``, the columns found and the known layouts (:class:`AmbiguousTimes` when
+    the rows do not tell day-first from month-first dates).
     """
     cols = tuple(header)
+    sample = list(rows) or ([first_row] if first_row is not None else [])
     if len(set(cols)) != len(cols):
         dupes = sorted({c for c in cols if cols.count(c) > 1})
         raise _layout_error(source, cols, f"duplicate column names {dupes}")
-    if expect != "auto":
-        if expect not in _MATCHERS:
-            raise ValueError(
-                f"unknown layout {expect!r}: expected auto or one of {', '.join(_MATCHERS)}"
-            )
-        layout = _MATCHERS[expect](cols, first_row)
-        if layout is None:
-            raise _layout_error(
-                source,
-                cols,
-                f"the header does not match the {expect} layout that was asked for "
-                f"({KNOWN_LAYOUTS[expect]})",
-            )
-        return layout
-    for match in _MATCHERS.values():
-        layout = match(cols, first_row)
-        if layout is not None:
+    try:
+        if expect != "auto":
+            if expect not in _MATCHERS:
+                raise ValueError(
+                    f"unknown layout {expect!r}: expected auto or one of {', '.join(_MATCHERS)}"
+                )
+            layout = _MATCHERS[expect](cols, sample)
+            if layout is None:
+                raise _layout_error(
+                    source,
+                    cols,
+                    f"the header does not match the {expect} layout that was asked for "
+                    f"({KNOWN_LAYOUTS[expect]})",
+                )
             return layout
+        for match in _MATCHERS.values():
+            layout = match(cols, sample)
+            if layout is not None:
+                return layout
+    except AmbiguousTimes as exc:
+        raise AmbiguousTimes(str(exc).replace("<csv>", source, 1)) from None
     raise _layout_error(source, cols, "the header matches no known CSV layout")
 
 
 def layout_from_mapping(
-    header: Sequence[str], mapping: ColumnMapping, *, source: str = "<csv>"
+    header: Sequence[str],
+    mapping: ColumnMapping,
+    *,
+    source: str = "<csv>",
+    rows: Sequence[Sequence[str]] = (),
 ) -> Layout:
-    """The layout an explicit mapping describes; every mapped column must be in the header."""
+    """The layout an explicit mapping describes; every mapped column must be in the header.
+
+    A ``unix`` time takes its unit from the magnitude of the first of ``rows``."""
     cols = tuple(header)
-    wanted = [mapping.time, mapping.open, mapping.high, mapping.low, mapping.close, mapping.volume]
+    time_columns = (mapping.time,) if mapping.time in cols else tuple(mapping.time.split("+"))
+    wanted = [*time_columns, mapping.open, mapping.high, mapping.low, mapping.close, mapping.volume]
     if mapping.symbol is not None:
         wanted.append(mapping.symbol)
     missing = [c for c in wanted if c not in cols]
@@ -486,10 +706,18 @@ def layout_from_mapping(
         raise _layout_error(
             source, cols, f"the column mapping names columns {missing} that are not in the header"
         )
+    fmt, note = mapping.time_format, ""
+    if fmt == "unix":
+        values = _time_values(cols, rows, mapping.time)
+        number = _number(values[0]) if values else None
+        if number is not None:
+            fmt, note = unix_unit(number), f"unit from the magnitude of {values[0]}"
+        else:
+            fmt = "unix_s"
     return Layout(
         "mapping",
         mapping.time,
-        mapping.time_format,
+        fmt,
         mapping.open,
         mapping.high,
         mapping.low,
@@ -497,6 +725,7 @@ def layout_from_mapping(
         mapping.volume,
         mapping.symbol,
         cols,
+        note=note,
     )
 
 
@@ -634,10 +863,13 @@ def _as_float(series: pd.Series) -> FloatArray:
 # with Decimal. Either way a fraction finer than a nanosecond is rounded to the
 # nearest, half a nanosecond away from zero.
 _POW10: Final = 10 ** np.arange(19, dtype=np.int64)
-_PLACES: Final = {"unix_s": 9, "unix_ms": 6}
+_PLACES: Final = {"unix_s": 9, "unix_ms": 6, "unix_us": 3, "unix_ns": 0}
 """Digits of a fraction of the unit that are whole nanoseconds."""
 _FAST_WIDTH: Final = 24
 """Time texts up to this many bytes go the array way."""
+_FAST_DIGITS: Final = 18
+"""Whole digits the array way adds up in an int64 (19 nines would overflow it): unix
+microseconds (16 digits today) go that way, nanoseconds (19) one by one."""
 
 
 def _exact_unix_ns(text: object, fmt: str) -> int:
@@ -708,7 +940,7 @@ def _unix_text_to_ns(
         half_up |= in_fraction & (fraction_digits == places) & (digit >= 5)
         fraction_digits += in_fraction
         after_point |= is_point
-    plain &= (whole_digits + fraction_digits > 0) & (whole_digits <= 15)
+    plain &= (whole_digits + fraction_digits > 0) & (whole_digits <= _FAST_DIGITS)
     fraction *= _POW10[places - np.minimum(fraction_digits, places)]
     ok = plain & (whole < limit)
     magnitude = np.where(ok, whole, 0) * unit + fraction + half_up
@@ -735,7 +967,7 @@ def _uniform_unix_ns(
         else:
             return None
     whole_digits = width if point is None else point
-    if not columns or whole_digits > 15:
+    if not columns or whole_digits > _FAST_DIGITS:
         return None
     whole = np.zeros(len(begin), dtype=np.int64)
     for digit in columns[:whole_digits]:
@@ -791,28 +1023,186 @@ def _iso_to_ns(series: pd.Series, *, may_hold_offsets: bool) -> IntArray:
     return cast(IntArray, parsed.to_numpy(dtype="datetime64[ns]").view(np.int64))
 
 
-def _fields_of(text: str) -> list[str]:
+def _time_texts(frame: pd.DataFrame, columns: tuple[str, ...]) -> pd.Series:
+    """The time column's texts, or a date and a time column's joined by a space."""
+    if len(columns) == 1:
+        return frame[columns[0]]
+    date, clock = (frame[c].astype("string").str.strip() for c in columns)
+    return date.str.cat(clock, sep=" ").astype(object)
+
+
+def _localize(naive: pd.Series, zone: ZoneInfo | None) -> tuple[IntArray, BoolArray]:
+    """Naive times (datetime64) in ``zone`` (None: UTC) as int64 ns UTC, and which
+    times the zone has no single instant for (in a daylight-saving gap or overlap).
+
+    The zone rules are the zone database's (zoneinfo). A repeated hour (clocks set
+    back) is told apart by the order of the rows, pandas' ``ambiguous="infer"``; where
+    that cannot be inferred (rows of several symbols interleaved, or a block boundary
+    inside the hour), those rows become NaT and are set aside, never guessed."""
+    index = pd.DatetimeIndex(naive)
+    missing = np.asarray(index.isna())
+    if zone is None:
+        return cast(IntArray, index.asi8.copy()), np.zeros(len(index), dtype=np.bool_)
+    try:
+        local = index.tz_localize(zone, ambiguous="infer", nonexistent="NaT")
+    except Exception:  # noqa: BLE001 - pytz's or pandas' "cannot infer dst time"
+        local = index.tz_localize(zone, ambiguous="NaT", nonexistent="NaT")
+    utc = local.tz_convert("UTC")
+    ns = cast(IntArray, np.asarray(utc.asi8).copy())
+    return ns, np.asarray(utc.isna()) & ~missing
+
+
+def _times_to_ns(
+    texts: pd.Series, fmt: str, zone: ZoneInfo | None, *, offsets: bool
+) -> tuple[IntArray, BoolArray | None]:
+    """ISO-8601 or ``strftime`` texts to int64 ns UTC (bad text to NaT), and the rows
+    whose local time ``zone`` has no single instant for (None: no zone)."""
+    if fmt == "iso":
+        if zone is None:
+            return _iso_to_ns(texts, may_hold_offsets=offsets), None
+        aware = texts.str.contains(_HAS_OFFSET, regex=True, na=False).to_numpy(dtype=np.bool_)
+        out = np.full(len(texts), _NAT, dtype=np.int64)
+        bad = np.zeros(len(texts), dtype=np.bool_)
+        if aware.any():
+            out[aware] = _iso_to_ns(texts[aware], may_hold_offsets=False)
+        if not aware.all():
+            naive = pd.to_datetime(texts[~aware], format="ISO8601", errors="coerce")
+            out[~aware], bad[~aware] = _localize(naive, zone)
+        return cast(IntArray, out), bad
+    if "%z" in fmt or "%Z" in fmt:  # the text has its offset: the zone is not needed
+        parsed = pd.to_datetime(texts, format=fmt, utc=True, errors="coerce")
+        return cast(IntArray, parsed.to_numpy(dtype="datetime64[ns]").view(np.int64)), None
+    naive = pd.to_datetime(texts, format=fmt, errors="coerce")
+    ns, bad = _localize(naive, zone)
+    return ns, (bad if zone is not None else None)
+
+
+def _fields_of(text: str, delimiter: str = ",") -> list[str]:
     """The fields of one line (for messages and detection; never raises)."""
     try:
-        return next(csv.reader([text]), [])
+        return next(csv.reader([text], delimiter=delimiter), [])
     except csv.Error:  # a field over csv's size limit, a stray line break
-        return text.split(",")
+        return text.split(delimiter)
 
 
-def _count_fields(text: str) -> tuple[int, str | None]:
+def _count_fields(text: str, delimiter: str = ",") -> tuple[int, str | None]:
     """Fields of one line with quotes, or -1 and why it cannot be split into fields."""
     try:
-        return len(next(csv.reader([text], strict=True), [])), None
+        return len(next(csv.reader([text], delimiter=delimiter, strict=True), [])), None
     except csv.Error as exc:
         if "unexpected end of data" in str(exc):
             return -1, (
                 "a quoted field is not closed on its line (a quoted field may hold "
-                "commas, not line breaks)"
+                "delimiters, not line breaks)"
             )
     try:  # other quoting oddities are read as pandas reads them
-        return len(next(csv.reader([text]), [])), None
+        return len(next(csv.reader([text], delimiter=delimiter), [])), None
     except csv.Error as exc:
         return -1, f"the line cannot be split into fields: {exc}"
+
+
+def sniff_delimiter(lines: Sequence[str]) -> str:
+    """The delimiter of a file's first lines: one of :data:`DELIMITERS`.
+
+    The standard library's ``csv.Sniffer`` decides (it weighs how consistently each
+    character occurs per line, quotes included); where it cannot, the candidate that
+    occurs most in line 1, and a comma when none does (a file of one column)."""
+    text = "\n".join(lines)
+    try:
+        found = csv.Sniffer().sniff(text, delimiters=DELIMITERS).delimiter
+        if found in DELIMITERS:
+            return found
+    except csv.Error:
+        pass
+    first = lines[0] if lines else ""
+    best = max(DELIMITERS, key=first.count)
+    return best if first.count(best) else ","
+
+
+def _is_numeric_row(fields: Sequence[str]) -> bool:
+    return bool(fields) and all(_number(f) is not None for f in fields)
+
+
+_HEADERLESS_OK: Final = ("auto", "binance-kline")
+"""Layouts a file whose line 1 is numbers may be read as (without a mapping)."""
+
+
+def _header_of(
+    source: str, fields: list[str], columns: Sequence[str] | None, *, numbered: bool
+) -> tuple[list[str], bool]:
+    """The column names, and whether line 1 is a row rather than a header: the names
+    given, Binance's kline fields for a line 1 of 12 numbers (when ``numbered`` allows
+    it), else line 1's fields."""
+    if columns is not None:
+        return [c.strip() for c in columns], True
+    if not numbered or not _is_numeric_row(fields):
+        return fields, False
+    # No header: line 1 is a row. Binance's kline dumps are the one layout known
+    # without one (12 numbers); others need their columns named.
+    if len(fields) != len(BINANCE_KLINE_COLUMNS):
+        raise LayoutError(
+            f"{source}:1: line 1 holds {len(fields)} numbers, no column names: for a file "
+            "without a header give its columns, e.g. hftpipe produce --columns "
+            "time,open,high,low,close,volume (HFTPIPE_COLUMNS; a ReplayJob's "
+            "spec.source.columns)"
+        )
+    return list(BINANCE_KLINE_COLUMNS), True
+
+
+def _check_choices(
+    source: str,
+    *,
+    mapping: ColumnMapping | None,
+    layout: LayoutName | Literal["auto"],
+    time_format: str | None,
+) -> None:
+    """A ValueError for choices that exclude each other, or a time format that is none."""
+    if mapping is not None and layout != "auto":
+        raise ValueError(f"{source}: give a column mapping or a layout ({layout}), not both")
+    if mapping is not None and time_format is not None:
+        raise ValueError(
+            f"{source}: give the time format in the column mapping or as a time format, not both"
+        )
+    if time_format is not None:
+        check_time_format(time_format)
+
+
+def _choose_layout(
+    source: str,
+    header: list[str],
+    rows: list[list[str]],
+    *,
+    mapping: ColumnMapping | None,
+    layout: LayoutName | Literal["auto"],
+    time_format: str | None,
+) -> Layout:
+    """The layout of a mapping, or the one recognised (with ``time_format`` if named)."""
+    if mapping is not None:
+        return layout_from_mapping(header, mapping, source=source, rows=rows)
+    if time_format is None:
+        return detect_layout(header, source=source, rows=rows, expect=layout)
+    # Without rows: the format named says what they would (and asks nothing).
+    found = detect_layout(header, source=source, expect=layout)
+    fmt = time_format
+    if fmt == "unix":
+        values = _time_values(header, rows, found.time)
+        number = _number(values[0]) if values else None
+        fmt = unix_unit(number) if number is not None else "unix_s"
+    return replace(found, time_format=fmt, note="")
+
+
+def _zone(name: str | None) -> ZoneInfo | None:
+    """The IANA time zone ``name`` (zoneinfo: the system's zone database, else the
+    tzdata package), or a ValueError saying it is unknown."""
+    if name is None:
+        return None
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown time zone {name!r}: give an IANA name such as America/New_York, "
+            "Europe/London or UTC"
+        ) from None
 
 
 class BarReader:
@@ -830,7 +1220,16 @@ class BarReader:
     was in (``UTF-8``, ``UTF-16LE``...: see :func:`utf8_stream`).
 
     A source that cannot be read (empty, no data row, not CSV text, a stream that
-    fails) raises :class:`SourceError`, when the reader is built or while iterating.
+    fails) raises :class:`SourceError`, when the reader is built or while iterating;
+    a file whose first :data:`FAIL_FAST_ROWS` rows are all set aside for the same
+    reason raises :class:`UnreadableSource` once they are read (``fail_fast_rows``).
+
+    Issue 11: ``delimiter`` (one of :data:`DELIMITERS`; None sniffs it), ``columns``
+    (the column names of a file without a header: line 1 is then a row; a file whose
+    line 1 is 12 numbers is read as a Binance kline dump without them),
+    ``time_format`` (the format of the layout's time column, instead of the one
+    recognised: see :data:`TIME_FORMATS`) and ``timezone`` (an IANA zone for times
+    without an offset; unset: UTC).
     """
 
     def __init__(
@@ -844,12 +1243,15 @@ class BarReader:
         start_ns: int | None = None,
         end_ns: int | None = None,
         block_bytes: int = 4 << 20,
+        delimiter: str | None = None,
+        columns: Sequence[str] | None = None,
+        time_format: str | None = None,
+        timezone: str | None = None,
+        fail_fast_rows: int = FAIL_FAST_ROWS,
     ) -> None:
         self.source = source if source is not None else str(getattr(stream, "name", "<stream>"))
-        if mapping is not None and layout != "auto":
-            raise ValueError(
-                f"{self.source}: give a column mapping or a layout ({layout}), not both"
-            )
+        _check_choices(self.source, mapping=mapping, layout=layout, time_format=time_format)
+        self.zone = _zone(timezone)
         self._block_bytes = block_bytes
         self._start = start_ns if start_ns is not None else np.iinfo(np.int64).min + 1
         self._end = end_ns if end_ns is not None else np.iinfo(np.int64).max
@@ -861,6 +1263,9 @@ class BarReader:
         self.stats = ReadStats()
         self._seq = 0
         self._last: dict[str, tuple[int, int]] = {}  # symbol -> (ts_ns, line) last accepted
+        self._fail_fast_rows = fail_fast_rows
+        self._watching = fail_fast_rows > 0
+        self._watched: list[RejectedRow] = []
 
         try:
             self._stream, self.encoding = utf8_stream(stream)
@@ -872,46 +1277,64 @@ class BarReader:
         complete = header_end >= 0
         raw = bytes(buf[:header_end] if complete else buf)
         text = _header_text(self.source, raw, complete=complete)
-        header = [h.strip() for h in _fields_of(text)]
-        # Peek at the first data line (blank lines skipped): it tells ISO text from unix
-        # times, and a file without one is refused before anything else happens.
-        start, line = header_end, 2
-        while True:
-            end = self._line_end(buf, start, limit=None, line=line)
-            first = bytes(buf[start:end]).rstrip(b"\r\n")
-            if first or end == start:
-                break
-            start, line = end, line + 1
-        self._pending = bytes(buf[header_end:])  # from line 2 on
-        if mapping is not None:
-            self.layout = layout_from_mapping(header, mapping, source=self.source)
-        else:
-            self.layout = detect_layout(
-                header,
-                source=self.source,
-                first_row=_fields_of(first.decode("utf-8", "replace")) if first else None,
-                expect=layout,
-            )
+        # Read ahead a few data lines (blank lines skipped): they tell the delimiter, a
+        # header from a first row, ISO text from unix times, the unit and the date
+        # order; and a file without a data row is refused before anything else happens.
+        sample, line = self._read_ahead(buf, header_end)
+        self.delimiter = (
+            check_delimiter(delimiter) if delimiter else sniff_delimiter([text, *sample])
+        )
+        fields = [h.strip() for h in _fields_of(text, self.delimiter)]
+        header, headerless = _header_of(
+            self.source, fields, columns, numbered=mapping is None and layout in _HEADERLESS_OK
+        )
+        if headerless:
+            sample = [text, *sample]
+        rows = [_fields_of(r, self.delimiter) for r in sample]
+        # From line 2 on, or from line 1 (without a UTF-8 byte-order mark) when headerless.
+        bom = len(codecs.BOM_UTF8) if buf.startswith(codecs.BOM_UTF8) else 0
+        self._pending = bytes(buf[bom:] if headerless else buf[header_end:])
+        self._first_data_line = 1 if headerless else 2
+        found = _choose_layout(
+            self.source, header, rows, mapping=mapping, layout=layout, time_format=time_format
+        )
+        self.layout = replace(found, delimiter=self.delimiter, headerless=headerless)
         if self.layout.symbol is None and not symbol:
             raise LayoutError(
                 f"{self.source}: the file has no symbol column (layout {self.layout.name}); "
                 "give the symbol of its bars: hftpipe produce --symbol BTCUSD "
                 "(HFTPIPE_SYMBOL; a ReplayJob's spec.source.symbol)"
             )
-        if not first:
+        if not sample:
             raise SourceError(
                 f"{self.source}:{line}: no data row after the header (line 1): nothing to "
                 "replay; is the file complete (a download or export cut short?)"
             )
         self._symbol = symbol or ""
         self._ncols = len(header)
-        self._time_index = header.index(self.layout.time)
-        self._usecols = [self.layout.time, *self.layout.ohlcv]
+        self._time_index = header.index(self.layout.time_columns[0])
+        self._usecols = [*self.layout.time_columns, *self.layout.ohlcv]
         if self.layout.symbol is not None:
             self._usecols.append(self.layout.symbol)
         self._na_values = {c: _MISSING_TEXT for c in self._usecols if c != self.layout.symbol}
-        # Times are text: ISO for pandas' parser, unix for the exact one.
-        self._dtypes = {c: str for c in (self.layout.time, self.layout.symbol) if c is not None}
+        # Times are text: ISO and patterns for pandas' parser, unix for the exact one.
+        text_columns = (*self.layout.time_columns, self.layout.symbol)
+        self._dtypes = {c: str for c in text_columns if c is not None}
+
+    def _read_ahead(self, buf: bytearray, start: int) -> tuple[list[str], int]:
+        """The first :data:`_SAMPLE_ROWS` non-blank lines from ``buf[start]`` on (line 2),
+        read into ``buf``, and the number of the line after them."""
+        line = 2
+        sample: list[str] = []
+        while len(sample) < _SAMPLE_ROWS:
+            end = self._line_end(buf, start, limit=None, line=line)
+            if end == start:
+                break
+            row = bytes(buf[start:end]).rstrip(b"\r\n")
+            if row:
+                sample.append(row.decode("utf-8", "replace"))
+            start, line = end, line + 1
+        return sample, line
 
     def _read(self, size: int, line: int) -> bytes:
         """Up to ``size`` bytes (b"" at the end); a failure is a :class:`SourceError`
@@ -940,7 +1363,7 @@ class BarReader:
 
     def _blocks(self) -> Iterator[tuple[bytes, int]]:
         """Blocks of whole lines, each with the file line number of its first line."""
-        line_no = 2
+        line_no = self._first_data_line
         pending = self._pending
         while True:
             data = self._read(self._block_bytes, line_no + pending.count(b"\n"))
@@ -958,6 +1381,98 @@ class BarReader:
     def __iter__(self) -> Iterator[ParsedChunk]:
         for block, first_line in self._blocks():
             yield self._parse_block(block, first_line)
+        if self._watching and self._watched:
+            raise self._unreadable()  # a short file whose every row was set aside alike
+
+    def check_start(self) -> None:
+        """Read until the first :data:`FAIL_FAST_ROWS` rows are judged: raises
+        :class:`UnreadableSource` (or another :class:`SourceError`) as iterating would,
+        so that a caller can refuse a file before it creates anything. Consumes the
+        reader: iterate a new one afterwards."""
+        for _ in self:
+            if not self._watching:
+                return
+
+    # -- failing fast --------------------------------------------------------------
+
+    def _watch(self, data_lines: IntArray, rejected: list[RejectedRow]) -> None:
+        """Follow the first rows: once one is accepted (or out of range), or set aside
+        for another reason than the rows before, the file is readable; when
+        :data:`FAIL_FAST_ROWS` rows are set aside alike, it is not."""
+        by_line = {r.line: r for r in rejected}
+        for line in data_lines[: self._fail_fast_rows - len(self._watched)].tolist():
+            row = by_line.get(line)
+            if row is None or (self._watched and row.kind != self._watched[0].kind):
+                self._watching, self._watched = False, []
+                return
+            self._watched.append(row)
+        if len(self._watched) >= self._fail_fast_rows:
+            raise self._unreadable()
+
+    def _unreadable(self) -> UnreadableSource:
+        """The one message for a file whose first rows were all set aside alike: the
+        file, the row, the column and value, and the option that would read it."""
+        first, count = self._watched[0], len(self._watched)
+        which = f"the first {count} rows" if count >= self._fail_fast_rows else f"all {count} rows"
+        return UnreadableSource(
+            f"{self.source}: {which} were set aside for the same reason, so nothing is "
+            f"replayed: line {first.line}: {first.reason}. {self._hint(first)}"
+        )
+
+    def _hint(self, row: RejectedRow) -> str:
+        """What would read ``row`` (a row of a file refused by :meth:`_unreadable`)."""
+        lay = self.layout
+        if row.kind == "time":
+            index = [lay.header.index(c) for c in lay.time_columns]
+            values = [
+                " ".join(_field(r.text, i, self.delimiter) for i in index) for r in self._watched
+            ]
+            sample = values[0]
+            if _number(sample) is not None:
+                formats = ["unix"]
+            else:
+                formats = [f for f in guess_time_formats(sample) if _reads_all(values, f)]
+            where = (
+                "(HFTPIPE_TIME_FORMAT; a ReplayJob's spec.source.timeFormat), or in a column "
+                f"mapping: --mapping 'time={lay.time}:FORMAT,...'"
+            )
+            if not formats:
+                return (
+                    f"Column {lay.time!r} holds {sample!r}: give its format, a strftime "
+                    f"pattern such as --time-format '%d.%m.%Y %H:%M:%S' {where}"
+                )
+            options = " or ".join(f"--time-format '{f}'" for f in formats)
+            return (
+                f"Column {lay.time!r} holds {sample!r}, which {options} reads (now read as "
+                f"{lay.time_format}) {where}"
+            )
+        if row.kind == "fields":
+            found = sniff_delimiter([row.text])
+            other = (
+                f"; its fields look {DELIMITER_NAMES[found]}-separated: --delimiter "
+                f"'{'tab' if found == chr(9) else found}'"
+                if found != self.delimiter
+                else ""
+            )
+            names = "--columns NAME,..." if lay.headerless else "a header of the same fields"
+            return (
+                f"Check the delimiter (now {DELIMITER_NAMES[self.delimiter]}){other}, and give "
+                f"{names} (HFTPIPE_DELIMITER, HFTPIPE_COLUMNS; a ReplayJob's "
+                "spec.source.delimiter, spec.source.columns)"
+            )
+        if row.kind == "symbol":
+            return (
+                f"Column {lay.symbol!r} holds no symbol: map another one, or none and give "
+                "--symbol (HFTPIPE_SYMBOL; a ReplayJob's spec.source.symbol)"
+            )
+        if row.kind == "text":
+            return "Save the file as UTF-8 text with one row per line"
+        columns = ", ".join(f"{k}={c}" for k, c in zip(_OHLCV, lay.ohlcv, strict=True))
+        return (
+            f"The prices and volume are read from {columns}: if those are not the right "
+            f"columns, give a column mapping: --mapping '{ColumnMapping.SPEC_HELP}' "
+            "(HFTPIPE_MAPPING; a ReplayJob's spec.source.mapping)"
+        )
 
     # -- one block ---------------------------------------------------------------
 
@@ -984,11 +1499,11 @@ class BarReader:
             nfields = np.zeros(len(ends), dtype=np.int64)
             for i in np.flatnonzero(~blank).tolist():
                 if i not in problems:
-                    nfields[i], why = _count_fields(text_of(i))
+                    nfields[i], why = _count_fields(text_of(i), self.delimiter)
                     if why is not None:
                         problems[i] = ("fields", why)
         else:
-            commas = np.flatnonzero(arr == ord(","))
+            commas = np.flatnonzero(arr == ord(self.delimiter))
             nfields = np.searchsorted(commas, text_ends) - np.searchsorted(commas, starts) + 1
         clean = np.ones(len(ends), dtype=np.bool_)
         clean[list(problems)] = False
@@ -999,7 +1514,8 @@ class BarReader:
             rejected_row(
                 i,
                 "fields",
-                f"expected {self._ncols} comma-separated fields as in the header, "
+                f"expected {self._ncols} {DELIMITER_NAMES[self.delimiter]}-separated fields "
+                f"as in the {'column list' if self.layout.headerless else 'header'}, "
                 f"found {nfields[i]}",
             )
             for i in np.flatnonzero(~blank & clean & ~good).tolist()
@@ -1041,6 +1557,8 @@ class BarReader:
         rejected += chunk.rejected
         rejected.sort(key=lambda r: r.line)
         self.stats.rejected += len(rejected)
+        if self._watching:
+            self._watch(line_nos[~blank], rejected)
         return ParsedChunk(chunk.bars, rejected, chunk.out_of_range, n_blank)
 
     def _read_frame(
@@ -1059,7 +1577,7 @@ class BarReader:
         usecols = self._usecols
         ts: IntArray | None = None
         rows = np.flatnonzero(good)
-        if lay.time_format != "iso" and commas is not None:
+        if lay.time_format in UNIX_UNITS and commas is not None:
             first_comma = np.searchsorted(commas, starts[rows])
             col = self._time_index
             begin = starts[rows] if col == 0 else commas[first_comma + col - 1] + 1
@@ -1085,6 +1603,7 @@ class BarReader:
             data = arr[keep].tobytes()
         frame = pd.read_csv(
             io.BytesIO(data),
+            sep=self.delimiter,
             header=None,
             names=list(lay.header),
             usecols=usecols,
@@ -1109,12 +1628,15 @@ class BarReader:
     ) -> ParsedChunk:
         lay = self.layout
         n = len(frame)
+        zone_bad: BoolArray | None = None
         if ts is not None:
             pass  # unix times, read exactly from the block
-        elif lay.time_format == "iso":
-            ts = _iso_to_ns(frame[lay.time], may_hold_offsets=offsets)
-        else:
+        elif lay.time_format in UNIX_UNITS:
             ts = _unix_to_ns(frame[lay.time], lay.time_format)
+        else:
+            ts, zone_bad = _times_to_ns(
+                _time_texts(frame, lay.time_columns), lay.time_format, self.zone, offsets=offsets
+            )
         o, h, lo, c, v = (_as_float(frame[col]) for col in lay.ohlcv)
         if lay.symbol is not None:
             sym = frame[lay.symbol].to_numpy(dtype=object)
@@ -1132,15 +1654,22 @@ class BarReader:
         candidate = in_range & ~values_bad & ~symbol_bad
 
         rejected: list[RejectedRow] = []
-        time_idx = lay.header.index(lay.time)
-        expected = _TIME_HELP[lay.time_format]
+        time_idx = [lay.header.index(col) for col in lay.time_columns]
+        expected = _TIME_HELP.get(lay.time_format, f"time in the format {lay.time_format!r}")
         for j in np.flatnonzero(time_bad).tolist():
             text = text_of(j)
-            reason = f"time {_field(text, time_idx)!r} is not a valid {expected}"
+            value = " ".join(_field(text, i, self.delimiter) for i in time_idx)
+            if zone_bad is not None and zone_bad[j]:
+                reason = (
+                    f"time {value!r} does not exist, or exists twice, in time zone "
+                    f"{self.zone} (a daylight-saving change)"
+                )
+            else:
+                reason = f"time {value!r} is not a valid {expected}"
             rejected.append(RejectedRow(self.source, int(lines[j]), text, "time", reason))
         for j in np.flatnonzero(values_bad).tolist():
             text = text_of(j)
-            fields = _fields_of(text)
+            fields = _fields_of(text, self.delimiter)
             ro, rh, rl, rc, rv = (fields[lay.header.index(col)] for col in lay.ohlcv)
             code = int(codes[j])
             values = (float(o[j]), float(h[j]), float(lo[j]), float(c[j]), float(v[j]))
@@ -1253,11 +1782,13 @@ _TIME_HELP: Final = {
     "iso": "ISO-8601 time between 1677 and 2262",
     "unix_s": "unix time in seconds",
     "unix_ms": "unix time in milliseconds",
+    "unix_us": "unix time in microseconds",
+    "unix_ns": "unix time in nanoseconds",
 }
 
 
-def _field(text: str, index: int) -> str:
-    fields = _fields_of(text)
+def _field(text: str, index: int, delimiter: str = ",") -> str:
+    fields = _fields_of(text, delimiter)
     return fields[index] if index < len(fields) else ""
 
 

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 KafkaProfile = Literal["throughput", "latency"]
 
-LayoutChoice = Literal["auto", "kaggle-btc", "binance", "generic"]
+LayoutChoice = Literal["auto", "kaggle-btc", "binance", "binance-kline", "generic"]
 """``auto`` or one of ``csvformat.KNOWN_LAYOUTS`` (a unit test keeps them equal; csvformat
 itself imports pandas, too slow to import for ``--help``)."""
 
