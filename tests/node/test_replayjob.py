@@ -38,7 +38,7 @@ from oracle import assert_close, oracle, redis_history
 
 from hftpipe_devstack import charts, images
 from hftpipe_devstack.cluster import Cluster
-from hftpipe_devstack.testing import wait_for
+from hftpipe_devstack.testing import s3_endpoint, wait_for
 from hftpipe_operator.naming import Names
 from hftpipe_workers.contract import RedisKeys, Topics, job_id
 
@@ -409,3 +409,51 @@ def test_deleting_a_running_job_stops_its_pods_before_deleting_its_data(
     admin = AdminClient({"bootstrap.servers": cluster.stack.env["KAFKA_BOOTSTRAP_SERVERS"]})
     left = [t for t in admin.list_topics(timeout=10).topics if t.startswith(f"hftpipe.{ident}.")]
     assert left == [], "the job's topics outlived it"
+
+
+@pytest.mark.timeout(900)
+def test_an_s3_source_is_read_through_the_producers_pod(installed: Cluster) -> None:
+    """An S3-compatible store (moto's server: no S3 account is reachable) on the node's
+    bridge address; the producer's pod gets the endpoint from the spec and the keys
+    from a Secret labelled for ReplayJobs. The outputs are those of the shipped sample."""
+    cluster, job = installed, "from-s3"
+    url = "s3://market-data/btc/btcusdt_1h_binance.csv.gz"
+    with s3_endpoint({url: SAMPLE_DATA}, host=cluster.stack.env["HFTPIPE_NODE_IP"]) as aws:
+        cluster.apply(
+            [
+                {
+                    "apiVersion": "v1",
+                    "kind": "Secret",
+                    "type": "Opaque",
+                    "metadata": {
+                        "name": "s3-keys",
+                        "namespace": NS,
+                        "labels": {"hftpipe.io/replayjob-access": "true"},
+                    },
+                    "stringData": {
+                        k: aws[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+                    },
+                }
+            ]
+        )
+        sample = yaml.safe_load(SAMPLE_JOB.read_text())["spec"]["source"]
+        source = {
+            **sample,
+            "url": url,
+            "s3": {
+                "endpointUrl": aws["AWS_ENDPOINT_URL"],
+                "region": aws["AWS_DEFAULT_REGION"],
+                "credentials": {"secretRef": {"name": "s3-keys"}},
+            },
+        }
+        cluster.apply([_job_manifest(job, source=source)])
+        done = cluster.run(
+            "kubectl", "wait", f"replayjob/{job}", "-n", NS, "--for=condition=Complete",
+            "--timeout=600s", check=False, timeout=660,
+        )  # fmt: skip
+        status = cluster.get("replayjob", job, "-n", NS).get("status", {})
+        assert "condition met" in done, (
+            json.dumps(status, indent=1),
+            cluster.kubectl("logs", "-n", NS, f"job/{job}-producer", "--tail=30", check=False),
+        )
+    _check_outputs(cluster, job, status)

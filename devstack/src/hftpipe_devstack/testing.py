@@ -99,20 +99,21 @@ def serve_http(handler: Callable[..., Any]) -> Iterator[str]:
 
 
 @contextmanager
-def s3_endpoint(objects: Mapping[str, Path]) -> Iterator[dict[str, str]]:
-    """An S3 endpoint on 127.0.0.1 (moto's server, a dev dependency: no S3 account is
+def s3_endpoint(objects: Mapping[str, Path], host: str = "127.0.0.1") -> Iterator[dict[str, str]]:
+    """An S3 endpoint on ``host`` (moto's server, a dev dependency: no S3 account is
     reachable here) holding ``objects`` (``s3://`` URL -> local file); yields the
-    ``AWS_*`` variables that reach it, as a producer's pod gets them."""
+    ``AWS_*`` variables that reach it, as a producer's pod gets them. For pods of the
+    real node, ``host`` is the node's bridge address (``HFTPIPE_NODE_IP``)."""
     import boto3  # type: ignore[import-untyped]  # noqa: PLC0415 - dev dependencies
     from moto.server import ThreadedMotoServer  # noqa: PLC0415
 
     from hftpipe_devstack.procs import free_port  # noqa: PLC0415
 
     port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server = ThreadedMotoServer(ip_address=host, port=port)
     server.start()
     env = {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
         "AWS_ACCESS_KEY_ID": "replay",
         "AWS_SECRET_ACCESS_KEY": "replay-secret",
         "AWS_DEFAULT_REGION": "us-east-1",
