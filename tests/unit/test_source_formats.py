@@ -77,8 +77,11 @@ SEMICOLON_DATE_TIME = (
 
 
 def test_a_semicolon_file_with_date_and_time_columns() -> None:
-    _, bars, rejected = read(SEMICOLON_DATE_TIME)
+    reader, bars, rejected = read(SEMICOLON_DATE_TIME)
     assert rejected == []
+    # Year first is year-month-day; pandas' ISO parser would take it too, but it is no ISO.
+    assert (reader.delimiter, reader.layout.time) == (";", "Date+Time")
+    assert reader.layout.time_format == "%Y.%m.%d %H:%M"
     assert [(b.ts_ns, b.open, b.volume) for b in bars] == [
         (ns("2017-01-02T00:00:00Z"), 1.05165, 125.0),
         (ns("2017-01-02T00:01:00Z"), 1.05189, 88.0),
@@ -247,7 +250,7 @@ def test_an_unknown_time_zone_is_refused() -> None:
 def test_every_delimiter_is_sniffed_or_named(delimiter: str) -> None:
     text = "timestamp,open,high,low,close,volume\n1704067200,1,2,0.5,1.5,10\n"
     text = (text + "1704067260,1,2,0.5,1.5,10\n").replace(",", delimiter)
-    for named in (None, "tab" if delimiter == "\t" else delimiter):
+    for named in (None, {"\t": "tab", "|": "pipe"}.get(delimiter, delimiter)):
         reader, bars, rejected = read(text, delimiter=named)
         assert reader.delimiter == delimiter
         assert (len(bars), rejected) == (2, [])

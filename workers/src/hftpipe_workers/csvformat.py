@@ -73,6 +73,8 @@ TIME_FORMATS: Final[tuple[str, ...]] = ("unix", *UNIX_UNITS, "iso")
 DELIMITERS: Final = ",;\t|"
 """Field delimiters a file may have; sniffed unless the caller names one."""
 DELIMITER_NAMES: Final = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
+_DELIMITER_OPTION: Final = {",": "','", ";": "';'", "\t": "tab", "|": "pipe"}
+"""How ``--delimiter`` names each one."""
 
 FAIL_FAST_ROWS: Final = 100
 """When this many first rows are all set aside for the same reason, the file is refused
@@ -150,10 +152,10 @@ def unix_unit(value: float) -> str:
 
 def check_delimiter(value: str) -> str:
     """One of :data:`DELIMITERS` (``tab`` names the tab); else ValueError."""
-    value = "\t" if value in ("tab", "\\t") else value
+    value = {"tab": "\t", "\\t": "\t", "pipe": "|"}.get(value, value)
     if len(value) == 1 and value in DELIMITERS:
         return value
-    raise ValueError(f"unknown delimiter {value!r}: expected one of , ; | tab")
+    raise ValueError(f"unknown delimiter {value!r}: expected one of , ; tab pipe")
 
 
 def one_line(text: object) -> str:
@@ -481,6 +483,7 @@ _GENERIC_TIME: Final = ("timestamp", "time", "datetime", "date", "gmt time", "op
 _GENERIC_SYMBOL: Final = ("symbol", "ticker")
 _OHLCV: Final = ("open", "high", "low", "close", "volume")
 _CLOCK_TIME: Final = re.compile(r"^\s*\d{1,2}:\d\d(:\d\d([.,]\d+)?)?\s*$")
+_ISO_DATE: Final = re.compile(r"^\s*[+-]?\d{4}-\d\d")
 _SAMPLE_ROWS: Final = 50
 """Data rows read ahead to recognise the delimiter, the layout and the time format."""
 
@@ -542,6 +545,12 @@ def _reads_all(values: Sequence[str], fmt: str) -> bool:
     return bool(parsed.notna().all())
 
 
+def _order(fmt: str) -> str:
+    """The order of year, month and day in a pattern: ``dmy``, ``ymd``..."""
+    places = sorted((fmt.find(f"%{c}"), c.lower()) for c in "Ymd" if f"%{c}" in fmt)
+    return "".join(c for _, c in places)
+
+
 def detect_time_format(
     values: Sequence[str], *, source: str = "<csv>", column: str = ""
 ) -> tuple[str, str]:
@@ -560,10 +569,15 @@ def detect_time_format(
     if number is not None:
         unit = unix_unit(number)
         return unit, f"unit from the magnitude of {values[0]}"
+    # pandas' ISO parser also takes 2017.01.02 or 2017/01/02: only text that starts as
+    # ISO-8601 does (2017-01-02) is called ISO; the rest gets its own pattern, logged.
     iso = pd.to_datetime(pd.Series(values), format="ISO8601", utc=True, errors="coerce")
-    if bool(iso.notna().all()):
+    if all(_ISO_DATE.match(v) for v in values) and bool(iso.notna().all()):
         return "iso", ""
     candidates = [f for f in guess_time_formats(values[0]) if _reads_all(values, f)]
+    if any(_order(f) == "ymd" for f in candidates):
+        # Year first is year, month, day (ISO's order): year, day, month is no usage.
+        candidates = [f for f in candidates if _order(f) != "ydm"]
     if len(candidates) > 1:
         first, second = candidates[:2]
         raise AmbiguousTimes(
@@ -1450,7 +1464,7 @@ class BarReader:
             found = sniff_delimiter([row.text])
             other = (
                 f"; its fields look {DELIMITER_NAMES[found]}-separated: --delimiter "
-                f"'{'tab' if found == chr(9) else found}'"
+                f"{_DELIMITER_OPTION[found]}"
                 if found != self.delimiter
                 else ""
             )
