@@ -444,6 +444,37 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
         "spec.restartPolicy.backoffSeconds",
         "must not exceed maxBackoffSeconds",
     ),
+    # Issue 11, point 8: the source's formats, each refused naming its field.
+    (
+        "unknown-time-format",
+        _with(MINIMAL, source__timeFormat="seconds"),
+        "spec.source.timeFormat",
+        "source.timeFormat must be one of unix, unix_s, unix_ms, unix_us, unix_ns, iso",
+    ),
+    (
+        "time-format-and-mapping",
+        _with(MINIMAL, source__timeFormat="unix", source__mapping="time=t:iso"),
+        "spec.source.timeFormat",
+        "set source.timeFormat or the format in source.mapping's time entry",
+    ),
+    (
+        "repeated-column",
+        _with(MINIMAL, source__columns=["t", "open", "t"]),
+        "spec.source.columns[2]",
+        'Duplicate value: "t"',
+    ),
+    (
+        "unknown-delimiter",
+        _with(MINIMAL, source__delimiter=":"),
+        "spec.source.delimiter",
+        "Unsupported value",
+    ),
+    (
+        "time-zone-with-a-space",
+        _with(MINIMAL, source__timezone="New York"),
+        "spec.source.timezone",
+        "should match",
+    ),
 ]
 
 

@@ -495,3 +495,80 @@ def test_every_setting_is_in_the_readme_table(settings: type[BaseSettings]) -> N
         variables = " / ".join(f"`{v}`" for v in env_names(settings, name))
         assert any(row.startswith(f"| {variables} |") for row in rows), (settings, name)
     assert docs.settings_table() in text
+
+
+# ------------------------------------------------ source formats (issue 11, point 8)
+
+
+def test_the_source_format_options_reach_the_producer(
+    workers: dict[str, dict[str, Any]], clean_env: pytest.MonkeyPatch
+) -> None:
+    clean_env.setenv("HFTPIPE_TIMEZONE", "America/New_York")
+    result = invoke(
+        *("produce", "dump.csv", "--delimiter", "tab", "--columns", "t, o,h,l,c,v"),
+        *("--time-format", "%d.%m.%Y %H:%M:%S.%f", *QUIET),
+    )
+    assert result.exit_code == 0, result.output
+    init = workers["produce"]["init"]
+    assert (init["delimiter"], init["columns"]) == ("\t", ["t", "o", "h", "l", "c", "v"])
+    assert (init["time_format"], init["timezone"]) == ("%d.%m.%Y %H:%M:%S.%f", "America/New_York")
+    assert invoke("produce", "dump.csv", *QUIET).exit_code == 0  # the zone from the env only
+    init = workers["produce"]["init"]
+    assert (init["delimiter"], init["columns"], init["time_format"]) == (None, None, None)
+    assert init["timezone"] == "America/New_York"
+
+
+@pytest.mark.parametrize(
+    ("args", "option", "problem"),
+    [
+        (["--delimiter", ":"], "--delimiter", "':'"),
+        (["--columns", "a,,b"], "--columns", "an empty column name"),
+        (["--columns", "a,b,a"], "--columns", "['a'] are named twice"),
+        (["--time-format", "seconds"], "--time-format", "unknown time format 'seconds'"),
+        (
+            ["--mapping", "time=t:iso", "--time-format", "unix"],
+            "--time-format",
+            "not both",
+        ),
+        (["--timezone", "Mars/Olympus"], "--timezone", "unknown time zone 'Mars/Olympus'"),
+    ],
+)
+def test_a_bad_source_format_option_names_itself(
+    args: list[str], option: str, problem: str, workers: dict[str, dict[str, Any]]
+) -> None:
+    result = invoke("produce", "x.csv", *args, *QUIET)
+    assert result.exit_code == 2, result.output
+    assert option in result.output
+    assert problem in one_line(result.output)
+
+
+def test_the_replayjobs_source_formats_reach_the_producer_through_the_configmap() -> None:
+    spec = {
+        "source": {
+            "url": "/data/dump.csv",
+            "symbol": "EURUSD",
+            "delimiter": ";",
+            "columns": ["Date", "Time", "Open", "High", "Low", "Close", "Volume"],
+            "timeFormat": "%Y.%m.%d %H:%M",
+            "timezone": "Europe/London",
+        },
+        "kafka": {"bootstrapServers": "kafka:9092"},
+        "redis": {"url": "redis://redis:6379/0"},
+    }
+    job = ReplayJob("fx", "markets", ReplayJobSpec.model_validate(spec))
+    data = builders.build_settings_configmap(job)["data"]
+    assert set(data) <= workerapi.all_envvars()
+    with pytest.MonkeyPatch.context() as env:
+        for var, value in data.items():
+            env.setenv(var, value)
+        produce = ProduceSettings(source=job.spec.source.url)
+    assert (produce.delimiter_char, produce.column_list) == (
+        ";",
+        ["Date", "Time", "Open", "High", "Low", "Close", "Volume"],
+    )
+    assert (produce.time_format, produce.timezone) == ("%Y.%m.%d %H:%M", "Europe/London")
+    plain = ReplayJob(
+        "fx", "markets", ReplayJobSpec.model_validate(spec | {"source": {"url": "x"}})
+    )
+    names = ("HFTPIPE_DELIMITER", "HFTPIPE_COLUMNS", "HFTPIPE_TIME_FORMAT", "HFTPIPE_TIMEZONE")
+    assert not set(names) & set(builders.build_settings_configmap(plain)["data"])

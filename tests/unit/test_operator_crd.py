@@ -20,11 +20,17 @@ from pydantic import ValidationError
 
 from hftpipe_operator import crd, naming
 from hftpipe_operator.apimodel import parse_timestamp
-from hftpipe_operator.spec import Layout, ReplayJob, ReplayJobSpec, SaslMechanism
+from hftpipe_operator.spec import (
+    NAMED_TIME_FORMATS,
+    Layout,
+    ReplayJob,
+    ReplayJobSpec,
+    SaslMechanism,
+)
 from hftpipe_operator.status import ReplayJobStatus
 from hftpipe_workers import cli
 from hftpipe_workers.bars import parse_utc
-from hftpipe_workers.csvformat import KNOWN_LAYOUTS
+from hftpipe_workers.csvformat import KNOWN_LAYOUTS, TIME_FORMATS
 from hftpipe_workers.metrics import parse_window
 from hftpipe_workers.settings import KafkaSettings, RedisSettings
 
@@ -317,6 +323,7 @@ def test_defaults_come_from_the_workers() -> None:
 
 def test_enums_match_the_workers() -> None:
     assert set(get_args(Layout)) == {"auto", *KNOWN_LAYOUTS}
+    assert NAMED_TIME_FORMATS == TIME_FORMATS
     mechanisms, _ = get_args(KafkaSettings.model_fields["sasl_mechanism"].annotation)
     assert get_args(SaslMechanism) == get_args(mechanisms)
 
@@ -384,6 +391,18 @@ def _with(spec: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
         ("source.start", "2024-01-01 00:00:00", "RFC 3339"),
         ("source.volume", {"claimName": "bars"}, "under source.mountPath"),
         ("restartPolicy.backoffSeconds", 600, "must not exceed maxBackoffSeconds"),
+        # Issue 11, point 8: the source's formats.
+        ("source.timeFormat", "seconds", "source.timeFormat must be one of unix, unix_s"),
+        ("source.columns", ["t", "open", "t"], "duplicate values ['t']"),
+        ("source.columns", ["t", "a,b"], "pattern"),
+        ("source.delimiter", ":", "'auto', ',', ';', 'tab' or 'pipe'"),
+        ("source.timezone", "Mars/Olympus", "unknown time zone 'Mars/Olympus'"),
+        ("source.timezone", "New York", "pattern"),
+        (
+            "source",
+            {"url": "x.csv", "mapping": "time=t:iso", "timeFormat": "unix"},
+            "set source.timeFormat or the format in source.mapping's time entry",
+        ),
     ],
 )
 def test_pydantic_rejects_what_the_crd_rejects(path: str, value: Any, message: str | None) -> None:

@@ -167,6 +167,10 @@ def worker_settings(job: ReplayJob) -> dict[str, str]:
         ("end", source.end),
         ("mapping", source.mapping),
         ("layout", None if source.layout == "auto" else source.layout),
+        ("delimiter", None if source.delimiter == "auto" else source.delimiter),
+        ("columns", ",".join(source.columns) if source.columns else None),
+        ("time_format", source.time_format),
+        ("timezone", source.timezone),
     ):
         if value is not None:
             env[cli_envvar("produce", param)] = value

@@ -16,12 +16,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.metadata import version
 from typing import Annotated, Any, Final, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, Field, StringConstraints
 
 from hftpipe_workers import cli
 from hftpipe_workers.contract import job_id
-from hftpipe_workers.settings import KafkaProfile, KafkaSettings, RedisSettings
+from hftpipe_workers.settings import DelimiterChoice, KafkaProfile, KafkaSettings, RedisSettings
 from hftpipe_workers.snowflake_settings import SnowflakeSettings
 
 from .apimodel import (
@@ -64,6 +65,23 @@ def _unique(values: list[str]) -> list[str]:
     if duplicates:
         raise ValueError(f"duplicate values {duplicates}")
     return values
+
+
+def _zone_name(value: str) -> str:
+    """An IANA zone the zone database knows (the API server cannot tell: pydantic does)."""
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown time zone {value!r}: give an IANA name such as America/New_York"
+        ) from None
+    return value
+
+
+NAMED_TIME_FORMATS: Final = ("unix", "unix_s", "unix_ms", "unix_us", "unix_ns", "iso")
+"""The producer's named time formats (``csvformat.TIME_FORMATS``; a unit test keeps them equal)."""
+
+ColumnName = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^,]+$")]
 
 
 def _count(*flags: bool) -> int:
@@ -237,6 +255,29 @@ class SourceSpec(ApiModel):
             field_path=".mapping",
         ),
         Rule(
+            cel="!has(self.mapping) || !has(self.timeFormat)",
+            message=(
+                "set source.timeFormat or the format in source.mapping's time entry "
+                "(time=COLUMN:FORMAT), not both"
+            ),
+            holds=lambda s: s.mapping is None or s.time_format is None,
+            field_path=".timeFormat",
+        ),
+        Rule(
+            cel=(
+                "!has(self.timeFormat) || self.timeFormat in "
+                f"{list(NAMED_TIME_FORMATS)} || self.timeFormat.contains('%')"
+            ),
+            message=(
+                f"source.timeFormat must be one of {', '.join(NAMED_TIME_FORMATS)} or a strftime "
+                "pattern such as %d.%m.%Y %H:%M:%S.%f"
+            ),
+            holds=lambda s: (
+                s.time_format is None or s.time_format in NAMED_TIME_FORMATS or "%" in s.time_format
+            ),
+            field_path=".timeFormat",
+        ),
+        Rule(
             cel="!has(self.start) || !has(self.end) || timestamp(self.start) < timestamp(self.end)",
             message="source.start must be before source.end",
             holds=lambda s: (
@@ -289,7 +330,43 @@ class SourceSpec(ApiModel):
 
     mapping: Annotated[str, StringConstraints(min_length=1, max_length=512)] | None = None
     """Column mapping for other layouts (the producer's `--mapping`), e.g.
-    `time=ts:unix_ms,open=o,high=h,low=l,close=c,volume=v,symbol=sym`."""
+    `time=ts:unix_ms,open=o,high=h,low=l,close=c,volume=v,symbol=sym`; the time may be
+    `unix` (unit from the magnitude), `unix_s`...`unix_ns`, `iso`, a strftime pattern
+    (`time=Time:%d.%m.%Y %H:%M:%S.%f`) and span two columns (`time=Date+Time:%Y.%m.%d %H:%M`)."""
+
+    delimiter: DelimiterChoice = "auto"
+    """Field delimiter (the producer's `--delimiter`): `,`, `;`, `tab` or `pipe`; `auto`
+    sniffs it."""
+
+    # Unique as a set list (the API server checks it cheaply; a CEL rule comparing every
+    # pair of 256 names of 128 characters was refused as too costly by the API server).
+    columns: (
+        Annotated[
+            list[ColumnName],
+            Field(min_length=1, max_length=256),
+            AfterValidator(_unique),
+            Crd({"x-kubernetes-list-type": "set"}),
+        ]
+        | None
+    ) = None
+    """Column names of a file without a header (`--columns`), in order; line 1 is then a
+    row. Binance's kline dumps need none."""
+
+    time_format: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
+    """Format of the time column instead of the one recognised (`--time-format`): `unix`,
+    `unix_s`, `unix_ms`, `unix_us`, `unix_ns`, `iso` or a strftime pattern such as
+    `%d.%m.%Y %H:%M:%S.%f`. With a mapping, give it in the mapping's time entry."""
+
+    timezone: (
+        Annotated[
+            str,
+            StringConstraints(max_length=64, pattern=r"^[A-Za-z][-A-Za-z0-9_+/]*$"),
+            AfterValidator(_zone_name),
+        ]
+        | None
+    ) = None
+    """IANA time zone of times without an offset (`--timezone`), e.g. `America/New_York`;
+    daylight saving from the zone database; unset: UTC."""
 
     symbol: (
         Annotated[str, StringConstraints(max_length=64, pattern=r"^[A-Za-z0-9][-A-Za-z0-9._:/]*$")]

@@ -115,6 +115,8 @@ ABORTED_RETRIES: Final = 5
 producer goes on from, from what is committed, before it exits for a restart."""
 TRANSACTION_TIMEOUT_MS: Final = 60_000
 """librdkafka's default ``transaction.timeout.ms`` (a longer delivery timeout raises it)."""
+CHECK_BLOCK_BYTES: Final = 1 << 16
+"""Blocks read to judge a source's first rows before topics are created."""
 INIT_SECONDS: Final = 60.0
 """How long to wait for the transaction coordinator (and for an earlier producer's
 open transaction to be aborted) at start."""
@@ -459,6 +461,10 @@ class Replay:
         symbol: str | None = None,
         mapping: ColumnMapping | None = None,
         layout: LayoutName | Literal["auto"] = "auto",
+        delimiter: str | None = None,
+        columns: list[str] | None = None,
+        time_format: str | None = None,
+        timezone: str | None = None,
         start_ns: int | None = None,
         end_ns: int | None = None,
         partitions: int = 3,
@@ -482,6 +488,8 @@ class Replay:
         self.kafka, self.pacing = kafka, pacing
         self.symbol, self.mapping, self.start_ns, self.end_ns = symbol, mapping, start_ns, end_ns
         self.layout: LayoutName | Literal["auto"] = layout
+        self.delimiter, self.columns = delimiter, columns
+        self.time_format, self.timezone = time_format, timezone
         self.partitions, self.replication = partitions, replication
         self.create_topics, self.count_source_rows, self.show_progress = (
             create_topics,
@@ -514,23 +522,35 @@ class Replay:
             log.warning("progress record not delivered to %s: %s", self.progress_topic, err)
             ERRORS.labels("producer", self.job, "progress").inc()
 
-    def _reader(self, stream: IO[bytes]) -> BarReader:
-        return BarReader(
-            stream,
-            source=self.source,
-            symbol=self.symbol,
-            mapping=self.mapping,
-            layout=self.layout,
-            start_ns=self.start_ns,
-            end_ns=self.end_ns,
-        )
+    def _reader(self, stream: IO[bytes], **options: Any) -> BarReader:
+        try:
+            return BarReader(
+                stream,
+                source=self.source,
+                symbol=self.symbol,
+                mapping=self.mapping,
+                layout=self.layout,
+                delimiter=self.delimiter,
+                columns=self.columns,
+                time_format=self.time_format,
+                timezone=self.timezone,
+                start_ns=self.start_ns,
+                end_ns=self.end_ns,
+                **options,
+            )
+        except SourceError:
+            raise
+        except ValueError as exc:  # options the file cannot be read with
+            raise SourceError(one_line(exc)) from exc
 
     def _check_source(self) -> None:
-        """Open the source and read its header (and first row): a :class:`SourceError`
-        if it cannot be replayed. Before anything is created in Kafka."""
+        """Open the source, read its header and its first rows: a :class:`SourceError` if
+        it cannot be replayed (an :class:`~.csvformat.UnreadableSource` when the first
+        rows are all set aside for one reason). Before anything is created in Kafka."""
         stream, _ = open_source(self.source)
         with stream:
-            reader = self._reader(stream)
+            reader = self._reader(stream, block_bytes=CHECK_BLOCK_BYTES)
+            reader.check_start()
         if reader.encoding != "UTF-8":
             log.info(
                 "%s is %s text: converted to UTF-8 as it is read", self.source, reader.encoding
@@ -629,8 +649,13 @@ class Replay:
             if self.show_progress:
                 live.printer = _Progress(live.rows_total, fraction)
             reader = self._reader(stream)
+            zone = f"; naive times in {reader.zone}" if reader.zone else ""
             log.info(
-                "reading %s: %s; pacing: %s", self.source, reader.layout.describe(), self.pacing
+                "reading %s: %s%s; pacing: %s",
+                self.source,
+                reader.layout.describe(),
+                zone,
+                self.pacing,
             )
             try:
                 for chunk in reader:

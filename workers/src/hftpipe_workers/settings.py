@@ -36,6 +36,10 @@ LayoutChoice = Literal["auto", "kaggle-btc", "binance", "binance-kline", "generi
 """``auto`` or one of ``csvformat.KNOWN_LAYOUTS`` (a unit test keeps them equal; csvformat
 itself imports pandas, too slow to import for ``--help``)."""
 
+DelimiterChoice = Literal["auto", ",", ";", "tab", "pipe"]
+"""``auto`` (sniffed) or one of ``csvformat.DELIMITERS``; tab and pipe by name (a ``|``
+among typer's choices would read as a separator)."""
+
 
 def env_names(settings: type[BaseSettings], name: str) -> tuple[str, ...]:
     """The environment variables a settings field is read from, the preferred one first."""
@@ -316,12 +320,32 @@ class ProduceSettings(WorkerSettings):
 
     mapping: str | None = None
     """Column mapping for other layouts, e.g.
-    time=ts:unix_ms,open=o,high=h,low=l,close=c,volume=v,symbol=sym."""
+    time=ts:unix_ms,open=o,high=h,low=l,close=c,volume=v,symbol=sym; the time format is
+    unix (the unit from the magnitude), unix_s, unix_ms, unix_us, unix_ns, iso or a
+    strftime pattern (time=Time:%d.%m.%Y %H:%M:%S.%f), of one column or two
+    (time=Date+Time:%Y.%m.%d %H:%M)."""
 
     layout: LayoutChoice = "auto"
     """Layout the file must have; auto recognises it from the header (a file that
     several layouts match, e.g. a generic one with kaggle-btc's column names, is read
     the named way)."""
+
+    delimiter: DelimiterChoice = "auto"
+    """Field delimiter: comma, semicolon, tab or pipe (|); auto sniffs it from the first
+    lines."""
+
+    columns: str | None = Field(default=None, min_length=1)
+    """Column names of a file without a header, comma-separated (line 1 is then a row),
+    e.g. time,open,high,low,close,volume. Binance's kline dumps need none."""
+
+    time_format: str | None = Field(default=None, min_length=1)
+    """Format of the time column, instead of the one recognised: unix (the unit from
+    the magnitude), unix_s, unix_ms, unix_us, unix_ns, iso, or a strftime pattern such as
+    %d.%m.%Y %H:%M:%S.%f. With a mapping, give it in the mapping's time entry."""
+
+    timezone: str | None = Field(default=None, min_length=1)
+    """IANA time zone of times without an offset, e.g. America/New_York (daylight saving
+    from the zone database); unset: UTC. Unix times are UTC regardless."""
 
     partitions: int = Field(default=3, ge=1)
     """Partitions of the bars topic, if it is created."""
@@ -384,6 +408,59 @@ class ProduceSettings(WorkerSettings):
         if value != "auto" and info.data.get("mapping") is not None:
             raise ValueError(f"give a column mapping or a layout ({value}), not both")
         return value
+
+    @field_validator("columns")
+    @classmethod
+    def _valid_columns(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        names = [c.strip() for c in value.split(",")]
+        if not all(names):
+            raise ValueError(f"an empty column name in {value!r}: e.g. time,open,high,...")
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"columns {repeated} are named twice in {value!r}")
+        return value
+
+    @field_validator("time_format")
+    @classmethod
+    def _valid_time_format(cls, value: str | None, info: ValidationInfo) -> str | None:
+        from .csvformat import check_time_format  # noqa: PLC0415 - pandas; not at import
+
+        if value is None:
+            return None
+        if info.data.get("mapping") is not None:
+            raise ValueError(
+                "give the time format in the mapping's time entry (time=COLUMN:FORMAT) or "
+                "as a time format, not both"
+            )
+        return check_time_format(value)
+
+    @field_validator("timezone")
+    @classmethod
+    def _valid_timezone(cls, value: str | None) -> str | None:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError  # noqa: PLC0415
+
+        if value is not None:
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(
+                    f"unknown time zone {value!r}: give an IANA name such as "
+                    "America/New_York, Europe/London or UTC"
+                ) from None
+        return value
+
+    @property
+    def delimiter_char(self) -> str | None:
+        """:attr:`delimiter` as the character (None: sniff it)."""
+        names = {"auto": None, "tab": "\t", "pipe": "|"}
+        return names.get(self.delimiter, self.delimiter)
+
+    @property
+    def column_list(self) -> list[str] | None:
+        """:attr:`columns` as a list."""
+        return [c.strip() for c in self.columns.split(",")] if self.columns else None
 
     @property
     def pacing(self) -> Pacing:
