@@ -254,7 +254,7 @@ def test_times_no_format_reads_fail_fast(
 def test_day_or_month_first_unknown_asks_for_the_format_by_name(
     data: Path, subprocess_env: dict[str, str], kafka_bootstrap: str
 ) -> None:
-    """Hourly rows of January 1st to 3rd: no day above 12 in the first 50 rows."""
+    """Hourly rows of January 1st to 3rd: no day above 12 in the whole file."""
     path = data / "ambiguous.csv"
     path.write_text(
         "Gmt time,Open,High,Low,Close,Volume\n" + "".join(dukascopy_rows(60, datetime(2017, 1, 1)))

@@ -288,3 +288,27 @@ def test_utf8_bom_utf16_and_mixed_line_endings() -> None:
         reader = BarReader(io.BytesIO(data), source="test.csv", symbol="X")
         bars = [b for ch in reader for b in ch.bars.bars()]
         assert [b.line for b in bars] == [2, 3]
+
+
+def test_day_first_is_seen_in_the_first_1000_rows_of_an_hourly_file() -> None:
+    """Hourly from January 1st: the first day above 12 is on row 289."""
+    from datetime import datetime, timedelta  # noqa: PLC0415
+
+    first = datetime(2017, 1, 1)
+    rows = "".join(
+        f"{first + timedelta(hours=i):%d.%m.%Y %H:%M:%S}.000,1,2,0.5,1.5,10\n" for i in range(400)
+    )
+    reader, bars, rejected = read("Gmt time,Open,High,Low,Close,Volume\n" + rows)
+    assert reader.layout.time_format == "%d.%m.%Y %H:%M:%S.%f"
+    assert (len(bars), rejected) == (400, [])
+    assert bars[24].ts_ns == ns("2017-01-02T00:00:00Z")
+
+
+def test_a_huge_line_among_the_first_rows_is_read_ahead_once() -> None:
+    huge = "9" * 3_000_000
+    rows = "".join(f"{1704067200 + 60 * i},1,2,0.5,1.5,10\n" for i in range(10))
+    rows += f"{huge},1,2,0.5,1.5,10\n" + "".join(
+        f"{1704067800 + 60 * i},1,2,0.5,1.5,10\n" for i in range(2_000)
+    )
+    reader, bars, rejected = read("timestamp,open,high,low,close,volume\n" + rows)
+    assert (reader.delimiter, len(bars), [r.line for r in rejected]) == (",", 2_010, [12])

@@ -1,7 +1,7 @@
 """CSV layouts of OHLCV files, and a fast chunked parser that sets bad rows aside.
 
 :class:`BarReader` takes an opened file object (binary or text; decompressing is
-the caller's job), recognises the layout from the header and yields
+the caller's job), recognises the layout from the header (and the first rows) and yields
 :class:`ParsedChunk` objects: a columnar :class:`BarBatch` of the valid bars,
 and a :class:`RejectedRow` for every other row, with its line number (the
 header is line 1), its text and the reason.
@@ -17,14 +17,21 @@ every line at once, which ties each parsed row to its file line even when
 malformed lines are dropped; pandas' C parser converts the good lines; every
 check is an array operation. Python-level work is done only for rejected rows.
 
-Limits: fields are comma-separated UTF-8 text (UTF-16 and UTF-32, recognised by a
-byte-order mark or by the zero bytes of ASCII text, are converted); a quoted field
-may hold commas but not line breaks (such a row is reported as a field-count
-error). Lines end in ``\n``, ``\r\n`` or ``\r\r\n``; a line holding a NUL byte, a
-``\r`` before its end or bytes that are not UTF-8 is a bad row (``text``). Numbers
-are parsed correctly rounded, so a price equals ``float()`` of its text; unix
-times are read from their text as exact integers (never through a double, which
-is hundreds of nanoseconds off at today's times).
+Files in the shapes the common sources publish (issue 11): any of four delimiters,
+files without a header (a column list, or Binance's kline dumps as they are), unix
+times in any unit, ISO-8601, ``strftime`` patterns, a date and a time column, day-first
+dates, local times of a zone; a file whose first rows are all set aside alike is
+refused (:class:`UnreadableSource`) rather than dead-lettered row by row.
+
+Limits: fields are separated by ``,`` ``;`` tab or ``|`` (sniffed, or named) in UTF-8
+text (UTF-16 and UTF-32, recognised by a byte-order mark or by the zero bytes of
+ASCII text, are converted); a quoted field may hold delimiters but not line breaks
+(such a row is reported as a field-count error). Lines end in ``\n``, ``\r\n`` or
+``\r\r\n``, mixed or not; a line holding a NUL byte, a ``\r`` before its end or bytes
+that are not UTF-8 is a bad row (``text``). Numbers are parsed correctly rounded, so
+a price equals ``float()`` of its text; unix times are read from their text as exact
+integers (never through a double, which is hundreds of nanoseconds off at today's
+times).
 
 A source that cannot be read at all (empty, a header and no row, binary data,
 compressed data under a plain name, a stream that fails) raises
@@ -484,8 +491,14 @@ _GENERIC_SYMBOL: Final = ("symbol", "ticker")
 _OHLCV: Final = ("open", "high", "low", "close", "volume")
 _CLOCK_TIME: Final = re.compile(r"^\s*\d{1,2}:\d\d(:\d\d([.,]\d+)?)?\s*$")
 _ISO_DATE: Final = re.compile(r"^\s*[+-]?\d{4}-\d\d")
-_SAMPLE_ROWS: Final = 50
-"""Data rows read ahead to recognise the delimiter, the layout and the time format."""
+_SAMPLE_ROWS: Final = 1_000
+"""Data rows read ahead to recognise the layout and the time format (a day above 12
+in them makes dates day-first: 1,000 rows reach January 13th in an hourly file)."""
+_SAMPLE_BYTES: Final = 1 << 20
+"""Read-ahead stops at the first line that ends past this many bytes."""
+_SNIFF_LINES: Final = 50
+"""Lines (each of at most :data:`_SNIFF_CHARS`) the delimiter is sniffed from."""
+_SNIFF_CHARS: Final = 4096
 
 
 def _layout_error(source: str, header: Sequence[str], problem: str) -> LayoutError:
@@ -1121,7 +1134,8 @@ def sniff_delimiter(lines: Sequence[str]) -> str:
     The standard library's ``csv.Sniffer`` decides (it weighs how consistently each
     character occurs per line, quotes included); where it cannot, the candidate that
     occurs most in line 1, and a comma when none does (a file of one column)."""
-    text = "\n".join(lines)
+    short = [line for line in lines[:_SNIFF_LINES] if len(line) <= _SNIFF_CHARS]
+    text = "\n".join(short or [lines[0][:_SNIFF_CHARS]] if lines else [])
     try:
         found = csv.Sniffer().sniff(text, delimiters=DELIMITERS).delimiter
         if found in DELIMITERS:
@@ -1337,10 +1351,11 @@ class BarReader:
 
     def _read_ahead(self, buf: bytearray, start: int) -> tuple[list[str], int]:
         """The first :data:`_SAMPLE_ROWS` non-blank lines from ``buf[start]`` on (line 2),
-        read into ``buf``, and the number of the line after them."""
+        read into ``buf`` (fewer, once it holds :data:`_SAMPLE_BYTES`), and the number of
+        the line after them."""
         line = 2
         sample: list[str] = []
-        while len(sample) < _SAMPLE_ROWS:
+        while len(sample) < _SAMPLE_ROWS and (not sample or start < _SAMPLE_BYTES):
             end = self._line_end(buf, start, limit=None, line=line)
             if end == start:
                 break
