@@ -105,7 +105,8 @@ class Condition(StatusModel):
 
 
 class Progress(StatusModel):
-    """How far the replay is (row counts are Kafka records of the bars topic)."""
+    """How far the replay is: bars counted by the producer, and how far behind the
+    processor and loader groups are on the bars topic."""
 
     rows_total: int | None = Field(default=None, ge=0)
     """Data rows in the source file, once the producer has counted them."""
@@ -114,16 +115,19 @@ class Progress(StatusModel):
     """Source rows the producer has handled (sent, set aside or out of range)."""
 
     rows_produced: int | None = Field(default=None, ge=0)
-    """Bars in the bars topic."""
+    """Bars in the bars topic (the producer's own count, committed with them)."""
 
     rows_processed: int | None = Field(default=None, ge=0)
-    """Bars the processors have committed."""
+    """Bars the processors have committed: rowsProduced less their lag (low by a few
+    while they run, exact once they are done)."""
 
     rows_loaded: int | None = Field(default=None, ge=0)
-    """Bars the loader has committed to the warehouse."""
+    """Bars the loader has committed to the warehouse: rowsProduced less its lag."""
 
     lag: int | None = Field(default=None, ge=0)
-    """Records not yet consumed, summed over the processor and loader groups."""
+    """Offsets of the job's topics not yet committed by the processor and loader groups,
+    summed. The producer's transaction markers take offsets too: 0 once both groups
+    are past the end, a few more than the bars left while they run."""
 
     percent: (
         Annotated[str, StringConstraints(max_length=8, pattern=r"^(100|[0-9]{1,2}\.[0-9])%$")]
