@@ -312,3 +312,26 @@ def test_a_huge_line_among_the_first_rows_is_read_ahead_once() -> None:
     )
     reader, bars, rejected = read("timestamp,open,high,low,close,volume\n" + rows)
     assert (reader.delimiter, len(bars), [r.line for r in rejected]) == (",", 2_010, [12])
+
+
+HISTDATA = (
+    "20170102 000000;1.05155;1.05197;1.05155;1.05190;0\n"
+    "20170102 000100;1.05189;1.052;1.0518;1.05195;0\n"
+)
+"""HistData's ASCII M1 export: no header, ';', date and time in one field without separators."""
+
+
+def test_a_headerless_histdata_file_takes_its_columns_and_says_so_without_them() -> None:
+    with pytest.raises(SourceError) as err:
+        read(HISTDATA)
+    assert "Line 1 holds mostly numbers: if the file has no header, name its columns" in str(
+        err.value
+    )
+    reader, bars, rejected = read(
+        HISTDATA, columns=["time", "open", "high", "low", "close", "volume"]
+    )
+    assert (reader.layout.time_format, rejected) == ("%Y%m%d %H%M%S", [])
+    assert [(b.ts_ns, b.close, b.line) for b in bars] == [
+        (ns("2017-01-02T00:00:00Z"), 1.0519, 1),
+        (ns("2017-01-02T00:01:00Z"), 1.05195, 2),
+    ]

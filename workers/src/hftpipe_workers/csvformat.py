@@ -503,9 +503,17 @@ _SNIFF_CHARS: Final = 4096
 
 def _layout_error(source: str, header: Sequence[str], problem: str) -> LayoutError:
     known = "; ".join(f"{name}: {cols}" for name, cols in KNOWN_LAYOUTS.items())
+    numbers = sum(_number(h) is not None for h in header)
+    headerless = (
+        " Line 1 holds mostly numbers: if the file has no header, name its columns: "
+        "--columns time,open,high,low,close,volume (HFTPIPE_COLUMNS; a ReplayJob's "
+        "spec.source.columns)."
+        if numbers * 2 > len(header)
+        else ""
+    )
     return LayoutError(
         f"{source}: {problem}. Columns found: {list(header)}. Known layouts: {known}. "
-        f"For another layout pass a column mapping ({ColumnMapping.SPEC_HELP})."
+        f"For another layout pass a column mapping ({ColumnMapping.SPEC_HELP}).{headerless}"
     )
 
 
