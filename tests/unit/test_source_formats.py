@@ -335,3 +335,58 @@ def test_a_headerless_histdata_file_takes_its_columns_and_says_so_without_them()
         (ns("2017-01-02T00:00:00Z"), 1.0519, 1),
         (ns("2017-01-02T00:01:00Z"), 1.05195, 2),
     ]
+
+
+XFAIL_REPEATED_HOUR = pytest.mark.xfail(
+    strict=True, reason="the repeated hour is inferred per block, over all symbols at once"
+)
+
+NY_FALL_BACK = [  # local New York times of 2024-11-03, every 15 min, and the UTC meant
+    ("2024-11-03 00:45", "2024-11-03T04:45:00Z"),
+    ("2024-11-03 01:00", "2024-11-03T05:00:00Z"),  # EDT
+    ("2024-11-03 01:15", "2024-11-03T05:15:00Z"),
+    ("2024-11-03 01:30", "2024-11-03T05:30:00Z"),
+    ("2024-11-03 01:45", "2024-11-03T05:45:00Z"),
+    ("2024-11-03 01:00", "2024-11-03T06:00:00Z"),  # EST: the hour again
+    ("2024-11-03 01:15", "2024-11-03T06:15:00Z"),
+    ("2024-11-03 01:30", "2024-11-03T06:30:00Z"),
+    ("2024-11-03 01:45", "2024-11-03T06:45:00Z"),
+    ("2024-11-03 02:00", "2024-11-03T07:00:00Z"),
+]
+
+
+@pytest.mark.parametrize(
+    "block_bytes",
+    [
+        *(pytest.param(b, marks=XFAIL_REPEATED_HOUR) for b in (2000, 2485, 2873)),
+        4 << 20,
+    ],
+)
+def test_the_repeated_hour_across_block_boundaries(block_bytes: int) -> None:
+    """Three days of New York minutes up to 02:30 on 2024-11-03 (150 KB: past what the
+    reader reads ahead); the smaller blocks end inside the repeated hour."""
+    from datetime import UTC, datetime, timedelta  # noqa: PLC0415
+    from zoneinfo import ZoneInfo  # noqa: PLC0415
+
+    zone = ZoneInfo("America/New_York")
+    first = datetime(2024, 10, 31, tzinfo=UTC)
+    instants = [first + timedelta(minutes=i) for i in range(3 * 1440 + 7 * 60 + 30)]
+    lines = [f"{t.astimezone(zone):%Y-%m-%d %H:%M},1,2,0.5,1.5,10\n" for t in instants]
+    assert sum(line.startswith("2024-11-03 01:") for line in lines) == 120
+    text = "time,open,high,low,close,volume\n" + "".join(lines)
+    _, bars, rejected = read(text, timezone="America/New_York", block_bytes=block_bytes)
+    assert rejected == []
+    assert [b.ts_ns for b in bars] == [int(t.timestamp()) * 10**9 for t in instants]
+
+
+@XFAIL_REPEATED_HOUR
+def test_the_repeated_hour_with_symbols_interleaved() -> None:
+    lines = [
+        f"{local},{sym},1,2,0.5,1.5,10\n" for local, _ in NY_FALL_BACK for sym in ("AAA", "BBB")
+    ]
+    text = "time,symbol,open,high,low,close,volume\n" + "".join(lines)
+    _, bars, rejected = read(text, timezone="America/New_York")
+    assert rejected == []
+    for sym in ("AAA", "BBB"):
+        times = [b.ts_ns for b in bars if b.symbol == sym]
+        assert times == [ns(utc) for _, utc in NY_FALL_BACK]
