@@ -1066,50 +1066,59 @@ def _time_texts(frame: pd.DataFrame, columns: tuple[str, ...]) -> pd.Series:
     return date.str.cat(clock, sep=" ").astype(object)
 
 
-def _localize(naive: pd.Series, zone: ZoneInfo | None) -> tuple[IntArray, BoolArray]:
-    """Naive times (datetime64) in ``zone`` (None: UTC) as int64 ns UTC, and which
-    times the zone has no single instant for (in a daylight-saving gap or overlap).
+@dataclass(frozen=True, slots=True)
+class LocalTimes:
+    """Local times read in a zone: ``early`` and ``late`` differ only in a repeated hour
+    (clocks set back: ``early`` is the first pass, daylight time); ``gap`` marks times
+    the zone skips (clocks set forward), which are NaT in both."""
 
-    The zone rules are the zone database's (zoneinfo). A repeated hour (clocks set
-    back) is told apart by the order of the rows, pandas' ``ambiguous="infer"``; where
-    that cannot be inferred (rows of several symbols interleaved, or a block boundary
-    inside the hour), those rows become NaT and are set aside, never guessed."""
+    early: IntArray
+    late: IntArray
+    gap: BoolArray
+
+
+def _localize(naive: pd.Series, zone: ZoneInfo) -> LocalTimes:
+    """Naive times (datetime64) as local times of ``zone`` (the zone database's rules,
+    through zoneinfo), both readings of each, int64 ns UTC. Which reading a row of the
+    repeated hour means is the reader's choice (:meth:`BarReader._resolve_repeated`)."""
     index = pd.DatetimeIndex(naive)
     missing = np.asarray(index.isna())
-    if zone is None:
-        return cast(IntArray, index.asi8.copy()), np.zeros(len(index), dtype=np.bool_)
-    try:
-        local = index.tz_localize(zone, ambiguous="infer", nonexistent="NaT")
-    except Exception:  # noqa: BLE001 - pytz's or pandas' "cannot infer dst time"
-        local = index.tz_localize(zone, ambiguous="NaT", nonexistent="NaT")
-    utc = local.tz_convert("UTC")
-    ns = cast(IntArray, np.asarray(utc.asi8).copy())
-    return ns, np.asarray(utc.isna()) & ~missing
+    readings = []
+    for first_pass in (True, False):
+        flags = np.full(len(index), first_pass, dtype=np.bool_)
+        local = index.tz_localize(zone, ambiguous=flags, nonexistent="NaT")
+        readings.append(cast(IntArray, np.asarray(local.tz_convert("UTC").asi8).copy()))
+    early, late = readings
+    return LocalTimes(early, late, (early == _NAT) & ~missing)
 
 
 def _times_to_ns(
     texts: pd.Series, fmt: str, zone: ZoneInfo | None, *, offsets: bool
-) -> tuple[IntArray, BoolArray | None]:
-    """ISO-8601 or ``strftime`` texts to int64 ns UTC (bad text to NaT), and the rows
-    whose local time ``zone`` has no single instant for (None: no zone)."""
+) -> tuple[IntArray, LocalTimes | None]:
+    """ISO-8601 or ``strftime`` texts to int64 ns UTC (bad text to NaT); with a zone,
+    the rows without an offset as :class:`LocalTimes` too (their first readings are
+    the times returned)."""
     if fmt == "iso":
         if zone is None:
             return _iso_to_ns(texts, may_hold_offsets=offsets), None
         aware = texts.str.contains(_HAS_OFFSET, regex=True, na=False).to_numpy(dtype=np.bool_)
-        out = np.full(len(texts), _NAT, dtype=np.int64)
-        bad = np.zeros(len(texts), dtype=np.bool_)
+        early = np.full(len(texts), _NAT, dtype=np.int64)
         if aware.any():
-            out[aware] = _iso_to_ns(texts[aware], may_hold_offsets=False)
+            early[aware] = _iso_to_ns(texts[aware], may_hold_offsets=False)
+        late, gap = early.copy(), np.zeros(len(texts), dtype=np.bool_)
         if not aware.all():
             naive = pd.to_datetime(texts[~aware], format="ISO8601", errors="coerce")
-            out[~aware], bad[~aware] = _localize(naive, zone)
-        return cast(IntArray, out), bad
+            local = _localize(naive, zone)
+            early[~aware], late[~aware], gap[~aware] = local.early, local.late, local.gap
+        return cast(IntArray, early), LocalTimes(cast(IntArray, early), cast(IntArray, late), gap)
     if "%z" in fmt or "%Z" in fmt:  # the text has its offset: the zone is not needed
         parsed = pd.to_datetime(texts, format=fmt, utc=True, errors="coerce")
         return cast(IntArray, parsed.to_numpy(dtype="datetime64[ns]").view(np.int64)), None
     naive = pd.to_datetime(texts, format=fmt, errors="coerce")
-    ns, bad = _localize(naive, zone)
-    return ns, (bad if zone is not None else None)
+    if zone is None:
+        return cast(IntArray, pd.DatetimeIndex(naive).asi8.copy()), None
+    local = _localize(naive, zone)
+    return local.early, local
 
 
 def _fields_of(text: str, delimiter: str = ",") -> list[str]:
@@ -1665,13 +1674,13 @@ class BarReader:
     ) -> ParsedChunk:
         lay = self.layout
         n = len(frame)
-        zone_bad: BoolArray | None = None
+        local: LocalTimes | None = None
         if ts is not None:
             pass  # unix times, read exactly from the block
         elif lay.time_format in UNIX_UNITS:
             ts = _unix_to_ns(frame[lay.time], lay.time_format)
         else:
-            ts, zone_bad = _times_to_ns(
+            ts, local = _times_to_ns(
                 _time_texts(frame, lay.time_columns), lay.time_format, self.zone, offsets=offsets
             )
         o, h, lo, c, v = (_as_float(frame[col]) for col in lay.ohlcv)
@@ -1681,6 +1690,8 @@ class BarReader:
         else:
             sym = np.full(n, self._symbol, dtype=object)
             sym_missing = np.zeros(n, dtype=np.bool_)
+        if local is not None and bool((local.early != local.late).any()):
+            ts = self._resolve_repeated(local, sym)
 
         time_bad = ts == _NAT
         in_range = ~time_bad & (ts >= self._start) & (ts < self._end)
@@ -1696,10 +1707,10 @@ class BarReader:
         for j in np.flatnonzero(time_bad).tolist():
             text = text_of(j)
             value = " ".join(_field(text, i, self.delimiter) for i in time_idx)
-            if zone_bad is not None and zone_bad[j]:
+            if local is not None and local.gap[j]:
                 reason = (
-                    f"time {value!r} does not exist, or exists twice, in time zone "
-                    f"{self.zone} (a daylight-saving change)"
+                    f"time {value!r} does not exist in time zone {self.zone} (skipped when "
+                    "the clocks were set forward: a daylight-saving change)"
                 )
             else:
                 reason = f"time {value!r} is not a valid {expected}"
@@ -1750,6 +1761,28 @@ class BarReader:
             lines[accepted],
         )
         return ParsedChunk(batch, rejected, out_of_range, 0)
+
+    def _resolve_repeated(self, local: LocalTimes, sym: ObjectArray) -> IntArray:
+        """The times of a block that holds a repeated local hour: a row of that hour is
+        its first pass unless its symbol has already reached that instant (a row before
+        it, in this block or an earlier one), then its second pass.
+
+        Rows are in time order per symbol in a file the reader accepts, so this is the
+        instant each row means, wherever the blocks are cut and however the symbols are
+        interleaved (pandas' ``ambiguous="infer"`` sees one block, all symbols at once).
+        One pass over the block in Python: a block with a clock change, once a year."""
+        ts = local.early.copy()
+        repeated = (local.early != local.late).tolist()
+        nat = int(_NAT)
+        last = {symbol: t for symbol, (t, _) in self._last.items()}
+        rows = zip(sym.tolist(), local.early.tolist(), local.late.tolist(), repeated, strict=True)
+        for j, (symbol, early, late, twice) in enumerate(rows):
+            t = early
+            if twice and early <= last.get(symbol, nat):
+                t = ts[j] = late
+            if t > last.get(symbol, nat):
+                last[symbol] = t
+        return ts
 
     def _check_order(
         self,
