@@ -1076,3 +1076,60 @@ def test_cli_help_for_every_command(subprocess_env: dict[str, str]) -> None:
         )
         assert out.returncode == 0, out.stderr
         assert "Usage" in out.stdout
+
+
+def test_skipping_transaction_markers_writes_only_the_offset_not_the_snapshot(
+    subprocess_env: dict[str, str],
+    kafka: KafkaSettings,
+    redis_settings: RedisSettings,
+    redis_url: str,
+    job: str,
+    tmp_path: Path,
+) -> None:
+    """Caught up, a processor sees a commit marker after each producer transaction (every
+    100 ms per partition) and moves its offset past it. The engine's state is unchanged
+    by a marker, so that move writes the offset alone: the snapshot (the whole state of
+    every window, the largest value the processor writes) is written with bars only."""
+    source = generated_minute_file(tmp_path / "gen.csv", symbols=3, bars=900)
+    produce(subprocess_env, job, source, "--speed", "max")
+    keys = RedisKeys(job)
+    state_keys = {keys.state(p) for p in range(3)}
+    transactions: list[list[list[str]]] = []
+    watching = threading.Event()
+
+    def monitor() -> None:
+        client = redis.Redis.from_url(redis_url)
+        with client.monitor() as m:
+            watching.set()
+            current: list[list[str]] | None = None
+            for entry in m.listen():
+                args = entry["command"].split()
+                verb = args[0].upper()
+                if verb == "MULTI":
+                    current = []
+                elif verb == "EXEC" and current is not None:
+                    transactions.append(current)
+                    current = None
+                elif current is not None:
+                    current.append([verb, *(a.strip('"') for a in args[1:2])])
+                if verb == "ECHO" and "done" in entry["command"]:
+                    return
+
+    thread = threading.Thread(target=monitor, daemon=True)
+    thread.start()
+    assert watching.wait(10)
+    processor = Processor(job=job, kafka=kafka, redis_settings=redis_settings, windows=["1h"])
+    processor.ensure_metrics_topic()
+    report = processor.run(until_caught_up=True, idle_timeout=1.0)
+    assert report.bars_in == 2_700
+    redis.Redis.from_url(redis_url).echo("done")
+    thread.join(10)
+    assert _redis_done(redis.Redis.from_url(redis_url), job) == bars_end(kafka, job)
+    writes = [t for t in transactions if any(c[0] == "SET" and c[1] in state_keys for c in t)]
+    marker_only = [t for t in transactions if not any(c[0] in ("HSET", "ZADD") for c in t)]
+    assert marker_only, "no marker was skipped: the test saw no transaction without bars"
+    snapshots_without_bars = [t for t in marker_only if t in writes]
+    assert not snapshots_without_bars, (
+        f"{len(snapshots_without_bars)} of {len(marker_only)} marker skips rewrote the "
+        f"snapshot: {snapshots_without_bars[:2]}"
+    )

@@ -456,4 +456,7 @@ def test_an_s3_source_is_read_through_the_producers_pod(installed: Cluster) -> N
             json.dumps(status, indent=1),
             cluster.kubectl("logs", "-n", NS, f"job/{job}-producer", "--tail=30", check=False),
         )
+    # A producer that hung on the store would be restarted by its liveness probe and
+    # still complete: no restart, so no hang (one hung after its first request before).
+    assert status["restarts"] == 0, status
     _check_outputs(cluster, job, status)

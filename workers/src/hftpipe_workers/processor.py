@@ -713,11 +713,16 @@ class Processor:
         """The partition was read to ``end``: the offsets between the last bar and there
         hold transaction markers only (or records of aborted transactions, which
         ``read_committed`` never delivers). Move the offset in Redis past them, fenced
-        like any commit, so that the lag reaches 0 and the job can be Complete."""
+        like any commit, so that the lag reaches 0 and the job can be Complete.
+
+        The offset alone: a marker leaves the engine as it was, so the snapshot in Redis
+        (written with the partition's last bars, or absent if it had none, which
+        restores as an empty engine) is already the state at ``end``. Rewriting it
+        cost a write of every window's state per transaction while caught up."""
         part = self._parts.get(partition)
         if part is None or (part.offset or 0) >= end:
             return
-        self._commit_to_redis(partition, part, [], end, [])
+        self._commit_to_redis(partition, part, [], end, [], snapshot=False)
         part.offset = end
 
     def _publish(self, producer: Producer, outputs: list[_Output]) -> None:
@@ -767,9 +772,12 @@ class Processor:
         outputs: list[_Output],
         next_offset: int,
         msgs: list[Message],
+        *,
+        snapshot: bool = True,
     ) -> None:
-        """Send one MULTI/EXEC: every output, the next offset and the engine's snapshot,
-        fenced by WATCHing the partition's offset key (see the module docstring).
+        """Send one MULTI/EXEC: every output, the next offset and (with ``snapshot``) the
+        engine's snapshot, fenced by WATCHing the partition's offset key (see the
+        module docstring).
 
         Its replies are read by :meth:`_confirm_commit`: for a large batch at the
         latest before the next transaction, so that Redis applies this one while
@@ -797,7 +805,10 @@ class Processor:
                 commands.append(_zadd_command(history, scores, out.messages))
                 commands.append(_command(b"ZREMRANGEBYRANK", history, b"0", b"%d" % -(limit + 1)))
         commands.append(_command(b"SET", offset_key, b"%d" % next_offset))
-        commands.append(_command(b"SET", keys.state(partition).encode(), part.engine.snapshot()))
+        if snapshot:
+            commands.append(
+                _command(b"SET", keys.state(partition).encode(), part.engine.snapshot())
+            )
         self._confirm_commit()  # the previous transaction first: it set the offset we expect
         expected = None if part.offset is None else str(part.offset).encode()
         pool = self.redis.connection_pool
