@@ -1099,7 +1099,7 @@ def test_skipping_transaction_markers_writes_only_the_offset_not_the_snapshot(
 
     def monitor() -> None:
         client = redis.Redis.from_url(redis_url)
-        with client.monitor() as m:
+        with client.monitor() as m:  # type: ignore[no-untyped-call]
             watching.set()
             current: list[list[str]] | None = None
             for entry in m.listen():
