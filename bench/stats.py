@@ -230,6 +230,42 @@ def evaluate_targets(results: Mapping[str, Any]) -> list[Target]:
     ]
 
 
+def quix_target(results: Mapping[str, Any]) -> Target:
+    """Issue 12's target against Quix Streams: our processor >= 10x its sliding-window job
+    (the same windows and outputs), judged only when Quix's outputs agreed with ours."""
+    ratio_ = (results.get("ratios") or {}).get("processor_over_quix_sliding")
+    quix = (results.get("quix") or {}).get("sliding") or {}
+    agreed = (quix.get("agreement") or {}).get("ok")
+    value = _x(ratio_) if agreed is not False else f"{_x(ratio_)} (outputs differ)"
+    met = None if ratio_ is None or agreed is not True else ratio_ >= 10
+    return Target("processor vs Quix Streams, sliding windows", ">= 10x", value, met)
+
+
+def _quix_row(
+    quix: Mapping[str, Any] | None, ratio_: float | None, mode: str
+) -> tuple[str, str, str, str]:
+    """A table row for one Quix Streams run: its rate, and whether its outputs agreed."""
+    quix = quix or {}
+    agreement = quix.get("agreement") or {}
+    checked = sum(
+        int((agreement.get(k) or {}).get("compared", 0)) for k in ("samples", "redis_latest")
+    )
+    ok = agreement.get("ok")
+    verdict = None if ok is None else "agree with ours" if ok else "**differ from ours**"
+    agreed = f"; outputs {verdict} ({checked:,} checked)" if verdict else ""
+    windows = "sliding, `.current()`" if mode == "sliding" else "hopping 1 min, `.final()`"
+    name = (
+        f"Quix Streams {quix.get('quixstreams', '')} ({windows}; "
+        f"{_num(quix.get('bars'), '')} bars, its Redis sink{agreed})"
+    )
+    return (
+        name,
+        _num(quix.get("bars_per_second"), " bars/s", 1),
+        "our processor / Quix",
+        _x(ratio_),
+    )
+
+
 def _num(value: float | None, unit: str, digits: int = 0) -> str:
     if value is None:
         return "n/a"
@@ -333,14 +369,16 @@ def results_table(doc: Mapping[str, Any]) -> str:
             "our processor / naive",
             _x(g("ratios", "processor_over_naive")),
         ),
-    ]
+        *(_quix_row(g("quix", mode), g("ratios", f"processor_over_quix_{mode}"), mode)
+          for mode in ("sliding", "hopping")),
+    ]  # fmt: skip
     out = [
         "| Measurement | Result | Baseline (same run) | Ratio / baseline figure |",
         "|---|---:|---|---:|",
     ]
     out += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     out += ["", "| Target | Goal | Measured | Verdict |", "|---|---|---:|---|"]
-    for t in evaluate_targets(r):
+    for t in [*evaluate_targets(r), quix_target(r)]:
         out.append(f"| {t.name} | {t.goal} | {t.value} | {_met(t.met)} |")
     return "\n".join(out) + "\n"
 

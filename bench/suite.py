@@ -11,9 +11,11 @@ loopback, removed afterwards):
 5. our processor alone on that pre-filled topic (rate, RSS);
 6. the same processor under cProfile for a slice (where the time goes);
 7. the naive per-message pandas processor on the first bars of that topic;
-8. end to end: the processor waits, the producer starts, stop when caught up;
-9. broker limit, latency: ``ProducerPerformance`` paced at that rate;
-10. event-to-Redis latency at a paced rate.
+8. Quix Streams, the same job with its sliding windows, on the first bars of that topic;
+9. the same with its hopping windows;
+10. end to end: the processor waits, the producer starts, stop when caught up;
+11. broker limit, latency: ``ProducerPerformance`` paced at that rate;
+12. event-to-Redis latency at a paced rate.
 
 See ``bench/README.md`` for what each figure means.
 """
@@ -48,6 +50,8 @@ RESULTS_DIR = BENCH_DIR / "results"
 README = BENCH_DIR / "README.md"
 PARTITIONS = 3
 """Partitions of every bars topic, the producer's default (one symbol uses one of them)."""
+QUIX_WINDOWS = ("5m", "15m", "1h", "1d")
+"""The processor's windows in the bench (``bench.probe``'s default; ``session`` comes too)."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,7 @@ class Config:
     mode: str
     rows: int
     naive_bars: int
+    quix_bars: int
     profile_bars: int
     latency_rate: int
     latency_seconds: int
@@ -85,6 +90,9 @@ def parse_args(argv: list[str] | None) -> Config:
     )
     parser.add_argument("--rows", type=int, help="generated minute bars (default 4,000,000)")
     parser.add_argument("--naive-bars", type=int, help="bars for the pandas baseline")
+    parser.add_argument(
+        "--quix-bars", type=int, help="bars for each Quix Streams baseline (0: skip them)"
+    )
     parser.add_argument("--profile-bars", type=int, help="bars for the cProfile run")
     parser.add_argument("--latency-rate", type=int, default=10_000, help="bars/s (10,000)")
     parser.add_argument("--latency-seconds", type=int, help="length of the paced run")
@@ -104,6 +112,7 @@ def parse_args(argv: list[str] | None) -> Config:
         mode="quick" if quick else "full",
         rows=args.rows or (500_000 if quick else 4_000_000),
         naive_bars=args.naive_bars or (5_000 if quick else 20_000),
+        quix_bars=(3_000 if quick else 6_000) if args.quix_bars is None else args.quix_bars,
         profile_bars=args.profile_bars or (100_000 if quick else 300_000),
         latency_rate=args.latency_rate,
         latency_seconds=args.latency_seconds or (10 if quick else 25),
@@ -494,7 +503,7 @@ class Bench:
         return parsed
 
     def broker_latency(self, record_size: int) -> dict[str, Any]:
-        """Phase 9: ``ProducerPerformance`` paced at the latency run's rate, with our latency
+        """Phase 11: ``ProducerPerformance`` paced at the latency run's rate, with our latency
         profile's settings: the broker's own send -> ack latency, the floor under ours."""
         cfg = self.config
         topic = "bench.latency-baseline"
@@ -554,8 +563,59 @@ class Bench:
             "top_own_time": stats.top_functions(rows),
         }
 
+    def quix(self, mode: str, topic: str, bars: int) -> dict[str, Any]:
+        """Phases 8 and 9: Quix Streams' job (``bench/quix_vwap.py``, in the bench's own
+        venv) on the first ``bars`` bars of the topic; its outputs checked against ours."""
+        import redis  # noqa: PLC0415
+
+        from . import quix, quixenv  # noqa: PLC0415
+
+        py = quixenv.ensure_venv(log)
+        job = f"bench-quix-{mode}"
+        result = self.scratch / f"quix-{mode}.json"
+        cmd = [str(py), str(BENCH_DIR / "quix_vwap.py"), "--mode", mode]
+        cmd += ["--bootstrap", self.bootstrap, "--topic", topic, "--redis-url"]
+        cmd += [self.env["REDIS_URL"], "--bars", str(bars), "--windows", ",".join(QUIX_WINDOWS)]
+        cmd += ["--job", job, "--group", f"{job}-{time.time_ns()}", "--result", str(result)]
+        cmd += ["--state-dir", str(self.scratch / f"quix-state-{mode}")]
+        cmd += ["--sample-every", str(max(1, bars // 50))]  # ~50 bars per window checked
+        proc = self._popen(cmd, stdout=None)
+        timeout = 300 + bars / 2  # ~25 bars/s was measured: 2 is ten times slower
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise RuntimeError(f"Quix Streams did not finish within {timeout:.0f} s") from exc
+        if proc.returncode != 0:
+            raise RuntimeError(f"bench/quix_vwap.py exited with {proc.returncode}")
+        report: dict[str, Any] = json.loads(result.read_text())
+        client = redis.Redis.from_url(self.env["REDIS_URL"])
+        try:
+            labels = [*QUIX_WINDOWS, "session"]
+            keys = [f"{job}:latest:{datagen.SYMBOL}:{w}" for w in labels]
+            values: list[bytes | None] = client.mget(keys)  # type: ignore[assignment]
+        finally:
+            client.close()
+        bars_read = quix.read_bars(self.bootstrap, topic, bars)
+        agreement = quix.check(
+            report, dict(zip(labels, values, strict=True)), bars_read, QUIX_WINDOWS
+        )
+        summary = {k: v for k, v in report.items() if k not in ("samples", "last")}
+        summary.update(
+            agreement=agreement,
+            venv=str(py.parent.parent),
+            packages=(py.parent.parent / ".installed").read_text().split(),
+        )
+        if report["bars"] != bars:
+            summary["error_after_measuring"] = f"Quix processed {report['bars']} of {bars} bars"
+        elif not agreement["ok"]:
+            summary["error_after_measuring"] = (
+                "Quix Streams' outputs do not agree with ours: "
+                + json.dumps({k: agreement[k] for k in ("samples", "redis_latest")})[:1500]
+            )
+        return summary
+
     def end_to_end(self, job: str, source: Path, bars: int) -> dict[str, Any]:
-        """Phase 8: processor waiting, then the producer; producer start -> processor caught up."""
+        """Phase 10: processor waiting, then the producer; producer start -> processor caught up."""
         self.job_topics(job)
         proc, result = self.start_probe(job, bars)
         started = time.time()
@@ -572,7 +632,7 @@ class Bench:
         }
 
     def latency(self, job: str, source: Path) -> dict[str, Any]:
-        """Phase 10: paced producer (latency profile) -> processor (latency profile), every bar."""
+        """Phase 12: paced producer (latency profile) -> processor (latency profile), every bar."""
         cfg = self.config
         self.job_topics(job)
         proc, result = self.start_probe(job, cfg.latency_bars, profile="latency", latency=True)
@@ -642,7 +702,7 @@ class Phases:
         results: dict[str, Any],
         cleanup: Callable[[], None],
         servers: dict[str, int],
-        total: int = 10,
+        total: int = 12,
     ) -> None:
         self.results, self.cleanup, self.total = results, cleanup, total
         self.servers = servers
@@ -668,6 +728,10 @@ class Phases:
         started = time.monotonic()
         try:
             target[key] = measure()
+            failed = target[key].get("error_after_measuring")
+            if failed:  # measured, kept, and the run fails all the same
+                self.errors.append(f"phase {self.number} ({title}): {failed}")
+                log(f"phase {self.number} FAILED: {failed}")
         except Exception as exc:  # noqa: BLE001 - one failed phase must not lose the others
             self.errors.append(f"phase {self.number} ({title}): {type(exc).__name__}: {exc}")
             log(f"phase {self.number} FAILED: {type(exc).__name__}: {exc}")
@@ -718,6 +782,12 @@ def ratios(r: dict[str, Any]) -> dict[str, float | None]:
         "processor_over_naive": stats.ratio(
             g("processor_alone", "bars_per_second"), g("naive", "bars_per_second")
         ),
+        "processor_over_quix_sliding": stats.ratio(
+            g("processor_alone", "bars_per_second"), g("quix", "sliding", "bars_per_second")
+        ),
+        "processor_over_quix_hopping": stats.ratio(
+            g("processor_alone", "bars_per_second"), g("quix", "hopping", "bars_per_second")
+        ),
     }
 
 
@@ -738,7 +808,7 @@ def run(config: Config) -> int:
     dataset = datagen.ensure_dataset(config.rows)
     latency_source = datagen.ensure_dataset(config.latency_bars)
     record_size = mean_encoded_size(dataset)
-    results: dict[str, Any] = {"producer": {}}
+    results: dict[str, Any] = {"producer": {}, "quix": {}}
     tp_job = "bench-produce-tp"
     log("starting an ephemeral stack (Kafka, Redis)...")
     with ephemeral_stack(("kafka", "redis")) as stack, tempfile.TemporaryDirectory() as scratch:
@@ -789,6 +859,17 @@ def run(config: Config) -> int:
                 bars=min(config.naive_bars, config.rows),
             ),
         )
+        quix_bars = min(config.quix_bars, config.rows)
+        for mode in ("sliding", "hopping"):
+            if not quix_bars:
+                log(f"Quix Streams baseline, {mode} windows: skipped (--quix-bars 0)")
+                continue
+            phases.run(
+                f"Quix Streams baseline, {mode} windows",
+                mode,
+                lambda mode=mode: bench.quix(mode, bars_topic, quix_bars),  # type: ignore[misc]
+                into=results["quix"],
+            )
         phases.run(
             "end to end", "end_to_end", lambda: bench.end_to_end("bench-e2e", dataset, config.rows)
         )
