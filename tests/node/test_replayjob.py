@@ -36,8 +36,8 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from oracle import assert_close, oracle, redis_history
 
-from hftpipe_devstack import charts, images
-from hftpipe_devstack.cluster import Cluster
+from hftpipe_devstack import images
+from hftpipe_devstack.cluster import NAMESPACE, OPERATOR_NAMESPACE, Cluster
 from hftpipe_devstack.testing import s3_endpoint, wait_for
 from hftpipe_operator.naming import Names
 from hftpipe_workers.contract import RedisKeys, Topics, job_id
@@ -45,39 +45,15 @@ from hftpipe_workers.contract import RedisKeys, Topics, job_id
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_JOB = REPO / "k8s" / "replayjob.yaml"
 SAMPLE_DATA = REPO / "workers/src/hftpipe_workers/sample_data/btcusdt_1h_binance.csv.gz"
-OPERATOR_NS = "hftpipe-system"
-NS = "default"
-
-
-def _helm(cluster: Cluster, verb: str, release: str, chart: Path, *args: str) -> None:
-    done = charts.helm_chart(verb, chart, *args, release=release, env=cluster.env)
-    assert done.returncode == 0, f"helm {verb} {release}:\n{done.stdout}\n{done.stderr}"
+OPERATOR_NS = OPERATOR_NAMESPACE
+NS = NAMESPACE
 
 
 @pytest.fixture(scope="module")
 def installed(cluster: Cluster) -> Cluster:
-    """Both charts installed as the README says, into a restricted ``default``."""
-    cluster.kubectl(
-        "label", "namespace", NS, "--overwrite",
-        "pod-security.kubernetes.io/enforce=restricted",
-    )  # fmt: skip
-    _helm(
-        cluster, "install", "hftpipe-stack", REPO / "charts/hftpipe-stack",
-        "-n", NS, "-f", str(REPO / "charts/hftpipe-stack/values-kind.yaml"),
-        # Forced here: no Strimzi operator runs (its images cannot be pulled), so no
-        # Kafka/KafkaNodePool objects; the stack's broker stands behind the same Service.
-        "--set", "kafka.enabled=false",
-        # Forced here: the official redis image cannot be pulled; a labelled stand-in.
-        "--set", f"redis.image.repository={images.REDIS_IMAGE.rsplit(':', 1)[0]}",
-        "--set", f"redis.image.tag={images.REDIS_IMAGE.rsplit(':', 1)[1]}",
-        "--wait", "--timeout", "5m",
-    )  # fmt: skip
-    _helm(
-        cluster, "install", "hftpipe-operator", REPO / "charts/hftpipe-operator",
-        "-n", OPERATOR_NS, "--create-namespace",
-        "-f", str(REPO / "charts/hftpipe-operator/values-kind.yaml"),
-        "--wait", "--timeout", "5m",
-    )  # fmt: skip
+    """Both charts installed as ``make cluster-up`` installs them (the README's helm
+    commands and the overrides this machine forces), into a restricted ``default``."""
+    cluster.install_releases()
     return cluster
 
 
@@ -309,8 +285,8 @@ def test_faults_on_the_real_node_leave_the_outputs_of_an_uninterrupted_run(
     at(12000)
     _kill_container(cluster, f"{job}-loader", "loader")
     at(18000)
-    _helm(
-        cluster, "upgrade", "hftpipe-operator", REPO / "charts/hftpipe-operator",
+    cluster.helm(
+        "upgrade", "hftpipe-operator", REPO / "charts/hftpipe-operator",
         "-n", OPERATOR_NS, "-f", str(REPO / "charts/hftpipe-operator/values-kind.yaml"),
         # A CRD change (its resource policy) and a new operator pod (a new setting).
         "--set", "crds.keep=false", "--set", "operator.statusInterval=3",

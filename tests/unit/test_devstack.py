@@ -495,3 +495,28 @@ def test_the_devstack_uv_pin_is_the_makefiles() -> None:
     from dockerfile import makefile_uv_version  # noqa: PLC0415
 
     assert makefile_uv_version(Path(__file__).resolve().parents[2]) == versions.UV
+
+
+def test_cluster_up_installs_both_charts_with_only_the_overrides_this_machine_forces() -> None:
+    """What ``make cluster-up`` (and the node tier) installs: the README's helm commands
+    for kind, plus exactly the two overrides no registry forces (no Strimzi objects;
+    the Redis stand-in image), nothing that would hide a broken sample or chart."""
+    from hftpipe_devstack import images  # noqa: PLC0415
+    from hftpipe_devstack.cluster import release_installs  # noqa: PLC0415
+
+    installs = release_installs()
+    assert [release for release, _, _ in installs] == ["hftpipe-stack", "hftpipe-operator"]
+    for _, chart, args in installs:
+        assert (chart / "Chart.yaml").is_file()
+        values = args[args.index("-f") + 1]
+        assert values == str(chart / "values-kind.yaml")
+        assert Path(values).is_file()
+    sets = {
+        args[i + 1] for _, _, args in installs for i, token in enumerate(args) if token == "--set"
+    }
+    repository, tag = images.REDIS_IMAGE.rsplit(":", 1)
+    assert sets == {
+        "kafka.enabled=false",
+        f"redis.image.repository={repository}",
+        f"redis.image.tag={tag}",
+    }

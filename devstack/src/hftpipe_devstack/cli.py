@@ -17,6 +17,26 @@ DEMO_COMPONENTS = ("kafka", "redis")
 """What the demo's pipeline needs; the Kubernetes API is for the operator."""
 
 
+class ReleaseError(RuntimeError):
+    """A chart did not install on the cluster."""
+
+
+def _install_releases(stack: Stack) -> None:
+    """The two charts on the new cluster, as the README's helm commands say (with the
+    overrides this machine forces, :func:`cluster.release_installs`)."""
+    from .cluster import Cluster, release_installs  # noqa: PLC0415 - cluster runs only
+
+    for release, _chart, args in release_installs():
+        print(f"helm install {release} ... -n {args[args.index('-n') + 1]}", flush=True)
+    try:
+        Cluster(stack).install_releases()
+    except AssertionError as exc:  # Cluster's calls assert on a failed command
+        raise ReleaseError(
+            f"{exc}\nThe cluster is up without the releases: fix the cause, then "
+            "`make cluster-down && make cluster-up`, or install them by hand (README)."
+        ) from exc
+
+
 def _demo(stack: Stack, *, stop: bool) -> int:
     """``make demo``: the stack's Kafka and Redis (started if none runs), then the product's
     own ``hftpipe demo`` against them, as a user would run it against theirs."""
@@ -69,6 +89,12 @@ def main(argv: list[str] | None = None) -> int:
         help=f"a real node too (root): same as --only {','.join(CLUSTER_COMPONENTS)}",
     )
     up.add_argument(
+        "--no-releases",
+        action="store_true",
+        help="with --cluster: install neither chart (by default the stack chart and the "
+        "operator chart are installed, so `kubectl apply -f k8s/replayjob.yaml` runs)",
+    )
+    up.add_argument(
         "--kafka-scram",
         action="store_true",
         help="Kafka with SASL/SCRAM-SHA-512 and ACLs enforced, as in production; the env "
@@ -110,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{key}={value}")
         elif args.command == "up":
             env = stack.up()
+            if "node" in stack.components and not args.no_releases:
+                _install_releases(stack)
             print("Local stack is up:")
             for key, value in sorted(env.items()):
                 print(f"  {key}={value}")
@@ -136,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{record.name:24} pid {record.pid:<8} {state:8} ports {record.ports}"
                     f"  log {record.log}"
                 )
-    except (StartError, install.InstallError) as exc:
+    except (StartError, install.InstallError, ReleaseError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
