@@ -41,7 +41,6 @@ import json
 import math
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -234,8 +233,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.windows = [w.strip() for w in args.windows.split(",") if w.strip()]
 
-    # A dependency of Quix Streams warns about its own dependency on import: not ours to fix.
-    warnings.filterwarnings("ignore", message="The httpx module is deprecated")
     import quixstreams  # type: ignore[import-not-found, unused-ignore]  # noqa: PLC0415
 
     report = _Report(args.bars, args.sample_every)
