@@ -426,6 +426,9 @@ class Layout:
     headerless: bool = False
     note: str = ""
     """How the time format was chosen, when it was not named (for the log)."""
+    file_format: str = ""
+    """The container of a binary source (``parquet``, ``arrow``...; see
+    :mod:`.arrowformat`); empty for CSV text."""
 
     @property
     def ohlcv(self) -> tuple[str, str, str, str, str]:
@@ -449,6 +452,8 @@ class Layout:
             extra += f", {DELIMITER_NAMES[self.delimiter]}-separated"
         if self.headerless:
             extra += ", no header"
+        if self.file_format:
+            extra += f", {self.file_format}"
         return f"{self.name} (time={self.time} as {self.time_format}{note}, {cols}{sym}{extra})"
 
 
@@ -1294,23 +1299,17 @@ class BarReader:
         timezone: str | None = None,
         fail_fast_rows: int = FAIL_FAST_ROWS,
     ) -> None:
-        self.source = source if source is not None else str(getattr(stream, "name", "<stream>"))
-        _check_choices(self.source, mapping=mapping, layout=layout, time_format=time_format)
-        self.zone = _zone(timezone)
+        self._init_checks(
+            source if source is not None else str(getattr(stream, "name", "<stream>")),
+            mapping=mapping,
+            layout=layout,
+            time_format=time_format,
+            timezone=timezone,
+            start_ns=start_ns,
+            end_ns=end_ns,
+            fail_fast_rows=fail_fast_rows,
+        )
         self._block_bytes = block_bytes
-        self._start = start_ns if start_ns is not None else np.iinfo(np.int64).min + 1
-        self._end = end_ns if end_ns is not None else np.iinfo(np.int64).max
-        if self._start >= self._end:
-            raise ValueError(
-                f"{self.source}: empty time range: start {format_utc(self._start)} is not "
-                f"before end {format_utc(self._end)}"
-            )
-        self.stats = ReadStats()
-        self._seq = 0
-        self._last: dict[str, tuple[int, int]] = {}  # symbol -> (ts_ns, line) last accepted
-        self._fail_fast_rows = fail_fast_rows
-        self._watching = fail_fast_rows > 0
-        self._watched: list[RejectedRow] = []
 
         try:
             self._stream, self.encoding = utf8_stream(stream)
@@ -1365,6 +1364,41 @@ class BarReader:
         # Times are text: ISO and patterns for pandas' parser, unix for the exact one.
         text_columns = (*self.layout.time_columns, self.layout.symbol)
         self._dtypes = {c: str for c in text_columns if c is not None}
+
+    def _init_checks(
+        self,
+        source: str,
+        *,
+        mapping: ColumnMapping | None,
+        layout: LayoutName | Literal["auto"],
+        time_format: str | None,
+        timezone: str | None,
+        start_ns: int | None,
+        end_ns: int | None,
+        fail_fast_rows: int,
+    ) -> None:
+        """The state the row checks keep, whatever the file's format (CSV here, Parquet
+        and Arrow in :mod:`.arrowformat`): choices, zone, time range, order, failing fast."""
+        self.source = source
+        _check_choices(self.source, mapping=mapping, layout=layout, time_format=time_format)
+        self.zone = _zone(timezone)
+        self._start = start_ns if start_ns is not None else np.iinfo(np.int64).min + 1
+        self._end = end_ns if end_ns is not None else np.iinfo(np.int64).max
+        if self._start >= self._end:
+            raise ValueError(
+                f"{self.source}: empty time range: start {format_utc(self._start)} is not "
+                f"before end {format_utc(self._end)}"
+            )
+        self.stats = ReadStats()
+        self._seq = 0
+        self._last: dict[str, tuple[int, int]] = {}  # symbol -> (ts_ns, line) last accepted
+        self._fail_fast_rows = fail_fast_rows
+        self._watching = fail_fast_rows > 0
+        self._watched: list[RejectedRow] = []
+
+    def _column_index(self, column: str) -> int:
+        """Where ``column`` is among the fields of a rejected row's text."""
+        return self.layout.header.index(column)
 
     def _read_ahead(self, buf: bytearray, start: int) -> tuple[list[str], int]:
         """The first :data:`_SAMPLE_ROWS` non-blank lines from ``buf[start]`` on (line 2),
@@ -1469,7 +1503,7 @@ class BarReader:
         """What would read ``row`` (a row of a file refused by :meth:`_unreadable`)."""
         lay = self.layout
         if row.kind == "time":
-            index = [lay.header.index(c) for c in lay.time_columns]
+            index = [self._column_index(c) for c in lay.time_columns]
             values = [
                 " ".join(_field(r.text, i, self.delimiter) for i in index) for r in self._watched
             ]
@@ -1671,12 +1705,17 @@ class BarReader:
         *,
         offsets: bool,
         ts: IntArray | None = None,
+        local: LocalTimes | None = None,
     ) -> ParsedChunk:
+        """Check the rows of ``frame`` (file lines ``lines``) and keep the valid ones.
+
+        ``ts``: their times when already read (unix text read from the block, or typed
+        Arrow columns), with ``local`` for local times of the zone; else the times are
+        read from the frame's time column(s) in the layout's format."""
         lay = self.layout
         n = len(frame)
-        local: LocalTimes | None = None
         if ts is not None:
-            pass  # unix times, read exactly from the block
+            pass  # read by the caller
         elif lay.time_format in UNIX_UNITS:
             ts = _unix_to_ns(frame[lay.time], lay.time_format)
         else:
@@ -1702,7 +1741,7 @@ class BarReader:
         candidate = in_range & ~values_bad & ~symbol_bad
 
         rejected: list[RejectedRow] = []
-        time_idx = [lay.header.index(col) for col in lay.time_columns]
+        time_idx = [self._column_index(col) for col in lay.time_columns]
         expected = _TIME_HELP.get(lay.time_format, f"time in the format {lay.time_format!r}")
         for j in np.flatnonzero(time_bad).tolist():
             text = text_of(j)
@@ -1718,7 +1757,7 @@ class BarReader:
         for j in np.flatnonzero(values_bad).tolist():
             text = text_of(j)
             fields = _fields_of(text, self.delimiter)
-            ro, rh, rl, rc, rv = (fields[lay.header.index(col)] for col in lay.ohlcv)
+            ro, rh, rl, rc, rv = (fields[self._column_index(col)] for col in lay.ohlcv)
             code = int(codes[j])
             values = (float(o[j]), float(h[j]), float(lo[j]), float(c[j]), float(v[j]))
             reason = describe_reason(code, values, raw=(ro, rh, rl, rc, rv))
