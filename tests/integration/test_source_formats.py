@@ -12,6 +12,8 @@ option that would read it, exit code 2, and no topic left behind.
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -19,11 +21,15 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pyarrow as pa  # type: ignore[import-untyped]
+import pyarrow.parquet as pq  # type: ignore[import-untyped]
 import pytest
 from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient
+from faults import assert_every_bar_once, committed_bars, record_count
+from pyarrow import feather
 
-from hftpipe_devstack.testing import run_produce
+from hftpipe_devstack.testing import CLI, produce, run_produce, wait_for
 from hftpipe_workers import codec
 from hftpipe_workers.bars import Bar
 from hftpipe_workers.contract import Topics
@@ -263,3 +269,100 @@ def test_day_or_month_first_unknown_asks_for_the_format_by_name(
     assert f"error: {path}: the times of column 'Gmt time'" in line, line
     assert "--time-format '%d.%m.%Y %H:%M:%S.%f' (day first)" in line
     assert "--time-format '%m.%d.%Y %H:%M:%S.%f' (month first)" in line
+
+
+# ------------------------------------------------- Parquet and Arrow IPC (point 4)
+
+
+def wall_minutes(n: int, zone: ZoneInfo) -> tuple[list[datetime], list[int]]:
+    """``n`` minutes of New York's wall clock across the night the clocks went back
+    (2024-11-03: 01:00-02:00 twice), and the UTC instants they mean."""
+    start = datetime(2024, 11, 3, 4, 0, tzinfo=UTC) - timedelta(minutes=n // 2)
+    instants = [start + timedelta(minutes=i) for i in range(n)]
+    return [t.astimezone(zone).replace(tzinfo=None) for t in instants], [
+        int(t.timestamp()) * NS for t in instants
+    ]
+
+
+@pytest.mark.parametrize("kind", ["parquet", "feather"])
+def test_a_parquet_file_of_several_row_groups_in_local_time(
+    kind: str, data: Path, subprocess_env: dict[str, str], kafka_bootstrap: str
+) -> None:
+    """4,000 minutes in row groups (or IPC batches) of 700, naive wall times of New York
+    through the repeated hour, one row with a NaN price: every other row on the topic at
+    the instant it means, the bad one dead-lettered."""
+    n, bad = 4_000, 1_234
+    walls, instants = wall_minutes(n, ZoneInfo("America/New_York"))
+    columns: dict[str, list[Any]] = {"time": walls, "open": [], "high": [], "low": []}
+    columns |= {"close": [], "volume": []}
+    rows: list[Row] = []
+    for i in range(n):
+        o, h, lo, c, v = prices(i)
+        if i == bad:
+            o = float("nan")
+        for name, value in zip(
+            ("open", "high", "low", "close", "volume"), (o, h, lo, c, v), strict=True
+        ):
+            columns[name].append(value)
+        if i != bad:
+            rows.append((instants[i], o, h, lo, c, v))
+    table = pa.table({**columns, "time": pa.array(walls, type=pa.timestamp("us"))})
+    path = data / f"minutes.{kind}"
+    if kind == "parquet":
+        pq.write_table(table, path, row_group_size=700)
+        assert pq.ParquetFile(path).metadata.num_row_groups == 6
+    else:
+        feather.write_feather(table, path, chunksize=700, compression="uncompressed")
+    job, report, stderr = replay(subprocess_env, path, "--timezone", "America/New_York")
+    assert (report["produced"], report["dead_lettered"]) == (n - 1, 1), report
+    assert "time=time as timestamp[us] (the column's own type)" in stderr
+    assert ("Parquet" if kind == "parquet" else "Arrow IPC file") in stderr
+    assert_topic_holds(kafka_bootstrap, job, rows)
+
+
+def test_a_parquet_replay_killed_mid_way_resumes_with_every_row_once(
+    data: Path, subprocess_env: dict[str, str], kafka_bootstrap: str
+) -> None:
+    """3 symbols of 3,000 minutes in row groups of 1,000, paced, SIGKILLed twice once bars
+    are on the topic: a rerun adds the rest, every row exactly once."""
+    per_symbol, symbols = 3_000, ("BTC", "ETH", "SOL")
+    n = per_symbol * len(symbols)
+    start = 1_704_067_200 * NS
+    table = pa.table(
+        {
+            "timestamp": pa.array(
+                [start + 60 * NS * (i // 3) for i in range(n)], type=pa.timestamp("ns", tz="UTC")
+            ),
+            **{k: [prices(i)[j] for i in range(n)] for j, k in enumerate(("open", "high", "low"))},
+            "close": [prices(i)[3] for i in range(n)],
+            "volume": [prices(i)[4] for i in range(n)],
+            "symbol": [symbols[i % 3] for i in range(n)],
+        }
+    )
+    path = data / "three-symbols.parquet"
+    pq.write_table(table, path, row_group_size=1_000)
+    job = new_job()
+    topic = Topics.for_job(job).bars
+    cmd = [*CLI, "produce", str(path), "--job", job, "--rate", "1500", "--metrics-port", "-1"]
+    seen = 0
+    for more in (1_200, 2_500):
+        proc = subprocess.Popen(
+            cmd, env=subprocess_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+
+        def added(more: int = seen + more) -> int | None:
+            count = record_count(kafka_bootstrap, topic)
+            return count if count >= more else None
+
+        seen = wait_for(added, 90, f"{seen + more} bars in the topic")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        seen = record_count(kafka_bootstrap, topic)
+    report = produce(subprocess_env, job, path)
+    assert report["skipped_already_in_kafka"] > 0, "the kills must land mid-replay"
+    assert report["produced"] + report["skipped_already_in_kafka"] == n, report
+    assert_every_bar_once(committed_bars(kafka_bootstrap, topic), n)
+    bars = topic_bars(kafka_bootstrap, job)
+    assert [(b.symbol, b.ts_ns, b.close) for b in bars] == [
+        (symbols[i % 3], start + 60 * NS * (i // 3), prices(i)[3]) for i in range(n)
+    ]

@@ -32,6 +32,7 @@ from hftpipe_workers.csvformat import (
     SourceError,
     UnreadableSource,
 )
+from hftpipe_workers.producer import count_rows
 
 NS = 1_000_000_000
 START = parse_utc("2024-01-01T00:00:00Z")
@@ -277,6 +278,19 @@ def test_csv_only_options_are_refused_for_parquet_and_csv_still_reads() -> None:
     reader, bars, _ = read_all(csv, source="x.csv", symbol="X")
     assert type(reader) is BarReader
     assert len(bars) == 1
+
+
+def test_the_producer_counts_the_rows_of_parquet_and_arrow_from_their_metadata(
+    tmp_path: Path,
+) -> None:
+    table = minute_table(1_000)
+    pq.write_table(table, tmp_path / "a.parquet", row_group_size=300)
+    with ipc.new_file(tmp_path / "a.feather", table.schema) as write:
+        write.write_table(table, max_chunksize=128)
+    with ipc.new_stream(tmp_path / "a.arrows", table.schema) as write:
+        write.write_table(table, max_chunksize=128)
+    for name in ("a.parquet", "a.feather", "a.arrows"):
+        assert count_rows(str(tmp_path / name)) == 1_000, name
 
 
 def test_a_truncated_parquet_file_is_a_source_error() -> None:

@@ -245,7 +245,7 @@ class S3Source(ApiModel):
 
 
 class SourceSpec(ApiModel):
-    """The CSV file to replay and which part of it."""
+    """The file to replay (CSV, Parquet or Arrow) and which part of it."""
 
     rules = (
         Rule(
@@ -309,9 +309,9 @@ class SourceSpec(ApiModel):
     )
 
     url: Annotated[str, StringConstraints(min_length=1, max_length=2048)]
-    """The CSV file, optionally compressed (.gz, .bz2, .xz, .zst): a path in the
-    producer's container (on `volume`, or shipped in the image), or a file://,
-    s3:// (see `s3`), http:// or https:// URL."""
+    """The CSV file, optionally compressed (.gz, .bz2, .xz, .zst), or a Parquet or Arrow
+    IPC (Feather v2) file: a path in the producer's container (on `volume`, or shipped in
+    the image), or a file://, s3:// (see `s3`), http:// or https:// URL."""
 
     s3: S3Source | None = None
     """Endpoint, region and credentials for an `s3://` URL."""

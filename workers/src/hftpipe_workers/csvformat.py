@@ -427,8 +427,8 @@ class Layout:
     note: str = ""
     """How the time format was chosen, when it was not named (for the log)."""
     file_format: str = ""
-    """The container of a binary source (``parquet``, ``arrow``...; see
-    :mod:`.arrowformat`); empty for CSV text."""
+    """What a binary source is (``Parquet``, ``Arrow IPC file (Feather v2)``...: see
+    :mod:`.arrowformat`), for the log; empty for CSV text."""
 
     @property
     def ohlcv(self) -> tuple[str, str, str, str, str]:

@@ -1,11 +1,13 @@
-"""Producer: replay a CSV of bars into Kafka at a chosen pace, resumably.
+"""Producer: replay a file of bars into Kafka at a chosen pace, resumably.
 
 Reading is streamed (fsspec: local paths, ``file://``, ``s3://``, ``https://``;
 gzip and other compressions by file suffix), parsing is the columnar
-:mod:`.csvformat`. Each bar goes to the bars topic keyed by symbol, to a
-partition chosen by a stable hash of the symbol (so order per symbol holds and
-resuming knows where every bar would have gone). Rejected rows go to the
-dead-letter topic with their file, line and reason.
+:mod:`.csvformat` (CSV text) or :mod:`.arrowformat` (Parquet, Arrow IPC), whichever
+:func:`~.arrowformat.open_reader` finds the file to be. Each bar goes to the bars
+topic keyed by symbol, to a partition chosen by a stable hash of the symbol (so order
+per symbol holds and resuming knows where every bar would have gone). Rejected rows go
+to the dead-letter topic with their file, line (a Parquet or Arrow row's number) and
+reason.
 
 Exactly once into the topics, with Kafka transactions (issue 10, points 2 and 15):
 
@@ -60,7 +62,8 @@ import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from . import codec
+from . import arrowformat, codec
+from .arrowformat import open_reader
 from .contract import PROGRESS_TOPIC_CONFIG, Groups, ProducerProgress, Topics, transactional_id
 from .csvformat import (
     REJECT_KINDS,
@@ -342,11 +345,18 @@ def count_rows(url: str) -> int:
     """Data rows in the file (lines minus the header, blank lines excluded): for ETA.
 
     Reads the whole file: a stream that fails (a truncated archive...) is a
-    :class:`SourceError` naming the line it got to.
+    :class:`SourceError` naming the line it got to. Parquet and Arrow IPC files say
+    their rows in their metadata (an IPC stream is read through).
     """
     stream, _ = open_source(url)
     lines, last = 0, b"\n"
     with stream:
+        found = arrowformat.source_format(url, arrowformat.peek(stream))
+        if found != "csv":
+            try:
+                return arrowformat.count_rows(stream, found)
+            except Exception as exc:  # whatever stops the stream: one message
+                raise read_error(url, 1, exc) from exc
         try:
             text, _encoding = utf8_stream(stream)
             # Small reads: a stream that fails loses the read in progress, and the
@@ -524,7 +534,7 @@ class Replay:
 
     def _reader(self, stream: IO[bytes], **options: Any) -> BarReader:
         try:
-            return BarReader(
+            return open_reader(
                 stream,
                 source=self.source,
                 symbol=self.symbol,

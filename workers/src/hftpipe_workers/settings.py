@@ -299,8 +299,9 @@ class ProduceSettings(WorkerSettings):
     """Options of ``hftpipe produce``."""
 
     source: str = Field(min_length=1)
-    """CSV file: a path, file://, s3:// or https:// URL; .gz, .bz2, .xz, .zst are
-    decompressed."""
+    """CSV, Parquet or Arrow IPC (Feather v2) file: a path, file://, s3:// or https://
+    URL; .gz, .bz2, .xz, .zst are decompressed; Parquet and Arrow are told by their first
+    bytes (or a .parquet, .pq, .arrow, .feather, .ipc suffix)."""
 
     speed: str | None = None
     """Pace on event time: 60x is sixty times real time, max is as fast as possible
@@ -331,12 +332,12 @@ class ProduceSettings(WorkerSettings):
     the named way)."""
 
     delimiter: DelimiterChoice = "auto"
-    """Field delimiter: comma, semicolon, tab or pipe (|); auto sniffs it from the first
-    lines."""
+    """Field delimiter of CSV text: comma, semicolon, tab or pipe (|); auto sniffs it from
+    the first lines."""
 
     columns: str | None = Field(default=None, min_length=1)
-    """Column names of a file without a header, comma-separated (line 1 is then a row),
-    e.g. time,open,high,low,close,volume. Binance's kline dumps need none."""
+    """Column names of a CSV file without a header, comma-separated (line 1 is then a
+    row), e.g. time,open,high,low,close,volume. Binance's kline dumps need none."""
 
     time_format: str | None = Field(default=None, min_length=1)
     """Format of the time column, instead of the one recognised: unix (the unit from
