@@ -371,6 +371,19 @@ def results_table(doc: Mapping[str, Any]) -> str:
         ),
         *(_quix_row(g("quix", mode), g("ratios", f"processor_over_quix_{mode}"), mode)
           for mode in ("sliding", "hopping")),
+        *(
+            (
+                f"Reading a {label} file (every row checked, no Kafka)",
+                _num(g("reading", key, "rows_per_second"), " rows/s"),
+                f"{baseline} of the same rows (whole file, no checks)",
+                _x(g("ratios", ratio)),
+            )
+            for label, key, baseline, ratio in (
+                ("CSV", "csv", "pyarrow.csv.read_csv", "csv_reader_over_pyarrow_csv"),
+                ("Parquet", "parquet", "pyarrow.parquet.read_table",
+                 "parquet_reader_over_pyarrow_parquet"),
+            )
+        ),
     ]  # fmt: skip
     out = [
         "| Measurement | Result | Baseline (same run) | Ratio / baseline figure |",

@@ -15,7 +15,9 @@ loopback, removed afterwards):
 9. the same with its hopping windows;
 10. end to end: the processor waits, the producer starts, stop when caught up;
 11. broker limit, latency: ``ProducerPerformance`` paced at that rate;
-12. event-to-Redis latency at a paced rate.
+12. event-to-Redis latency at a paced rate;
+13. reading speed: our CSV and Parquet readers against pyarrow's own of the same
+    rows (no broker; :mod:`bench.reading`).
 
 See ``bench/README.md`` for what each figure means.
 """
@@ -702,7 +704,7 @@ class Phases:
         results: dict[str, Any],
         cleanup: Callable[[], None],
         servers: dict[str, int],
-        total: int = 12,
+        total: int = 13,
     ) -> None:
         self.results, self.cleanup, self.total = results, cleanup, total
         self.servers = servers
@@ -788,6 +790,14 @@ def ratios(r: dict[str, Any]) -> dict[str, float | None]:
         "processor_over_quix_hopping": stats.ratio(
             g("processor_alone", "bars_per_second"), g("quix", "hopping", "bars_per_second")
         ),
+        "csv_reader_over_pyarrow_csv": stats.ratio(
+            g("reading", "csv", "rows_per_second"),
+            g("reading", "csv", "pyarrow_rows_per_second"),
+        ),
+        "parquet_reader_over_pyarrow_parquet": stats.ratio(
+            g("reading", "parquet", "rows_per_second"),
+            g("reading", "parquet", "pyarrow_rows_per_second"),
+        ),
     }
 
 
@@ -797,6 +807,7 @@ def run(config: Config) -> int:
     from hftpipe_workers.contract import Topics  # noqa: PLC0415
 
     from .naive import run_naive  # noqa: PLC0415
+    from .reading import reading_speed  # noqa: PLC0415
 
     started = time.monotonic()
     date = datetime.now(UTC).strftime("%Y-%m-%d")
@@ -882,6 +893,11 @@ def run(config: Config) -> int:
             f"latency at {config.latency_rate:,} bars/s",
             "latency",
             lambda: bench.latency("bench-latency", latency_source),
+        )
+        phases.run(
+            "reading speed, CSV and Parquet, against pyarrow",
+            "reading",
+            lambda: reading_speed(dataset),
         )
     errors = phases.errors
     results["ratios"] = ratios(results)

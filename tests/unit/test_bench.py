@@ -206,3 +206,25 @@ def test_a_sampled_stack_counts_for_its_innermost_known_frame() -> None:
         "encode metrics"
     )
     assert stats.classify_stack([("/elsewhere.py", "f")]) == "other"
+
+
+# -- reading speed (issue 11) ----------------------------------------------------------
+
+
+def test_reading_speed_reads_both_formats_and_the_table_shows_them(tmp_path: Path) -> None:
+    from bench import reading, suite  # noqa: PLC0415
+
+    csv_path = datagen.ensure_dataset(20_000, tmp_path, log=False)
+    figures = reading.reading_speed(csv_path, repeat=1)
+    assert reading.parquet_of(csv_path).exists()
+    for kind in ("csv", "parquet"):
+        assert figures[kind]["rows"] == 20_000
+        assert figures[kind]["rows_per_second"] > 0
+        assert figures[kind]["over_pyarrow"] > 0
+    ratios = suite.ratios({"reading": figures})
+    assert ratios["parquet_reader_over_pyarrow_parquet"] == pytest.approx(
+        figures["parquet"]["over_pyarrow"], rel=1e-3
+    )
+    table = stats.results_table({"results": {"reading": figures, "ratios": ratios}})
+    assert "| Reading a Parquet file (every row checked, no Kafka) |" in table
+    assert "pyarrow.csv.read_csv of the same rows" in table
