@@ -31,7 +31,7 @@ from pyarrow import feather
 
 from hftpipe_devstack.testing import CLI, produce, run_produce, wait_for
 from hftpipe_workers import codec
-from hftpipe_workers.bars import Bar
+from hftpipe_workers.bars import Bar, format_utc
 from hftpipe_workers.contract import Topics
 from hftpipe_workers.kafka_admin import read_to_end, reader
 
@@ -202,7 +202,7 @@ def test_naive_local_times_in_a_zone_with_daylight_saving(
         *("--timezone", "America/New_York", "--time-format", "%m/%d/%Y %H:%M"),
     )
     assert (report["produced"], report["dead_lettered"]) == (96, 0), report
-    assert "naive times in America/New_York" in stderr
+    assert "time zone: America/New_York (times without an offset are its wall-clock" in stderr
     assert_topic_holds(kafka_bootstrap, job, rows)
 
 
@@ -316,7 +316,14 @@ def test_a_parquet_file_of_several_row_groups_in_local_time(
     job, report, stderr = replay(subprocess_env, path, "--timezone", "America/New_York")
     assert (report["produced"], report["dead_lettered"]) == (n - 1, 1), report
     assert "time=time as timestamp[us] (the column's own type)" in stderr
-    assert ("Parquet" if kind == "parquet" else "Arrow IPC file") in stderr
+    assert (
+        "Parquet, 4,000 rows in 6 row groups" if kind == "parquet" else "6 record batches"
+    ) in stderr
+    # What was read, as hftpipe inspect says it, logged at the end.
+    assert (
+        f"first event: {format_utc(instants[0])}; last event: {format_utc(instants[-1])}" in stderr
+    )
+    assert "rows: 4,000 read: 3,999 bars, 1 set aside (not_finite 1), 0 outside" in stderr
     assert_topic_holds(kafka_bootstrap, job, rows)
 
 

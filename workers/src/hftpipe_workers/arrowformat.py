@@ -342,6 +342,17 @@ class ArrowBarReader(BarReader):
         self._columns = list(dict.fromkeys(used))
         """The columns read, in this order in a rejected row's text."""
 
+    @property
+    def container(self) -> str:
+        """The format, and how the file is cut (for the log and ``hftpipe inspect``)."""
+        name = FORMAT_NAMES[self.file_format]
+        if self._parquet is not None:
+            meta = self._parquet.metadata
+            return f"{name}, {meta.num_rows:,} rows in {meta.num_row_groups:,} row groups"
+        if self.file_format == "arrow":
+            return f"{name}, {self._ipc.num_record_batches:,} record batches"
+        return name
+
     # -- opening ---------------------------------------------------------------
 
     def _open(self, stream: Readable) -> tuple[pa.Schema, pa.RecordBatch]:

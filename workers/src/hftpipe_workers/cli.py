@@ -1,4 +1,4 @@
-"""``hftpipe produce | process | load | demo``: the workers' one command line.
+"""``hftpipe produce | process | load | demo | inspect``: the workers' one command line.
 
 Each command's options are generated from its pydantic-settings class in
 :mod:`.settings` (:class:`~.settings.ProduceSettings`...): the option of a field
@@ -32,6 +32,7 @@ from pydantic_settings import BaseSettings
 
 from .contract import Topics
 from .settings import (
+    SOURCE_OPTIONS,
     DemoSettings,
     KafkaSettings,
     LoadSettings,
@@ -137,10 +138,11 @@ def _usage_error(
 
 
 def _settings_command(
-    settings: type[S], *, arguments: tuple[str, ...] = ()
+    settings: type[S], *, arguments: tuple[str, ...] = (), only: tuple[str, ...] = ()
 ) -> Callable[[Callable[[S], None]], Callable[..., None]]:
-    """A typer command with one option per field of ``settings`` (``arguments`` are positional)
-    that calls the decorated function with the settings object."""
+    """A typer command with one option per field of ``settings`` (``arguments`` are positional;
+    ``only``: these fields, the others from the environment or their defaults) that calls the
+    decorated function with the settings object."""
 
     def decorate(body: Callable[[S], None]) -> Callable[..., None]:
         def command(ctx: typer.Context, **values: Any) -> None:
@@ -159,7 +161,7 @@ def _settings_command(
 
         # Arguments, then the command's own options, then those every worker has.
         order = sorted(
-            settings.model_fields,
+            only or settings.model_fields,
             key=lambda n: (n not in arguments, n in _COMMON),
         )
         command.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
@@ -295,6 +297,33 @@ def produce(settings: ProduceSettings) -> None:
             }
         )
     )
+
+
+@app.command("inspect")
+@_settings_command(ProduceSettings, arguments=("source",), only=SOURCE_OPTIONS)
+def inspect_source(settings: ProduceSettings) -> None:
+    """Read a source as produce would, producing nothing: print its format, layout, delimiter,
+    time format and zone, first and last event time, and rows by outcome."""
+    from .arrowformat import open_reader  # noqa: PLC0415 - keep --help fast
+    from .csvformat import SourceError  # noqa: PLC0415
+    from .producer import open_source  # noqa: PLC0415
+    from .sourceinfo import describe_reading, summarize  # noqa: PLC0415
+
+    try:
+        stream, _ = open_source(settings.source)
+        with stream:
+            try:
+                reader = open_reader(stream, source=settings.source, **settings.reader_options)
+            except SourceError:
+                raise
+            except ValueError as exc:  # options the file cannot be read with
+                raise SourceError(" ".join(str(exc).split())) from exc
+            reading = describe_reading(reader)
+            summary = summarize(reader)
+    except (SourceError, FileNotFoundError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo("\n".join([f"source: {settings.source}", *reading, *summary.lines()]))
 
 
 @app.command()

@@ -98,6 +98,7 @@ from .observability import (
 )
 from .pacing import Pacer, Pacing
 from .settings import KafkaSettings
+from .sourceinfo import SourceSummary, describe_reading
 
 log = logging.getLogger("hftpipe.producer")
 
@@ -659,16 +660,17 @@ class Replay:
             if self.show_progress:
                 live.printer = _Progress(live.rows_total, fraction)
             reader = self._reader(stream)
-            zone = f"; naive times in {reader.zone}" if reader.zone else ""
+            # What hftpipe inspect prints: how the file is read now, what came of it at the end.
             log.info(
-                "reading %s: %s%s; pacing: %s",
+                "reading %s: %s; pacing: %s",
                 self.source,
-                reader.layout.describe(),
-                zone,
+                "; ".join(describe_reading(reader)),
                 self.pacing,
             )
+            summary = SourceSummary(self.source)
             try:
                 for chunk in reader:
+                    summary.add(chunk)
                     report.out_of_range += chunk.out_of_range
                     live.rejected += len(chunk.rejected)
                     for row in chunk.rejected:
@@ -683,6 +685,7 @@ class Replay:
                 self._commit(producer)
                 raise
             self._commit(producer)
+        log.info("read %s: %s", self.source, "; ".join(summary.finish(reader.stats).lines()))
         report.seconds = time.monotonic() - started
         # Every bar is committed: only now may the progress record say done.
         self._live(producer, report, done=True)

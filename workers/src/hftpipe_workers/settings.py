@@ -19,7 +19,7 @@ fast: validators that need the parsers import them when they run.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -453,6 +453,21 @@ class ProduceSettings(WorkerSettings):
         return value
 
     @property
+    def reader_options(self) -> dict[str, Any]:
+        """How the source is read, as the readers take it (``arrowformat.open_reader``)."""
+        return {
+            "symbol": self.symbol,
+            "mapping": self.column_mapping,
+            "layout": self.layout,
+            "delimiter": self.delimiter_char,
+            "columns": self.column_list,
+            "time_format": self.time_format,
+            "timezone": self.timezone,
+            "start_ns": self.start_ns,
+            "end_ns": self.end_ns,
+        }
+
+    @property
     def delimiter_char(self) -> str | None:
         """:attr:`delimiter` as the character (None: sniff it)."""
         names = {"auto": None, "tab": "\t", "pipe": "|"}
@@ -583,6 +598,21 @@ class DemoSettings(BaseSettings):
     data_dir: Path = Path(".stack")
     """Where the demo's DuckDB file (demo.duckdb) goes."""
 
+
+SOURCE_OPTIONS: Final = (
+    "source",
+    "symbol",
+    "start",
+    "end",
+    "mapping",
+    "layout",
+    "delimiter",
+    "columns",
+    "time_format",
+    "timezone",
+)
+"""The options of :class:`ProduceSettings` that say how the source is read: ``hftpipe
+inspect`` takes exactly these (from the same variables)."""
 
 COMMAND_SETTINGS: dict[str, type[BaseSettings]] = {
     "produce": ProduceSettings,

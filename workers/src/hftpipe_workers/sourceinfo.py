@@ -1,0 +1,131 @@
+"""What a source holds, read the way the producer reads it (issue 11, point 7).
+
+``hftpipe inspect`` reads a whole source with the producer's options and prints how it
+was read (:func:`describe_reading`: the format, layout, delimiter, time format and zone)
+and what came of its rows (:class:`SourceSummary`: the first and last event time, the
+count of rows by outcome, bars per symbol), without producing anything. The producer
+logs the same: how it reads when it starts, what came of the rows when it is done.
+Nothing here touches Kafka.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import numpy as np
+
+from .bars import format_utc
+from .csvformat import DELIMITER_NAMES, BarReader, ParsedChunk, ReadStats
+
+SYMBOLS_LISTED: Final = 10
+"""Symbols named one by one in a summary (the rest are counted)."""
+
+
+def describe_reading(reader: BarReader) -> list[str]:
+    """How ``reader`` reads its source: ``what: how`` lines, for a log or a terminal."""
+    lay = reader.layout
+    if lay.file_format:
+        form = getattr(reader, "container", lay.file_format)
+    else:
+        headerless = ", no header (columns as given)" if lay.headerless else ", a header line"
+        form = (
+            f"CSV text ({reader.encoding}), {DELIMITER_NAMES[reader.delimiter]}-separated"
+            f"{headerless}"
+        )
+    note = f" ({lay.note})" if lay.note else ""
+    if lay.time_format.startswith("timestamp[") and "tz=" in lay.time_format:
+        zone = "the column's own (its type has a zone): --timezone does not apply"
+    elif reader.zone is not None:
+        zone = f"{reader.zone} (times without an offset are its wall-clock times)"
+    else:
+        zone = "UTC (times without an offset are UTC)"
+    return [
+        f"format: {form}",
+        f"layout: {lay.describe()}",
+        f"time: column {lay.time} as {lay.time_format}{note}",
+        f"time zone: {zone}",
+    ]
+
+
+@dataclass
+class SourceSummary:
+    """What came of a source's rows: fed every chunk a reader yields (:meth:`add`), then
+    the reader's totals (:meth:`finish`)."""
+
+    source: str
+    rows: int = 0
+    """Data rows read (CSV: lines, header and blank lines left out)."""
+    bars: int = 0
+    out_of_range: int = 0
+    blank_lines: int = 0
+    set_aside: Counter[str] = field(default_factory=Counter)
+    """Rows set aside (dead-lettered), by kind (``time``, ``not_finite``...)."""
+    first_ns: int | None = None
+    last_ns: int | None = None
+    symbols: Counter[str] = field(default_factory=Counter)
+    """Bars per symbol."""
+
+    def add(self, chunk: ParsedChunk) -> None:
+        """Count one chunk (array operations, and one step per rejected row)."""
+        batch = chunk.bars
+        if len(batch):
+            low, high = int(batch.ts_ns.min()), int(batch.ts_ns.max())
+            self.first_ns = low if self.first_ns is None else min(self.first_ns, low)
+            self.last_ns = high if self.last_ns is None else max(self.last_ns, high)
+            if (batch.symbol == batch.symbol[0]).all():
+                self.symbols[str(batch.symbol[0])] += len(batch)
+            else:
+                names, counts = np.unique(batch.symbol.astype(str), return_counts=True)
+                self.symbols.update(dict(zip(names.tolist(), counts.tolist(), strict=True)))
+        self.set_aside.update(row.kind for row in chunk.rejected)
+
+    def finish(self, stats: ReadStats) -> SourceSummary:
+        """Take the reader's totals (after its last chunk); returns itself."""
+        self.rows, self.bars = stats.lines, stats.accepted
+        self.out_of_range, self.blank_lines = stats.out_of_range, stats.blank_lines
+        return self
+
+    def lines(self) -> list[str]:
+        """``what: how many`` lines."""
+        kinds = ", ".join(f"{kind} {n:,}" for kind, n in self.set_aside.most_common())
+        outcome = (
+            f"rows: {self.rows:,} read: {self.bars:,} bars, "
+            f"{sum(self.set_aside.values()):,} set aside" + (f" ({kinds})" if kinds else "")
+        )
+        outcome += f", {self.out_of_range:,} outside --start/--end"
+        if self.blank_lines:
+            outcome += f", {self.blank_lines:,} blank lines skipped"
+        listed = ", ".join(f"{s} {n:,}" for s, n in self.symbols.most_common(SYMBOLS_LISTED))
+        more = len(self.symbols) - SYMBOLS_LISTED
+        return [
+            f"first event: {format_utc(self.first_ns) if self.first_ns is not None else '-'}",
+            f"last event: {format_utc(self.last_ns) if self.last_ns is not None else '-'}",
+            outcome,
+            f"symbols: {len(self.symbols):,}"
+            + (f" ({listed}{f', {more:,} more' if more > 0 else ''})" if listed else ""),
+        ]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The summary as plain values (JSON)."""
+        return {
+            "source": self.source,
+            "rows": self.rows,
+            "bars": self.bars,
+            "set_aside": dict(self.set_aside.most_common()),
+            "out_of_range": self.out_of_range,
+            "blank_lines": self.blank_lines,
+            "first_event": format_utc(self.first_ns) if self.first_ns is not None else None,
+            "last_event": format_utc(self.last_ns) if self.last_ns is not None else None,
+            "symbols": dict(self.symbols.most_common()),
+        }
+
+
+def summarize(reader: BarReader) -> SourceSummary:
+    """Read ``reader`` to its end: what came of the rows. A source that cannot be read (or
+    whose first rows are all set aside alike) raises as the producer would."""
+    summary = SourceSummary(reader.source)
+    for chunk in reader:
+        summary.add(chunk)
+    return summary.finish(reader.stats)
