@@ -109,3 +109,48 @@ def test_an_s3_url_with_the_endpoint_and_keys_from_the_environment(
 ) -> None:
     report = produce_source({**subprocess_env, **s3_env}, S3_URL)
     assert (report["produced"], report["dead_lettered"]) == (ROWS, 0), report
+
+
+# ------------------------------------------------- Parquet, local and through fsspec
+
+S3_PARQUET = "s3://market-data/btc/btcusdt_1h.parquet"
+
+
+@pytest.fixture(scope="module")
+def parquet_file(plain_csv: bytes, files: dict[str, Path]) -> Path:
+    """The sample as Parquet (pyarrow's CSV reader types ``date`` as timestamp[s]), in
+    row groups of 10,000, next to the CSV files (so the HTTP server has it too)."""
+    import io  # noqa: PLC0415
+
+    import pyarrow.csv as pacsv  # type: ignore[import-untyped]  # noqa: PLC0415
+    import pyarrow.parquet as pq  # type: ignore[import-untyped]  # noqa: PLC0415
+
+    path = files[""].parent / "btc.parquet"
+    pq.write_table(pacsv.read_csv(io.BytesIO(plain_csv)), path, row_group_size=10_000)
+    return path
+
+
+@pytest.fixture(scope="module")
+def s3_parquet_env(parquet_file: Path) -> Iterator[dict[str, str]]:
+    with s3_endpoint({S3_PARQUET: parquet_file}) as env:
+        yield env
+
+
+@pytest.mark.parametrize("where", ["local", "http", "s3"])
+def test_a_parquet_file_local_over_http_and_on_s3(
+    where: str,
+    parquet_file: Path,
+    http_root: str,
+    request: pytest.FixtureRequest,
+    subprocess_env: dict[str, str],
+) -> None:
+    """Issue 11, point 4: the same rows as the CSV sample, wherever the file is."""
+    env = dict(subprocess_env)
+    if where == "s3":
+        env |= request.getfixturevalue("s3_parquet_env")
+        url = S3_PARQUET
+    else:
+        url = str(parquet_file) if where == "local" else f"{http_root}/btc.parquet"
+        assert count_rows(url) == ROWS
+    report = produce_source(env, url)
+    assert (report["produced"], report["dead_lettered"]) == (ROWS, 0), report

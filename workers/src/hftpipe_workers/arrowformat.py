@@ -21,6 +21,12 @@ first rows (rendered as text for that); the times are read by the time column's 
   text would be). Under another format (``%Y%m%d``) their digits are read as text.
 - string columns: as in CSV (ISO-8601, unix text, ``strftime`` patterns, ``Date+Time``).
 
+Parquet and IPC files are read by position (the footer first, then each row group):
+local files, fsspec's S3 files, and HTTP(S) from servers that answer range requests
+(fsspec fetches a small file whole; a large one from a server that ignores ranges fails
+with fsspec's "doesn't appear to support range requests"). An IPC stream is read in
+order, from anywhere.
+
 A row's ``line`` is its row number in the file (1 is the first row): the dead letters
 carry it and resuming counts on it (the producer re-reads the file and skips what is
 committed, as for CSV). A rejected row's ``text`` is its used columns as a CSV line.
