@@ -121,6 +121,14 @@ def test_an_arrow_ipc_file_and_stream_give_the_same_bars_as_parquet() -> None:
         assert reader.layout.file_format.startswith("Arrow IPC")
 
 
+def test_a_format_named_for_a_timestamp_column_is_said_not_to_apply() -> None:
+    reader, bars, _ = read_all(parquet(minute_table(10)), time_format="unix_ms")
+    assert reader.layout.note == (
+        "the column's own type; the format named, unix_ms, does not apply"
+    )
+    assert bars[0].ts_ns == START
+
+
 def test_naive_timestamps_are_utc_or_wall_times_of_the_zone_daylight_saving_included() -> None:
     # New York, the night clocks went back (2024-11-03): 01:00-02:00 happens twice.
     zone = ZoneInfo("America/New_York")

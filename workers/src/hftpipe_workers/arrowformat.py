@@ -324,10 +324,13 @@ class ArrowBarReader(BarReader):
             kind = _plain_type(self.schema.field(found.time_columns[0]).type)
             if _is_time(kind):
                 # The type says what the values are: no format to recognise or to name.
-                name = "generic-timestamp" if found.name.startswith("generic") else found.name
-                found = replace(
-                    found, name=name, time_format=f"{kind}", note="the column's own type"
+                # A format named for it (--time-format, a mapping's) is not needed: say so.
+                named = time_format is not None or mapping is not None
+                note = "the column's own type" + (
+                    f"; the format named, {found.time_format}, does not apply" if named else ""
                 )
+                name = "generic-timestamp" if found.name.startswith("generic") else found.name
+                found = replace(found, name=name, time_format=f"{kind}", note=note)
             elif not _is_number(kind) and not _is_text(kind):
                 raise LayoutError(
                     f"{self.source}: the time column {found.time!r} is of type {kind}: "
