@@ -1,7 +1,7 @@
 """A small Dockerfile parser for the tests: stages, instructions, ENV, RUN commands.
 
 ``tests/unit/test_dockerfiles.py`` checks the images' Dockerfiles with it, and
-``tests/node/test_images.py`` reads what the images must then be (ENTRYPOINT, the venv,
+``tests/node/test_node_images.py`` reads what the images must then be (ENTRYPOINT, the venv,
 what its ``uv sync`` installs) to check the built images against it. Heredocs are not
 supported.
 """

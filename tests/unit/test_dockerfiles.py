@@ -410,7 +410,7 @@ def test_dependencies_come_from_the_lock_file(image: str) -> None:
 
 def test_operator_image_leaves_out_what_the_operator_never_imports() -> None:
     """The operator image's syncs leave the data plane's libraries out, the same list in
-    each; importing every hftpipe_operator module (as tests/node/test_images.py does in
+    each; importing every hftpipe_operator module (as tests/node/test_node_images.py does in
     the built image) loads none of them, and neither
     the operator nor any module of the workspace it imports needs one at import time."""
     parsed = dockerfile("operator")
