@@ -373,3 +373,23 @@ def test_a_parquet_replay_killed_mid_way_resumes_with_every_row_once(
     assert [(b.symbol, b.ts_ns, b.close) for b in bars] == [
         (symbols[i % 3], start + 60 * NS * (i // 3), prices(i)[3]) for i in range(n)
     ]
+
+
+def test_a_parquet_file_whose_times_cannot_be_read_fails_fast(
+    data: Path, subprocess_env: dict[str, str], kafka_bootstrap: str
+) -> None:
+    """Dukascopy's times as a string column of a Parquet file, read as ISO by a mapping:
+    refused after its first 100 rows, naming the row, the column and the format that reads
+    it; nothing produced."""
+    first = datetime(2017, 1, 13, 22)
+    texts = [f"{first + timedelta(hours=i):%d.%m.%Y %H:%M:%S}.000" for i in range(500)]
+    columns = zip(*(prices(i) for i in range(500)), strict=True)
+    names = ("Open", "High", "Low", "Close", "Volume")
+    table = pa.table({"Gmt time": texts, **dict(zip(names, columns, strict=True))})
+    path = data / "dukascopy.parquet"
+    pq.write_table(table, path, row_group_size=64)
+    mapping = "time=Gmt time:iso,open=Open,high=High,low=Low,close=Close,volume=Volume"
+    line = refused(subprocess_env, kafka_bootstrap, path, "--mapping", mapping)
+    assert line.startswith(f"error: {path}: the first 100 rows were set aside"), line
+    assert "row 1: time '13.01.2017 22:00:00.000' is not a valid ISO-8601 time" in line
+    assert "--time-format '%d.%m.%Y %H:%M:%S.%f'" in line

@@ -39,7 +39,7 @@ import io
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from datetime import date, datetime, time
-from typing import Any, Final, Literal, Protocol, cast
+from typing import Any, ClassVar, Final, Literal, Protocol, cast
 
 import numpy as np
 import pandas as pd  # type: ignore[import-untyped]  # pandas-stubs is not in the lock
@@ -270,6 +270,8 @@ class ArrowBarReader(BarReader):
     object (seekable for Parquet and IPC files: a local file, fsspec's remote files);
     ``file_format``: what it holds (:func:`source_format`). A source pyarrow cannot
     read (a truncated file, another format) is a :class:`~.csvformat.SourceError`."""
+
+    ROW_WORD: ClassVar[str] = "row"
 
     def __init__(
         self,

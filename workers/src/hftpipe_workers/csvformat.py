@@ -1282,6 +1282,9 @@ class BarReader:
     without an offset; unset: UTC).
     """
 
+    ROW_WORD: ClassVar[str] = "line"
+    """What a :attr:`RejectedRow.line` counts, in messages: file lines here."""
+
     def __init__(
         self,
         stream: Readable,
@@ -1496,7 +1499,7 @@ class BarReader:
         which = f"the first {count} rows" if count >= self._fail_fast_rows else f"all {count} rows"
         return UnreadableSource(
             f"{self.source}: {which} were set aside for the same reason, so nothing is "
-            f"replayed: line {first.line}: {first.reason}. {self._hint(first)}"
+            f"replayed: {self.ROW_WORD} {first.line}: {first.reason}. {self._hint(first)}"
         )
 
     def _hint(self, row: RejectedRow) -> str:
