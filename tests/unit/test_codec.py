@@ -13,6 +13,7 @@ from hftpipe_workers.codec import (
     decode_bar,
     decode_bar_metrics,
     decode_bars,
+    decode_metrics_columns,
     encode_bar,
     encode_bar_metrics,
     encode_bars,
@@ -216,3 +217,67 @@ def test_malformed_metrics_messages_say_what_is_wrong() -> None:
     )
     with pytest.raises(CodecError, match=r"field 'n' must be an integer.*\(cut\)$"):
         decode_bar_metrics(long_message)
+
+
+def _metrics_messages(n: int) -> list[bytes]:
+    """*n* metrics messages of three windows, with undefined values and integer floats."""
+    out = []
+    for i in range(n):
+        bar = BAR17._replace(ts_ns=BAR.ts_ns + i * 60_000_000_000, seq=i, close=4000.0 + i)
+        five = METRICS._replace(
+            ts_ns=bar.ts_ns, seq=i, vwap=None if i % 3 == 0 else 4000.0 + i / 7, n_bars=i % 5
+        )
+        out.append(encode_bar_metrics(bar, [five, five._replace(window="1h", std=None), SESSION]))
+    out.append(out[0].replace(b'"c":4000.0', b'"c":4000'))  # a JSON integer for a float
+    return out
+
+
+def test_many_metrics_messages_decode_as_one_by_one() -> None:
+    messages = _metrics_messages(50)
+    cols = decode_metrics_columns(messages)
+    assert cols is not None
+    one_by_one = [decode_bar_metrics(m) for m in messages]
+    assert cols.symbol == [d.symbol for d in one_by_one]
+    assert cols.ts_ns == [d.ts_ns for d in one_by_one]
+    assert cols.seq == [d.seq for d in one_by_one]
+    assert cols.close == [d.close for d in one_by_one]
+    assert all(type(c) is float for c in cols.close)
+    assert cols.bar_volume == [d.bar_volume for d in one_by_one]
+    assert [w.window for w in cols.windows] == ["5m", "1h", "session"]
+    for k, w in enumerate(cols.windows):
+        ms = [d.windows[k] for d in one_by_one]
+        assert (w.n_bars, w.volume, w.vwap, w.sma, w.std, w.ret_std) == (
+            [m.n_bars for m in ms],
+            [m.volume for m in ms],
+            [m.vwap for m in ms],
+            [m.sma for m in ms],
+            [m.std for m in ms],
+            [m.ret_std for m in ms],
+        )
+    assert decode_metrics_columns([]) == ([], [], [], [], [], ())
+
+
+def test_metrics_columns_leave_unusual_batches_to_the_careful_decoder() -> None:
+    """None (decode one by one, which names the problem) for anything but good
+    messages that all carry the same windows."""
+    good = _metrics_messages(3)
+    doc = orjson.loads(good[1])
+    variants = [
+        b"not json",
+        orjson.dumps([1, 2]),
+        orjson.dumps({**doc, "sv": 2}),
+        orjson.dumps({**doc, "s": 5}),
+        orjson.dumps({**doc, "t": 1.5}),
+        orjson.dumps({**doc, "q": True}),
+        orjson.dumps({**doc, "c": None}),
+        orjson.dumps({**doc, "w": []}),
+        orjson.dumps({**doc, "w": {"5m": doc["w"]["5m"]}}),  # other windows
+        orjson.dumps({**doc, "w": {k: doc["w"][k] for k in ("1h", "5m", "session")}}),
+        orjson.dumps({**doc, "w": {**doc["w"], "5m": {**doc["w"]["5m"], "vw": "x"}}}),
+        orjson.dumps({**doc, "w": {**doc["w"], "5m": {**doc["w"]["5m"], "ma": None}}}),
+        orjson.dumps({**doc, "w": {**doc["w"], "5m": {**doc["w"]["5m"], "n": 1.0}}}),
+        orjson.dumps({**doc, "w": {**doc["w"], "5m": 3}}),
+        orjson.dumps({**doc, "w": {**doc["w"], "1h": {"n": 1}}}),
+    ]
+    for variant in variants:
+        assert decode_metrics_columns([*good, variant]) is None, variant

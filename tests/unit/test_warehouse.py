@@ -17,6 +17,7 @@ import duckdb
 import fakesnow
 import numpy as np
 import pandas as pd  # type: ignore[import-untyped]  # pandas-stubs not in the lock
+import pyarrow as pa  # type: ignore[import-untyped]
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -39,10 +40,12 @@ from hftpipe_workers.warehouse import (
     parse_target,
 )
 from hftpipe_workers.warehouse.schema import (
+    arrow_schema,
     create_table_sql,
     markdown_table,
     merge_sql,
     prepare_batch,
+    prepare_table,
     quote,
 )
 from hftpipe_workers.warehouse.snowflake_sink import connect_kwargs, pyformat
@@ -641,20 +644,134 @@ def test_categorical_text_and_aware_loaded_at_are_accepted() -> None:
     assert (batch.frame["loaded_at"] == pd.Timestamp("2024-03-02 12:00")).all()
 
 
-def test_the_loader_builds_frames_with_the_schema_columns() -> None:
-    """Frames the loader builds from Kafka values fit the one schema exactly."""
+def test_the_loader_builds_tables_with_the_schema_columns() -> None:
+    """Arrow tables the loader builds from Kafka values fit the one schema exactly."""
     from hftpipe_workers import codec  # noqa: PLC0415
     from hftpipe_workers.bars import Bar  # noqa: PLC0415
-    from hftpipe_workers.loader import bars_frame, metrics_frame  # noqa: PLC0415
+    from hftpipe_workers.loader import bars_table, metrics_table  # noqa: PLC0415
     from hftpipe_workers.metrics import WindowMetrics  # noqa: PLC0415
 
     bar = Bar("BTCUSDT", 1_700_000_000_000_000_000, 1.0, 2.0, 0.5, 1.5, 0.0, 7, 3)
-    frame = bars_frame("j", [codec.encode_bar(bar)])
-    assert tuple(frame.columns) == BARS.input_columns
+    table, refused = bars_table("j", [codec.encode_bar(bar)])
+    assert tuple(table.column_names) == BARS.input_columns
+    assert not refused
     five = WindowMetrics("BTCUSDT", "5m", bar.ts_ns, 7, 1, 0.0, None, 1.5, None, None)
     message = codec.encode_bar_metrics(bar, [five, five._replace(window="session")])
-    metrics = metrics_frame("j", [message])
-    assert tuple(metrics.columns) == BAR_METRICS.input_columns
-    assert len(metrics) == 1  # the session window is a column, not a row
-    assert metrics.loc[0, "window_seconds"] == 300
-    assert pd.isna(metrics.loc[0, "vwap"])
+    metrics, refused = metrics_table("j", [message])
+    assert tuple(metrics.column_names) == BAR_METRICS.input_columns
+    assert not refused
+    assert metrics.num_rows == 1  # the session window is a column, not a row
+    assert metrics.column("window_seconds").to_pylist() == [300]
+    assert metrics.column("vwap").to_pylist() == [None]
+
+
+# --- Arrow batches: the loader's bulk path ----------------------------------------------
+
+
+def arrow(frame: pd.DataFrame) -> pa.Table:
+    return pa.Table.from_pandas(frame, preserve_index=False)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda t: t.drop_columns(["seq"]), r"missing columns \['seq'\]"),
+        (
+            lambda t: t.set_column(4, "high", pa.array([np.nan] * 3)),
+            r"bars\.high: is null or NaN .* in 3 row\(s\), first at row 0",
+        ),
+        (
+            lambda t: t.set_column(5, "low", pa.array([1.0, np.inf, 1.0])),
+            r"bars\.low: is infinite in 1 row\(s\), first at row 1",
+        ),
+        (
+            lambda t: t.set_column(1, "symbol", pa.array(["A", None, "B"])),
+            r"bars\.symbol: is null in 1 row\(s\), first at row 1",
+        ),
+        (lambda t: t.set_column(0, "job", pa.array(["", "j", "j"])), r"bars\.job: is an empty"),
+        (lambda t: t.set_column(1, "symbol", pa.array([1, 2, 3])), r"bars\.symbol: must hold"),
+        (lambda t: t.set_column(6, "close", pa.array(["1"] * 3)), r"bars\.close: must be numeric"),
+        (lambda t: t.set_column(8, "seq", pa.array([0.0, 1.0, 2.0])), r"bars\.seq: must be int"),
+        (
+            lambda t: t.set_column(2, "bar_time", pa.array([0, 1000, 1], pa.timestamp("ns"))),
+            r"bars\.bar_time: has sub-microsecond precision.* in 1 row\(s\), first at row 2",
+        ),
+        (lambda t: t.set_column(2, "bar_time", pa.array([0, 1, 2])), r"bars\.bar_time: must be"),
+    ],
+)
+def test_bad_arrow_batches_are_refused_with_what_to_do(mutate: Any, message: str) -> None:
+    with pytest.raises(BatchError, match=message):
+        prepare_table(BARS, mutate(arrow(bars(3))), LOADED)
+
+
+def test_an_arrow_batch_is_prepared_as_its_frame_is() -> None:
+    """The same rows, types and duplicate rule from an Arrow table as from a DataFrame:
+    NaN becomes NULL, a zone's instants become naive UTC, the last row of a key wins."""
+    frame = pd.concat([metrics(4), metrics(4).assign(sma_close=7.0).iloc[[1]]], ignore_index=True)
+    want = prepare_batch(BAR_METRICS, frame, LOADED)
+    got = prepare_table(BAR_METRICS, arrow(frame), LOADED)
+    assert got.duplicates == want.duplicates == 1
+    assert got.table.schema == arrow_schema(BAR_METRICS)
+    assert got.table.to_pylist() == arrow(want.frame).cast(arrow_schema(BAR_METRICS)).to_pylist()
+    assert got.table.column("vwap").null_count == 1
+    aware = arrow(bars(2)).set_column(
+        2, "bar_time", pa.array([0, 3_600_000_000], pa.timestamp("us", tz="Europe/Berlin"))
+    )
+    times = prepare_table(BARS, aware, LOADED).table.column("bar_time").to_pylist()
+    assert times == [datetime(1970, 1, 1, 0, 0), datetime(1970, 1, 1, 1, 0)]
+
+
+def test_arrow_and_frame_writes_store_the_same_rows(sink: Sink) -> None:
+    assert sink.write("bar_metrics", arrow(metrics(5))) == 5
+    assert sink.write("bars", arrow(bars(5))) == 5
+    sql = "SELECT * EXCLUDE (loaded_at) FROM {} ORDER BY bar_time"
+    from_arrow = [fetch(sink, sql.format(t)) for t in ("bars", "bar_metrics")]
+    assert sink.write("bar_metrics", metrics(5)) == 5  # the same rows again: updated
+    assert sink.write("bars", bars(5)) == 5
+    assert [fetch(sink, sql.format(t)) for t in ("bars", "bar_metrics")] == from_arrow
+    assert count(sink, "bars") == count(sink, "bar_metrics") == 5
+    assert fetch(sink, "SELECT count(*) FROM bar_metrics WHERE vwap IS NULL")[0][0] == 1
+
+
+def test_the_loader_sets_aside_values_it_cannot_store_and_stages_the_rest() -> None:
+    from hftpipe_workers import codec  # noqa: PLC0415
+    from hftpipe_workers.bars import Bar  # noqa: PLC0415
+    from hftpipe_workers.loader import (  # noqa: PLC0415
+        _metrics_table_slow,
+        bars_table,
+        metrics_table,
+    )
+    from hftpipe_workers.metrics import WindowMetrics  # noqa: PLC0415
+
+    bar = Bar("BTCUSDT", 1_700_000_000_000_000_000, 1.0, 2.0, 0.5, 1.5, 3.0, 7, 3)
+    values = [
+        codec.encode_bar(bar),
+        b"{not json",
+        codec.encode_bar(bar._replace(ts_ns=bar.ts_ns + 1)),  # sub-microsecond
+        codec.encode_bar(bar._replace(ts_ns=bar.ts_ns + 60_000_000_000, seq=8)),
+    ]
+    table, refused = bars_table("j", values)
+    assert [(i, kind) for i, kind, _ in refused] == [(1, "bad_message"), (2, "time_precision")]
+    assert "sub-microsecond" in refused[1][2]
+    assert table.column("seq").to_pylist() == [7, 8]
+
+    messages = []
+    for k in range(3):
+        b = bar._replace(ts_ns=bar.ts_ns + k * 60_000_000_000, seq=k)
+        five = WindowMetrics("BTCUSDT", "5m", b.ts_ns, k, 1, 0.0, None, 1.5, None, None)
+        hour = five._replace(window="1h", vwap=1.5 + k, std=0.1)
+        windows = [five, hour, five._replace(window="session", vwap=2.0 + k)]
+        messages.append(codec.encode_bar_metrics(b, windows[::-1] if k == 2 else windows))
+    key = [("symbol", "ascending"), ("bar_time", "ascending"), ("window", "ascending")]
+    fast, none = metrics_table("j", messages[:2])  # columnar: the same windows
+    slow, none_slow = _metrics_table_slow("j", messages[:2])
+    assert none == none_slow == []
+    assert fast.sort_by(key).to_pylist() == slow.sort_by(key).to_pylist()
+    assert fast.column("session_vwap").to_pylist() == [2.0, 3.0, 2.0, 3.0]
+    mixed, none = metrics_table("j", messages)  # windows in another order: one by one
+    assert none == []
+    assert mixed.num_rows == 6
+    assert mixed.sort_by(key).to_pylist()[:4] == fast.sort_by(key).to_pylist()
+    with_bad, refused = metrics_table("j", [*messages, b"[]"])
+    assert [(i, kind) for i, kind, _ in refused] == [(3, "bad_message")]
+    assert with_bad.to_pylist() == mixed.to_pylist()

@@ -19,15 +19,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from itertools import compress
+from typing import Any, Final, cast
 
-import pandas as pd  # type: ignore[import-untyped]
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa  # type: ignore[import-untyped]
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from . import codec
-from .bars import Bar
 from .codec import CodecError
 from .contract import Groups, Topics, job_id
 from .deadletters import BAD_MESSAGE, CONSUMER_KINDS, TIME_PRECISION, set_aside
@@ -46,73 +48,138 @@ from .observability import (
 )
 from .settings import KafkaSettings
 from .warehouse import Sink
-from .warehouse.schema import BAR_METRICS, BARS
+from .warehouse.schema import BAR_METRICS, LOADED_AT, Table, arrow_schema
 
 log = logging.getLogger("hftpipe.loader")
 
-T = TypeVar("T")
 Poison = tuple[Message, str, str]
 """A record set aside: the message, a kind (see :mod:`.deadletters`), the reason."""
+Refused = tuple[int, str, str]
+"""A value the warehouse cannot store: its index in the batch, a kind, the reason."""
 
 
 NS_PER_US: Final = 1_000
+_NO_ERROR: Final = frozenset((type(None),))
 
 
-def usable(msgs: list[Message], decode: Callable[[bytes], T]) -> tuple[list[T], list[Poison]]:
-    """The decoded records the warehouse can store, and (message, kind, reason) of the
-    others (pure): a record that does not decode, or whose time has a sub-microsecond
-    part (the warehouse keeps microseconds; flooring it could merge two bars)."""
-    good: list[T] = []
-    bad: list[Poison] = []
-    for msg in msgs:
-        try:
-            record = decode(msg.value() or b"")
-        except CodecError as exc:
-            bad.append((msg, BAD_MESSAGE, str(exc)))
-            continue
-        ts_ns = record.ts_ns  # type: ignore[attr-defined]  # Bar and BarMetrics have it
-        if ts_ns % NS_PER_US:
-            bad.append(
-                (
-                    msg,
-                    TIME_PRECISION,
-                    f"bar time {ts_ns} ns has a sub-microsecond part, which the warehouse "
-                    "does not store (it keeps microseconds)",
-                )
+def _time_precision(
+    ts_ns: list[int], refused: list[Refused], positions: list[int]
+) -> npt.NDArray[np.bool_]:
+    """Which of *ts_ns* the warehouse can store (whole microseconds); the others go to
+    *refused*, under their index in the batch (*positions*)."""
+    ts = np.asarray(ts_ns, dtype=np.int64)
+    fine: npt.NDArray[np.bool_] = ts % NS_PER_US == 0
+    for k in np.flatnonzero(~fine).tolist():
+        refused.append(
+            (
+                positions[k],
+                TIME_PRECISION,
+                f"bar time {ts_ns[k]} ns has a sub-microsecond part, which the warehouse "
+                "does not store (it keeps microseconds)",
             )
-            continue
-        good.append(record)
-    return good, bad
+        )
+    return fine
 
 
-def bars_frame(job: str, values: list[bytes] | list[Bar]) -> pd.DataFrame:
-    """Rows of the ``bars`` table from bars-topic values or decoded bars (pure)."""
-    bars = [v if isinstance(v, Bar) else codec.decode_bar(v) for v in values]
-    return pd.DataFrame(
-        {
-            "job": job,
-            "symbol": [b.symbol for b in bars],
-            "bar_time": pd.to_datetime([b.ts_ns for b in bars], unit="ns"),
-            "open": [b.open for b in bars],
-            "high": [b.high for b in bars],
-            "low": [b.low for b in bars],
-            "close": [b.close for b in bars],
-            "volume": [b.volume for b in bars],
-            "seq": pd.array([b.seq for b in bars], dtype="int64"),
-        },
-        columns=list(BARS.input_columns),
+def _times(ts: npt.NDArray[np.int64]) -> pa.Array:
+    return pa.array(ts // NS_PER_US, type=pa.timestamp("us"))
+
+
+def bars_table(job: str, values: Sequence[bytes]) -> tuple[pa.Table, list[Refused]]:
+    """Rows of the ``bars`` table from bars-topic values, as one Arrow table, and the
+    values it cannot store (pure). Columnar: no Python code per bar while the values
+    are good (:func:`.codec.decode_bars_lenient`)."""
+    cols, bad = codec.decode_bars_lenient(values)
+    refused: list[Refused] = [(i, BAD_MESSAGE, reason) for i, reason in bad]
+    skipped = {i for i, _ in bad}
+    positions = (
+        [i for i in range(len(values)) if i not in skipped] if bad else list(range(len(values)))
     )
+    fine = _time_precision(cols.ts_ns, refused, positions)
+    ts = np.asarray(cols.ts_ns, dtype=np.int64)
+    table = pa.table(
+        {
+            "job": pa.repeat(job, len(ts)),
+            "symbol": pa.array(cols.symbol, type=pa.string()),
+            "bar_time": _times(ts),
+            "open": pa.array(cols.open, type=pa.float64()),
+            "high": pa.array(cols.high, type=pa.float64()),
+            "low": pa.array(cols.low, type=pa.float64()),
+            "close": pa.array(cols.close, type=pa.float64()),
+            "volume": pa.array(cols.volume, type=pa.float64()),
+            "seq": pa.array(cols.seq, type=pa.int64()),
+        }
+    )
+    if not fine.all():
+        table = table.filter(pa.array(fine))
+    refused.sort()
+    return table, refused
 
 
-def metrics_frame(job: str, values: list[bytes] | list[codec.BarMetrics]) -> pd.DataFrame:
-    """Rows of the ``bar_metrics`` table (one per bar and window) from metrics-topic values.
+def metrics_table(job: str, values: Sequence[bytes]) -> tuple[pa.Table, list[Refused]]:
+    """Rows of the ``bar_metrics`` table (one per bar and window) from metrics-topic
+    values, as one Arrow table, and the values it cannot store (pure).
 
     The session window becomes the ``session_vwap`` column of every row, not a row.
+    Columnar (:func:`.codec.decode_metrics_columns`) while every value is good and
+    carries the same windows, as the processor writes them; else message by message.
     """
+    cols = codec.decode_metrics_columns(values)
+    if cols is None:
+        return _metrics_table_slow(job, values)
+    refused: list[Refused] = []
+    fine = _time_precision(cols.ts_ns, refused, list(range(len(values))))
+    ts = np.asarray(cols.ts_ns, dtype=np.int64)
+    session = next((w.vwap for w in cols.windows if w.window == SESSION), None)
+    symbol = pa.array(cols.symbol, type=pa.string())
+    times = _times(ts)
+    session_vwap = pa.array(session if session is not None else [None] * len(ts), pa.float64())
+    blocks = []
+    for w in cols.windows:
+        if w.window == SESSION:
+            continue
+        blocks.append(
+            pa.table(
+                {
+                    "job": pa.repeat(job, len(ts)),
+                    "symbol": symbol,
+                    "bar_time": times,
+                    "window": pa.repeat(w.window, len(ts)),
+                    "window_seconds": pa.repeat(
+                        parse_window(w.window).ns // 1_000_000_000, len(ts)
+                    ).cast(pa.int64()),
+                    "vwap": pa.array(w.vwap, type=pa.float64()),
+                    "sma_close": pa.array(w.sma, type=pa.float64()),
+                    "std_close": pa.array(w.std, type=pa.float64()),
+                    "std_log_return": pa.array(w.ret_std, type=pa.float64()),
+                    "bar_count": pa.array(w.n_bars, type=pa.int64()),
+                    "session_vwap": session_vwap,
+                }
+            ).filter(pa.array(fine))
+        )
+    if not blocks:
+        return _empty(BAR_METRICS), refused
+    return pa.concat_tables(blocks).combine_chunks(), refused
+
+
+def _empty(tbl: Table) -> pa.Table:
+    return arrow_schema(tbl).empty_table().drop_columns([LOADED_AT])
+
+
+def _metrics_table_slow(job: str, values: Sequence[bytes]) -> tuple[pa.Table, list[Refused]]:
+    """:func:`metrics_table` message by message: a batch with a bad value, or windows
+    that differ between messages."""
+    refused: list[Refused] = []
     rows: list[tuple[Any, ...]] = []
     seconds: dict[str, int] = {}
-    for value in values:
-        doc = value if isinstance(value, codec.BarMetrics) else codec.decode_bar_metrics(value)
+    for i, value in enumerate(values):
+        try:
+            doc = codec.decode_bar_metrics(value)
+        except CodecError as exc:
+            refused.append((i, BAD_MESSAGE, str(exc)))
+            continue
+        if not _time_precision([doc.ts_ns], refused, [i])[0]:
+            continue
         session = next((m.vwap for m in doc.windows if m.window == SESSION), None)
         for m in doc.windows:
             if m.window == SESSION:
@@ -121,26 +188,41 @@ def metrics_frame(job: str, values: list[bytes] | list[codec.BarMetrics]) -> pd.
                 seconds[m.window] = parse_window(m.window).ns // 1_000_000_000
             rows.append(
                 (
-                    job,
-                    doc.symbol,
-                    doc.ts_ns,
-                    m.window,
-                    seconds[m.window],
-                    m.vwap,
-                    m.sma,
-                    m.std,
-                    m.ret_std,
-                    m.n_bars,
-                    session,
+                    *(job, doc.symbol, doc.ts_ns // NS_PER_US, m.window, seconds[m.window]),
+                    *(m.vwap, m.sma, m.std, m.ret_std, m.n_bars, session),
                 )
             )
-    frame = pd.DataFrame(rows, columns=list(BAR_METRICS.input_columns))
-    frame["bar_time"] = pd.to_datetime(frame["bar_time"], unit="ns")
-    for col in ("vwap", "sma_close", "std_close", "std_log_return", "session_vwap"):
-        frame[col] = frame[col].astype("float64")
-    for col in ("window_seconds", "bar_count"):
-        frame[col] = frame[col].astype("int64")
-    return frame
+    if not rows:
+        return _empty(BAR_METRICS), refused
+    schema = arrow_schema(BAR_METRICS)
+    names = BAR_METRICS.input_columns
+    table = pa.table(
+        {
+            name: pa.array(column, type=schema.field(name).type)
+            for name, column in zip(names, zip(*rows, strict=True), strict=True)
+        }
+    )
+    return table, refused
+
+
+def _values(msgs: list[Message]) -> list[bytes]:
+    """The records' values (an empty value for a tombstone, which then fails to decode)."""
+    values = list(map(Message.value, msgs))
+    return [v or b"" for v in values] if None in values else cast(list[bytes], values)
+
+
+def _last_offsets(topics: list[str | None], msgs: list[Message]) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> the highest offset among *msgs* (their *topics* given),
+    computed in numpy: a partition re-read after a rebalance may come twice in a batch,
+    lower offsets after higher ones, so the last is not always the highest."""
+    # A record (not an error event) always has its topic and partition.
+    keys = cast(list[tuple[str, int]], list(zip(topics, map(Message.partition, msgs), strict=True)))
+    unique = list(dict.fromkeys(keys))
+    index = {key: k for k, key in enumerate(unique)}
+    highest = np.full(len(unique), -1, dtype=np.int64)
+    offsets = np.fromiter(map(Message.offset, msgs), dtype=np.int64, count=len(msgs))
+    np.maximum.at(highest, np.fromiter(map(index.__getitem__, keys), np.int64, len(keys)), offsets)
+    return dict(zip(unique, highest.tolist(), strict=True))
 
 
 @dataclass
@@ -281,8 +363,14 @@ class Loader:
             msgs = consumer.consume(
                 min(10_000, self.batch_max - len(batch)), timeout=min(remaining, 0.2)
             )
-            for msg in msgs:
-                err = msg.error()
+            errors = list(map(Message.error, msgs))
+            # By type: KafkaError's == refuses to compare with None (it raises).
+            if set(map(type, errors)) <= _NO_ERROR:
+                batch += msgs  # the usual case, without Python code per record
+                msgs_or_errors: list[tuple[Message, KafkaError | None]] = []
+            else:
+                msgs_or_errors = list(zip(msgs, errors, strict=True))
+            for msg, err in msgs_or_errors:
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
                         self._ends[(msg.topic() or "", msg.partition() or 0)] = msg.offset() or 0
@@ -303,12 +391,16 @@ class Loader:
         return batch
 
     def _load(self, consumer: Consumer, batch: list[Message], report: LoaderReport) -> None:
-        bar_values, bad = usable(
-            [m for m in batch if m.topic() == self.topics.bars], codec.decode_bar
-        )
-        metric_values, bad_metrics = usable(
-            [m for m in batch if m.topic() == self.topics.metrics], codec.decode_bar_metrics
-        )
+        # Per record, only C calls (map, compress): no Python code per record.
+        topics = list(map(Message.topic, batch))
+        bar_msgs = list(compress(batch, map(self.topics.bars.__eq__, topics)))
+        metric_msgs = list(compress(batch, map(self.topics.metrics.__eq__, topics)))
+        bars, refused_bars = bars_table(self.job_id, _values(bar_msgs))
+        metrics, refused_metrics = metrics_table(self.job_id, _values(metric_msgs))
+        bad: list[Poison] = [(bar_msgs[i], kind, why) for i, kind, why in refused_bars]
+        bad_metrics: list[Poison] = [
+            (metric_msgs[i], kind, why) for i, kind, why in refused_metrics
+        ]
         if bad or bad_metrics:
             # Met again at every restart, they would crash-loop the loader: set aside,
             # and acknowledged before the offsets move past them.
@@ -340,12 +432,12 @@ class Loader:
                     f"{refused[:3]}"
                 )
         started = time.monotonic()
-        if bar_values:
-            n = self.sink.write("bars", bars_frame(self.job_id, bar_values))
+        if bars.num_rows:
+            n = self.sink.write("bars", bars)
             LOADER_ROWS.labels(self.job, "bars", self.backend).inc(n)
-            report.bars += len(bar_values)
-        if metric_values:
-            n = self.sink.write("bar_metrics", metrics_frame(self.job_id, metric_values))
+            report.bars += bars.num_rows
+        if metrics.num_rows:
+            n = self.sink.write("bar_metrics", metrics)
             LOADER_ROWS.labels(self.job, "bar_metrics", self.backend).inc(n)
             report.metrics_rows += n
         LOADER_BATCH_SECONDS.labels(self.job, self.backend).observe(time.monotonic() - started)
@@ -354,15 +446,16 @@ class Loader:
         # Only partitions still assigned: a partition revoked while the batch was
         # collected belongs to another loader now, which re-reads it from the last commit.
         assigned = {(tp.topic, tp.partition) for tp in consumer.assignment()}
-        for m in batch:
-            key = (m.topic() or "", m.partition() or 0)
+        for key, offset in _last_offsets(topics, batch).items():
             if key in assigned:
-                self._pending[key] = max(self._pending.get(key, 0), (m.offset() or 0) + 1)
+                self._pending[key] = max(self._pending.get(key, 0), offset + 1)
         self._reached(consumer)
         self._commit_pending(consumer)
         report.batches += 1
-        RECORDS_IN.labels("loader", self.job, self.topics.bars).inc(len(bar_values))
-        RECORDS_IN.labels("loader", self.job, self.topics.metrics).inc(len(metric_values))
+        RECORDS_IN.labels("loader", self.job, self.topics.bars).inc(len(bar_msgs) - len(bad))
+        RECORDS_IN.labels("loader", self.job, self.topics.metrics).inc(
+            len(metric_msgs) - len(bad_metrics)
+        )
         BATCH_SIZE.labels("loader", self.job).observe(len(batch))
 
     def _reached(self, consumer: Consumer) -> None:

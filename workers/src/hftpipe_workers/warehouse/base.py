@@ -16,8 +16,15 @@ from types import TracebackType
 from typing import Self
 
 import pandas as pd  # type: ignore[import-untyped]  # pandas-stubs not in the lock
+import pyarrow as pa  # type: ignore[import-untyped]
 
-from hftpipe_workers.warehouse.schema import Table, prepare_batch, table
+from hftpipe_workers.warehouse.schema import (
+    Table,
+    arrow_schema,
+    prepare_batch,
+    prepare_table,
+    table,
+)
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +35,7 @@ class Sink(ABC):
     :meth:`write` is the same for every backend: it validates the batch against
     :mod:`~hftpipe_workers.warehouse.schema` and removes in-batch duplicate keys
     (pure, in :func:`~hftpipe_workers.warehouse.schema.prepare_batch`), then
-    hands a clean batch to :meth:`_merge`, the one write path a backend
+    hands a clean Arrow table to :meth:`_merge`, the one write path a backend
     implements. A backend also says how to create its tables, run a query and
     close.
 
@@ -50,36 +57,46 @@ class Sink(ABC):
     ) -> None:
         self.close()
 
-    def write(self, table_name: str, frame: pd.DataFrame) -> int:
+    def write(self, table_name: str, frame: pd.DataFrame | pa.Table) -> int:
         """Merge *frame* into the table *table_name*; return the rows inserted or updated.
 
-        *frame* has exactly the table's columns but ``loaded_at`` (see
-        :func:`~hftpipe_workers.warehouse.schema.prepare_batch` for the rules).
+        *frame* (a pandas DataFrame or an Arrow table, the loader's bulk path) has
+        exactly the table's columns but ``loaded_at`` (see
+        :func:`~hftpipe_workers.warehouse.schema.prepare_batch` and
+        :func:`~hftpipe_workers.warehouse.schema.prepare_table` for the rules).
         Writing the same batch again changes no row count. All or nothing: a
         write that fails leaves the table as it was.
         """
         tbl = table(table_name)
         loaded_at = datetime.now(UTC).replace(tzinfo=None)
-        batch = prepare_batch(tbl, frame, loaded_at)
-        if batch.duplicates:
-            self.duplicates_dropped += batch.duplicates
+        if isinstance(frame, pa.Table):
+            staged, duplicates = prepare_table(tbl, frame, loaded_at)
+        else:
+            batch = prepare_batch(tbl, frame, loaded_at)
+            duplicates = batch.duplicates
+            staged = pa.Table.from_pandas(
+                batch.frame, schema=arrow_schema(tbl), preserve_index=False
+            )
+        if duplicates:
+            self.duplicates_dropped += duplicates
             log.info(
                 "%s batch: %d row(s) replaced by a later row with the same key (last wins)",
                 tbl.name,
-                batch.duplicates,
+                duplicates,
             )
-        if batch.frame.empty:
+        if not staged.num_rows:
             return 0
-        return self._merge(tbl, batch.frame)
+        return self._merge(tbl, staged)
 
     @abstractmethod
     def ensure_tables(self) -> None:
         """Create the tables that do not exist yet; leave existing ones as they are."""
 
     @abstractmethod
-    def _merge(self, tbl: Table, staged: pd.DataFrame) -> int:
-        """Stage *staged* (valid, one row per key, ``loaded_at`` set) and MERGE it into
-        *tbl* atomically; return the rows inserted plus updated."""
+    def _merge(self, tbl: Table, staged: pa.Table) -> int:
+        """Stage *staged* (valid, one row per key, ``loaded_at`` set, typed as
+        :func:`~hftpipe_workers.warehouse.schema.arrow_schema`) and MERGE it into *tbl*
+        atomically; return the rows inserted plus updated."""
 
     @abstractmethod
     def query(self, sql: str, params: Mapping[str, object] | None = None) -> pd.DataFrame:

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import duckdb
 import pandas as pd  # type: ignore[import-untyped]  # pandas-stubs not in the lock
+import pyarrow as pa  # type: ignore[import-untyped]
 
 from hftpipe_workers.warehouse.base import Sink
-from hftpipe_workers.warehouse.schema import TABLES, Table, create_table_sql, merge_sql
+from hftpipe_workers.warehouse.schema import TABLES, Table, create_table_sql, upsert_sql
 
 MEMORY = ":memory:"
 _STAGING = "hftpipe_staging"
@@ -20,7 +21,9 @@ class DuckDBSink(Sink):
     directories), or to a throw-away in-memory database for ``":memory:"``.
 
     Each write is one transaction: the batch is registered as a view over the
-    DataFrame (no copy) and merged with ``MERGE INTO`` (DuckDB >= 1.4).
+    Arrow table (no copy) and merged with ``INSERT ... ON CONFLICT DO UPDATE`` on the
+    primary key (see :func:`~hftpipe_workers.warehouse.schema.upsert_sql` for why not
+    ``MERGE``).
 
     DuckDB allows one writing process per file: a second loader on the same file
     fails to open it. Run one loader per file, or use Snowflake.
@@ -51,14 +54,14 @@ class DuckDBSink(Sink):
         for tbl in TABLES.values():
             self.connection.execute(create_table_sql(tbl, "duckdb"))
 
-    def _merge(self, tbl: Table, staged: pd.DataFrame) -> int:
+    def _merge(self, tbl: Table, staged: pa.Table) -> int:
         con = self.connection
         # Registered outside the transaction: unregistering inside an aborted one fails.
         con.register(_STAGING, staged)
         try:
             con.begin()
             try:
-                row = con.execute(merge_sql(tbl, "duckdb", _STAGING)).fetchone()
+                row = con.execute(upsert_sql(tbl, _STAGING)).fetchone()
                 con.commit()
             except BaseException:
                 con.rollback()
@@ -70,7 +73,7 @@ class DuckDBSink(Sink):
             ) from e
         finally:
             con.unregister(_STAGING)
-        assert row is not None  # MERGE returns one row: the rows it inserted or updated
+        assert row is not None  # one row: the rows it inserted or updated
         return int(row[0])
 
     def query(self, sql: str, params: Mapping[str, object] | None = None) -> pd.DataFrame:

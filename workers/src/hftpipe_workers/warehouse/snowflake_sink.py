@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 import pandas as pd  # type: ignore[import-untyped]  # pandas-stubs not in the lock
+import pyarrow as pa  # type: ignore[import-untyped]
 
 # The settings live outside this package so that reading them (the operator does)
 # imports neither pandas nor the DuckDB sink that ``hftpipe_workers.warehouse`` loads.
@@ -99,6 +100,18 @@ def pyformat(sql: str) -> str:
     return _PARAM.sub(r"%(\1)s", sql.replace("%", "%%"))
 
 
+def staged_frame(tbl: Table, staged: pa.Table) -> pd.DataFrame:
+    """The staged Arrow rows as the DataFrame ``write_pandas`` takes (pure): NULL-able
+    DOUBLEs as pandas' nullable ``Float64`` (NULL, not NaN, in the Parquet files it
+    uploads), times as naive ``datetime64[ns]`` (``use_logical_type`` makes them
+    TIMESTAMP_NTZ)."""
+    frame = staged.to_pandas(coerce_temporal_nanoseconds=True)
+    for col in tbl.columns:
+        if col.nullable:
+            frame[col.name] = frame[col.name].astype("Float64")  # NaN (from NULL) -> NA
+    return frame
+
+
 class SnowflakeSink(Sink):
     """Writes to Snowflake; settings from :class:`SnowflakeSettings` (the environment
     when not given).
@@ -131,15 +144,17 @@ class SnowflakeSink(Sink):
             for tbl in TABLES.values():
                 cur.execute(create_table_sql(tbl, "snowflake"))
 
-    def _merge(self, tbl: Table, staged: pd.DataFrame) -> int:
+    def _merge(self, tbl: Table, staged: pa.Table) -> int:
         import snowflake.connector.pandas_tools  # noqa: PLC0415 - see the module docstring
+
+        frame = staged_frame(tbl, staged)
 
         staging = f"HFTPIPE_STAGING_{tbl.name.upper()}"
         # Upper-case column names, quoted by write_pandas: the staging columns are
         # then the same identifiers as unquoted names, and "WINDOW" (reserved) works.
         success, _chunks, rows, _ = snowflake.connector.pandas_tools.write_pandas(
             self.connection,
-            staged.rename(columns=str.upper),
+            frame.rename(columns=str.upper),
             staging,
             auto_create_table=True,
             overwrite=True,
@@ -147,9 +162,9 @@ class SnowflakeSink(Sink):
             quote_identifiers=True,
             table_type="temporary",
         )
-        if not success or rows != len(staged):
+        if not success or rows != len(frame):
             raise RuntimeError(
-                f"staging {len(staged)} {tbl.name} rows into {staging} loaded {rows}: "
+                f"staging {len(frame)} {tbl.name} rows into {staging} loaded {rows}: "
                 "see the COPY errors in Snowflake's query history"
             )
         # fakesnow (the tests) runs this MERGE as written: it rewrites it into a
