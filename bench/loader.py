@@ -1,0 +1,177 @@
+"""The loader against DuckDB's own ingest of the same rows (issue 12, point 2), one run.
+
+``python -m bench.loader --bars 200000``: a Kafka broker and Redis on loopback
+(removed afterwards), the generated Kaggle-layout file produced to a bars topic
+and run through the processor (so the metrics topic holds one message per bar);
+then, on that pre-filled pair of topics:
+
+- **loader**: :class:`~hftpipe_workers.loader.Loader` into a fresh DuckDB file,
+  every row it writes, over the time it is busy (collecting batches that hold
+  records, and loading them; not the group join nor the idle wait at the end);
+- **DuckDB's own ingest**: the very rows the loader wrote, read back as one Arrow
+  table per warehouse table, inserted into the same empty tables (same DDL,
+  same primary keys) of another fresh file with ``INSERT INTO ... SELECT * FROM``
+  the registered table, in one transaction each.
+
+The ratio is loader rows/s over DuckDB rows/s. ``--repeat`` loads again from
+offset 0 (the loader's group is deleted between runs); ``--profile`` runs one
+more load under cProfile and prints where its time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import os
+import pstats
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import duckdb
+from confluent_kafka.admin import AdminClient
+
+from hftpipe_devstack.stack import ephemeral_stack
+from hftpipe_devstack.testing import produce
+from hftpipe_workers.contract import Groups
+from hftpipe_workers.loader import Loader
+from hftpipe_workers.processor import Processor
+from hftpipe_workers.settings import KafkaSettings, RedisSettings
+from hftpipe_workers.warehouse import TABLES, DuckDBSink
+from hftpipe_workers.warehouse.schema import create_table_sql
+
+from . import datagen
+
+WINDOWS = ("5m", "1h")
+"""The processor's windows here: with ``session``, two ``bar_metrics`` rows per bar."""
+
+
+def load_once(job: str, kafka: KafkaSettings, db: Path, *, profile: bool = False) -> dict[str, Any]:
+    """One loader run from offset 0 into the fresh file *db*: rows, busy seconds, rows/s."""
+    busy = 0.0
+    with DuckDBSink(db) as sink:
+        loader = Loader(job=job, kafka=kafka, sink=sink, backend="duckdb")
+        collect, load = loader._collect, loader._load
+
+        def timed_collect(consumer: Any) -> Any:
+            nonlocal busy
+            started = time.perf_counter()
+            batch = collect(consumer)
+            if batch:
+                busy += time.perf_counter() - started
+            return batch
+
+        def timed_load(consumer: Any, batch: Any, report: Any) -> None:
+            nonlocal busy
+            started = time.perf_counter()
+            load(consumer, batch, report)
+            busy += time.perf_counter() - started
+
+        loader._collect = timed_collect  # type: ignore[method-assign]
+        loader._load = timed_load  # type: ignore[method-assign]
+        profiler = cProfile.Profile() if profile else None
+        if profiler is not None:
+            profiler.enable()
+        report = loader.run(until_caught_up=True, idle_timeout=1.0)
+        if profiler is not None:
+            profiler.disable()
+    rows = report.bars + report.metrics_rows
+    out: dict[str, Any] = {
+        "bars": report.bars,
+        "metrics_rows": report.metrics_rows,
+        "batches": report.batches,
+        "busy_seconds": round(busy, 3),
+        "rows_per_s": round(rows / busy) if busy else None,
+    }
+    if profiler is not None:
+        text = io.StringIO()
+        pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(45)
+        out["profile"] = text.getvalue()
+    return out
+
+
+def duckdb_ingest(source: Path, db: Path) -> dict[str, Any]:
+    """DuckDB's own ingest of the rows in *source*: each table read as one Arrow table,
+    then timed ``INSERT INTO <table> SELECT * FROM`` it into an empty *db*."""
+    seconds, rows = 0.0, 0
+    with duckdb.connect(str(source), read_only=True) as src, duckdb.connect(str(db)) as con:
+        for tbl in TABLES.values():
+            con.execute(create_table_sql(tbl, "duckdb"))
+            relation = src.sql(f'SELECT * FROM "{tbl.name}"')  # noqa: S608
+            assert relation is not None
+            arrow = relation.to_arrow_table()
+            con.register("staged", arrow)
+            started = time.perf_counter()
+            con.begin()
+            con.execute(f'INSERT INTO "{tbl.name}" SELECT * FROM staged')  # noqa: S608
+            con.commit()
+            seconds += time.perf_counter() - started
+            con.unregister("staged")
+            rows += arrow.num_rows
+    return {"rows": rows, "seconds": round(seconds, 3), "rows_per_s": round(rows / seconds)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Prefill the topics once, then time the loader and DuckDB's ingest; print JSON."""
+    parser = argparse.ArgumentParser(prog="python -m bench.loader", description=__doc__)
+    parser.add_argument("--bars", type=int, default=200_000, help="generated bars (200,000)")
+    parser.add_argument("--repeat", type=int, default=1, help="loader runs (1)")
+    parser.add_argument("--profile", action="store_true", help="one more run under cProfile")
+    args = parser.parse_args(argv)
+    source = datagen.ensure_dataset(args.bars)
+    job = f"bench-loader-{uuid.uuid4().hex[:6]}"
+    work = Path(tempfile.mkdtemp(prefix="bench-loader-"))
+    with ephemeral_stack(("kafka", "redis")) as stack:
+        env = dict(stack.env)
+        kafka = KafkaSettings(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"])
+        produce(
+            {**os.environ, **env},
+            job,
+            source,
+            "--symbol",
+            datagen.SYMBOL,
+            "--speed",
+            "max",
+        )
+        processor = Processor(
+            job=job,
+            kafka=kafka,
+            redis_settings=RedisSettings(url=env["REDIS_URL"]),
+            windows=list(WINDOWS),
+        )
+        processor.ensure_metrics_topic()
+        processor.run(until_caught_up=True, idle_timeout=1.0)
+        admin = AdminClient(kafka.common())
+        runs = []
+        for k in range(args.repeat + (1 if args.profile else 0)):
+            if k:
+                admin.delete_consumer_groups([Groups.for_job(job).loader])[
+                    Groups.for_job(job).loader
+                ].result(30)
+            runs.append(
+                load_once(job, kafka, work / f"loader-{k}.duckdb", profile=k == args.repeat)
+            )
+        ingest = duckdb_ingest(work / "loader-0.duckdb", work / "ingest.duckdb")
+    profile = runs[-1].pop("profile", None) if args.profile else None
+    timed = runs[: args.repeat]
+    best = max(r["rows_per_s"] or 0 for r in timed)
+    result = {
+        "bars": args.bars,
+        "loader_runs": timed,
+        "loader_rows_per_s": best,
+        "duckdb_arrow_ingest": ingest,
+        "loader_over_duckdb_ingest": round(best / ingest["rows_per_s"], 4),
+    }
+    if profile is not None:
+        print(profile, file=sys.stderr)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
