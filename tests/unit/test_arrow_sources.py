@@ -248,6 +248,41 @@ def test_bad_rows_are_set_aside_with_their_row_number_and_values() -> None:
     assert [b.seq for b in bars] == list(range(n - 4))
 
 
+def test_a_null_time_and_one_beyond_2262_say_what_is_wrong() -> None:
+    ms = START // 1_000_000
+    times = [ms, None, 32_503_680_000_000, ms + 60_000]  # the third: 3000-01-01
+    table = pa.table({"time": pa.array(times, pa.timestamp("ms", "UTC")), **prices(4)})
+    _, bars, rejected = read_all(parquet(table), symbol="X")
+    assert len(bars) == 2
+    assert [(r.line, r.reason) for r in rejected] == [
+        (
+            2,
+            "no time: the time field is empty (expected a time between 1677 and 2262 "
+            "(nanoseconds since 1970 in 64 bits))",
+        ),
+        (
+            3,
+            "time '3000-01-01T00:00:00+00:00' is not a valid time between 1677 and 2262 "
+            "(nanoseconds since 1970 in 64 bits)",
+        ),
+    ]
+
+
+def test_a_time_beyond_pythons_datetimes_among_the_first_rows_is_a_bad_row() -> None:
+    """Year 50,000 in ms: pyarrow cannot make it a datetime; the layout is still told from
+    the other rows, and the row is set aside, its value as Arrow prints it."""
+    ms = START // 1_000_000
+    times = [ms, 1_515_674_880_000_000, ms + 60_000]
+    table = pa.table({"time": pa.array(times, pa.timestamp("ms", "UTC")), **prices(3)})
+    reader, bars, rejected = read_all(parquet(table), symbol="X")
+    assert reader.layout.name == "generic-timestamp"
+    assert [b.ts_ns for b in bars] == [START, START + 60 * NS]
+    assert [(r.line, r.kind) for r in rejected] == [(2, "time")]
+    assert rejected[0].reason.startswith(
+        "time '1515674880000000 (timestamp[ms, tz=UTC])' is not a valid time between 1677"
+    )
+
+
 def test_start_and_end_select_a_range_across_row_groups() -> None:
     stream = parquet(minute_table(1_000), row_group_size=128)
     reader = open_reader(

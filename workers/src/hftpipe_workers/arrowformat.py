@@ -166,7 +166,16 @@ def _as_py(array: pa.Array, index: int) -> Any:
     try:
         return scalar.as_py()
     except (OverflowError, ValueError):  # a time outside Python's datetime range
-        return str(scalar)
+        return f"{getattr(scalar, 'value', '?')} ({array.type})"  # its stored number
+
+
+def _values(array: pa.Array) -> list[Any]:
+    """``array`` as Python values; one by one when a value has none (a time beyond
+    Python's datetime range)."""
+    try:
+        return list(array.to_pylist())
+    except (OverflowError, ValueError):
+        return [_as_py(array, i) for i in range(len(array))]
 
 
 def _row_text(values: Sequence[Any]) -> str:
@@ -317,7 +326,7 @@ class ArrowBarReader(BarReader):
         except Exception as exc:  # whatever pyarrow says of a file it cannot read
             raise self._error(exc) from exc
         header = list(self.schema.names)
-        texts = [[_cell(v) for v in column.to_pylist()] for column in sample.columns]
+        texts = [[_cell(v) for v in _values(column)] for column in sample.columns]
         rows = [list(row) for row in zip(*texts, strict=True)]
         found = _choose_layout(
             self.source, header, rows, mapping=mapping, layout=layout, time_format=time_format

@@ -1745,17 +1745,10 @@ class BarReader:
 
         rejected: list[RejectedRow] = []
         time_idx = [self._column_index(col) for col in lay.time_columns]
-        expected = _TIME_HELP.get(lay.time_format, f"time in the format {lay.time_format!r}")
         for j in np.flatnonzero(time_bad).tolist():
             text = text_of(j)
             value = " ".join(_field(text, i, self.delimiter) for i in time_idx)
-            if local is not None and local.gap[j]:
-                reason = (
-                    f"time {value!r} does not exist in time zone {self.zone} (skipped when "
-                    "the clocks were set forward: a daylight-saving change)"
-                )
-            else:
-                reason = f"time {value!r} is not a valid {expected}"
+            reason = self._time_reason(value, gap=local is not None and bool(local.gap[j]))
             rejected.append(RejectedRow(self.source, int(lines[j]), text, "time", reason))
         for j in np.flatnonzero(values_bad).tolist():
             text = text_of(j)
@@ -1803,6 +1796,21 @@ class BarReader:
             lines[accepted],
         )
         return ParsedChunk(batch, rejected, out_of_range, 0)
+
+    def _time_reason(self, value: str, *, gap: bool) -> str:
+        """Why the time ``value`` of a row was not read (``gap``: in the zone's spring gap)."""
+        fmt = self.layout.time_format
+        expected = _TIME_HELP.get(fmt, f"time in the format {fmt!r}")
+        if fmt.startswith(("timestamp[", "date")):  # an Arrow column's own type
+            expected = "time between 1677 and 2262 (nanoseconds since 1970 in 64 bits)"
+        if gap:
+            return (
+                f"time {value!r} does not exist in time zone {self.zone} (skipped when "
+                "the clocks were set forward: a daylight-saving change)"
+            )
+        if not value.strip():
+            return f"no time: the time field is empty (expected a {expected})"
+        return f"time {value!r} is not a valid {expected}"
 
     def _resolve_repeated(self, local: LocalTimes, sym: ObjectArray) -> IntArray:
         """The times of a block that holds a repeated local hour: a row of that hour is
