@@ -74,6 +74,7 @@ THROUGH_FAKESNOW: Final = (
     "tests/unit/test_warehouse.py::test_most_volatile_days_refuses_a_bad_limit[snowflake]",
     "tests/unit/test_warehouse.py::test_snowflake_sink_connects_with_a_key_pair",
     "tests/unit/test_warehouse.py::test_open_sink_snowflake_url_reads_the_environment",
+    "tests/unit/test_warehouse.py::test_arrow_and_frame_writes_store_the_same_rows[snowflake]",
 )
 
 
