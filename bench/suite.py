@@ -461,14 +461,17 @@ class Bench:
         )
 
     @staticmethod
-    def finish_probe(proc: subprocess.Popen[str], result: Path, timeout: float) -> dict[str, Any]:
-        """Wait for the probe to process its bars and exit; its results."""
+    def finish_probe(
+        proc: subprocess.Popen[str], result: Path, timeout: float, what: str = "the processor"
+    ) -> dict[str, Any]:
+        """Wait for a measured process (the probe, Quix's job) to exit; the results it
+        wrote to ``result``."""
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired as exc:
-            raise RuntimeError(f"the processor did not finish within {timeout:.0f} s") from exc
+            raise RuntimeError(f"{what} did not finish within {timeout:.0f} s") from exc
         if proc.returncode != 0:
-            raise RuntimeError(f"the processor exited with {proc.returncode}")
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
         data: dict[str, Any] = json.loads(result.read_text())
         return data
 
@@ -583,13 +586,7 @@ class Bench:
         cmd += ["--sample-every", str(max(1, bars // 50))]  # ~50 bars per window checked
         proc = self._popen(cmd, stdout=None)
         timeout = 300 + bars / 2  # ~25 bars/s was measured: 2 is ten times slower
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired as exc:
-            raise RuntimeError(f"Quix Streams did not finish within {timeout:.0f} s") from exc
-        if proc.returncode != 0:
-            raise RuntimeError(f"bench/quix_vwap.py exited with {proc.returncode}")
-        report: dict[str, Any] = json.loads(result.read_text())
+        report = self.finish_probe(proc, result, timeout, "Quix Streams (bench/quix_vwap.py)")
         client = redis.Redis.from_url(self.env["REDIS_URL"])
         try:
             labels = [*QUIX_WINDOWS, "session"]

@@ -280,9 +280,10 @@ def test_no_dev_only_package_in_the_image(image: Image) -> None:
     assert not left_in, f"{image.name} image: installed though its syncs leave them out: {left_in}"
     # The base image's own pip (and its setuptools/wheel, if any) sit outside the venv but
     # on the same interpreter: only the venv's site-packages count.
-    assert installed <= runtime | _base_image_distributions(image), (
+    allowed = runtime | _base_image_distributions(image)
+    assert installed <= allowed, (
         f"{image.name} image: installed but not needed by {image.package} per uv.lock: "
-        f"{sorted(installed - runtime - _base_image_distributions(image))}"
+        f"{sorted(installed - allowed)}"
     )
     # The dev side: the dev groups and the workspace members the image does not need.
     members = set(lock["manifest"]["members"])

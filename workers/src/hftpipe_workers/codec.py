@@ -201,6 +201,18 @@ def _as_floats(column: list[Any]) -> list[float] | None:
     return list(map(float, column)) if types <= _FLOAT_TYPES else None
 
 
+def _keys_typed(version: list[Any], symbol: list[Any], ts: list[Any], seq: list[Any]) -> bool:
+    """Whether every record of a batch has this schema's version and the key fields'
+    types (symbol text, times and sequence numbers integers): what the bars' and the
+    metrics' batch decoders both require before taking a batch as columns."""
+    return (
+        version.count(SCHEMA_VERSION) == len(version)
+        and set(map(type, symbol)) == {str}
+        and set(map(type, ts)) == {int}
+        and set(map(type, seq)) == {int}
+    )
+
+
 def _valid_columns(
     version: list[Any],
     symbol: list[Any],
@@ -210,12 +222,8 @@ def _valid_columns(
     floats: list[list[float] | None],
 ) -> bool:
     """Whether every row passes what :func:`_decode_bar_fast` checks (types, version, rules)."""
-    n = len(version)
     if (
-        version.count(SCHEMA_VERSION) != n
-        or set(map(type, symbol)) != {str}
-        or set(map(type, ts)) != {int}
-        or set(map(type, seq)) != {int}
+        not _keys_typed(version, symbol, ts, seq)
         or set(map(type, line)) != {int}
         or "" in symbol
         or min(ts) < MIN_TS_NS
@@ -433,12 +441,8 @@ def decode_metrics_columns(values: Sequence[bytes]) -> MetricsColumns | None:
         plain = [_as_floats(close), _as_floats(volume)]
     except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, OverflowError):
         return None
-    n_docs = len(docs)
     if (
-        version.count(SCHEMA_VERSION) != n_docs
-        or set(map(type, symbol)) != {str}
-        or set(map(type, ts)) != {int}
-        or set(map(type, seq)) != {int}
+        not _keys_typed(version, symbol, ts, seq)
         or plain[0] is None
         or plain[1] is None
         or any(column is None for column in columns)
