@@ -30,6 +30,8 @@ from faults import assert_every_bar_once, committed_bars, record_count
 from pyarrow import feather
 
 from hftpipe_devstack.testing import CLI, produce, run_produce, wait_for
+from hftpipe_operator.kafka_facts import read_offsets
+from hftpipe_operator.status import SourceStatus
 from hftpipe_workers import codec
 from hftpipe_workers.bars import Bar, format_utc
 from hftpipe_workers.contract import Topics
@@ -204,6 +206,19 @@ def test_naive_local_times_in_a_zone_with_daylight_saving(
     assert (report["produced"], report["dead_lettered"]) == (96, 0), report
     assert "time zone: America/New_York (times without an offset are its wall-clock" in stderr
     assert_topic_holds(kafka_bootstrap, job, rows)
+
+    # What the ReplayJob's status shows, as the operator reads it from the progress topic.
+    facts = read_offsets({"bootstrap.servers": kafka_bootstrap}, job, timeout=10)
+    source = SourceStatus.of(facts.producer_progress)
+    assert source is not None, facts.producer_progress
+    assert source.time_zone is not None
+    assert source.time_zone.startswith("America/New_York")
+    assert source.time == "column DateTime as %m/%d/%Y %H:%M"
+    assert source.format == "CSV text (UTF-8), comma-separated, a header line"
+    assert (source.first_event_time, source.last_event_time) == (
+        format_utc(rows[0][0]),
+        format_utc(rows[-1][0]),
+    )
 
 
 # ----------------------------------------------------------------- failing fast

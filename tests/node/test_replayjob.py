@@ -40,6 +40,7 @@ from hftpipe_devstack import images
 from hftpipe_devstack.cluster import NAMESPACE, OPERATOR_NAMESPACE, Cluster
 from hftpipe_devstack.testing import s3_endpoint, wait_for
 from hftpipe_operator.naming import Names
+from hftpipe_workers.bars import format_utc
 from hftpipe_workers.contract import RedisKeys, Topics, job_id
 
 REPO = Path(__file__).resolve().parents[2]
@@ -184,6 +185,15 @@ def _check_outputs(cluster: Cluster, job: str, status: dict[str, Any]) -> None:
     assert (progress["rowsProduced"], progress["rowsProcessed"], progress["rowsLoaded"]) == (
         rows, rows, rows,
     ), progress  # fmt: skip
+    # How the producer read the file, and the span it read, as the status shows them.
+    source = status["source"]
+    assert source["format"].startswith("CSV text"), source
+    assert (source["firstEventTime"], source["lastEventTime"]) == (
+        format_utc(frame["time"].iloc[0].value),
+        format_utc(frame["time"].iloc[-1].value),
+    ), source
+    assert progress["rowsSetAside"] == 0, progress
+    assert progress["rowsOutOfRange"] == progress["rowsRead"] - rows > 0, progress
     ident = job_id(job, NS)
     docs = pd.DataFrame(redis_history(_redis(cluster), ident))
     assert len(docs) == rows

@@ -154,6 +154,7 @@ def test_every_status_field_is_declared() -> None:
         "restarts",
         "lastFailure",
         "progress",
+        "source",
         "outputs",
         "kopf",
     }
@@ -177,7 +178,17 @@ def test_every_status_field_is_declared() -> None:
         "lag",
         "percent",
         "etaSeconds",
+        "rowsSetAside",
+        "rowsOutOfRange",
     } <= set(props["progress"]["properties"])
+    assert set(props["source"]["properties"]) == {
+        "format",
+        "layout",
+        "time",
+        "timeZone",
+        "firstEventTime",
+        "lastEventTime",
+    }
     assert props["kopf"] == {
         "type": "object",
         "x-kubernetes-preserve-unknown-fields": True,
@@ -187,7 +198,13 @@ def test_every_status_field_is_declared() -> None:
 
 
 def test_timestamps_are_date_time_strings() -> None:
-    for path in (".spec.source.start", ".spec.source.end", ".status.startTime"):
+    for path in (
+        ".spec.source.start",
+        ".spec.source.end",
+        ".status.startTime",
+        ".status.source.firstEventTime",
+        ".status.source.lastEventTime",
+    ):
         node = dict(_nodes(ROOT))[path]
         assert node["type"] == "string"
         assert node["format"] == "date-time"

@@ -16,7 +16,14 @@ from prometheus_client import REGISTRY as OPERATOR_REGISTRY
 
 from hftpipe_operator import builders, kafka_facts, metrics
 from hftpipe_operator.spec import ReplayJob, ReplayJobSpec
-from hftpipe_operator.status import Observed, OffsetFacts, ProducerFacts, WorkerFacts, roll_up
+from hftpipe_operator.status import (
+    Observed,
+    OffsetFacts,
+    ProducerFacts,
+    SourceStatus,
+    WorkerFacts,
+    roll_up,
+)
 from hftpipe_workers import producer as producer_module
 from hftpipe_workers.bars import Bar
 from hftpipe_workers.contract import (
@@ -25,7 +32,7 @@ from hftpipe_workers.contract import (
     ProducerProgress,
     Topics,
 )
-from hftpipe_workers.csvformat import BarBatch
+from hftpipe_workers.csvformat import BarBatch, ParsedChunk
 from hftpipe_workers.deadletters import excerpt
 from hftpipe_workers.observability import REGISTRY
 from hftpipe_workers.pacing import Pacer, Pacing
@@ -38,6 +45,7 @@ from hftpipe_workers.producer import (
     progress_record,
 )
 from hftpipe_workers.settings import KafkaSettings
+from hftpipe_workers.sourceinfo import Reading, SourceSummary
 
 RECORD = ProducerProgress(
     rows_total=1000,
@@ -111,6 +119,121 @@ def test_the_record_of_a_report_counts_the_source_so_far() -> None:
     sent_at = datetime.fromisoformat(record.updated_at)
     assert abs((datetime.now(UTC) - sent_at).total_seconds()) < 60
     assert progress_record(report, rows_total=1000, rejected=7, done=True).done
+
+
+READING = Reading(
+    format="CSV text (UTF-8), semicolon-separated, a header line",
+    layout="generic (time=Date+Time, open=Open, high=High, low=Low, close=Close)",
+    time="column Date+Time as %Y.%m.%d %H:%M",
+    time_zone="UTC (times without an offset are UTC)",
+)
+
+
+def _summary(*times_ns: int) -> SourceSummary:
+    summary = SourceSummary("eurusd.csv")
+    bars = [Bar("EURUSD", t, 1.0, 2.0, 0.5, 1.5, 10.0, i, i + 2) for i, t in enumerate(times_ns)]
+    summary.add(ParsedChunk(BarBatch.from_bars(bars), [], 0, 0))
+    return summary
+
+
+def test_the_record_says_how_the_source_is_read_and_the_span_of_its_events() -> None:
+    report = ReplayReport(produced=2, rows_read=2)
+    first, last = 1_483_315_200_000_000_000, 1_483_315_260_500_000_000
+    record = progress_record(
+        report, rows_total=2, rejected=0, reading=READING, summary=_summary(last, first)
+    )
+    assert (record.format, record.layout, record.time, record.time_zone) == tuple(READING)
+    assert (record.first_event, record.last_event) == (
+        "2017-01-02T00:00:00Z",
+        "2017-01-02T00:01:00.5Z",
+    )
+    assert ProducerProgress.decode(record.encode()) == record
+    # Before any bar is read: how the file is read, no span yet (and none of it encoded).
+    early = progress_record(report, rows_total=2, rejected=0, reading=READING, summary=_summary())
+    assert (early.first_event, early.last_event) == ("", "")
+    assert b"first_event" not in early.encode()
+
+
+def test_a_record_of_an_older_producer_still_decodes_without_the_source_facts() -> None:
+    old = json.loads(RECORD.encode())
+    decoded = ProducerProgress.decode(json.dumps(old).encode())
+    assert decoded == RECORD
+    assert SourceStatus.of(decoded) is None
+
+
+def _status(record: ProducerProgress | None, previous: Any = None) -> Any:
+    job = ReplayJob(
+        "eurusd",
+        "markets",
+        ReplayJobSpec.model_validate(
+            {
+                "source": {"url": "/data/eurusd.csv"},
+                "kafka": {"bootstrapServers": "kafka:9092"},
+                "redis": {"url": "redis://redis:6379/0"},
+            }
+        ),
+    )
+    offsets = (
+        None
+        if record is None
+        else OffsetFacts(
+            bars_end={0: 390},
+            metrics_end={0: 390},
+            processor={0: 390},
+            loader_bars={0: 390},
+            loader_metrics={0: 390},
+            producer_progress=record,
+        )
+    )
+    ready = WorkerFacts(exists=True, desired=1, ready=1)
+    return roll_up(
+        job,
+        Observed(
+            now=datetime(2024, 5, 1, 12, tzinfo=UTC),
+            generation=1,
+            producer=ProducerFacts.from_job({"status": {"active": 1}}),
+            processor=ready,
+            loader=ready,
+            offsets=offsets,
+        ),
+        previous,
+    )
+
+
+def test_the_status_shows_the_source_as_read_and_the_rows_set_aside() -> None:
+    record = replace(
+        RECORD,
+        **READING._asdict(),
+        first_event="2017-01-02T00:00:00Z",
+        last_event="2017-01-02T13:19:00Z",
+    )
+    status = _status(record)
+    patch = status.to_patch()
+    assert patch["source"] == {
+        "format": READING.format,
+        "layout": READING.layout,
+        "time": READING.time,
+        "timeZone": READING.time_zone,
+        "firstEventTime": "2017-01-02T00:00:00Z",
+        "lastEventTime": "2017-01-02T13:19:00Z",
+    }
+    assert (patch["progress"]["rowsSetAside"], patch["progress"]["rowsOutOfRange"]) == (7, 3)
+    # Kafka not reachable on the next look: the status keeps what it showed.
+    assert _status(None, previous=status).source == status.source
+
+
+def test_a_producers_odd_source_facts_never_make_the_status_invalid() -> None:
+    record = replace(
+        RECORD, layout="x" * 5000, first_event="yesterday", last_event="2017-01-02T13:19:00Z"
+    )
+    source = SourceStatus.of(record)
+    assert source is not None
+    assert source.layout is not None
+    assert len(source.layout) == 512
+    assert source.layout.endswith("…")
+    assert source.first_event_time is None  # not a time: left out
+    assert source.last_event_time == "2017-01-02T13:19:00Z"
+    assert _status(record).to_patch()["source"]["layout"] == source.layout
 
 
 # --------------------------------------------------------- the producer, live

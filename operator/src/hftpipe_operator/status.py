@@ -124,6 +124,12 @@ class Progress(StatusModel):
     rows_loaded: int | None = Field(default=None, ge=0)
     """Bars the loader has committed to the warehouse: rowsProduced less its lag."""
 
+    rows_set_aside: int | None = Field(default=None, ge=0)
+    """Source rows the producer set aside to the dead-letter topic (unreadable or invalid)."""
+
+    rows_out_of_range: int | None = Field(default=None, ge=0)
+    """Source rows outside the replay's time range (`spec.start` / `spec.end`)."""
+
     lag: int | None = Field(default=None, ge=0)
     """Offsets of the job's topics not yet committed by the processor and loader groups,
     summed. The producer's transaction markers take offsets too: 0 once both groups
@@ -140,6 +146,62 @@ class Progress(StatusModel):
 
     updated_at: Timestamp | None = None
     """When these numbers were observed."""
+
+
+_SOURCE_TEXT: Final = 512
+"""Longest text of a :class:`SourceStatus` field (longer is cut, with an ellipsis)."""
+
+
+class SourceStatus(StatusModel):
+    """How the producer reads the source and the span of event times it has read, from
+    its progress record (what ``hftpipe inspect`` prints)."""
+
+    format: Annotated[str, StringConstraints(max_length=_SOURCE_TEXT)] | None = None
+    """How the file is read, e.g. `CSV text (utf-8), ';'-separated, a header line`."""
+
+    layout: Annotated[str, StringConstraints(max_length=_SOURCE_TEXT)] | None = None
+    """The layout: which column is which."""
+
+    time: Annotated[str, StringConstraints(max_length=_SOURCE_TEXT)] | None = None
+    """The time column and the format its values are read with."""
+
+    time_zone: Annotated[str, StringConstraints(max_length=_SOURCE_TEXT)] | None = None
+    """The zone of times written without an offset."""
+
+    first_event_time: Timestamp | None = None
+    """The earliest event time read so far."""
+
+    last_event_time: Timestamp | None = None
+    """The latest event time read so far."""
+
+    @classmethod
+    def of(cls, record: ProducerProgress | None) -> SourceStatus | None:
+        """From the producer's progress record; None when it says nothing of the source
+        (no record yet, or a producer older than these fields)."""
+        if record is None or not (record.format or record.first_event):
+            return None
+
+        def cut(text: str) -> str | None:
+            # The producer's words are bounded here, so that a long layout never makes
+            # the status patch invalid.
+            if not text:
+                return None
+            return text if len(text) <= _SOURCE_TEXT else text[: _SOURCE_TEXT - 1] + "…"
+
+        def moment(text: str) -> str | None:
+            try:
+                return text if text and parse_timestamp(text) else None
+            except ValueError:
+                return None  # not a time: left out rather than failing the status patch
+
+        return cls(
+            format=cut(record.format),
+            layout=cut(record.layout),
+            time=cut(record.time),
+            time_zone=cut(record.time_zone),
+            first_event_time=moment(record.first_event),
+            last_event_time=moment(record.last_event),
+        )
 
 
 class Failure(StatusModel):
@@ -228,6 +290,10 @@ class ReplayJobStatus(StatusModel):
 
     progress: Progress | None = None
     """Row counts, lag, percent and ETA."""
+
+    source: SourceStatus | None = None
+    """How the producer reads the source (format, layout, time format and zone) and the
+    first and last event time it has read."""
 
     outputs: Outputs | None = None
     """Where the job's topics, Redis keys and warehouse rows are."""
@@ -545,6 +611,7 @@ def _progress(observed: Observed, previous: Progress | None, complete: bool) -> 
     offsets, producer = observed.offsets, observed.producer
     if offsets is None:
         return previous
+    record = offsets.producer_progress
     fraction = done_fraction(
         rows_total=producer.rows_total,
         rows_read=producer.rows_read,
@@ -559,6 +626,8 @@ def _progress(observed: Observed, previous: Progress | None, complete: bool) -> 
         rows_produced=offsets.rows_produced,
         rows_processed=offsets.rows_processed,
         rows_loaded=offsets.rows_loaded,
+        rows_set_aside=record.dead_lettered if record is not None else None,
+        rows_out_of_range=record.out_of_range if record is not None else None,
         lag=offsets.lag,
         percent=_percent(fraction, complete),
         eta_seconds=0 if complete else eta_seconds(fraction, observed.now, previous),
@@ -833,6 +902,12 @@ def roll_up(
         restarts=max(restarts, (previous.restarts or 0) if previous else 0),
         last_failure=last_failure,
         progress=progress,
+        # Kafka not asked this time (offsets None): what the last reading said.
+        source=(
+            SourceStatus.of(observed.offsets.producer_progress)
+            if observed.offsets is not None
+            else (previous.source if previous else None)
+        ),
         outputs=Outputs.of(job),
     )
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from typing import Any, ClassVar, Final
 
 PREFIX = "hftpipe"
@@ -124,13 +124,33 @@ class ProducerProgress:
     """The producer read the whole source and every record was delivered."""
     updated_at: str
     """When the producer wrote this, RFC 3339 in UTC."""
+    # How the source is read and what it holds so far (``hftpipe inspect`` prints the
+    # same). Optional: a record of an older producer has none of them.
+    format: str = ""
+    """How the file is read, e.g. ``CSV text (utf-8), ';'-separated, a header line``."""
+    layout: str = ""
+    """Its layout: which column is which."""
+    time: str = ""
+    """The time column and the format its values are read with."""
+    time_zone: str = ""
+    """The zone of times written without an offset."""
+    first_event: str = ""
+    """The earliest event time of the bars read so far, RFC 3339 in UTC ("": none yet)."""
+    last_event: str = ""
+    """The latest event time of the bars read so far ("": none yet)."""
 
     KEY: ClassVar[bytes] = b"producer"
     """The record key (the topic is compacted by key)."""
 
     def encode(self) -> bytes:
-        """The record value: a small JSON object."""
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        """The record value: a small JSON object (optional fields left at their default
+        are left out)."""
+        doc = {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.default is MISSING or getattr(self, f.name) != f.default
+        }
+        return json.dumps(doc, separators=(",", ":")).encode()
 
     @classmethod
     def decode(cls, value: bytes | None) -> ProducerProgress:
@@ -146,6 +166,8 @@ class ProducerProgress:
             raise ValueError(f"not a progress record: {type(doc).__name__}, not an object")
         values: dict[str, Any] = {}
         for f in fields(cls):
+            if f.name not in doc and f.default is not MISSING:
+                continue  # written by a producer that predates the field
             got = doc.get(f.name)
             if f.type == "bool":
                 ok = isinstance(got, bool)

@@ -64,6 +64,7 @@ from confluent_kafka.admin import AdminClient
 
 from . import arrowformat, codec
 from .arrowformat import open_reader
+from .bars import format_utc
 from .contract import PROGRESS_TOPIC_CONFIG, Groups, ProducerProgress, Topics, transactional_id
 from .csvformat import (
     REJECT_KINDS,
@@ -98,7 +99,7 @@ from .observability import (
 )
 from .pacing import Pacer, Pacing
 from .settings import KafkaSettings
-from .sourceinfo import SourceSummary, describe_reading
+from .sourceinfo import Reading, SourceSummary, reading_of
 
 log = logging.getLogger("hftpipe.producer")
 
@@ -432,6 +433,10 @@ class _LiveState:
     recorded: ProducerProgress | None = None
     """The last progress record, without its time."""
     printer: _Progress | None = None
+    reading: Reading | None = None
+    """How the source is read (for the progress record); None before it is opened."""
+    summary: SourceSummary | None = None
+    """What came of the source's rows so far (its first and last event time)."""
 
 
 def _add(report: ReplayReport, live: _LiveState, sent: int, skipped: int, size: int) -> None:
@@ -442,9 +447,23 @@ def _add(report: ReplayReport, live: _LiveState, sent: int, skipped: int, size: 
 
 
 def progress_record(
-    report: ReplayReport, *, rows_total: int, rejected: int, done: bool = False
+    report: ReplayReport,
+    *,
+    rows_total: int,
+    rejected: int,
+    done: bool = False,
+    reading: Reading | None = None,
+    summary: SourceSummary | None = None,
 ) -> ProducerProgress:
-    """The progress record for a run's report so far (pure but for the clock)."""
+    """The progress record for a run's report so far (pure but for the clock): the row
+    counts, and how the source is read and the span of its event times when known."""
+    facts: dict[str, str] = {}
+    if reading is not None:
+        facts.update(reading._asdict())
+    if summary is not None and summary.first_ns is not None and summary.last_ns is not None:
+        facts.update(
+            first_event=format_utc(summary.first_ns), last_event=format_utc(summary.last_ns)
+        )
     return ProducerProgress(
         rows_total=rows_total,
         rows_read=report.rows_read,
@@ -453,6 +472,7 @@ def progress_record(
         out_of_range=report.out_of_range,
         done=done,
         updated_at=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        **facts,
     )
 
 
@@ -660,14 +680,16 @@ class Replay:
             if self.show_progress:
                 live.printer = _Progress(live.rows_total, fraction)
             reader = self._reader(stream)
-            # What hftpipe inspect prints: how the file is read now, what came of it at the end.
+            # What hftpipe inspect prints: how the file is read now, what came of it at the
+            # end; the progress records carry both, for the ReplayJob's status.
+            live.reading, live.summary = reading_of(reader), SourceSummary(self.source)
             log.info(
                 "reading %s: %s; pacing: %s",
                 self.source,
-                "; ".join(describe_reading(reader)),
+                "; ".join(live.reading.lines()),
                 self.pacing,
             )
-            summary = SourceSummary(self.source)
+            summary = live.summary
             try:
                 for chunk in reader:
                     summary.add(chunk)
@@ -793,7 +815,12 @@ class Replay:
         if not live.progress or (not done and now - live.record_at < PROGRESS_EVERY):
             return
         record = progress_record(
-            report, rows_total=live.rows_total, rejected=live.rejected, done=done
+            report,
+            rows_total=live.rows_total,
+            rejected=live.rejected,
+            done=done,
+            reading=live.reading,
+            summary=live.summary,
         )
         if replace(record, updated_at="") == live.recorded:
             return  # nothing changed (a paced replay waiting): no record

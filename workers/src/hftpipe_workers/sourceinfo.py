@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import numpy as np
 
@@ -23,8 +23,27 @@ SYMBOLS_LISTED: Final = 10
 """Symbols named one by one in a summary (the rest are counted)."""
 
 
-def describe_reading(reader: BarReader) -> list[str]:
-    """How ``reader`` reads its source: ``what: how`` lines, for a log or a terminal."""
+class Reading(NamedTuple):
+    """How a reader reads its source, in words: what the producer logs and writes to its
+    progress record (and so the ReplayJob's ``status.source``), and ``inspect`` prints."""
+
+    format: str
+    layout: str
+    time: str
+    time_zone: str
+
+    def lines(self) -> list[str]:
+        """``what: how`` lines, for a log or a terminal."""
+        return [
+            f"format: {self.format}",
+            f"layout: {self.layout}",
+            f"time: {self.time}",
+            f"time zone: {self.time_zone}",
+        ]
+
+
+def reading_of(reader: BarReader) -> Reading:
+    """How ``reader`` reads its source."""
     lay = reader.layout
     if lay.file_format:
         form = getattr(reader, "container", lay.file_format)
@@ -41,12 +60,17 @@ def describe_reading(reader: BarReader) -> list[str]:
         zone = f"{reader.zone} (times without an offset are its wall-clock times)"
     else:
         zone = "UTC (times without an offset are UTC)"
-    return [
-        f"format: {form}",
-        f"layout: {lay.describe()}",
-        f"time: column {lay.time} as {lay.time_format}{note}",
-        f"time zone: {zone}",
-    ]
+    return Reading(
+        format=form,
+        layout=lay.describe(),
+        time=f"column {lay.time} as {lay.time_format}{note}",
+        time_zone=zone,
+    )
+
+
+def describe_reading(reader: BarReader) -> list[str]:
+    """How ``reader`` reads its source: ``what: how`` lines, for a log or a terminal."""
+    return reading_of(reader).lines()
 
 
 @dataclass
