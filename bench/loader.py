@@ -116,6 +116,47 @@ def duckdb_ingest(source: Path, db: Path) -> dict[str, Any]:
     return {"rows": rows, "seconds": round(seconds, 3), "rows_per_s": round(rows / seconds)}
 
 
+def loader_speed(
+    env: dict[str, str], source: Path, work: Path, *, repeat: int = 1, profile: bool = False
+) -> dict[str, Any]:
+    """On the stack of ``env``: produce ``source`` to a new job, run the processor over it
+    (the metrics topic), then time the loader ``repeat`` times from offset 0 and DuckDB's
+    own Arrow ingest of the rows it wrote. Best loader run over DuckDB's rows/s."""
+    job = f"bench-loader-{uuid.uuid4().hex[:6]}"
+    kafka = KafkaSettings(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"])
+    produce({**os.environ, **env}, job, source, "--symbol", datagen.SYMBOL, "--speed", "max")
+    processor = Processor(
+        job=job,
+        kafka=kafka,
+        redis_settings=RedisSettings(url=env["REDIS_URL"]),
+        windows=list(WINDOWS),
+    )
+    processor.ensure_metrics_topic()
+    processor.run(until_caught_up=True, idle_timeout=1.0)
+    admin = AdminClient(kafka.common())
+    group = Groups.for_job(job).loader
+    runs = []
+    for k in range(repeat + (1 if profile else 0)):
+        if k:
+            admin.delete_consumer_groups([group])[group].result(30)
+        runs.append(load_once(job, kafka, work / f"loader-{k}.duckdb", profile=k == repeat))
+    ingest = duckdb_ingest(work / "loader-0.duckdb", work / "ingest.duckdb")
+    profiled = runs[-1].pop("profile", None) if profile else None
+    timed = runs[:repeat]
+    best = max(r["rows_per_s"] or 0 for r in timed)
+    result: dict[str, Any] = {
+        "bars": timed[0]["bars"],
+        "windows": list(WINDOWS),
+        "loader_runs": timed,
+        "rows_per_second": best,
+        "duckdb_arrow_ingest": ingest,
+        "loader_over_duckdb_ingest": round(best / ingest["rows_per_s"], 4),
+    }
+    if profiled is not None:
+        result["profile"] = profiled
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     """Prefill the topics once, then time the loader and DuckDB's ingest; print JSON."""
     parser = argparse.ArgumentParser(prog="python -m bench.loader", description=__doc__)
@@ -124,49 +165,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="one more run under cProfile")
     args = parser.parse_args(argv)
     source = datagen.ensure_dataset(args.bars)
-    job = f"bench-loader-{uuid.uuid4().hex[:6]}"
-    work = Path(tempfile.mkdtemp(prefix="bench-loader-"))
-    with ephemeral_stack(("kafka", "redis")) as stack:
-        env = dict(stack.env)
-        kafka = KafkaSettings(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"])
-        produce(
-            {**os.environ, **env},
-            job,
-            source,
-            "--symbol",
-            datagen.SYMBOL,
-            "--speed",
-            "max",
+    with (
+        ephemeral_stack(("kafka", "redis")) as stack,
+        tempfile.TemporaryDirectory(prefix="bench-loader-") as work,
+    ):
+        result = loader_speed(
+            dict(stack.env), source, Path(work), repeat=args.repeat, profile=args.profile
         )
-        processor = Processor(
-            job=job,
-            kafka=kafka,
-            redis_settings=RedisSettings(url=env["REDIS_URL"]),
-            windows=list(WINDOWS),
-        )
-        processor.ensure_metrics_topic()
-        processor.run(until_caught_up=True, idle_timeout=1.0)
-        admin = AdminClient(kafka.common())
-        runs = []
-        for k in range(args.repeat + (1 if args.profile else 0)):
-            if k:
-                admin.delete_consumer_groups([Groups.for_job(job).loader])[
-                    Groups.for_job(job).loader
-                ].result(30)
-            runs.append(
-                load_once(job, kafka, work / f"loader-{k}.duckdb", profile=k == args.repeat)
-            )
-        ingest = duckdb_ingest(work / "loader-0.duckdb", work / "ingest.duckdb")
-    profile = runs[-1].pop("profile", None) if args.profile else None
-    timed = runs[: args.repeat]
-    best = max(r["rows_per_s"] or 0 for r in timed)
-    result = {
-        "bars": args.bars,
-        "loader_runs": timed,
-        "loader_rows_per_s": best,
-        "duckdb_arrow_ingest": ingest,
-        "loader_over_duckdb_ingest": round(best / ingest["rows_per_s"], 4),
-    }
+    profile = result.pop("profile", None)
     if profile is not None:
         print(profile, file=sys.stderr)
     print(json.dumps(result, indent=2))

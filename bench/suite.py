@@ -17,7 +17,9 @@ loopback, removed afterwards):
 11. broker limit, latency: ``ProducerPerformance`` paced at that rate;
 12. event-to-Redis latency at a paced rate;
 13. reading speed: our CSV and Parquet readers against pyarrow's own of the same
-    rows (no broker; :mod:`bench.reading`).
+    rows (no broker; :mod:`bench.reading`);
+14. the loader into DuckDB against DuckDB's own Arrow ingest of the same rows
+    (:mod:`bench.loader`).
 
 See ``bench/README.md`` for what each figure means.
 """
@@ -37,12 +39,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Final
 
 from . import datagen, stats
 
@@ -65,8 +67,11 @@ class Config:
     naive_bars: int
     quix_bars: int
     profile_bars: int
-    latency_rate: int
+    latency_rate: int | None
+    """Bars/s of the paced latency run; None: the higher of 10,000 and 10 % of
+    ConsumerPerformance's rate in the same run (issue 12), set once that is measured."""
     latency_seconds: int
+    loader_bars: int
     write_readme: bool
     results_dir: Path
     render: Path | None = None
@@ -74,7 +79,28 @@ class Config:
     @property
     def latency_bars(self) -> int:
         """Bars the paced latency run sends."""
-        return self.latency_rate * self.latency_seconds
+        return self.rate * self.latency_seconds
+
+    @property
+    def rate(self) -> int:
+        """The paced rate, once known."""
+        if self.latency_rate is None:
+            raise ValueError("the latency rate is set after ConsumerPerformance has run")
+        return self.latency_rate
+
+
+LATENCY_FLOOR: Final = 10_000
+"""The paced latency run's least rate, bars/s."""
+LATENCY_SHARE: Final = 0.1
+"""... or this share of ConsumerPerformance's rate, when higher."""
+
+
+def paced_rate(consumer_performance: Mapping[str, Any] | None) -> int:
+    """The latency run's rate: 10,000 bars/s or 10 % of ConsumerPerformance's fetch rate,
+    whichever is higher (rounded down to a thousand)."""
+    fetch = (consumer_performance or {}).get("fetch_records_per_second")
+    share = int(float(fetch) * LATENCY_SHARE) // 1000 * 1000 if fetch else 0
+    return max(LATENCY_FLOOR, share)
 
 
 def parse_args(argv: list[str] | None) -> Config:
@@ -96,8 +122,16 @@ def parse_args(argv: list[str] | None) -> Config:
         "--quix-bars", type=int, help="bars for each Quix Streams baseline (0: skip them)"
     )
     parser.add_argument("--profile-bars", type=int, help="bars for the cProfile run")
-    parser.add_argument("--latency-rate", type=int, default=10_000, help="bars/s (10,000)")
+    parser.add_argument(
+        "--latency-rate",
+        type=int,
+        help="bars/s of the paced latency run (default: 10,000 or 10 %% of "
+        "ConsumerPerformance's rate in the same run, whichever is higher)",
+    )
     parser.add_argument("--latency-seconds", type=int, help="length of the paced run")
+    parser.add_argument(
+        "--loader-bars", type=int, help="bars for the loader vs DuckDB ingest phase (0: skip it)"
+    )
     parser.add_argument(
         "--no-readme", action="store_true", help="do not rewrite bench/README.md's table"
     )
@@ -118,6 +152,9 @@ def parse_args(argv: list[str] | None) -> Config:
         profile_bars=args.profile_bars or (100_000 if quick else 300_000),
         latency_rate=args.latency_rate,
         latency_seconds=args.latency_seconds or (10 if quick else 25),
+        loader_bars=(50_000 if quick else 200_000)
+        if args.loader_bars is None
+        else args.loader_bars,
         write_readme=not quick and not args.no_readme,
         results_dir=args.results_dir,
         render=args.render,
@@ -521,11 +558,11 @@ class Bench:
             "compression.type=none",
         ]
         args = ["--topic", topic, "--num-records", str(cfg.latency_bars)]
-        args += ["--record-size", str(record_size), "--throughput", str(cfg.latency_rate)]
+        args += ["--record-size", str(record_size), "--throughput", str(cfg.rate)]
         args += ["--producer-props", *props]
         output = self._java_tool("org.apache.kafka.tools.ProducerPerformance", args, "perf-paced")
         parsed: dict[str, Any] = dict(stats.parse_producer_performance(output))
-        parsed.update(record_size=record_size, topic=topic, rate=cfg.latency_rate, props=props)
+        parsed.update(record_size=record_size, topic=topic, rate=cfg.rate, props=props)
         return parsed
 
     def consumer_performance(self, topic: str, records: int) -> dict[str, Any]:
@@ -636,11 +673,11 @@ class Bench:
         self.job_topics(job)
         proc, result = self.start_probe(job, cfg.latency_bars, profile="latency", latency=True)
         started = time.time()
-        producer = self.start_producer(job, source, profile="latency", rate=cfg.latency_rate)
+        producer = self.start_producer(job, source, profile="latency", rate=cfg.rate)
         produced = self.finish_producer(producer, started)
         data = self.finish_probe(proc, result, self._processor_timeout(cfg.latency_bars))
         return {
-            "rate": cfg.latency_rate,
+            "rate": cfg.rate,
             "bars": data["bars_in"],
             "seconds": cfg.latency_seconds,
             "warmup_excluded_seconds": 1.0,
@@ -795,7 +832,25 @@ def ratios(r: dict[str, Any]) -> dict[str, float | None]:
             g("reading", "parquet", "rows_per_second"),
             g("reading", "parquet", "pyarrow_rows_per_second"),
         ),
+        "end_to_end_over_producer_performance": stats.ratio(
+            g("end_to_end", "bars_per_second"), g("producer_performance", "records_per_second")
+        ),
+        "loader_over_duckdb_arrow_ingest": stats.ratio(
+            g("loader", "rows_per_second"), g("loader", "duckdb_arrow_ingest", "rows_per_s")
+        ),
+        "latency_p99_over_broker_p99": stats.ratio(
+            g("latency", "event_to_redis", "p99_ms"), g("broker_latency", "latency_p99_ms")
+        ),
     }
+
+
+def _with_paced_rate(config: Config, results: Mapping[str, Any]) -> Config:
+    """``config`` with its latency rate set, from ConsumerPerformance's when not given."""
+    if config.latency_rate is not None:
+        return config
+    config = replace(config, latency_rate=paced_rate(results.get("consumer_performance")))
+    log(f"paced latency rate: {config.rate:,} bars/s (10,000 or 10 % of the fetch rate)")
+    return config
 
 
 def run(config: Config) -> int:
@@ -803,6 +858,7 @@ def run(config: Config) -> int:
     from hftpipe_devstack.stack import ephemeral_stack  # noqa: PLC0415
     from hftpipe_workers.contract import Topics  # noqa: PLC0415
 
+    from .loader import loader_speed  # noqa: PLC0415
     from .naive import run_naive  # noqa: PLC0415
     from .reading import reading_speed  # noqa: PLC0415
 
@@ -814,7 +870,7 @@ def run(config: Config) -> int:
     if machine["busy_processes_start"]:
         log(f"other work is running: {machine['busy_processes_start'][:5]}")
     dataset = datagen.ensure_dataset(config.rows)
-    latency_source = datagen.ensure_dataset(config.latency_bars)
+    loader_source = datagen.ensure_dataset(config.loader_bars) if config.loader_bars else None
     record_size = mean_encoded_size(dataset)
     results: dict[str, Any] = {"producer": {}, "quix": {}}
     tp_job = "bench-produce-tp"
@@ -847,6 +903,8 @@ def run(config: Config) -> int:
             "consumer_performance",
             lambda: bench.consumer_performance(bars_topic, config.rows),
         )
+        config = bench.config = _with_paced_rate(config, results)
+        latency_source = datagen.ensure_dataset(config.latency_bars)
         phases.run(
             "processor alone, pre-filled topic",
             "processor_alone",
@@ -882,12 +940,12 @@ def run(config: Config) -> int:
             "end to end", "end_to_end", lambda: bench.end_to_end("bench-e2e", dataset, config.rows)
         )
         phases.run(
-            f"broker send -> ack latency at {config.latency_rate:,} records/s",
+            f"broker send -> ack latency at {config.rate:,} records/s",
             "broker_latency",
             lambda: bench.broker_latency(record_size),
         )
         phases.run(
-            f"latency at {config.latency_rate:,} bars/s",
+            f"latency at {config.rate:,} bars/s",
             "latency",
             lambda: bench.latency("bench-latency", latency_source),
         )
@@ -896,6 +954,12 @@ def run(config: Config) -> int:
             "reading",
             lambda: reading_speed(dataset),
         )
+        if loader_source is not None:
+            phases.run(
+                "loader into DuckDB, against DuckDB's own Arrow ingest",
+                "loader",
+                lambda: loader_speed(dict(stack.env), loader_source, Path(scratch)),
+            )
     errors = phases.errors
     results["ratios"] = ratios(results)
     machine["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
