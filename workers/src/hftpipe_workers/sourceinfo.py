@@ -18,13 +18,25 @@ import numpy as np
 
 from .bars import format_utc
 from .csvformat import DELIMITER_NAMES, BarReader, ParsedChunk, ReadStats
+from .multifile import TIE_BREAK, MergedReader
 
 SYMBOLS_LISTED: Final = 10
 """Symbols named one by one in a summary (the rest are counted)."""
 
 
-def describe_reading(reader: BarReader) -> list[str]:
-    """How ``reader`` reads its source: ``what: how`` lines, for a log or a terminal."""
+def describe_reading(reader: BarReader | MergedReader) -> list[str]:
+    """How ``reader`` reads its source: ``what: how`` lines, for a log or a terminal. For
+    many files: how many, the merge's order, then each file's lines, indented."""
+    if isinstance(reader, MergedReader):
+        lines = [f"files: {len(reader.readers):,}, merged by {TIE_BREAK}"]
+        for i, one in enumerate(reader.readers, 1):
+            symbol = f" (symbol {one.symbol})" if one.layout.symbol is None else ""
+            lines += [f"file {i}: {one.source}{symbol}", *(f"  {x}" for x in _describe(one))]
+        return lines
+    return _describe(reader)
+
+
+def _describe(reader: BarReader) -> list[str]:
     lay = reader.layout
     if lay.file_format:
         form = getattr(reader, "container", lay.file_format)
@@ -122,7 +134,7 @@ class SourceSummary:
         }
 
 
-def summarize(reader: BarReader) -> SourceSummary:
+def summarize(reader: BarReader | MergedReader) -> SourceSummary:
     """Read ``reader`` to its end: what came of the rows. A source that cannot be read (or
     whose first rows are all set aside alike) raises as the producer would."""
     summary = SourceSummary(reader.source)
