@@ -201,6 +201,11 @@ def concat(batches: Sequence[BarBatch]) -> BarBatch:
     )
 
 
+def _slice(batch: BarBatch, start: int, stop: int) -> BarBatch:
+    """Rows ``start:stop`` of ``batch``, as views (no copy)."""
+    return BarBatch(*(getattr(batch, name)[start:stop] for name in BarBatch.__dataclass_fields__))
+
+
 @dataclass
 class _File:
     """One file's reader in the merge, and the rows of it not yet merged."""
@@ -316,9 +321,9 @@ class MergedReader:
                 continue
             cut = n if bound is None else int(np.searchsorted(f.held.ts_ns, bound, "left"))
             if cut:
-                parts.append(f.held.take(np.arange(cut)) if cut < n else f.held)
+                parts.append(_slice(f.held, 0, cut) if cut < n else f.held)
                 owners.append(f.index)
-                f.held = f.held.take(np.arange(cut, n)) if cut < n else _empty_batch()
+                f.held = _slice(f.held, cut, n) if cut < n else _empty_batch()
         if not parts:
             return _empty_batch()
         batch = concat(parts)
