@@ -13,13 +13,8 @@ from typer.testing import CliRunner
 from hftpipe_workers import cli
 from hftpipe_workers.bars import Bar
 from hftpipe_workers.csvformat import BarReader, ParsedChunk, RejectedRow, SourceError
-from hftpipe_workers.multifile import (
-    FilenameSymbol,
-    MergedReader,
-    check_filename_pattern,
-    expand_sources,
-)
-from hftpipe_workers.settings import ProduceSettings
+from hftpipe_workers.multifile import FilenameSymbol, MergedReader, expand_sources
+from hftpipe_workers.settings import ProduceSettings, check_filename_pattern
 from hftpipe_workers.sourceinfo import describe_reading, summarize
 
 MINUTE = 60 * 1_000_000_000

@@ -52,6 +52,7 @@ from .csvformat import (
     SourceError,
     _empty_batch,
 )
+from .settings import check_filename_pattern
 
 TIE_BREAK: Final = "event time, then symbol, then file order"
 """The merge's order, as the docs and the log state it."""
@@ -143,19 +144,6 @@ def expand_sources(sources: Sequence[str]) -> list[str]:
 
 def _glob_regex(pattern: str) -> str:
     return "".join("[^/]*" if c == "*" else "[^/]" if c == "?" else re.escape(c) for c in pattern)
-
-
-def check_filename_pattern(pattern: str) -> str:
-    """A ``--symbol-from-filename`` pattern: a file name with ``{symbol}`` once, ``*`` and
-    ``?`` as in globs; a ValueError saying what is wrong otherwise."""
-    if pattern.count("{symbol}") != 1:
-        raise ValueError(
-            f"{pattern!r}: the pattern must hold {{symbol}} once, where the file name "
-            "holds the symbol, e.g. '{symbol}-1m-*.csv'"
-        )
-    if "/" in pattern:
-        raise ValueError(f"{pattern!r}: a file name pattern, without a directory (no /)")
-    return pattern
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,21 @@ DelimiterChoice = Literal["auto", ",", ";", "tab", "pipe"]
 among typer's choices would read as a separator)."""
 
 
+def check_filename_pattern(pattern: str) -> str:
+    """A ``--symbol-from-filename`` pattern (:class:`.multifile.FilenameSymbol`): a file
+    name with ``{symbol}`` once, ``*`` and ``?`` as in globs; a ValueError saying what is
+    wrong otherwise. Here, not in :mod:`.multifile`, so that the operator's spec checks it
+    without loading pandas."""
+    if pattern.count("{symbol}") != 1:
+        raise ValueError(
+            f"{pattern!r}: the pattern must hold {{symbol}} once, where the file name "
+            "holds the symbol, e.g. '{symbol}-1m-*.csv'"
+        )
+    if "/" in pattern:
+        raise ValueError(f"{pattern!r}: a file name pattern, without a directory (no /)")
+    return pattern
+
+
 def env_names(settings: type[BaseSettings], name: str) -> tuple[str, ...]:
     """The environment variables a settings field is read from, the preferred one first."""
     field = settings.model_fields[name]
@@ -380,8 +395,6 @@ class ProduceSettings(WorkerSettings):
     @field_validator("symbol_from_filename")
     @classmethod
     def _valid_filename_pattern(cls, value: str | None, info: ValidationInfo) -> str | None:
-        from .multifile import check_filename_pattern  # noqa: PLC0415 - pandas; not at import
-
         if value is None:
             return None
         if info.data.get("symbol") is not None:
