@@ -475,6 +475,34 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
         "spec.source.timezone",
         "should match",
     ),
+    # Issue 11, point 5: many files as one feed.
+    (
+        "url-and-urls",
+        _with(MINIMAL, source__urls=["s3://b/2024/*.csv"]),
+        "spec.source.url",
+        "set source.url (a file, a directory or a glob) or source.urls (a list), one of them",
+    ),
+    (
+        "symbol-pattern-twice",
+        _with(MINIMAL, source__symbolFromFilename="{symbol}-{symbol}.csv"),
+        "spec.source.symbolFromFilename",
+        "source.symbolFromFilename must hold {symbol} once",
+    ),
+    (
+        "symbol-and-pattern",
+        _with(MINIMAL, source__symbol="X", source__symbolFromFilename="{symbol}.csv"),
+        "spec.source.symbolFromFilename",
+        "set source.symbol or source.symbolFromFilename, not both",
+    ),
+    (
+        "urls-off-the-volume",
+        _with(
+            MINIMAL,
+            source={"urls": ["/data/a.csv", "/etc/b.csv"], "volume": {"claimName": "bars"}},
+        ),
+        "spec.source.url",
+        "with source.volume, source.url (each of source.urls) must be under source.mountPath",
+    ),
 ]
 
 
