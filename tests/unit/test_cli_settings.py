@@ -561,7 +561,7 @@ def test_the_replayjobs_source_formats_reach_the_producer_through_the_configmap(
     with pytest.MonkeyPatch.context() as env:
         for var, value in data.items():
             env.setenv(var, value)
-        produce = ProduceSettings(source=job.spec.source.url)
+        produce = ProduceSettings(source=job.spec.source.all_urls)
     assert (produce.delimiter_char, produce.column_list) == (
         ";",
         ["Date", "Time", "Open", "High", "Low", "Close", "Volume"],

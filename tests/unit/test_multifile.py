@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ MINUTE = 60 * 1_000_000_000
 T0 = 1_704_067_200 * 1_000_000_000  # 2024-01-01
 
 
-def csv_of(rows: list[tuple[int, float, str | None]]) -> str:
+def csv_of(rows: Sequence[tuple[int, float, str | None]]) -> str:
     """A generic CSV of (time in ns, close, symbol or None) rows."""
     with_symbol = rows and rows[0][2] is not None
     lines = ["timestamp,open,high,low,close,volume" + (",symbol" if with_symbol else "")]
@@ -108,7 +109,9 @@ def test_many_files_merge_as_one_sort_would_whatever_the_chunks(block: int) -> N
         for i, rows in enumerate(files)
         for line, (ts, _, sym) in enumerate(rows, 2)
     )
-    kept, dropped, seen = [], [], set()
+    kept: list[tuple[int, str, int, int]] = []
+    dropped: list[tuple[int, str, int, int]] = []
+    seen: set[tuple[int, str]] = set()
     for ts, sym, i, line in keyed:
         (dropped if (ts, sym) in seen else kept).append((ts, sym, i, line))
         seen.add((ts, sym))
