@@ -337,7 +337,12 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
         "spec.warehouse.snowflake.secretRef",
         "needs exactly one of passwordKey or privateKeyKey",
     ),
-    ("missing-source-url", _with(MINIMAL, source={"symbol": "BTC"}), "spec.source.url", "Required"),
+    (
+        "missing-source-url",
+        _with(MINIMAL, source={"symbol": "BTC"}),
+        "spec.source.url",
+        "set source.url (a file, a directory or a glob) or source.urls (a list), one of them",
+    ),
     ("missing-kafka", _with(MINIMAL, kafka=None), "spec.kafka", "Required value"),
     (
         "bootstrap-and-strimzi",
@@ -361,7 +366,7 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
         "source-outside-its-volume",
         _with(MINIMAL, source={"url": "/elsewhere/x.csv", "volume": {"claimName": "bars"}}),
         "spec.source.url",
-        "source.url must be a file under source.mountPath",
+        "source.url must be under source.mountPath",
     ),
     (
         "volume-claim-and-source",
@@ -500,8 +505,8 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
             MINIMAL,
             source={"urls": ["/data/a.csv", "/etc/b.csv"], "volume": {"claimName": "bars"}},
         ),
-        "spec.source.url",
-        "with source.volume, source.url (each of source.urls) must be under source.mountPath",
+        "spec.source.urls",
+        "with source.volume, each of source.urls must be under source.mountPath",
     ),
 ]
 

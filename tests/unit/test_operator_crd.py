@@ -423,12 +423,12 @@ def _with(spec: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
         (
             "source",
             {"urls": ["/data/a.csv", "/elsewhere/b.csv"], "volume": {"claimName": "bars"}},
-            "each of source.urls) must be under source.mountPath",
+            "with source.volume, each of source.urls must be under source.mountPath",
         ),
         (
             "source",
             {"urls": ["s3://b/a.csv", "https://h/b.csv"], "s3": {"region": "eu-west-1"}},
-            "source.s3 is for an s3:// source.url (each of source.urls)",
+            "source.s3 is for s3:// source.urls",
         ),
     ],
 )

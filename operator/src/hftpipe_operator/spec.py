@@ -18,6 +18,7 @@ from importlib.metadata import version
 from typing import Annotated, Any, Final, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from annotated_types import Len
 from pydantic import AfterValidator, Field, StringConstraints
 
 from hftpipe_workers import cli
@@ -89,6 +90,9 @@ NAMED_TIME_FORMATS: Final = ("unix", "unix_s", "unix_ms", "unix_us", "unix_ns", 
 
 ColumnName = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^,]+$")]
 SourceUrl = Annotated[str, StringConstraints(min_length=1, max_length=2048)]
+ListedUrl = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+"""A URL of ``source.urls``: shorter than ``source.url``, so that the rules over the list
+(and the job's ``source`` immutability rule) stay within the API server's CEL budget."""
 
 
 def _on_volume(url: str, mount_path: str) -> bool:
@@ -325,26 +329,39 @@ class SourceSpec(ApiModel):
         ),
         Rule(
             cel=(
-                "!has(self.volume) || (has(self.url) ? [self.url] : has(self.urls) ? self.urls "
-                ": []).all(u, u.startsWith(self.mountPath + '/') || "
-                "u.startsWith('file://' + self.mountPath + '/'))"
+                "!has(self.volume) || !has(self.url) || self.url.startsWith(self.mountPath + '/')"
+                " || self.url.startsWith('file://' + self.mountPath + '/')"
             ),
-            message=(
-                "with source.volume, source.url (each of source.urls) must be under "
-                "source.mountPath"
-            ),
-            holds=lambda s: (
-                s.volume is None or all(_on_volume(u, s.mount_path) for u in s.all_urls)
-            ),
+            message="with source.volume, source.url must be under source.mountPath",
+            holds=lambda s: s.volume is None or s.url is None or _on_volume(s.url, s.mount_path),
             field_path=".url",
         ),
         Rule(
             cel=(
-                "!has(self.s3) || (has(self.url) ? [self.url] : has(self.urls) ? self.urls : [])"
-                ".all(u, u.startsWith('s3://'))"
+                "!has(self.volume) || !has(self.urls) || self.urls.all(u, "
+                "u.startsWith(self.mountPath + '/') || u.startsWith('file://' + self.mountPath "
+                "+ '/'))"
             ),
-            message="source.s3 is for an s3:// source.url (each of source.urls)",
-            holds=lambda s: s.s3 is None or all(u.startswith("s3://") for u in s.all_urls),
+            message="with source.volume, each of source.urls must be under source.mountPath",
+            holds=lambda s: (
+                s.volume is None
+                or s.urls is None
+                or all(_on_volume(u, s.mount_path) for u in s.urls)
+            ),
+            field_path=".urls",
+        ),
+        Rule(
+            cel="!has(self.s3) || !has(self.url) || self.url.startsWith('s3://')",
+            message="source.s3 is for an s3:// source.url",
+            holds=lambda s: s.s3 is None or s.url is None or s.url.startswith("s3://"),
+            field_path=".s3",
+        ),
+        Rule(
+            cel="!has(self.s3) || !has(self.urls) || self.urls.all(u, u.startsWith('s3://'))",
+            message="source.s3 is for s3:// source.urls",
+            holds=lambda s: (
+                s.s3 is None or s.urls is None or all(u.startswith("s3://") for u in s.urls)
+            ),
             field_path=".s3",
         ),
     )
@@ -359,8 +376,10 @@ class SourceSpec(ApiModel):
 
     urls: (
         Annotated[
-            list[SourceUrl],
-            Field(min_length=1, max_length=128),
+            list[ListedUrl],
+            # annotated_types' Len, not Field(): the CRD states it as minItems/maxItems,
+            # which bound the cost of the CEL rules over the list.
+            Len(1, 16),
             AfterValidator(_unique),
             Crd({"x-kubernetes-list-type": "set"}),
         ]

@@ -115,7 +115,13 @@ def expand_sources(sources: Sequence[str]) -> list[str]:
             if _GLOB.search(path):
                 # As a shell's: * does not match a hidden file's leading dot.
                 hidden = _base(path).startswith(".")
-                found = [p for p in fs.glob(path) if (hidden or not _hidden(p)) and fs.isfile(p)]
+                # With details: one listing, not a request per match to tell files.
+                matches = fs.glob(path, detail=True)
+                found = [
+                    p
+                    for p, info in matches.items()
+                    if (hidden or not _hidden(p)) and info.get("type") == "file"
+                ]
                 what = "no file matches the pattern"
             else:
                 found = [
