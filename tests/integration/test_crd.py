@@ -203,8 +203,16 @@ def test_sample_is_accepted_and_defaulted_as_pydantic_defaults_it(
                 "end": "2021-01-01T00:00:00Z",
             },
         ),
+        _with(
+            MINIMAL,
+            source={
+                "urls": ["/data/2024/", "/data/2025/*-1m-*.csv.gz"],
+                "symbolFromFilename": "{symbol}-1m-*.csv.gz",
+                "volume": {"claimName": "dumps"},
+            },
+        ),
     ],
-    ids=["minimal", "snowflake-rate", "strimzi-everything"],
+    ids=["minimal", "snowflake-rate", "strimzi-everything", "many-files"],
 )
 def test_defaults_agree_with_pydantic(
     api: client.ApiClient, namespace: str, spec: dict[str, Any]
