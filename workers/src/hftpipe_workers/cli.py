@@ -243,8 +243,8 @@ def _setup(log_json: bool, metrics_port: int, stall_seconds: float = 120.0) -> M
 @app.command()
 @_settings_command(ProduceSettings, arguments=("source",))
 def produce(settings: ProduceSettings) -> None:
-    """Replay a CSV, Parquet or Arrow file of OHLCV bars into Kafka (resumes where an
-    earlier run stopped)."""
+    """Replay a CSV, Parquet or Arrow file of OHLCV bars, or many merged by event time, into
+    Kafka (resumes where an earlier run stopped)."""
     from .csvformat import SourceError  # noqa: PLC0415 - keep --help fast
     from .producer import Fenced, Replay  # noqa: PLC0415
 
