@@ -15,6 +15,7 @@ from hftpipe_workers import cli
 from hftpipe_workers.bars import Bar
 from hftpipe_workers.csvformat import BarReader, ParsedChunk, RejectedRow, SourceError
 from hftpipe_workers.multifile import FilenameSymbol, MergedReader, expand_sources
+from hftpipe_workers.producer import ResumePoint
 from hftpipe_workers.settings import ProduceSettings, check_filename_pattern
 from hftpipe_workers.sourceinfo import describe_reading, summarize
 
@@ -229,3 +230,18 @@ def test_inspect_of_a_directory_says_how_many_files_and_what_each_is(tmp_path: P
 def test_describe_reading_of_one_file_is_unchanged() -> None:
     one = reader(csv_of([(T0, 1.0, None)]), "x.csv", "X")
     assert describe_reading(one)[0] == "format: CSV text (UTF-8), comma-separated, a header line"
+
+
+def test_dead_letters_of_many_files_resume_by_count_of_one_file_by_line() -> None:
+    """The lines of many files' dead letters are of several files, in the merge's order:
+    what is committed is a count of them; one file's are in line order."""
+    many = ResumePoint(dead_letters=2)
+    assert [many.dead_letter_done(line, n) for n, line in enumerate((90, 5, 7), 1)] == [
+        True,
+        True,
+        False,
+    ]
+    one = ResumePoint(last_dead_line=40)
+    assert [one.dead_letter_done(line, 9) for line in (39, 40, 41)] == [True, True, False]
+    assert not many.empty
+    assert ResumePoint(dead_letters=0).empty
