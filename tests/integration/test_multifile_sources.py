@@ -28,8 +28,10 @@ PATTERN = "*-{symbol}-1m.csv"
 # File order (by name) is not symbol order, so that the tie-break shows which one rules.
 FILES = (("a-SOL-1m.csv", "SOL", 3), ("b-BTC-1m.csv", "BTC", 1), ("c-ETH-1m.csv", "ETH", 2))
 """(file name, symbol, minutes between its bars): every 6th minute all three tie."""
-BAD = {"b-BTC-1m.csv": 100, "c-ETH-1m.csv": 2_900}
-"""A row of each of these files (0-based) has no open price: set aside."""
+BAD = {"a-SOL-1m.csv": 1_998, "b-BTC-1m.csv": 100}
+"""A row of each of these files (0-based) has no open price: set aside. The merge sets
+them aside in file order (line 2,000, then line 102): resuming by the last dead letter's
+line, as for one file, would send the first one again."""
 
 Merged = tuple[str, int, float]
 """(symbol, time in ns, close)."""
