@@ -17,7 +17,8 @@ loopback, removed afterwards):
 11. broker limit, latency: ``ProducerPerformance`` paced at that rate;
 12. event-to-Redis latency at a paced rate;
 13. reading speed: our CSV and Parquet readers against pyarrow's own of the same
-    rows (no broker; :mod:`bench.reading`);
+    rows, and the same rows as 4 files merged by event time against the one file (no
+    broker; :mod:`bench.reading`);
 14. the loader into DuckDB against DuckDB's own Arrow ingest of the same rows
     (:mod:`bench.loader`).
 
@@ -840,6 +841,11 @@ def ratios(r: dict[str, Any]) -> dict[str, float | None]:
         ),
         "latency_p99_over_broker_p99": stats.ratio(
             g("latency", "event_to_redis", "p99_ms"), g("broker_latency", "latency_p99_ms")
+        ),
+        # Time of the merge over the time of the one file (rows/s the other way round).
+        "merge_over_one_file": stats.ratio(
+            g("reading", "merge", "one_file_rows_per_second"),
+            g("reading", "merge", "rows_per_second"),
         ),
     }
 

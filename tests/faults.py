@@ -1,4 +1,5 @@
-"""Faults for the tests: a broker killed and restarted, and what the topic holds after."""
+"""Faults for the tests: a broker killed and restarted, a producer killed mid-replay, and
+what the topic holds after."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -14,6 +16,9 @@ from confluent_kafka.admin import AdminClient
 from hftpipe_devstack.stack import Stack
 from hftpipe_devstack.testing import wait_for
 from hftpipe_workers import codec
+from hftpipe_workers.bars import Bar
+from hftpipe_workers.contract import Topics
+from hftpipe_workers.kafka_admin import read_to_end, reader
 
 """Brokers restarted by :func:`restart_killed`: the test's fixture stops them."""
 
@@ -54,6 +59,48 @@ def committed_bars(bootstrap: str, topic: str) -> dict[int, list[int]]:
     finally:
         consumer.close()
     return out
+
+
+def topic_bars(bootstrap: str, job: str) -> list[Bar]:
+    """Every committed bar of the job's bars topic, in the order they were read (seq)."""
+    topic = Topics.for_job(job).bars
+    consumer = reader({"bootstrap.servers": bootstrap}, f"{topic}.test")
+    bars = []
+    try:
+        for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            if high > low:
+                bars += [
+                    codec.decode_bar(m.value() or b"")
+                    for m in read_to_end(consumer, topic, p, low, high)
+                ]
+    finally:
+        consumer.close()
+    return sorted(bars, key=lambda b: b.seq)
+
+
+def kill_mid_replay(
+    cmd: Sequence[str],
+    env: dict[str, str],
+    bootstrap: str,
+    topic: str,
+    more: Sequence[int] = (1_200, 2_500),
+) -> None:
+    """Run the producer ``cmd`` once per entry of ``more``, each time SIGKILLing it once
+    that many more records are in ``topic`` than before it started."""
+    seen = 0
+    for count in more:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        def added(target: int = seen + count, proc: subprocess.Popen[bytes] = proc) -> int | None:
+            assert proc.poll() is None, "the producer ended before it was killed"
+            now = record_count(bootstrap, topic)
+            return now if now >= target else None
+
+        wait_for(added, 90, f"{seen + count} records in {topic}")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        seen = record_count(bootstrap, topic)
 
 
 def record_count(bootstrap: str, topic: str) -> int:

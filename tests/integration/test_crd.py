@@ -203,8 +203,16 @@ def test_sample_is_accepted_and_defaulted_as_pydantic_defaults_it(
                 "end": "2021-01-01T00:00:00Z",
             },
         ),
+        _with(
+            MINIMAL,
+            source={
+                "urls": ["/data/2024/", "/data/2025/*-1m-*.csv.gz"],
+                "symbolFromFilename": "{symbol}-1m-*.csv.gz",
+                "volume": {"claimName": "dumps"},
+            },
+        ),
     ],
-    ids=["minimal", "snowflake-rate", "strimzi-everything"],
+    ids=["minimal", "snowflake-rate", "strimzi-everything", "many-files"],
 )
 def test_defaults_agree_with_pydantic(
     api: client.ApiClient, namespace: str, spec: dict[str, Any]
@@ -337,7 +345,12 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
         "spec.warehouse.snowflake.secretRef",
         "needs exactly one of passwordKey or privateKeyKey",
     ),
-    ("missing-source-url", _with(MINIMAL, source={"symbol": "BTC"}), "spec.source.url", "Required"),
+    (
+        "missing-source-url",
+        _with(MINIMAL, source={"symbol": "BTC"}),
+        "spec.source.url",
+        "set source.url (a file, a directory or a glob) or source.urls (a list), one of them",
+    ),
     ("missing-kafka", _with(MINIMAL, kafka=None), "spec.kafka", "Required value"),
     (
         "bootstrap-and-strimzi",
@@ -361,7 +374,7 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
         "source-outside-its-volume",
         _with(MINIMAL, source={"url": "/elsewhere/x.csv", "volume": {"claimName": "bars"}}),
         "spec.source.url",
-        "source.url must be a file under source.mountPath",
+        "source.url must be under source.mountPath",
     ),
     (
         "volume-claim-and-source",
@@ -474,6 +487,34 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
         _with(MINIMAL, source__timezone="New York"),
         "spec.source.timezone",
         "should match",
+    ),
+    # Issue 11, point 5: many files as one feed.
+    (
+        "url-and-urls",
+        _with(MINIMAL, source__urls=["s3://b/2024/*.csv"]),
+        "spec.source.url",
+        "set source.url (a file, a directory or a glob) or source.urls (a list), one of them",
+    ),
+    (
+        "symbol-pattern-twice",
+        _with(MINIMAL, source__symbolFromFilename="{symbol}-{symbol}.csv"),
+        "spec.source.symbolFromFilename",
+        "source.symbolFromFilename must hold {symbol} once",
+    ),
+    (
+        "symbol-and-pattern",
+        _with(MINIMAL, source__symbol="X", source__symbolFromFilename="{symbol}.csv"),
+        "spec.source.symbolFromFilename",
+        "set source.symbol or source.symbolFromFilename, not both",
+    ),
+    (
+        "urls-off-the-volume",
+        _with(
+            MINIMAL,
+            source={"urls": ["/data/a.csv", "/etc/b.csv"], "volume": {"claimName": "bars"}},
+        ),
+        "spec.source.urls",
+        "with source.volume, each of source.urls must be under source.mountPath",
     ),
 ]
 

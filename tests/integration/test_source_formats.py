@@ -12,8 +12,6 @@ option that would read it, exit code 2, and no topic left behind.
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -24,18 +22,15 @@ from zoneinfo import ZoneInfo
 import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 import pytest
-from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient
-from faults import assert_every_bar_once, committed_bars, record_count
+from faults import assert_every_bar_once, committed_bars, kill_mid_replay, topic_bars
 from pyarrow import feather
 
-from hftpipe_devstack.testing import CLI, produce, run_produce, wait_for
+from hftpipe_devstack.testing import CLI, produce, run_produce
 from hftpipe_operator.kafka_facts import read_offsets
 from hftpipe_operator.status import SourceStatus
-from hftpipe_workers import codec
-from hftpipe_workers.bars import Bar, format_utc
+from hftpipe_workers.bars import format_utc
 from hftpipe_workers.contract import Topics
-from hftpipe_workers.kafka_admin import read_to_end, reader
 
 NS = 1_000_000_000
 Row = tuple[int, float, float, float, float, float]
@@ -44,24 +39,6 @@ Row = tuple[int, float, float, float, float, float]
 
 def new_job() -> str:
     return f"fmt-{uuid.uuid4().hex[:8]}"
-
-
-def topic_bars(bootstrap: str, job: str) -> list[Bar]:
-    """Every committed bar of the job's bars topic, in the order they were read."""
-    topic = Topics.for_job(job).bars
-    consumer = reader({"bootstrap.servers": bootstrap}, f"{topic}.test")
-    bars = []
-    try:
-        for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            if high > low:
-                bars += [
-                    codec.decode_bar(m.value() or b"")
-                    for m in read_to_end(consumer, topic, p, low, high)
-                ]
-    finally:
-        consumer.close()
-    return sorted(bars, key=lambda b: b.seq)
 
 
 def job_topics(bootstrap: str, job: str) -> list[str]:
@@ -366,20 +343,7 @@ def test_a_parquet_replay_killed_mid_way_resumes_with_every_row_once(
     job = new_job()
     topic = Topics.for_job(job).bars
     cmd = [*CLI, "produce", str(path), "--job", job, "--rate", "1500", "--metrics-port", "-1"]
-    seen = 0
-    for more in (1_200, 2_500):
-        proc = subprocess.Popen(
-            cmd, env=subprocess_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-
-        def added(more: int = seen + more) -> int | None:
-            count = record_count(kafka_bootstrap, topic)
-            return count if count >= more else None
-
-        seen = wait_for(added, 90, f"{seen + more} bars in the topic")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        seen = record_count(kafka_bootstrap, topic)
+    kill_mid_replay(cmd, subprocess_env, kafka_bootstrap, topic)
     report = produce(subprocess_env, job, path)
     assert report["skipped_already_in_kafka"] > 0, "the kills must land mid-replay"
     assert report["produced"] + report["skipped_already_in_kafka"] == n, report

@@ -258,3 +258,9 @@ def test_reading_speed_reads_both_formats_and_the_table_shows_them(tmp_path: Pat
     table = stats.results_table({"results": {"reading": figures, "ratios": ratios}})
     assert "| Reading a Parquet file (every row checked, no Kafka) |" in table
     assert "pyarrow.csv.read_csv of the same rows" in table
+    # Point 5: the same rows dealt into 4 files, merged: the ratio of times, and its target.
+    merge = figures["merge"]
+    assert (merge["files"], merge["rows"]) == (4, 20_000)
+    assert ratios["merge_over_one_file"] == pytest.approx(merge["merge_over_one_file"], rel=1e-2)
+    assert "| Reading the same rows as 4 CSV files merged by event time |" in table
+    assert "| merge of many files vs one file (time) | <= 1.20x |" in table

@@ -184,7 +184,7 @@ def test_defaults_when_neither_option_nor_variable(workers: dict[str, dict[str, 
     result = invoke("produce", "data.csv", *QUIET)
     assert result.exit_code == 0, result.output
     init = workers["produce"]["init"]
-    assert init["source"] == "data.csv"
+    assert init["source"] == ["data.csv"]
     assert init["job"] == "demo"
     assert init["pacing"] == Pacing("max")
     assert (init["partitions"], init["replication"], init["create_topics"]) == (
@@ -224,7 +224,7 @@ def test_environment_variables_set_the_options(
 
     assert invoke("produce").exit_code == 0
     produced = workers["produce"]["init"]
-    assert produced["source"] == "s3://bucket/bars.csv.gz"
+    assert produced["source"] == ["s3://bucket/bars.csv.gz"]  # one source, as it is
     assert (produced["job"], produced["symbol"]) == ("btc", "BTCUSDT")
     assert produced["pacing"] == Pacing("speed", 60.0)
     assert produced["start_ns"] == 1_577_836_800 * 10**9
@@ -277,7 +277,7 @@ def test_the_command_line_beats_the_environment(
     )
     assert result.exit_code == 0, result.output
     init = workers["produce"]["init"]
-    assert (init["source"], init["partitions"], init["layout"]) == ("from-cli.csv", 2, "auto")
+    assert (init["source"], init["partitions"], init["layout"]) == (["from-cli.csv"], 2, "auto")
     assert init["create_topics"] is True
     assert init["kafka"].profile == "throughput"
 
@@ -561,7 +561,7 @@ def test_the_replayjobs_source_formats_reach_the_producer_through_the_configmap(
     with pytest.MonkeyPatch.context() as env:
         for var, value in data.items():
             env.setenv(var, value)
-        produce = ProduceSettings(source=job.spec.source.url)
+        produce = ProduceSettings(source=job.spec.source.all_urls)
     assert (produce.delimiter_char, produce.column_list) == (
         ";",
         ["Date", "Time", "Open", "High", "Low", "Close", "Volume"],

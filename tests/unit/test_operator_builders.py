@@ -274,6 +274,22 @@ def test_every_variable_a_worker_gets_is_read_by_it(
     assert unread == []
 
 
+def test_many_source_files_and_their_symbol_pattern_reach_the_producer(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    """Issue 11, point 5: ``source.urls`` are the producer's arguments, in order, and
+    ``source.symbolFromFilename`` its ``--symbol-from-filename``."""
+    urls = ["s3://dumps/2024/BTC-1m-*.csv.gz", "s3://dumps/2025/"]
+    job = make_job(source={"urls": urls, "symbolFromFilename": "{symbol}-1m-*.csv.gz"})
+    for var, value in _env_of(job, "producer").items():
+        clean_env.setenv(var, value)
+    args = _container(_workloads(job)["producer"])["command"][2:]
+    assert args == urls
+    params = _click("produce").make_context("produce", list(args)).params
+    assert params["source"] == urls
+    assert params["symbol_from_filename"] == "{symbol}-1m-*.csv.gz"
+
+
 def test_the_commands_parse_the_settings_into_the_spec(clean_env: pytest.MonkeyPatch) -> None:
     job = make_job()
 
@@ -287,7 +303,7 @@ def test_the_commands_parse_the_settings_into_the_spec(clean_env: pytest.MonkeyP
         return dict(ctx.params)
 
     produce = params("producer")
-    assert produce["source"] == "s3://market-data/btc.csv.gz"
+    assert produce["source"] == ["s3://market-data/btc.csv.gz"]
     assert produce["job"] == "btc"
     # Topics, groups, Redis keys and warehouse rows are named by <namespace>.<name>.
     assert produce["namespace"] == "markets"

@@ -223,7 +223,12 @@ def test_no_field_can_hold_a_secret_value() -> None:
 def test_required_fields() -> None:
     assert ROOT["required"] == ["spec"]
     assert SPEC["required"] == ["source", "kafka", "redis"]
-    assert SPEC["properties"]["source"]["required"] == ["url"]
+    # One of url and urls (a rule: an OpenAPI schema cannot say "exactly one").
+    source = SPEC["properties"]["source"]
+    assert "required" not in source
+    assert "has(self.url) != has(self.urls)" in [
+        r["rule"] for r in source["x-kubernetes-validations"]
+    ]
 
 
 # ------------------------------------------------------------------ rules
@@ -419,6 +424,28 @@ def _with(spec: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
             "source",
             {"url": "x.csv", "mapping": "time=t:iso", "timeFormat": "unix"},
             "set source.timeFormat or the format in source.mapping's time entry",
+        ),
+        # Issue 11, point 5: many files.
+        ("source", {}, "set source.url (a file, a directory or a glob) or source.urls"),
+        ("source", {"url": "a.csv", "urls": ["b.csv"]}, "or source.urls (a list), one of them"),
+        ("source.urls", ["a.csv", "a.csv"], "duplicate values ['a.csv']"),
+        ("source.urls", [], "at least 1 item"),
+        ("source.symbolFromFilename", "BTC-1m.csv", "pattern"),
+        ("source.symbolFromFilename", "{symbol}-{symbol}.csv", "{symbol} once"),
+        (
+            "source",
+            {"url": "x.csv", "symbol": "X", "symbolFromFilename": "{symbol}.csv"},
+            "set source.symbol or source.symbolFromFilename, not both",
+        ),
+        (
+            "source",
+            {"urls": ["/data/a.csv", "/elsewhere/b.csv"], "volume": {"claimName": "bars"}},
+            "with source.volume, each of source.urls must be under source.mountPath",
+        ),
+        (
+            "source",
+            {"urls": ["s3://b/a.csv", "https://h/b.csv"], "s3": {"region": "eu-west-1"}},
+            "source.s3 is for s3:// source.urls",
         ),
     ],
 )

@@ -163,6 +163,7 @@ def worker_settings(job: ReplayJob) -> dict[str, str]:
         env[cli_envvar("produce", "speed")] = "max"
     for param, value in (
         ("symbol", source.symbol),
+        ("symbol_from_filename", source.symbol_from_filename),
         ("start", source.start),
         ("end", source.end),
         ("mapping", source.mapping),
@@ -354,7 +355,7 @@ def _volumes(job: ReplayJob, worker: Worker) -> tuple[list[dict[str, Any]], list
 def _container(job: ReplayJob, worker: Worker) -> dict[str, Any]:
     spec = job.spec
     port = METRICS_PORTS[worker]
-    args = [spec.source.url] if worker == "producer" else []
+    args = spec.source.all_urls if worker == "producer" else []
     _, mounts = _volumes(job, worker)
     return {
         "name": worker,

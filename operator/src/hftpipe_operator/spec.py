@@ -18,11 +18,18 @@ from importlib.metadata import version
 from typing import Annotated, Any, Final, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from annotated_types import Len
 from pydantic import AfterValidator, Field, StringConstraints
 
 from hftpipe_workers import cli
 from hftpipe_workers.contract import job_id
-from hftpipe_workers.settings import DelimiterChoice, KafkaProfile, KafkaSettings, RedisSettings
+from hftpipe_workers.settings import (
+    DelimiterChoice,
+    KafkaProfile,
+    KafkaSettings,
+    RedisSettings,
+    check_filename_pattern,
+)
 from hftpipe_workers.snowflake_settings import SnowflakeSettings
 
 from .apimodel import (
@@ -82,6 +89,14 @@ NAMED_TIME_FORMATS: Final = ("unix", "unix_s", "unix_ms", "unix_us", "unix_ns", 
 """The producer's named time formats (``csvformat.TIME_FORMATS``; a unit test keeps them equal)."""
 
 ColumnName = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^,]+$")]
+SourceUrl = Annotated[str, StringConstraints(min_length=1, max_length=2048)]
+ListedUrl = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+"""A URL of ``source.urls``: shorter than ``source.url``, so that the rules over the list
+(and the job's ``source`` immutability rule) stay within the API server's CEL budget."""
+
+
+def _on_volume(url: str, mount_path: str) -> bool:
+    return url.startswith(mount_path + "/") or url.startswith("file://" + mount_path + "/")
 
 
 def _count(*flags: bool) -> int:
@@ -245,9 +260,34 @@ class S3Source(ApiModel):
 
 
 class SourceSpec(ApiModel):
-    """The file to replay (CSV, Parquet or Arrow) and which part of it."""
+    """The file to replay (CSV, Parquet or Arrow), or the files merged by event time, and
+    which part of it."""
 
     rules = (
+        Rule(
+            cel="has(self.url) != has(self.urls)",
+            message="set source.url (a file, a directory or a glob) or source.urls (a list), "
+            "one of them",
+            holds=lambda s: (s.url is None) != (s.urls is None),
+            field_path=".url",
+        ),
+        Rule(
+            cel="!has(self.symbol) || !has(self.symbolFromFilename)",
+            message="set source.symbol or source.symbolFromFilename, not both",
+            holds=lambda s: s.symbol is None or s.symbol_from_filename is None,
+            field_path=".symbolFromFilename",
+        ),
+        Rule(
+            cel=(
+                "!has(self.symbolFromFilename) || self.symbolFromFilename.indexOf('{symbol}') "
+                "== self.symbolFromFilename.lastIndexOf('{symbol}')"
+            ),
+            message="source.symbolFromFilename must hold {symbol} once, e.g. '{symbol}-1m-*.csv'",
+            holds=lambda s: (
+                s.symbol_from_filename is None or s.symbol_from_filename.count("{symbol}") == 1
+            ),
+            field_path=".symbolFromFilename",
+        ),
         Rule(
             cel="!has(self.mapping) || self.layout == 'auto'",
             message="set source.mapping or a source.layout other than 'auto', not both",
@@ -289,29 +329,65 @@ class SourceSpec(ApiModel):
         ),
         Rule(
             cel=(
-                "!has(self.volume) || self.url.startsWith(self.mountPath + '/')"
+                "!has(self.volume) || !has(self.url) || self.url.startsWith(self.mountPath + '/')"
                 " || self.url.startsWith('file://' + self.mountPath + '/')"
             ),
-            message="with source.volume, source.url must be a file under source.mountPath",
-            holds=lambda s: (
-                s.volume is None
-                or s.url.startswith(s.mount_path + "/")
-                or s.url.startswith("file://" + s.mount_path + "/")
-            ),
+            message="with source.volume, source.url must be under source.mountPath",
+            holds=lambda s: s.volume is None or s.url is None or _on_volume(s.url, s.mount_path),
             field_path=".url",
         ),
         Rule(
-            cel="!has(self.s3) || self.url.startsWith('s3://')",
+            cel=(
+                "!has(self.volume) || !has(self.urls) || self.urls.all(u, "
+                "u.startsWith(self.mountPath + '/') || u.startsWith('file://' + self.mountPath "
+                "+ '/'))"
+            ),
+            message="with source.volume, each of source.urls must be under source.mountPath",
+            holds=lambda s: (
+                s.volume is None
+                or s.urls is None
+                or all(_on_volume(u, s.mount_path) for u in s.urls)
+            ),
+            field_path=".urls",
+        ),
+        Rule(
+            cel="!has(self.s3) || !has(self.url) || self.url.startsWith('s3://')",
             message="source.s3 is for an s3:// source.url",
-            holds=lambda s: s.s3 is None or s.url.startswith("s3://"),
+            holds=lambda s: s.s3 is None or s.url is None or s.url.startswith("s3://"),
+            field_path=".s3",
+        ),
+        Rule(
+            cel="!has(self.s3) || !has(self.urls) || self.urls.all(u, u.startsWith('s3://'))",
+            message="source.s3 is for s3:// source.urls",
+            holds=lambda s: (
+                s.s3 is None or s.urls is None or all(u.startswith("s3://") for u in s.urls)
+            ),
             field_path=".s3",
         ),
     )
 
-    url: Annotated[str, StringConstraints(min_length=1, max_length=2048)]
+    url: SourceUrl | None = None
     """The CSV file, optionally compressed (.gz, .bz2, .xz, .zst), or a Parquet or Arrow
     IPC (Feather v2) file: a path in the producer's container (on `volume`, or shipped in
-    the image), or a file://, s3:// (see `s3`), http:// or https:// URL."""
+    the image), or a file://, s3:// (see `s3`), http:// or https:// URL. Or many files,
+    replayed as one stream merged by event time (ties: symbol, then file order): a
+    directory (a path, or a URL ending in `/`) or a glob (`s3://bucket/2024/*.csv.gz`).
+    Exactly one of `url` and `urls`."""
+
+    urls: (
+        Annotated[
+            list[ListedUrl],
+            # annotated_types' Len, not Field(): the CRD states it as minItems/maxItems,
+            # which bound the cost of the CEL rules over the list.
+            Len(1, 16),
+            AfterValidator(_unique),
+            Crd({"x-kubernetes-list-type": "set"}),
+        ]
+        | None
+    ) = None
+    """Several sources (files, directories or globs, as `url`), replayed as one stream
+    merged by event time; file order (which breaks ties of time and symbol) is this
+    list's, each directory's or glob's files by name."""
 
     s3: S3Source | None = None
     """Endpoint, region and credentials for an `s3://` URL."""
@@ -373,6 +449,23 @@ class SourceSpec(ApiModel):
         | None
     ) = None
     """Symbol of every bar, for files without a symbol column (e.g. BTCUSDT)."""
+
+    symbol_from_filename: (
+        Annotated[
+            str,
+            StringConstraints(max_length=256, pattern=r"^[^/]*\{symbol\}[^/]*$"),
+            AfterValidator(check_filename_pattern),
+        ]
+        | None
+    ) = None
+    """Take each file's symbol from its name (`--symbol-from-filename`), for files without
+    a symbol column: the file name with `{symbol}` where the symbol is, `*` and `?` as in
+    globs, e.g. `{symbol}-1m-*.csv`."""
+
+    @property
+    def all_urls(self) -> list[str]:
+        """The sources as the producer's arguments: `urls`, or `url`."""
+        return list(self.urls) if self.urls is not None else [self.url] if self.url else []
 
     start: Timestamp | None = None
     """First bar time to replay (inclusive), RFC 3339 with a zone."""

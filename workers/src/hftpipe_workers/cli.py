@@ -243,8 +243,8 @@ def _setup(log_json: bool, metrics_port: int, stall_seconds: float = 120.0) -> M
 @app.command()
 @_settings_command(ProduceSettings, arguments=("source",))
 def produce(settings: ProduceSettings) -> None:
-    """Replay a CSV, Parquet or Arrow file of OHLCV bars into Kafka (resumes where an
-    earlier run stopped)."""
+    """Replay a CSV, Parquet or Arrow file of OHLCV bars, or many merged by event time, into
+    Kafka (resumes where an earlier run stopped)."""
     from .csvformat import SourceError  # noqa: PLC0415 - keep --help fast
     from .producer import Fenced, Replay  # noqa: PLC0415
 
@@ -257,6 +257,7 @@ def produce(settings: ProduceSettings) -> None:
         report = Replay(
             job=settings.job,
             source=settings.source,
+            symbol_from_filename=settings.symbol_from_filename,
             bars_topic=topics.bars,
             dead_topic=topics.deadletter,
             progress_topic=topics.progress,
@@ -303,27 +304,42 @@ def produce(settings: ProduceSettings) -> None:
 @_settings_command(ProduceSettings, arguments=("source",), only=SOURCE_OPTIONS)
 def inspect_source(settings: ProduceSettings) -> None:
     """Read a source as produce would, producing nothing: print its format, layout, delimiter,
-    time format and zone, first and last event time, and rows by outcome."""
+    time format and zone (of each file, for many), first and last event time, and rows by
+    outcome."""
+    from contextlib import ExitStack  # noqa: PLC0415
+
     from .arrowformat import open_reader  # noqa: PLC0415 - keep --help fast
-    from .csvformat import SourceError  # noqa: PLC0415
+    from .csvformat import BarReader, SourceError  # noqa: PLC0415
+    from .multifile import FilenameSymbol, MergedReader, expand_sources  # noqa: PLC0415
     from .producer import open_source  # noqa: PLC0415
     from .sourceinfo import describe_reading, summarize  # noqa: PLC0415
 
+    options = settings.reader_options
+    pattern = settings.symbol_from_filename
+    named = FilenameSymbol(pattern) if pattern else None
     try:
-        stream, _ = open_source(settings.source)
-        with stream:
-            try:
-                reader = open_reader(stream, source=settings.source, **settings.reader_options)
-            except SourceError:
-                raise
-            except ValueError as exc:  # options the file cannot be read with
-                raise SourceError(" ".join(str(exc).split())) from exc
+        files = expand_sources(settings.source)
+        with ExitStack() as stack:
+            readers: list[BarReader] = []
+            for url in files:
+                if named is not None:
+                    options["symbol"] = named.symbol(url)
+                stream, _ = open_source(url)
+                stack.enter_context(stream)
+                try:
+                    readers.append(open_reader(stream, source=url, **options))
+                except SourceError:
+                    raise
+                except ValueError as exc:  # options the file cannot be read with
+                    raise SourceError(" ".join(str(exc).split())) from exc
+            reader = readers[0] if len(readers) == 1 else MergedReader(readers)
             reading = describe_reading(reader)
             summary = summarize(reader)
     except (SourceError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    typer.echo("\n".join([f"source: {settings.source}", *reading, *summary.lines()]))
+    source = ", ".join(settings.source)
+    typer.echo("\n".join([f"source: {source}", *reading, *summary.lines()]))
 
 
 @app.command()

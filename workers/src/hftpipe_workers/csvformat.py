@@ -1399,6 +1399,11 @@ class BarReader:
         self._watching = fail_fast_rows > 0
         self._watched: list[RejectedRow] = []
 
+    @property
+    def symbol(self) -> str:
+        """The symbol of the bars of a file without a symbol column ("" if none was given)."""
+        return self._symbol
+
     def _column_index(self, column: str) -> int:
         """Where ``column`` is among the fields of a rejected row's text."""
         return self.layout.header.index(column)

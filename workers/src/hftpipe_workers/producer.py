@@ -50,7 +50,7 @@ import socket
 import sys
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -87,6 +87,7 @@ from .kafka_admin import (
     reader,
     watermarks,
 )
+from .multifile import FilenameSymbol, MergedReader, expand_sources
 from .observability import (
     BYTES_OUT,
     DEAD_LETTERS,
@@ -99,7 +100,7 @@ from .observability import (
 )
 from .pacing import Pacer, Pacing
 from .settings import KafkaSettings
-from .sourceinfo import Reading, SourceSummary, reading_of
+from .sourceinfo import Reading, SourceSummary, describe_reading, reading_of
 
 log = logging.getLogger("hftpipe.producer")
 
@@ -147,33 +148,50 @@ def partition_for(symbol: str, partitions: int) -> int:
 
 @dataclass
 class ResumePoint:
-    """What is already in Kafka: last seq per bars partition, last dead-lettered line."""
+    """What is already in Kafka: last seq per bars partition, and the dead letters: the
+    last dead-lettered line of one file, or how many (in the merged order) of many."""
 
     last_seq: dict[int, int] = field(default_factory=dict)
     last_dead_line: int = 0
+    dead_letters: int | None = None
+    """The producer's dead letters committed, for a source of many files (their lines
+    are of several files; their order is the merge's, the same on every read)."""
 
     def bar_done(self, partition: int, seq: int) -> bool:
         """Whether the bar with ``seq`` bound for ``partition`` was delivered before."""
         return seq <= self.last_seq.get(partition, -1)
 
+    def dead_letter_done(self, line: int, ordinal: int) -> bool:
+        """Whether the row set aside at ``line`` of its file, the ``ordinal``-th (from 1)
+        set aside in the read, was dead-lettered before."""
+        if self.dead_letters is not None:
+            return ordinal <= self.dead_letters
+        return line <= self.last_dead_line
+
     @property
     def empty(self) -> bool:
         """Nothing was produced before."""
-        return not self.last_seq and self.last_dead_line == 0
+        return not self.last_seq and self.last_dead_line == 0 and not self.dead_letters
 
 
 def find_resume_point(
-    settings: KafkaSettings, bars_topic: str, dead_topic: str, group: str
+    settings: KafkaSettings, bars_topic: str, dead_topic: str, group: str, *, merged: bool = False
 ) -> ResumePoint:
     """Read where an earlier run of this job stopped: its last committed records.
 
     ``group``: the job's reader group (:attr:`.contract.Groups.reader`; nothing is
-    committed, but an authorizing broker checks it)."""
+    committed, but an authorizing broker checks it). ``merged``: the source is many
+    files: count the producer's dead letters (the whole dead-letter topic is read)."""
     consumer = reader(settings.common(), group)
     try:
         point = ResumePoint()
         for partition, msg in last_records(consumer, bars_topic).items():
             point.last_seq[partition] = codec.decode_bar(msg.value() or b"").seq
+        if merged:
+            point.dead_letters = sum(
+                1 for d in iter_dead_letters(settings, dead_topic, group) if "line" in d
+            )
+            return point
         for msg in last_records(consumer, dead_topic).values():
             line = orjson.loads(msg.value() or b"{}").get("line")
             if line is None:
@@ -477,19 +495,21 @@ def progress_record(
 
 
 class Replay:
-    """One replay of a file into a job's topics."""
+    """One replay of a file, or of many merged by event time (:mod:`.multifile`), into a
+    job's topics."""
 
     def __init__(
         self,
         *,
         job: str,
-        source: str,
+        source: str | Sequence[str],
         bars_topic: str,
         dead_topic: str,
         kafka: KafkaSettings,
         progress_topic: str | None = None,
         pacing: Pacing,
         symbol: str | None = None,
+        symbol_from_filename: str | None = None,
         mapping: ColumnMapping | None = None,
         layout: LayoutName | Literal["auto"] = "auto",
         delimiter: str | None = None,
@@ -507,7 +527,16 @@ class Replay:
         job_id: str | None = None,
         transaction_seconds: float = TRANSACTION_SECONDS,
     ) -> None:
-        self.job, self.source = job, source
+        self.job = job
+        self.sources = [source] if isinstance(source, str) else list(source)
+        self.source = ", ".join(self.sources)
+        """The source as given, for messages."""
+        self.files: list[str] = []
+        """The source's files, in file order (:func:`~.multifile.expand_sources`, when
+        the source is checked)."""
+        self.filename_symbol = (
+            FilenameSymbol(symbol_from_filename) if symbol_from_filename else None
+        )
         # The job id (namespace-qualified under the operator) names the transactional id
         # and the reader group; metric labels keep the plain name.
         self.transactional_id = transactional_id(job_id or job)
@@ -553,12 +582,14 @@ class Replay:
             log.warning("progress record not delivered to %s: %s", self.progress_topic, err)
             ERRORS.labels("producer", self.job, "progress").inc()
 
-    def _reader(self, stream: IO[bytes], **options: Any) -> BarReader:
+    def _reader(self, stream: IO[bytes], url: str, **options: Any) -> BarReader:
+        """The reader of the file ``url``, opened as ``stream``."""
+        symbol = self.filename_symbol.symbol(url) if self.filename_symbol else self.symbol
         try:
             return open_reader(
                 stream,
-                source=self.source,
-                symbol=self.symbol,
+                source=url,
+                symbol=symbol,
                 mapping=self.mapping,
                 layout=self.layout,
                 delimiter=self.delimiter,
@@ -577,15 +608,21 @@ class Replay:
     def _check_source(self) -> None:
         """Open the source, read its header and its first rows: a :class:`SourceError` if
         it cannot be replayed (an :class:`~.csvformat.UnreadableSource` when the first
-        rows are all set aside for one reason). Before anything is created in Kafka."""
-        stream, _ = open_source(self.source)
-        with stream:
-            reader = self._reader(stream, block_bytes=CHECK_BLOCK_BYTES)
-            reader.check_start()
-        if reader.encoding != "UTF-8":
-            log.info(
-                "%s is %s text: converted to UTF-8 as it is read", self.source, reader.encoding
-            )
+        rows are all set aside for one reason). Before anything is created in Kafka.
+        Each file of a source of many, one after the other."""
+        self.files = expand_sources(self.sources)
+        if len(self.files) > 1:
+            log.info("%s: %d files, merged by event time", self.source, len(self.files))
+        for url in self.files:
+            if self.filename_symbol is not None:
+                self.filename_symbol.symbol(url)  # every name, before any file is read
+        for url in self.files:
+            stream, _ = open_source(url)
+            with stream:
+                reader = self._reader(stream, url, block_bytes=CHECK_BLOCK_BYTES)
+                reader.check_start()
+            if reader.encoding != "UTF-8":
+                log.info("%s is %s text: converted to UTF-8 as it is read", url, reader.encoding)
 
     def run(self) -> ReplayReport:
         """Replay the file; raises if any record could not be delivered, :class:`Fenced`
@@ -603,7 +640,7 @@ class Replay:
 
     def _run(self) -> ReplayReport:
         self._check_source()
-        total = count_rows(self.source) if self.count_source_rows else 0
+        total = sum(count_rows(url) for url in self.files) if self.count_source_rows else 0
         admin = AdminClient(self.kafka.common())
         if self.create_topics:
             ensure_topics(
@@ -662,41 +699,54 @@ class Replay:
     def _replay(self, producer: Producer, partitions: int) -> ReplayReport:
         """One pass from the resume point to the end of the file."""
         live = self._live_state
-        resume = find_resume_point(self.kafka, self.bars_topic, self.dead_topic, self.reader_group)
+        merged = len(self.files) > 1
+        resume = find_resume_point(
+            self.kafka, self.bars_topic, self.dead_topic, self.reader_group, merged=merged
+        )
         if not resume.empty:
             log.info(
-                "resuming: topic already holds bars up to seq %s per partition, dead "
-                "letters up to line %d",
+                "resuming: topic already holds bars up to seq %s per partition, dead letters %s",
                 resume.last_seq,
-                resume.last_dead_line,
+                f"up to line {resume.last_dead_line}"
+                if resume.dead_letters is None
+                else f"{resume.dead_letters:,} (of the merged files)",
             )
         report = ReplayReport()
         pacer = Pacer(self.pacing)
         started = time.monotonic()
         HEARTBEAT.beat()
         with ExitStack() as stack:
-            stream, fraction = open_source(self.source)
-            stack.enter_context(stream)
+            readers: list[BarReader] = []
+            fractions: list[Callable[[], float]] = []
+            for url in self.files:
+                stream, fraction = open_source(url)
+                stack.enter_context(stream)
+                readers.append(self._reader(stream, url))
+                fractions.append(fraction)
             if self.show_progress:
-                live.printer = _Progress(live.rows_total, fraction)
-            reader = self._reader(stream)
+                live.printer = _Progress(
+                    live.rows_total, lambda: sum(f() for f in fractions) / len(fractions)
+                )
+            reader: BarReader | MergedReader = readers[0] if not merged else MergedReader(readers)
             # What hftpipe inspect prints: how the file is read now, what came of it at the
             # end; the progress records carry both, for the ReplayJob's status.
             live.reading, live.summary = reading_of(reader), SourceSummary(self.source)
             log.info(
                 "reading %s: %s; pacing: %s",
                 self.source,
-                "; ".join(live.reading.lines()),
+                "; ".join(describe_reading(reader)),
                 self.pacing,
             )
             summary = live.summary
+            set_aside = 0
             try:
                 for chunk in reader:
                     summary.add(chunk)
                     report.out_of_range += chunk.out_of_range
                     live.rejected += len(chunk.rejected)
                     for row in chunk.rejected:
-                        if row.line > resume.last_dead_line:
+                        set_aside += 1
+                        if not resume.dead_letter_done(row.line, set_aside):
                             self._dead_letter(producer, row)
                             report.dead_lettered += 1
                     report.rows_read += len(chunk.rejected) + chunk.out_of_range

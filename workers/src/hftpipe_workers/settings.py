@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .contract import check_job_name, check_namespace, job_id
 
@@ -39,6 +39,21 @@ itself imports pandas, too slow to import for ``--help``)."""
 DelimiterChoice = Literal["auto", ",", ";", "tab", "pipe"]
 """``auto`` (sniffed) or one of ``csvformat.DELIMITERS``; tab and pipe by name (a ``|``
 among typer's choices would read as a separator)."""
+
+
+def check_filename_pattern(pattern: str) -> str:
+    """A ``--symbol-from-filename`` pattern (:class:`.multifile.FilenameSymbol`): a file
+    name with ``{symbol}`` once, ``*`` and ``?`` as in globs; a ValueError saying what is
+    wrong otherwise. Here, not in :mod:`.multifile`, so that the operator's spec checks it
+    without loading pandas."""
+    if pattern.count("{symbol}") != 1:
+        raise ValueError(
+            f"{pattern!r}: the pattern must hold {{symbol}} once, where the file name "
+            "holds the symbol, e.g. '{symbol}-1m-*.csv'"
+        )
+    if "/" in pattern:
+        raise ValueError(f"{pattern!r}: a file name pattern, without a directory (no /)")
+    return pattern
 
 
 def env_names(settings: type[BaseSettings], name: str) -> tuple[str, ...]:
@@ -298,10 +313,13 @@ class WorkerSettings(JobSettings):
 class ProduceSettings(WorkerSettings):
     """Options of ``hftpipe produce``."""
 
-    source: str = Field(min_length=1)
+    # NoDecode: the variable holds one source as it is (a path may hold spaces), not JSON.
+    source: Annotated[list[str], NoDecode] = Field(min_length=1)
     """CSV, Parquet or Arrow IPC (Feather v2) file: a path, file://, s3:// or https://
     URL; .gz, .bz2, .xz, .zst are decompressed; Parquet and Arrow are told by their first
-    bytes (or a .parquet, .pq, .arrow, .feather, .ipc suffix)."""
+    bytes (or a .parquet, .pq, .arrow, .feather, .ipc suffix). Or many files, replayed as
+    one stream merged by event time (ties: symbol, then file order): a directory, a glob
+    (s3://bucket/2024/*.csv.gz), or several sources on the command line."""
 
     speed: str | None = None
     """Pace on event time: 60x is sixty times real time, max is as fast as possible
@@ -312,6 +330,11 @@ class ProduceSettings(WorkerSettings):
 
     symbol: str | None = Field(default=None, min_length=1)
     """Symbol of every bar, for files without a symbol column."""
+
+    symbol_from_filename: str | None = Field(default=None, min_length=1)
+    """Take each file's symbol from its name, for files without a symbol column: a
+    pattern of the file name with {symbol} where the symbol is, * and ? as in globs, e.g.
+    '{symbol}-1m-*.csv' reads BTCUSDT off BTCUSDT-1m-2024-01.csv."""
 
     start: str | None = None
     """First bar time to replay (inclusive), ISO-8601; UTC if it has no offset."""
@@ -363,6 +386,23 @@ class ProduceSettings(WorkerSettings):
     counted); 0 keeps none of it."""
 
     metrics_port: MetricsPort = 9100
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("symbol_from_filename")
+    @classmethod
+    def _valid_filename_pattern(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        if info.data.get("symbol") is not None:
+            raise ValueError(
+                f"give a symbol ({info.data['symbol']!r}) or a pattern to read it from the "
+                "file names, not both"
+            )
+        return check_filename_pattern(value)
 
     @field_validator("speed")
     @classmethod
@@ -602,6 +642,7 @@ class DemoSettings(BaseSettings):
 SOURCE_OPTIONS: Final = (
     "source",
     "symbol",
+    "symbol_from_filename",
     "start",
     "end",
     "mapping",

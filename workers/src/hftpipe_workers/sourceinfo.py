@@ -18,6 +18,7 @@ import numpy as np
 
 from .bars import format_utc
 from .csvformat import DELIMITER_NAMES, BarReader, ParsedChunk, ReadStats
+from .multifile import TIE_BREAK, MergedReader
 
 SYMBOLS_LISTED: Final = 10
 """Symbols named one by one in a summary (the rest are counted)."""
@@ -42,8 +43,27 @@ class Reading(NamedTuple):
         ]
 
 
-def reading_of(reader: BarReader) -> Reading:
-    """How ``reader`` reads its source."""
+def reading_of(reader: BarReader | MergedReader) -> Reading:
+    """How ``reader`` reads its source. For many files: how many and the merge's order,
+    then what they share, or each file's own where they differ."""
+    if not isinstance(reader, MergedReader):
+        return _reading_of_one(reader)
+    each = [_reading_of_one(one) for one in reader.readers]
+
+    def common(values: list[str]) -> str:
+        if len(set(values)) == 1:
+            return values[0]
+        return "; ".join(f"file {i}: {v}" for i, v in enumerate(values, 1))
+
+    return Reading(
+        format=f"{len(each):,} files merged by {TIE_BREAK}: {common([r.format for r in each])}",
+        layout=common([r.layout for r in each]),
+        time=common([r.time for r in each]),
+        time_zone=common([r.time_zone for r in each]),
+    )
+
+
+def _reading_of_one(reader: BarReader) -> Reading:
     lay = reader.layout
     if lay.file_format:
         form = getattr(reader, "container", lay.file_format)
@@ -68,9 +88,19 @@ def reading_of(reader: BarReader) -> Reading:
     )
 
 
-def describe_reading(reader: BarReader) -> list[str]:
-    """How ``reader`` reads its source: ``what: how`` lines, for a log or a terminal."""
-    return reading_of(reader).lines()
+def describe_reading(reader: BarReader | MergedReader) -> list[str]:
+    """How ``reader`` reads its source: ``what: how`` lines, for a log or a terminal. For
+    many files: how many, the merge's order, then each file's lines, indented."""
+    if isinstance(reader, MergedReader):
+        lines = [f"files: {len(reader.readers):,}, merged by {TIE_BREAK}"]
+        for i, one in enumerate(reader.readers, 1):
+            symbol = f" (symbol {one.symbol})" if one.layout.symbol is None else ""
+            lines += [
+                f"file {i}: {one.source}{symbol}",
+                *(f"  {x}" for x in _reading_of_one(one).lines()),
+            ]
+        return lines
+    return _reading_of_one(reader).lines()
 
 
 @dataclass
@@ -146,7 +176,7 @@ class SourceSummary:
         }
 
 
-def summarize(reader: BarReader) -> SourceSummary:
+def summarize(reader: BarReader | MergedReader) -> SourceSummary:
     """Read ``reader`` to its end: what came of the rows. A source that cannot be read (or
     whose first rows are all set aside alike) raises as the producer would."""
     summary = SourceSummary(reader.source)
