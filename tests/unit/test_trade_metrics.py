@@ -28,6 +28,14 @@ def trades(n: int = 3000, seed: int = 7) -> pd.DataFrame:
     return pd.DataFrame({"ts": ts, "seq": np.arange(n) * 3 + 5, "price": price, "size": size})
 
 
+def join(a: WindowColumns, b: WindowColumns) -> WindowColumns:
+    """Two runs' columns of one window, one after the other."""
+    return WindowColumns(
+        a.window, a.n_bars + b.n_bars, a.volume + b.volume, a.vwap + b.vwap, a.sma + b.sma,
+        a.std + b.std, a.ret_std + b.ret_std,
+    )  # fmt: skip
+
+
 def run(engine: MetricsEngine, frame: pd.DataFrame, cuts: list[int]) -> list[WindowColumns]:
     """The frame through update_trades in runs cut at ``cuts``, columns joined."""
     out: list[WindowColumns] = []
@@ -38,13 +46,7 @@ def run(engine: MetricsEngine, frame: pd.DataFrame, cuts: list[int]) -> list[Win
             "X", part.ts.tolist(), part.seq.tolist(), part.price.tolist(), part["size"].tolist()
         )
         assert rows == list(range(b - a))
-        if not out:
-            out = cols
-        else:
-            out = [
-                WindowColumns(o.window, *(x + y for x, y in zip(o[1:], c[1:], strict=True)))
-                for o, c in zip(out, cols, strict=True)
-            ]
+        out = cols if not out else [join(o, c) for o, c in zip(out, cols, strict=True)]
     return out
 
 
@@ -126,10 +128,7 @@ def test_trades_give_the_same_bits_however_cut_and_across_a_snapshot() -> None:
     head = run(first, frame.iloc[:777], [3, 400])
     resumed = MetricsEngine.restore(first.snapshot(), expect_windows=["30s", "5m"])
     tail = run(resumed, frame.iloc[777:], [1, 500])
-    joined = [
-        WindowColumns(h.window, *(x + y for x, y in zip(h[1:], t[1:], strict=True)))
-        for h, t in zip(head, tail, strict=True)
-    ]
+    joined = [join(h, t) for h, t in zip(head, tail, strict=True)]
     assert [
         [[x.hex() if isinstance(x, float) else x for x in col] for col in w[1:]] for w in joined
     ] == [

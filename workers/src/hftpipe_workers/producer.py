@@ -64,6 +64,7 @@ from confluent_kafka.admin import AdminClient
 
 from . import arrowformat, codec
 from .arrowformat import open_reader
+from .bars import Bar, Trade
 from .contract import PROGRESS_TOPIC_CONFIG, Groups, ProducerProgress, Topics, transactional_id
 from .csvformat import (
     REJECT_KINDS,
@@ -99,6 +100,7 @@ from .observability import (
 from .pacing import Pacer, Pacing
 from .settings import KafkaSettings
 from .sourceinfo import SourceSummary, describe_reading
+from .tradebars import BarBuilder
 
 log = logging.getLogger("hftpipe.producer")
 
@@ -172,7 +174,7 @@ def find_resume_point(
     try:
         point = ResumePoint()
         for partition, msg in last_records(consumer, bars_topic).items():
-            point.last_seq[partition] = codec.decode_bar(msg.value() or b"").seq
+            point.last_seq[partition] = codec.decode_record(msg.value() or b"").seq
         for msg in last_records(consumer, dead_topic).values():
             line = orjson.loads(msg.value() or b"{}").get("line")
             if line is None:
@@ -486,6 +488,7 @@ class Replay:
         dead_letter_excerpt: int = 200,
         job_id: str | None = None,
         transaction_seconds: float = TRANSACTION_SECONDS,
+        bar_interval_ns: int | None = None,
     ) -> None:
         self.job, self.source = job, source
         # The job id (namespace-qualified under the operator) names the transactional id
@@ -513,6 +516,8 @@ class Replay:
         self._txn_since: float | None = None
         """``time.monotonic()`` when the open transaction began; None: none is open."""
         self._live_state = _LiveState()
+        self.bar_interval_ns = bar_interval_ns
+        """Build bars of this interval from a source of trades (``--bars``); None: off."""
 
     def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
         if err is not None:
@@ -561,6 +566,12 @@ class Replay:
         stream, _ = open_source(self.source)
         with stream:
             reader = self._reader(stream, block_bytes=CHECK_BLOCK_BYTES)
+            if self.bar_interval_ns is not None and reader.layout.kind != "trade":
+                raise SourceError(
+                    f"{self.source}: --bars builds bars from trades, but the file holds bars "
+                    f"(layout {reader.layout.name}): drop --bars (HFTPIPE_BARS; a "
+                    "ReplayJob's spec.source.bars), or give a file of trades"
+                )
             reader.check_start()
         if reader.encoding != "UTF-8":
             log.info(
@@ -667,7 +678,11 @@ class Replay:
                 "; ".join(describe_reading(reader)),
                 self.pacing,
             )
-            summary = SourceSummary(self.source)
+            summary = SourceSummary(self.source, kind=reader.layout.kind)
+            builder = BarBuilder(self.bar_interval_ns) if self.bar_interval_ns else None
+            encode = _encode_trade if reader.layout.kind == "trade" and not builder else None
+            if builder is not None:
+                log.info("building %d-second bars from the trades", builder.interval_ns // 10**9)
             try:
                 for chunk in reader:
                     summary.add(chunk)
@@ -678,7 +693,12 @@ class Replay:
                             self._dead_letter(producer, row)
                             report.dead_lettered += 1
                     report.rows_read += len(chunk.rejected) + chunk.out_of_range
-                    self._send(producer, chunk.bars, partitions, resume, pacer, started, report)
+                    batch = chunk.bars if builder is None else builder.add(chunk.bars)
+                    self._send(producer, batch, partitions, resume, pacer, started, report, encode)
+                if builder is not None:  # the partial last bars
+                    self._send(
+                        producer, builder.finish(), partitions, resume, pacer, started, report
+                    )
             except SourceError:
                 # The source failed part way (not counted first): what was read is
                 # committed, so that a rerun resumes after it.
@@ -843,8 +863,11 @@ class Replay:
         pacer: Pacer,
         started: float,
         report: ReplayReport,
+        encode: Callable[[Bar], bytes] | None = None,
     ) -> None:
         """Send a batch's bars (skipping those already in Kafka), adding them to ``report``.
+        ``encode``: how a record is written (default a bar; trades are read as bars of one
+        price and written as trades).
 
         In slices of :data:`SLICE_BARS`, with the metrics brought up to date after
         each slice and, when pacing makes it wait, before a wait (no per-bar cost).
@@ -884,7 +907,7 @@ class Replay:
                         else:
                             self._commit_if_due(producer)
                         _sleep(wait)
-                value = codec.encode_bar(bar)
+                value = codec.encode_bar(bar) if encode is None else encode(bar)
                 self._produce(producer, self.bars_topic, key, value, partition)
                 sent += 1
                 size += len(value)
@@ -894,6 +917,11 @@ class Replay:
             if self._failed:  # a delivery failed: nothing more goes into this transaction
                 self._commit(producer)
             self._commit_if_due(producer)
+
+
+def _encode_trade(row: Bar) -> bytes:
+    """The message of a trade the reader gave as a bar of one price (close) and a size."""
+    return codec.encode_trade(Trade(row[0], row[1], row[5], row[6], row[7], row[8]))
 
 
 def _sleep(seconds: float) -> None:

@@ -41,9 +41,13 @@ def describe_reading(reader: BarReader) -> list[str]:
         zone = f"{reader.zone} (times without an offset are its wall-clock times)"
     else:
         zone = "UTC (times without an offset are UTC)"
+    lines = [f"format: {form}", f"layout: {lay.describe()}"]
+    if lay.kind == "trade":
+        lines.append(
+            "records: trades (time, price, size), replayed as trades (as bars with --bars)"
+        )
     return [
-        f"format: {form}",
-        f"layout: {lay.describe()}",
+        *lines,
         f"time: column {lay.time} as {lay.time_format}{note}",
         f"time zone: {zone}",
     ]
@@ -55,6 +59,8 @@ class SourceSummary:
     the reader's totals (:meth:`finish`)."""
 
     source: str
+    kind: str = "bar"
+    """What the rows are: ``bar`` or ``trade`` (the layout's :attr:`~.csvformat.Layout.kind`)."""
     rows: int = 0
     """Data rows read (CSV: lines, header and blank lines left out)."""
     bars: int = 0
@@ -65,7 +71,7 @@ class SourceSummary:
     first_ns: int | None = None
     last_ns: int | None = None
     symbols: Counter[str] = field(default_factory=Counter)
-    """Bars per symbol."""
+    """Bars (or trades) per symbol."""
 
     def add(self, chunk: ParsedChunk) -> None:
         """Count one chunk (array operations, and one step per rejected row)."""
@@ -91,7 +97,7 @@ class SourceSummary:
         """``what: how many`` lines."""
         kinds = ", ".join(f"{kind} {n:,}" for kind, n in self.set_aside.most_common())
         outcome = (
-            f"rows: {self.rows:,} read: {self.bars:,} bars, "
+            f"rows: {self.rows:,} read: {self.bars:,} {self.kind}s, "
             f"{sum(self.set_aside.values()):,} set aside" + (f" ({kinds})" if kinds else "")
         )
         outcome += f", {self.out_of_range:,} outside --start/--end"
@@ -112,7 +118,8 @@ class SourceSummary:
         return {
             "source": self.source,
             "rows": self.rows,
-            "bars": self.bars,
+            "kind": self.kind,
+            "bars": self.bars,  # records accepted: trades when kind is trade
             "set_aside": dict(self.set_aside.most_common()),
             "out_of_range": self.out_of_range,
             "blank_lines": self.blank_lines,
@@ -125,7 +132,7 @@ class SourceSummary:
 def summarize(reader: BarReader) -> SourceSummary:
     """Read ``reader`` to its end: what came of the rows. A source that cannot be read (or
     whose first rows are all set aside alike) raises as the producer would."""
-    summary = SourceSummary(reader.source)
+    summary = SourceSummary(reader.source, kind=reader.layout.kind)
     for chunk in reader:
         summary.add(chunk)
     return summary.finish(reader.stats)
