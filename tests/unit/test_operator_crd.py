@@ -403,6 +403,18 @@ def _with(spec: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
             {"url": "x.csv", "mapping": "time=t:iso", "timeFormat": "unix"},
             "set source.timeFormat or the format in source.mapping's time entry",
         ),
+        # Issue 11, point 6: bars built from trades.
+        ("source.bars", "1 minute", "pattern"),
+        (
+            "source",
+            {"url": "x.csv", "layout": "generic", "bars": "1m"},
+            "source.bars builds bars from trades: the layout must be auto or trades",
+        ),
+        (
+            "source",
+            {"url": "x.csv", "mapping": "time=t:iso,open=o", "bars": "1m"},
+            "source.bars builds bars from trades: a source.mapping with it names",
+        ),
     ],
 )
 def test_pydantic_rejects_what_the_crd_rejects(path: str, value: Any, message: str | None) -> None:
