@@ -183,8 +183,11 @@ def test_bars_built_from_trades_equal_a_pandas_resample(
     path = data / "trades-for-bars.csv"
     trades = write_trades(path, 5_000, seed=12)
     job = new_job()
-    produce(subprocess_env, job, path, "--bars", "1m", "--speed", "max")
+    report = produce(subprocess_env, job, path, "--bars", "1m", "--speed", "max")
     assert_bars_equal_the_resample(topic_records(kafka_bootstrap, job), trades)
+    # Progress counts the source's rows (the trades), not the bars sent.
+    assert report["rows_read"] == len(trades), report
+    assert report["produced"] == len(resample_bars(trades, "1m")), report
 
 
 def test_bars_from_trades_killed_mid_way_resume_with_every_bar_once(

@@ -436,10 +436,15 @@ class _LiveState:
     printer: _Progress | None = None
 
 
-def _add(report: ReplayReport, live: _LiveState, sent: int, skipped: int, size: int) -> None:
+def _add(
+    report: ReplayReport, live: _LiveState, sent: int, skipped: int, size: int, *, rows: bool
+) -> None:
+    """Count records sent and skipped; ``rows``: each is a row of the source (not a bar
+    built from many, whose trades are counted as they are read)."""
     report.produced += sent
     report.skipped_already_in_kafka += skipped
-    report.rows_read += sent + skipped
+    if rows:
+        report.rows_read += sent + skipped
     live.bytes += size
 
 
@@ -693,12 +698,17 @@ class Replay:
                             self._dead_letter(producer, row)
                             report.dead_lettered += 1
                     report.rows_read += len(chunk.rejected) + chunk.out_of_range
-                    batch = chunk.bars if builder is None else builder.add(chunk.bars)
-                    self._send(producer, batch, partitions, resume, pacer, started, report, encode)
+                    if builder is None:
+                        self._send(producer, chunk.bars, partitions, resume, pacer, started,
+                                   report, encode)  # fmt: skip
+                    else:  # bars built from the trades: the trades are the rows read
+                        report.rows_read += len(chunk.bars)
+                        batch = builder.add(chunk.bars)
+                        self._send(producer, batch, partitions, resume, pacer, started, report,
+                                   rows=False)  # fmt: skip
                 if builder is not None:  # the partial last bars
-                    self._send(
-                        producer, builder.finish(), partitions, resume, pacer, started, report
-                    )
+                    self._send(producer, builder.finish(), partitions, resume, pacer, started,
+                               report, rows=False)  # fmt: skip
             except SourceError:
                 # The source failed part way (not counted first): what was read is
                 # committed, so that a rerun resumes after it.
@@ -864,10 +874,13 @@ class Replay:
         started: float,
         report: ReplayReport,
         encode: Callable[[Bar], bytes] | None = None,
+        *,
+        rows: bool = True,
     ) -> None:
         """Send a batch's bars (skipping those already in Kafka), adding them to ``report``.
         ``encode``: how a record is written (default a bar; trades are read as bars of one
-        price and written as trades).
+        price and written as trades); ``rows``: each record is a row of the source (False
+        for bars built from trades).
 
         In slices of :data:`SLICE_BARS`, with the metrics brought up to date after
         each slice and, when pacing makes it wait, before a wait (no per-bar cost).
@@ -897,7 +910,7 @@ class Replay:
                     if wait > 0.001:
                         producer.poll(0)
                         if time.monotonic() - live.at >= LIVE_EVERY:
-                            _add(report, live, sent, skipped, size)
+                            _add(report, live, sent, skipped, size, rows=rows)
                             sent = skipped = size = 0
                             self._live(producer, report)
                         # Bars sent are visible once committed: never hold them over
@@ -912,7 +925,7 @@ class Replay:
                 sent += 1
                 size += len(value)
             producer.poll(0)
-            _add(report, live, sent, skipped, size)
+            _add(report, live, sent, skipped, size, rows=rows)
             self._live(producer, report)
             if self._failed:  # a delivery failed: nothing more goes into this transaction
                 self._commit(producer)
