@@ -326,3 +326,53 @@ def test_the_loader_puts_trades_and_their_metrics_in_their_own_tables() -> None:
         assert trade_metrics.column("trade_count").to_pylist() == [1, 2]
         assert trade_metrics.column("vwap").to_pylist() == [10.0, 43.0 / 4.0]
         assert trade_metrics.column("session_vwap").to_pylist() == [10.0, 43.0 / 4.0]
+
+
+# -- processor and Parquet --------------------------------------------------------------
+
+
+def test_the_processor_computes_the_same_whatever_the_slices_with_kinds_mixed() -> None:
+    """A topic that mixes bars and trades of one symbol (not what a producer writes, but
+    a topic may): each symbol's records reach the engine in message order, so cutting the
+    stream into other slices gives the same messages (exactly-once relies on it)."""
+    from hftpipe_workers.processor import _compute  # noqa: PLC0415
+
+    values: list[bytes] = []
+    for k in range(60):
+        t = k * NS_PER_SECOND
+        if k % 7 == 3:
+            values.append(codec.encode_bar(Bar("A", t, 9.0, 11.0, 8.0, 10.0, 2.0, k)))
+        else:
+            values.append(codec.encode_trade(Trade("AB"[k % 2], t, 10.0 + k % 5, 1.0, k)))
+
+    def run(cuts: list[int]) -> list[bytes]:
+        engine = MetricsEngine(["1m"])
+        out: list[bytes] = []
+        for a, b in itertools.pairwise([0, *cuts, len(values)]):
+            for o in _compute(engine, codec.decode_bars(values[a:b])):
+                out += o.messages
+        return sorted(out)
+
+    whole = run([])
+    assert len(whole) == 60
+    assert run([1, 2, 3, 17, 30, 44]) == run([29]) == whole
+    assert sum(b'"k":"t"' in m for m in whole) == 60 - len(range(3, 60, 7))
+
+
+def test_a_parquet_file_of_trades_is_read_as_trades() -> None:
+    import pyarrow as pa  # type: ignore[import-untyped]  # noqa: PLC0415
+    import pyarrow.parquet as pq  # type: ignore[import-untyped]  # noqa: PLC0415
+
+    from hftpipe_workers.arrowformat import open_reader  # noqa: PLC0415
+
+    t = pa.array([1_700_000_000_000] * 3 + [1_700_000_001_000], type=pa.timestamp("ms", "UTC"))
+    table = pa.table({"time": t, "price": [1.5, 1.25, 1.75, 2.0], "qty": [1.0, 2.0, 0.5, 1.0]})
+    buf = io.BytesIO()
+    pq.write_table(table, buf, row_group_size=2)
+    buf.seek(0)
+    reader = open_reader(buf, source="t.parquet", symbol="X")
+    assert reader.layout.kind == "trade"
+    batch = BarBatch.from_bars([b for ch in reader for b in ch.bars.bars()])
+    assert batch.close.tolist() == [1.5, 1.25, 1.75, 2.0]
+    assert batch.volume.tolist() == [1.0, 2.0, 0.5, 1.0]
+    assert batch.ts_ns.tolist()[:3] == [1_700_000_000_000_000_000] * 3
