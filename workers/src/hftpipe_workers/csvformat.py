@@ -21,7 +21,10 @@ Files in the shapes the common sources publish (issue 11): any of four delimiter
 files without a header (a column list, or Binance's kline dumps as they are), unix
 times in any unit, ISO-8601, ``strftime`` patterns, a date and a time column, day-first
 dates, local times of a zone; a file whose first rows are all set aside alike is
-refused (:class:`UnreadableSource`) rather than dead-lettered row by row.
+refused (:class:`UnreadableSource`) rather than dead-lettered row by row. Files of
+trades (issue 11, point 6: time, price, size[, side][, symbol]; :attr:`Layout.kind`)
+are read as bars of one price (open = high = low = close = the price, volume = the
+size), so every check applies to them; ticks of a symbol may share a time.
 
 Limits: fields are separated by ``,`` ``;`` tab or ``|`` (sniffed, or named) in UTF-8
 text (UTF-16 and UTF-32, recognised by a byte-order mark or by the zero bytes of
@@ -1379,7 +1382,8 @@ class BarReader:
     log it); iterating yields :class:`ParsedChunk` objects. Within a symbol,
     times must strictly increase across the whole file: a row whose time is not
     after the last accepted bar of its symbol is rejected as a duplicate or as
-    going backwards. ``start_ns`` (inclusive) and ``end_ns`` (exclusive) select
+    going backwards (trades may repeat a time: only going backwards is rejected).
+    ``start_ns`` (inclusive) and ``end_ns`` (exclusive) select
     a time range; rows outside it are counted in ``out_of_range`` and not checked
     further. ``symbol`` names the symbol of files without a symbol column.
     ``layout`` names the layout the file must have (see :func:`detect_layout`);

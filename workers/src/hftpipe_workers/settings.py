@@ -324,12 +324,13 @@ class ProduceSettings(WorkerSettings):
     time=ts:unix_ms,open=o,high=h,low=l,close=c,volume=v,symbol=sym; the time format is
     unix (the unit from the magnitude), unix_s, unix_ms, unix_us, unix_ns, iso or a
     strftime pattern (time=Time:%d.%m.%Y %H:%M:%S.%f), of one column or two
-    (time=Date+Time:%Y.%m.%d %H:%M)."""
+    (time=Date+Time:%Y.%m.%d %H:%M). A file of trades maps price and size instead:
+    time=ts:unix_ms,price=p,size=q[,side=s][,symbol=sym]."""
 
     layout: LayoutChoice = "auto"
     """Layout the file must have; auto recognises it from the header (a file that
     several layouts match, e.g. a generic one with kaggle-btc's column names, is read
-    the named way)."""
+    the named way); trades: time, price, size[, side][, symbol], one trade per row."""
 
     delimiter: DelimiterChoice = "auto"
     """Field delimiter of CSV text: comma, semicolon, tab or pipe (|); auto sniffs it from
