@@ -54,7 +54,7 @@ def committed_bars(bootstrap: str, topic: str) -> dict[int, list[int]]:
                     if err.code() == KafkaError._PARTITION_EOF:
                         break
                     raise KafkaException(err)
-                seqs.append(codec.decode_bar(msg.value() or b"").seq)
+                seqs.append(codec.decode_record(msg.value() or b"").seq)
             consumer.unassign()
     finally:
         consumer.close()

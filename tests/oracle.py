@@ -22,8 +22,7 @@ def _std(values: np.ndarray) -> float:
 
 def oracle(frame: pd.DataFrame, window: str) -> pd.DataFrame:
     """Rolling metrics per symbol with pandas, independently of the engine: (t - W, t]."""
-    # pandas reads "5m" as five months: spell minutes "min".
-    window = window[:-1] + {"s": "s", "m": "min", "h": "h", "d": "D"}[window[-1]]
+    window = _pandas_window(window)
     out = []
     for _symbol, group in frame.groupby("symbol", sort=False):
         g = group.set_index("time").sort_index()
@@ -49,6 +48,57 @@ def oracle(frame: pd.DataFrame, window: str) -> pd.DataFrame:
             )
         )
     return pd.concat(out).reset_index()
+
+
+def _pandas_window(window: str) -> str:
+    # pandas reads "5m" as five months: spell minutes "min".
+    return window[:-1] + {"s": "s", "m": "min", "h": "h", "d": "D"}[window[-1]]
+
+
+def trade_oracle(frame: pd.DataFrame, window: str) -> pd.DataFrame:
+    """Rolling metrics of trades per symbol with pandas, independently of the engine.
+
+    ``frame``: one row per trade, columns symbol, time (UTC), seq, price, size. A trade's
+    window holds the symbol's trades with time in (t - W, t] up to and including it (in
+    seq order: ticks share times, and pandas' time-based rolling window ends at the row
+    itself); VWAP = sum(price * size) / sum(size), SMA and std over the trade prices."""
+    out = []
+    for _symbol, group in frame.groupby("symbol", sort=False):
+        g = group.sort_values(["time", "seq"], kind="stable").set_index("time")
+
+        def roll(series: pd.Series, w: str = _pandas_window(window)) -> Any:
+            return series.rolling(w, closed="right")
+
+        size = roll(g["size"]).sum()
+        vwap = roll(g["price"] * g["size"]).sum() / size
+        out.append(
+            pd.DataFrame(
+                {
+                    "symbol": g["symbol"],
+                    "seq": g["seq"],
+                    "vwap": vwap.where(size > 0),
+                    "sma": roll(g["price"]).mean(),
+                    "std": roll(g["price"]).apply(_std, raw=True),
+                    "n": roll(g["price"]).count(),
+                }
+            )
+        )
+    return pd.concat(out).reset_index()
+
+
+def resample_bars(frame: pd.DataFrame, interval: str) -> pd.DataFrame:
+    """OHLCV bars of ``interval`` per symbol from trades (columns symbol, time, seq,
+    price, size), by pandas' resample: labelled by the interval's start, intervals without
+    trades left out. Columns symbol, time, open, high, low, close, volume."""
+    g = frame.sort_values(["time", "seq"], kind="stable").set_index("time")
+    bars = (
+        g.groupby("symbol")
+        .resample(_pandas_window(interval), label="left", closed="left")
+        .agg({"price": ["first", "max", "min", "last"], "size": ["sum", "count"]})
+    )
+    bars.columns = ["open", "high", "low", "close", "volume", "trades"]
+    bars = bars[bars["trades"] > 0].drop(columns="trades")
+    return bars.reset_index().sort_values(["symbol", "time"]).reset_index(drop=True)
 
 
 def redis_history(client: redis.Redis, job: str) -> list[dict[str, Any]]:

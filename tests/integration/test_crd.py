@@ -516,6 +516,19 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
         "spec.source.urls",
         "with source.volume, each of source.urls must be under source.mountPath",
     ),
+    # Issue 11, point 6: bars are built from trades only.
+    (
+        "bars-from-a-layout-of-bars",
+        _with(MINIMAL, source__layout="generic", source__bars="1m"),
+        "spec.source.bars",
+        "source.bars builds bars from trades: the layout must be auto or trades",
+    ),
+    (
+        "bars-with-a-mapping-of-bars",
+        _with(MINIMAL, source__mapping="time=t:iso,open=o", source__bars="1m"),
+        "spec.source.bars",
+        "source.bars builds bars from trades: a source.mapping with it names",
+    ),
 ]
 
 

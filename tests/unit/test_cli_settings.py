@@ -572,3 +572,35 @@ def test_the_replayjobs_source_formats_reach_the_producer_through_the_configmap(
     )
     names = ("HFTPIPE_DELIMITER", "HFTPIPE_COLUMNS", "HFTPIPE_TIME_FORMAT", "HFTPIPE_TIMEZONE")
     assert not set(names) & set(builders.build_settings_configmap(plain)["data"])
+
+
+# ------------------------------------------------ trades (issue 11, point 6)
+
+
+def test_bars_from_trades_reach_the_producer_from_the_cli_and_the_replayjob(
+    workers: dict[str, dict[str, Any]],
+) -> None:
+    result = invoke("produce", "trades.csv", "--bars", "5m", "--layout", "trades", *QUIET)
+    assert result.exit_code == 0, result.output
+    assert workers["produce"]["init"]["bar_interval_ns"] == 300 * 1_000_000_000
+    assert invoke("produce", "trades.csv", *QUIET).exit_code == 0
+    assert workers["produce"]["init"]["bar_interval_ns"] is None
+    bad = invoke("produce", "trades.csv", "--bars", "5 min", *QUIET)
+    assert bad.exit_code == 2, bad.output
+    assert "--bars" in bad.output
+    assert "bad bar interval '5 min'" in one_line(bad.output)
+
+    spec = {
+        "source": {"url": "/data/trades.csv", "layout": "trades", "bars": "1m"},
+        "kafka": {"bootstrapServers": "kafka:9092"},
+        "redis": {"url": "redis://redis:6379/0"},
+    }
+    job = ReplayJob("ticks", "markets", ReplayJobSpec.model_validate(spec))
+    data = builders.build_settings_configmap(job)["data"]
+    assert (data["HFTPIPE_BARS"], data["HFTPIPE_LAYOUT"]) == ("1m", "trades")
+    with pytest.MonkeyPatch.context() as env:
+        for var, value in data.items():
+            env.setenv(var, value)
+        assert job.spec.source.url is not None
+        produce = ProduceSettings(source=[job.spec.source.url])
+    assert produce.bar_interval_ns == 60 * 1_000_000_000

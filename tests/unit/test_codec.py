@@ -254,7 +254,7 @@ def test_many_metrics_messages_decode_as_one_by_one() -> None:
             [m.std for m in ms],
             [m.ret_std for m in ms],
         )
-    assert decode_metrics_columns([]) == ([], [], [], [], [], ())
+    assert decode_metrics_columns([]) == ([], [], [], [], [], (), None)
 
 
 def test_metrics_columns_leave_unusual_batches_to_the_careful_decoder() -> None:

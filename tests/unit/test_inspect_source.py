@@ -136,6 +136,7 @@ def test_the_summary_counts_what_the_reader_yields(kind: str) -> None:
     summary = summarize(reader)
     assert summary.as_dict() == {
         "source": f"x.{kind}",
+        "kind": "bar",
         "rows": 50,
         "bars": 50,
         "set_aside": {},

@@ -15,8 +15,9 @@ from hftpipe_workers import cli
 from hftpipe_workers.bars import Bar
 from hftpipe_workers.csvformat import BarReader, ParsedChunk, RejectedRow, SourceError
 from hftpipe_workers.multifile import FilenameSymbol, MergedReader, expand_sources
-from hftpipe_workers.producer import ResumePoint
-from hftpipe_workers.settings import ProduceSettings, check_filename_pattern
+from hftpipe_workers.pacing import Pacing
+from hftpipe_workers.producer import Replay, ResumePoint
+from hftpipe_workers.settings import KafkaSettings, ProduceSettings, check_filename_pattern
 from hftpipe_workers.sourceinfo import describe_reading, summarize
 
 MINUTE = 60 * 1_000_000_000
@@ -245,3 +246,46 @@ def test_dead_letters_of_many_files_resume_by_count_of_one_file_by_line() -> Non
     assert [one.dead_letter_done(line, 9) for line in (39, 40, 41)] == [True, True, False]
     assert not many.empty
     assert ResumePoint(dead_letters=0).empty
+
+
+# ------------------------------------------------- many files of trades (issue 11, point 6)
+
+
+def trades_csv(rows: Sequence[tuple[int, float]]) -> str:
+    return "time,price,size\n" + "".join(f"{ts // 1_000_000},{p!r},0.5\n" for ts, p in rows)
+
+
+def test_trades_of_one_symbol_sharing_a_time_across_files_are_all_kept() -> None:
+    """Ticks share times: the merge's same-time duplicate rule is for bars only."""
+    a = reader(trades_csv([(T0, 1.0), (T0 + MINUTE, 2.0)]), "a.csv", "X")
+    b = reader(trades_csv([(T0, 10.0), (T0 + MINUTE, 20.0)]), "b.csv", "X")
+    assert a.layout.kind == b.layout.kind == "trade"
+    bars, rejected, _ = merged([a, b])
+    assert not rejected
+    # Time, then symbol, then file order.
+    assert [(t.ts_ns, t.close) for t in bars] == [
+        (T0, 1.0),
+        (T0, 10.0),
+        (T0 + MINUTE, 2.0),
+        (T0 + MINUTE, 20.0),
+    ]
+
+
+def test_a_source_of_bars_and_trades_files_is_refused_before_anything_is_sent(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "a.csv").write_text(csv_of([(T0, 1.0, None)]))
+    (tmp_path / "b.csv").write_text(trades_csv([(T0, 1.0)]))
+    replay = Replay(
+        job="j",
+        source=[str(tmp_path / "a.csv"), str(tmp_path / "b.csv")],
+        bars_topic="b",
+        dead_topic="d",
+        kafka=KafkaSettings(),
+        pacing=Pacing.parse(None, None),
+        symbol="X",
+    )
+    with pytest.raises(SourceError, match="the files hold different kinds of records") as err:
+        replay._check_source()
+    assert "a.csv holds bars" in str(err.value)
+    assert "b.csv holds trades" in str(err.value)

@@ -447,6 +447,18 @@ def _with(spec: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
             {"urls": ["s3://b/a.csv", "https://h/b.csv"], "s3": {"region": "eu-west-1"}},
             "source.s3 is for s3:// source.urls",
         ),
+        # Issue 11, point 6: bars built from trades.
+        ("source.bars", "1 minute", "pattern"),
+        (
+            "source",
+            {"url": "x.csv", "layout": "generic", "bars": "1m"},
+            "source.bars builds bars from trades: the layout must be auto or trades",
+        ),
+        (
+            "source",
+            {"url": "x.csv", "mapping": "time=t:iso,open=o", "bars": "1m"},
+            "source.bars builds bars from trades: a source.mapping with it names",
+        ),
     ],
 )
 def test_pydantic_rejects_what_the_crd_rejects(path: str, value: Any, message: str | None) -> None:

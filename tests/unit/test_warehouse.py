@@ -149,7 +149,10 @@ def metrics(n: int, *, window: str = "5m") -> Any:
 
 
 def test_schema_is_what_the_loader_and_readme_expect() -> None:
-    assert set(TABLES) == {"bars", "bar_metrics"}
+    assert set(TABLES) == {"bars", "bar_metrics", "trades", "trade_metrics"}
+    # Trades of a symbol share times: their key holds the seq (issue 11, point 6).
+    assert TABLES["trades"].key == ("job", "symbol", "trade_time", "seq")
+    assert TABLES["trade_metrics"].key == ("job", "symbol", "trade_time", "seq", "window")
     assert BARS.key == ("job", "symbol", "bar_time")
     assert BAR_METRICS.key == ("job", "symbol", "bar_time", "window")
     assert BARS.names[-1] == BAR_METRICS.names[-1] == "loaded_at"
@@ -258,9 +261,9 @@ def test_missing_and_extra_columns_named_together() -> None:
 def test_unknown_table_lists_the_known_ones(tmp_path: Path) -> None:
     with (
         open_sink(tmp_path / "x.duckdb") as s,
-        pytest.raises(BatchError, match="bar_metrics, bars"),
+        pytest.raises(BatchError, match="bar_metrics, bars, trade_metrics, trades"),
     ):
-        s.write("trades", bars(1))
+        s.write("ticks", bars(1))
 
 
 def test_timestamps_become_naive_utc() -> None:
@@ -652,12 +655,14 @@ def test_the_loader_builds_tables_with_the_schema_columns() -> None:
     from hftpipe_workers.metrics import WindowMetrics  # noqa: PLC0415
 
     bar = Bar("BTCUSDT", 1_700_000_000_000_000_000, 1.0, 2.0, 0.5, 1.5, 0.0, 7, 3)
-    table, refused = bars_table("j", [codec.encode_bar(bar)])
+    table, trades, refused = bars_table("j", [codec.encode_bar(bar)])
+    assert trades.num_rows == 0
     assert tuple(table.column_names) == BARS.input_columns
     assert not refused
     five = WindowMetrics("BTCUSDT", "5m", bar.ts_ns, 7, 1, 0.0, None, 1.5, None, None)
     message = codec.encode_bar_metrics(bar, [five, five._replace(window="session")])
-    metrics, refused = metrics_table("j", [message])
+    metrics, trade_metrics, refused = metrics_table("j", [message])
+    assert trade_metrics.num_rows == 0
     assert tuple(metrics.column_names) == BAR_METRICS.input_columns
     assert not refused
     assert metrics.num_rows == 1  # the session window is a column, not a row
@@ -750,7 +755,7 @@ def test_the_loader_sets_aside_values_it_cannot_store_and_stages_the_rest() -> N
         codec.encode_bar(bar._replace(ts_ns=bar.ts_ns + 1)),  # sub-microsecond
         codec.encode_bar(bar._replace(ts_ns=bar.ts_ns + 60_000_000_000, seq=8)),
     ]
-    table, refused = bars_table("j", values)
+    table, _, refused = bars_table("j", values)
     assert [(i, kind) for i, kind, _ in refused] == [(1, "bad_message"), (2, "time_precision")]
     assert "sub-microsecond" in refused[1][2]
     assert table.column("seq").to_pylist() == [7, 8]
@@ -763,15 +768,15 @@ def test_the_loader_sets_aside_values_it_cannot_store_and_stages_the_rest() -> N
         windows = [five, hour, five._replace(window="session", vwap=2.0 + k)]
         messages.append(codec.encode_bar_metrics(b, windows[::-1] if k == 2 else windows))
     key = [("symbol", "ascending"), ("bar_time", "ascending"), ("window", "ascending")]
-    fast, none = metrics_table("j", messages[:2])  # columnar: the same windows
-    slow, none_slow = _metrics_table_slow("j", messages[:2])
+    fast, _, none = metrics_table("j", messages[:2])  # columnar: the same windows
+    slow, _, none_slow = _metrics_table_slow("j", messages[:2])
     assert none == none_slow == []
     assert fast.sort_by(key).to_pylist() == slow.sort_by(key).to_pylist()
     assert fast.column("session_vwap").to_pylist() == [2.0, 3.0, 2.0, 3.0]
-    mixed, none = metrics_table("j", messages)  # windows in another order: one by one
+    mixed, _, none = metrics_table("j", messages)  # windows in another order: one by one
     assert none == []
     assert mixed.num_rows == 6
     assert mixed.sort_by(key).to_pylist()[:4] == fast.sort_by(key).to_pylist()
-    with_bad, refused = metrics_table("j", [*messages, b"[]"])
+    with_bad, _, refused = metrics_table("j", [*messages, b"[]"])
     assert [(i, kind) for i, kind, _ in refused] == [(3, "bad_message")]
     assert with_bad.to_pylist() == mixed.to_pylist()

@@ -172,6 +172,7 @@ def worker_settings(job: ReplayJob) -> dict[str, str]:
         ("columns", ",".join(source.columns) if source.columns else None),
         ("time_format", source.time_format),
         ("timezone", source.timezone),
+        ("bars", source.bars),
     ):
         if value is not None:
             env[cli_envvar("produce", param)] = value

@@ -56,7 +56,9 @@ ABSOLUTE_PATH_PATTERN: Final = r"^/.*$"
 RELATIVE_PATH_PATTERN: Final = r"^[A-Za-z0-9_][-A-Za-z0-9_.]*(/[A-Za-z0-9_][-A-Za-z0-9_.]*)*$"
 DURATION_PATTERN: Final = r"^[1-9][0-9]*(ms|s|m|h)$"
 
-Layout = Literal["auto", "kaggle-btc", "binance", "binance-kline", "generic"]
+Layout = Literal["auto", "kaggle-btc", "binance", "binance-kline", "generic", "trades"]
+BAR_LAYOUTS: Final = ("kaggle-btc", "binance", "binance-kline", "generic")
+"""The layouts of files of bars (``trades`` is the one of trades)."""
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 PullPolicy = Literal["Always", "IfNotPresent", "Never"]
 WarehouseType = Literal["duckdb", "snowflake"]
@@ -351,6 +353,24 @@ class SourceSpec(ApiModel):
             field_path=".urls",
         ),
         Rule(
+            cel=f"!has(self.bars) || !(self.layout in {list(BAR_LAYOUTS)})",
+            message=(
+                "source.bars builds bars from trades: the layout must be auto or trades, "
+                "not a layout of bars"
+            ),
+            holds=lambda s: s.bars is None or s.layout not in BAR_LAYOUTS,
+            field_path=".bars",
+        ),
+        Rule(
+            cel="!has(self.bars) || !has(self.mapping) || self.mapping.contains('price=')",
+            message=(
+                "source.bars builds bars from trades: a source.mapping with it names the "
+                "trades' columns (time=...,price=COLUMN,size=COLUMN)"
+            ),
+            holds=lambda s: s.bars is None or s.mapping is None or "price=" in s.mapping,
+            field_path=".bars",
+        ),
+        Rule(
             cel="!has(self.s3) || !has(self.url) || self.url.startsWith('s3://')",
             message="source.s3 is for an s3:// source.url",
             holds=lambda s: s.s3 is None or s.url is None or s.url.startswith("s3://"),
@@ -402,13 +422,21 @@ class SourceSpec(ApiModel):
     layout: Layout = "auto"
     """Layout the file is expected to have; `auto` recognises it from the header
     (kaggle-btc, binance, binance-kline, also without a header, and generic are
-    recognised; the producer logs its choice)."""
+    recognised, and trades: time, price, size[, side][, symbol]; the producer logs its
+    choice)."""
 
     mapping: Annotated[str, StringConstraints(min_length=1, max_length=512)] | None = None
     """Column mapping for other layouts (the producer's `--mapping`), e.g.
     `time=ts:unix_ms,open=o,high=h,low=l,close=c,volume=v,symbol=sym`; the time may be
     `unix` (unit from the magnitude), `unix_s`...`unix_ns`, `iso`, a strftime pattern
-    (`time=Time:%d.%m.%Y %H:%M:%S.%f`) and span two columns (`time=Date+Time:%Y.%m.%d %H:%M`)."""
+    (`time=Time:%d.%m.%Y %H:%M:%S.%f`) and span two columns (`time=Date+Time:%Y.%m.%d %H:%M`).
+    A file of trades maps `price=` and `size=` instead of the bar columns."""
+
+    bars: Window | None = None
+    """For a file of trades (`--bars`): build OHLCV bars of this interval, e.g. `1m`, and
+    replay them instead of the trades (a positive number and s, m, h or d); each bar's
+    time is the start of its interval, the partial last bars are sent at the end.
+    Unset: trades are replayed as trades."""
 
     delimiter: DelimiterChoice = "auto"
     """Field delimiter (the producer's `--delimiter`): `,`, `;`, `tab` or `pipe`; `auto`

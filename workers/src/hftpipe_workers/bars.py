@@ -51,6 +51,24 @@ class Bar(NamedTuple):
     """Line of the source file the bar came from (the header is line 1); 0 if unknown."""
 
 
+class Trade(NamedTuple):
+    """One trade (tick) of one symbol: a price and a size at a time (issue 11, point 6).
+
+    Valid under the rules of a bar whose open, high, low and close are the price: a
+    finite positive price and a finite size >= 0 (:func:`validate_trade`).
+    """
+
+    symbol: str
+    ts_ns: int
+    """Trade time, nanoseconds since the epoch, UTC. Trades of a symbol may share it."""
+    price: float
+    size: float
+    seq: int
+    """Position of the trade among the records accepted from its source, from 0."""
+    line: int = 0
+    """Line of the source file the trade came from (the header is line 1); 0 if unknown."""
+
+
 # Reason codes, in the order they are checked: a bar gets the first that applies.
 OK: Final = 0
 _FIELDS: Final = ("open", "high", "low", "close", "volume")
@@ -163,6 +181,29 @@ def validate_bar(bar: Bar) -> str | None:
     if not MIN_TS_NS <= bar.ts_ns <= MAX_TS_NS:
         return f"time {bar.ts_ns} ns is outside the representable range"
     return validate_values(bar.open, bar.high, bar.low, bar.close, bar.volume)
+
+
+def validate_trade(trade: Trade) -> str | None:
+    """Why ``trade`` is not valid, or None when it is (the messages say price and size)."""
+    if not trade.symbol:
+        return "symbol is empty"
+    if not MIN_TS_NS <= trade.ts_ns <= MAX_TS_NS:
+        return f"time {trade.ts_ns} ns is outside the representable range"
+    p, q = trade.price, trade.size
+    code = reason_code(p, p, p, p, q)
+    return None if code == OK else describe_trade_reason(code, p, q)
+
+
+def describe_trade_reason(
+    code: int, price: float, size: float, raw: tuple[str, str] | None = None
+) -> str:
+    """:func:`describe_reason` for a trade (a bar of one price): says price and size.
+
+    Only the checks of open and volume can fail for a trade (high, low and close are
+    the same price), so only those names are replaced."""
+    fields = raw and (raw[0], raw[0], raw[0], raw[0], raw[1])
+    text = describe_reason(code, (price, price, price, price, size), fields)
+    return text.replace("open", "price", 1).replace("volume", "size", 1)
 
 
 def format_utc(ts_ns: int) -> str:

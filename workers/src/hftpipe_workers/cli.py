@@ -243,8 +243,8 @@ def _setup(log_json: bool, metrics_port: int, stall_seconds: float = 120.0) -> M
 @app.command()
 @_settings_command(ProduceSettings, arguments=("source",))
 def produce(settings: ProduceSettings) -> None:
-    """Replay a CSV, Parquet or Arrow file of OHLCV bars, or many merged by event time, into
-    Kafka (resumes where an earlier run stopped)."""
+    """Replay a CSV, Parquet or Arrow file of OHLCV bars or of trades, or many files merged
+    by event time, into Kafka (resumes where an earlier run stopped)."""
     from .csvformat import SourceError  # noqa: PLC0415 - keep --help fast
     from .producer import Fenced, Replay  # noqa: PLC0415
 
@@ -277,6 +277,7 @@ def produce(settings: ProduceSettings) -> None:
             create_topics=settings.create_topics,
             dead_letter_excerpt=settings.dead_letter_excerpt,
             job_id=settings.job_id,
+            bar_interval_ns=settings.bar_interval_ns,
         ).run()
     except (SourceError, FileNotFoundError) as exc:
         # One line naming the file, the line, the cause and what to do: no traceback.

@@ -17,6 +17,21 @@ Bar message, schema 1::
     q   seq (position among the bars accepted from the source)
     ln  source line number (header = line 1; 0 when unknown)
 
+Trade message, schema 1 (issue 11, point 6): the record kind ``k`` says it is a
+trade; a message without ``k`` is a bar, so every bar message ever written still
+decodes, byte for byte the same::
+
+    {"sv":1,"k":"t","s":"BTCUSDT","t":1502942400000000000,"p":4261.48,"v":0.012,
+     "q":0,"ln":2}
+
+    k   record kind: "t" for a trade (absent: a bar)
+    t   trade time, ns since the epoch, UTC (trades of a symbol may share it)
+    p   price          v  size (quantity traded)
+    q, ln  as for bars
+
+A reader from before trades sees a trade message as a bar without ``o``: it sets it
+aside as a bad message (field 'o' is missing) rather than misreading it.
+
 Metrics message, schema 1: one per bar, every window; it is both the value on
 the metrics topic and the member of the Redis history sorted set::
 
@@ -25,6 +40,8 @@ the metrics topic and the member of the Redis history sorted set::
           "session":{...}}}
 
     t, q  time and seq of the bar   c  its close   bv  its volume
+    k     "t" when the record was a trade (c its price, bv its size; n counts
+          trades); absent for a bar
     w     window label ("5m", "session"...) -> metrics:
           n  bars in the window   v  window volume   vw  VWAP (null: zero volume)
           ma SMA of close   sd  stdev of close (null: < 2 bars)
@@ -43,13 +60,24 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 import numpy as np
 import orjson
 
-from hftpipe_workers.bars import MAX_TS_NS, MIN_TS_NS, OK, Bar, reason_codes, validate_bar
+from hftpipe_workers.bars import (
+    MAX_TS_NS,
+    MIN_TS_NS,
+    OK,
+    Bar,
+    Trade,
+    reason_codes,
+    validate_bar,
+    validate_trade,
+)
 from hftpipe_workers.metrics import WindowColumns, WindowMetrics
 
 if TYPE_CHECKING:  # csvformat imports pandas, which the processor does not need
     from hftpipe_workers.csvformat import BarBatch
 
 SCHEMA_VERSION: Final = 1
+TRADE: Final = "t"
+"""The ``k`` (record kind) of a trade message and of a trade's metrics message."""
 
 
 class CodecError(ValueError):
@@ -80,6 +108,65 @@ def encode_bars(batch: BarBatch) -> Iterator[bytes]:
         yield encode_bar(bar)
 
 
+def encode_trade(trade: Trade) -> bytes:
+    """The Kafka value of one trade."""
+    return orjson.dumps(
+        {
+            "sv": SCHEMA_VERSION,
+            "k": TRADE,
+            "s": trade.symbol,
+            "t": trade.ts_ns,
+            "p": trade.price,
+            "v": trade.size,
+            "q": trade.seq,
+            "ln": trade.line,
+        }
+    )
+
+
+def decode_trade(data: bytes) -> Trade:
+    """A trade from its Kafka value; CodecError says what is wrong with a bad one."""
+    msg = _load(data, "trade")
+    if msg.get("k") != TRADE:
+        raise CodecError(
+            f"bad trade message: record kind (k) is {msg.get('k')!r}, expected {TRADE!r}; "
+            f"message: {_preview(data)}"
+        )
+    try:
+        trade = Trade(
+            symbol=_str(msg, "s"),
+            ts_ns=_int(msg, "t"),
+            price=_float(msg, "p"),
+            size=_float(msg, "v"),
+            seq=_int(msg, "q"),
+            line=_int(msg, "ln") if "ln" in msg else 0,
+        )
+    except _FieldError as exc:
+        raise CodecError(f"bad trade message: {exc}; message: {_preview(data)}") from None
+    problem = validate_trade(trade)
+    if problem is not None:
+        raise CodecError(f"bad trade message: {problem}; message: {_preview(data)}")
+    return trade
+
+
+def decode_record(data: bytes) -> Bar | Trade:
+    """A bar or a trade, as the message's kind (``k``) says; CodecError for a bad one."""
+    if b'"k":' in data:
+        try:
+            kind = orjson.loads(data).get("k")
+        except (orjson.JSONDecodeError, AttributeError):
+            kind = None
+        if kind is not None:
+            if kind != TRADE:
+                raise CodecError(
+                    f"bad message: unknown record kind (k) {kind!r}: this reader knows "
+                    f"{TRADE!r} (a trade) and none (a bar); upgrade the reader or check "
+                    f"the producer; message: {_preview(data)}"
+                )
+            return decode_trade(data)
+    return decode_bar(data)
+
+
 def decode_bar(data: bytes) -> Bar:
     """A bar from its Kafka value; CodecError says what is wrong with a bad one.
 
@@ -95,6 +182,11 @@ def decode_bar(data: bytes) -> Bar:
     if fast is not None:
         return fast
     msg = _load(data, "bar")
+    if "k" in msg:
+        raise CodecError(
+            f"bad bar message: it is a record of kind (k) {msg['k']!r} (a trade is 't'), "
+            f"not a bar: read it with decode_record; message: {_preview(data)}"
+        )
     try:
         bar = Bar(
             symbol=_str(msg, "s"),
@@ -116,7 +208,11 @@ def decode_bar(data: bytes) -> Bar:
 
 
 class BarColumns(NamedTuple):
-    """Decoded bars as columns (lists of equal length), in message order."""
+    """Decoded bars as columns (lists of equal length), in message order.
+
+    Trades are given as bars of one price (open = high = low = close = the price,
+    volume = the size), flagged in ``trade``: None when every record is a bar.
+    """
 
     symbol: list[str]
     ts_ns: list[int]
@@ -127,11 +223,14 @@ class BarColumns(NamedTuple):
     volume: list[float]
     seq: list[int]
     line: list[int]
+    trade: list[bool] | None = None
 
 
 _BAR_KEYS: Final = ("s", "t", "o", "h", "l", "c", "v", "q")
 _GET_LINE: Final = methodcaller("get", "ln", 0)
 _GET_VERSION: Final = methodcaller("get", "sv")
+_GET_KIND: Final = methodcaller("get", "k")
+_TRADE_KEYS: Final = ("s", "t", "p", "v", "q")
 
 
 def decode_bars(values: Sequence[bytes]) -> BarColumns:
@@ -146,10 +245,22 @@ def decode_bars(values: Sequence[bytes]) -> BarColumns:
     fast = _decode_bars_fast(values)
     if fast is not None:
         return fast
-    bars = [decode_bar(v) for v in values]  # raises on the first bad message
-    if not bars:
+    return _columns([decode_record(v) for v in values])  # raises on the first bad message
+
+
+def _columns(records: Sequence[Bar | Trade]) -> BarColumns:
+    """Records as :class:`BarColumns` (a trade as a bar of one price, flagged)."""
+    if not records:
         return BarColumns([], [], [], [], [], [], [], [], [])
-    return BarColumns(*(list(column) for column in zip(*bars, strict=True)))
+    if all(type(r) is Bar for r in records):
+        return BarColumns(*(list(column) for column in zip(*records, strict=True)))
+    rows = [
+        r if isinstance(r, Bar) else Bar(r.symbol, r.ts_ns, *(r.price,) * 4, r.size, r.seq, r.line)
+        for r in records
+    ]
+    trade = [type(r) is Trade for r in records]
+    s, t, o, h, lo, c, v, q, ln = (list(column) for column in zip(*rows, strict=True))
+    return BarColumns(s, t, o, h, lo, c, v, q, ln, trade)
 
 
 def decode_bars_lenient(values: Sequence[bytes]) -> tuple[BarColumns, list[tuple[int, str]]]:
@@ -160,25 +271,26 @@ def decode_bars_lenient(values: Sequence[bytes]) -> tuple[BarColumns, list[tuple
     fast = _decode_bars_fast(values)
     if fast is not None:
         return fast, []
-    bars: list[Bar] = []
+    records: list[Bar | Trade] = []
     bad: list[tuple[int, str]] = []
     for i, value in enumerate(values):
         try:
-            bars.append(decode_bar(value))
+            records.append(decode_record(value))
         except CodecError as exc:
             bad.append((i, str(exc)))
-    if not bars:
-        return BarColumns([], [], [], [], [], [], [], [], []), bad
-    return BarColumns(*(list(column) for column in zip(*bars, strict=True))), bad
+    return _columns(records), bad
 
 
 _FLOAT_TYPES: Final = frozenset((int, float))
 
 
 def _decode_bars_fast(values: Sequence[bytes]) -> BarColumns | None:
-    """The columns if every value is a well-formed, valid bar message; None otherwise."""
+    """The columns if every value is a well-formed, valid bar message, or every value a
+    well-formed, valid trade message; None otherwise."""
     try:
         docs = list(map(orjson.loads, values))
+        if docs and type(docs[0]) is dict and "k" in docs[0]:
+            return _decode_trades_fast(docs)
         symbol, ts, o, h, lo, c, v, seq = (list(map(itemgetter(k), docs)) for k in _BAR_KEYS)
         line = list(map(_GET_LINE, docs))
         version = list(map(_GET_VERSION, docs))
@@ -191,6 +303,24 @@ def _decode_bars_fast(values: Sequence[bytes]) -> BarColumns | None:
         return None
     o, h, lo, c, v = floats  # type: ignore[assignment]  # none is None: checked
     return BarColumns(symbol, ts, o, h, lo, c, v, seq, line)
+
+
+def _decode_trades_fast(docs: list[Any]) -> BarColumns | None:
+    """:func:`_decode_bars_fast` for a batch of trade messages (already parsed)."""
+    try:
+        symbol, ts, price, size, seq = (list(map(itemgetter(k), docs)) for k in _TRADE_KEYS)
+        line = list(map(_GET_LINE, docs))
+        version = list(map(_GET_VERSION, docs))
+        kinds = list(map(_GET_KIND, docs))
+    except (KeyError, TypeError, AttributeError):
+        return None
+    if kinds.count(TRADE) != len(kinds):
+        return None
+    p, v = _as_floats(price), _as_floats(size)
+    if p is None or not _valid_columns(version, symbol, ts, seq, line, [p, p, p, p, v]):
+        return None
+    assert v is not None  # checked by _valid_columns
+    return BarColumns(symbol, ts, p, p, p, p, v, seq, line, [True] * len(docs))
 
 
 def _as_floats(column: list[Any]) -> list[float] | None:
@@ -247,6 +377,8 @@ class BarMetrics(NamedTuple):
     close: float
     bar_volume: float
     windows: tuple[WindowMetrics, ...]
+    trade: bool = False
+    """The record was a trade: ``close`` is its price, ``bar_volume`` its size."""
 
     def window(self, label: str) -> WindowMetrics:
         """The metrics of one window by label (``"5m"``, ``"session"``...)."""
@@ -270,6 +402,7 @@ def _decode_bar_fast(data: bytes) -> Bar | None:
         return None
     if (
         m.get("sv") != SCHEMA_VERSION
+        or "k" in m
         or type(s) is not str
         or type(t) is not int
         or type(q) is not int
@@ -285,11 +418,15 @@ def _decode_bar_fast(data: bytes) -> Bar | None:
     return bar if validate_bar(bar) is None else None
 
 
-def encode_bar_metrics(bar: Bar, windows: Sequence[WindowMetrics]) -> bytes:
-    """The metrics message of one bar (all windows): Kafka value and Redis history member."""
+def encode_bar_metrics(bar: Bar, windows: Sequence[WindowMetrics], *, trade: bool = False) -> bytes:
+    """The metrics message of one bar (all windows): Kafka value and Redis history member.
+
+    ``trade``: the record was a trade (given as a bar of its price and size)."""
+    kind = {"k": TRADE} if trade else {}
     return orjson.dumps(
         {
             "sv": SCHEMA_VERSION,
+            **kind,
             "s": bar.symbol,
             "t": bar.ts_ns,
             "q": bar.seq,
@@ -317,8 +454,11 @@ def encode_metrics_columns(
     close: Sequence[float],
     bar_volume: Sequence[float],
     windows: Sequence[WindowColumns],
+    *,
+    trade: bool = False,
 ) -> list[bytes]:
-    """The metrics messages of a run of bars of one symbol, from columns.
+    """The metrics messages of a run of bars of one symbol, from columns (``trade``: a
+    run of trades, whose messages carry ``"k":"t"``).
 
     Byte for byte what :func:`encode_bar_metrics` gives for each bar (a test
     holds them equal), at a fraction of the cost: orjson writes each column of
@@ -329,7 +469,9 @@ def encode_metrics_columns(
     n = len(ts_ns)
     if not n:
         return []
-    literals = [b'{"sv":%d,"s":%b,"t":' % (SCHEMA_VERSION, orjson.dumps(symbol)), b',"q":']
+    kind = b',"k":"%b"' % TRADE.encode() if trade else b""
+    head = b'{"sv":%d%b,"s":%b,"t":' % (SCHEMA_VERSION, kind, orjson.dumps(symbol))
+    literals = [head, b',"q":']
     literals += [b',"c":', b',"bv":']
     columns: list[Sequence[Any]] = [ts_ns, seq, close, bar_volume]
     opening = b',"w":{'
@@ -393,6 +535,7 @@ def decode_bar_metrics(data: bytes) -> BarMetrics:
                 )
                 for label, w in windows.items()
             ),
+            trade=_kind(msg),
         )
     except (_FieldError, TypeError, AttributeError) as exc:
         raise CodecError(f"bad metrics message: {exc}; message: {_preview(data)}") from None
@@ -407,6 +550,8 @@ class MetricsColumns(NamedTuple):
     close: list[float]
     bar_volume: list[float]
     windows: tuple[WindowColumns, ...]
+    trade: list[bool] | None = None
+    """Which messages were of trades; None when none was."""
 
 
 _METRICS_KEYS: Final = ("s", "t", "q", "c", "bv", "w")
@@ -427,6 +572,7 @@ def decode_metrics_columns(values: Sequence[bytes]) -> MetricsColumns | None:
     try:
         docs = list(map(orjson.loads, values))
         version = list(map(_GET_VERSION, docs))
+        kinds = list(map(_GET_KIND, docs))
         symbol, ts, seq, close, volume, windows = (
             list(map(itemgetter(k), docs)) for k in _METRICS_KEYS
         )
@@ -446,9 +592,11 @@ def decode_metrics_columns(values: Sequence[bytes]) -> MetricsColumns | None:
         or plain[0] is None
         or plain[1] is None
         or any(column is None for column in columns)
+        or not set(kinds) <= {None, TRADE}
     ):
         return None
-    return MetricsColumns(symbol, ts, seq, plain[0], plain[1], tuple(filter(None, columns)))
+    trade = [k == TRADE for k in kinds] if TRADE in kinds else None
+    return MetricsColumns(symbol, ts, seq, plain[0], plain[1], tuple(filter(None, columns)), trade)
 
 
 def _window_columns(label: str, windows: list[dict[str, Any]]) -> WindowColumns | None:
@@ -513,6 +661,15 @@ def _load(data: bytes, kind: str) -> dict[str, Any]:
             f"message: {_preview(data)}"
         )
     return msg
+
+
+def _kind(msg: dict[str, Any]) -> bool:
+    """Whether a metrics message is of a trade (``k``); a kind this reader does not know
+    is a :class:`_FieldError`."""
+    kind = msg.get("k")
+    if kind is not None and kind != TRADE:
+        raise _FieldError(f"unknown record kind (k) {kind!r}: expected {TRADE!r} or none")
+    return kind == TRADE
 
 
 def _get(msg: dict[str, Any], key: str) -> Any:

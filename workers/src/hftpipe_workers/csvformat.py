@@ -21,7 +21,10 @@ Files in the shapes the common sources publish (issue 11): any of four delimiter
 files without a header (a column list, or Binance's kline dumps as they are), unix
 times in any unit, ISO-8601, ``strftime`` patterns, a date and a time column, day-first
 dates, local times of a zone; a file whose first rows are all set aside alike is
-refused (:class:`UnreadableSource`) rather than dead-lettered row by row.
+refused (:class:`UnreadableSource`) rather than dead-lettered row by row. Files of
+trades (issue 11, point 6: time, price, size[, side][, symbol]; :attr:`Layout.kind`)
+are read as bars of one price (open = high = low = close = the price, volume = the
+size), so every check applies to them; ticks of a symbol may share a time.
 
 Limits: fields are separated by ``,`` ``;`` tab or ``|`` (sniffed, or named) in UTF-8
 text (UTF-16 and UTF-32, recognised by a byte-order mark or by the zero bytes of
@@ -64,6 +67,7 @@ from hftpipe_workers.bars import (
     Bar,
     FloatArray,
     describe_reason,
+    describe_trade_reason,
     format_utc,
     reason_codes,
     reason_kind,
@@ -340,11 +344,16 @@ class ColumnMapping:
     texts are joined by a space and read with the format. Times without an offset
     are UTC unless the reader is given a time zone. Without a ``symbol`` column the
     caller names the symbol of the whole file.
+
+    Trades (issue 11, point 6): ``price`` and ``size`` instead of the OHLCV columns
+    (``time=ts:unix_ms,price=p,size=q[,side=s][,symbol=x]``) make the file one of
+    trades (:attr:`kind`).
     """
 
     SPEC_HELP: ClassVar[str] = (
         "time=COLUMN[+COLUMN]:unix|unix_s|unix_ms|unix_us|unix_ns|iso|STRFTIME,"
-        "open=COLUMN,high=COLUMN,low=COLUMN,close=COLUMN,volume=COLUMN[,symbol=COLUMN]"
+        "open=COLUMN,high=COLUMN,low=COLUMN,close=COLUMN,volume=COLUMN[,symbol=COLUMN] "
+        "(trades: time=...,price=COLUMN,size=COLUMN[,side=COLUMN][,symbol=COLUMN])"
     )
 
     time: str
@@ -355,6 +364,16 @@ class ColumnMapping:
     close: str = "close"
     volume: str = "volume"
     symbol: str | None = None
+    price: str | None = None
+    """Trades: the price column (then ``size`` is the size column)."""
+    size: str | None = None
+    side: str | None = None
+    """Trades: a buy/sell column, recognised and not replayed (the metrics do not use it)."""
+
+    @property
+    def kind(self) -> RecordKind:
+        """``trade`` when the mapping names a price column, else ``bar``."""
+        return "trade" if self.price is not None else "bar"
 
     @classmethod
     def parse(cls, spec: str) -> ColumnMapping:
@@ -387,10 +406,27 @@ class ColumnMapping:
                 f"strftime pattern (time=Time:%d.%m.%Y %H:%M:%S.%f, time=Date+Time:%Y.%m.%d "
                 f"%H:%M); full form: {cls.SPEC_HELP}"
             )
-        unknown = sorted(set(items) - {"open", "high", "low", "close", "volume", "symbol"})
+        unknown = sorted(set(items) - {*_OHLCV, "symbol", *_TRADE_KEYS})
         if unknown:
             raise ValueError(
                 f"bad column mapping {spec!r}: unknown keys {unknown}; full form: {cls.SPEC_HELP}"
+            )
+        if set(items) & set(_TRADE_KEYS):
+            mixed = sorted(set(items) & set(_OHLCV))
+            if mixed or "price" not in items or "size" not in items:
+                raise ValueError(
+                    f"bad column mapping {spec!r}: a mapping of trades names price=COLUMN "
+                    "and size=COLUMN (and side=COLUMN, symbol=COLUMN if present), and no "
+                    f"bar columns{f' (got {mixed})' if mixed else ''}; full form: "
+                    f"{cls.SPEC_HELP}"
+                )
+            return cls(
+                time=time_col.strip(),
+                time_format=time_format,
+                symbol=items.get("symbol"),
+                price=items["price"],
+                size=items["size"],
+                side=items.get("side"),
             )
         return cls(
             time=time_col.strip(),
@@ -429,10 +465,20 @@ class Layout:
     file_format: str = ""
     """What a binary source is (``Parquet``, ``Arrow IPC file (Feather v2)``...: see
     :mod:`.arrowformat`), for the log; empty for CSV text."""
+    kind: RecordKind = "bar"
+    """``trade``: each row is a trade, read as a bar of one price (``open``, ``high``,
+    ``low`` and ``close`` all name the price column, ``volume`` the size column)."""
+    side: str | None = None
+    """Trades: the buy/sell column, if the file has one (not replayed)."""
 
     @property
     def ohlcv(self) -> tuple[str, str, str, str, str]:
         return (self.open, self.high, self.low, self.close, self.volume)
+
+    @property
+    def value_columns(self) -> list[str]:
+        """The columns of the values, each once: OHLCV, or a trade's price and size."""
+        return list(dict.fromkeys(self.ohlcv))
 
     @property
     def time_columns(self) -> tuple[str, ...]:
@@ -443,8 +489,13 @@ class Layout:
 
     def describe(self) -> str:
         """E.g. ``kaggle-btc (time=Timestamp as unix_s, open=Open, ...)``."""
-        names = ("open", "high", "low", "close", "volume")
-        cols = ", ".join(f"{k}={c}" for k, c in zip(names, self.ohlcv, strict=True))
+        if self.kind == "trade":
+            cols = f"price={self.close}, size={self.volume}"
+            if self.side:
+                cols += f", side={self.side} (not replayed)"
+        else:
+            names = ("open", "high", "low", "close", "volume")
+            cols = ", ".join(f"{k}={c}" for k, c in zip(names, self.ohlcv, strict=True))
         sym = f", symbol={self.symbol}" if self.symbol else ""
         note = f" ({self.note})" if self.note else ""
         extra = ""
@@ -457,7 +508,7 @@ class Layout:
         return f"{self.name} (time={self.time} as {self.time_format}{note}, {cols}{sym}{extra})"
 
 
-LayoutName = Literal["kaggle-btc", "binance", "binance-kline", "generic"]
+LayoutName = Literal["kaggle-btc", "binance", "binance-kline", "generic", "trades"]
 """The layouts recognised from a header (``hftpipe produce --layout``; ``auto`` tries them
 in this order). ``settings.LayoutChoice`` repeats them for ``--help`` without pandas."""
 
@@ -472,6 +523,10 @@ KNOWN_LAYOUTS: Final[dict[LayoutName, str]] = {
         "timestamp|time|datetime|date|gmt time|open_time (ISO-8601, unix s/ms/us/ns, "
         "day-first or other dates), or date and time columns, "
         "open,high,low,close,volume[,symbol|ticker], any case"
+    ),
+    "trades": (
+        "trades: a time column as for generic, price, size|qty|quantity|amount|volume"
+        "[,side][,symbol|ticker], any case, no open/high/low/close"
     ),
 }
 
@@ -494,6 +549,10 @@ BINANCE_KLINE_COLUMNS: Final = (
 _GENERIC_TIME: Final = ("timestamp", "time", "datetime", "date", "gmt time", "open_time")
 _GENERIC_SYMBOL: Final = ("symbol", "ticker")
 _OHLCV: Final = ("open", "high", "low", "close", "volume")
+_TRADE_KEYS: Final = ("price", "size", "side")
+_TRADE_SIZE: Final = ("size", "qty", "quantity", "amount", "volume")
+RecordKind = Literal["bar", "trade"]
+"""What each row of a source is: a bar (OHLCV) or a trade (price and size)."""
 _CLOCK_TIME: Final = re.compile(r"^\s*\d{1,2}:\d\d(:\d\d([.,]\d+)?)?\s*$")
 _ISO_DATE: Final = re.compile(r"^\s*[+-]?\d{4}-\d\d")
 _SAMPLE_ROWS: Final = 1_000
@@ -670,6 +729,48 @@ def _generic(cols: tuple[str, ...], rows: Sequence[Sequence[str]]) -> Layout | N
     return Layout(name, time_col, fmt, o, h, lo, c, v, symbol, cols, note=note)
 
 
+def _trades(cols: tuple[str, ...], rows: Sequence[Sequence[str]]) -> Layout | None:
+    lower = {c.lower(): c for c in cols}
+    size = next((lower[k] for k in _TRADE_SIZE if k in lower), None)
+    time_col = next((lower[t] for t in _GENERIC_TIME if t in lower), None)
+    if "price" not in lower or size is None or time_col is None:
+        return None
+    if any(k in lower for k in _OHLCV[:4]):
+        return None  # bars with a price column too: not trades
+    fmt, note = detect_time_format(_time_values(cols, rows, time_col), column=time_col)
+    symbol = next((lower[s] for s in _GENERIC_SYMBOL if s in lower), None)
+    return _trade_layout(
+        "trades",
+        time_col,
+        fmt,
+        lower["price"],
+        size,
+        symbol,
+        cols,
+        note=note,
+        side=lower.get("side"),
+    )
+
+
+def _trade_layout(
+    name: str,
+    time: str,
+    fmt: str,
+    price: str,
+    size: str,
+    symbol: str | None,
+    cols: tuple[str, ...],
+    *,
+    note: str = "",
+    side: str | None = None,
+) -> Layout:
+    """A layout of trades: the price column stands for open, high, low and close."""
+    return Layout(
+        name, time, fmt, price, price, price, price, size, symbol, cols,
+        note=note, kind="trade", side=side,
+    )  # fmt: skip
+
+
 _MATCHERS: Final[
     dict[LayoutName, Callable[[tuple[str, ...], Sequence[Sequence[str]]], Layout | None]]
 ] = {
@@ -677,6 +778,7 @@ _MATCHERS: Final[
     "binance": _binance,
     "binance-kline": _binance_kline,
     "generic": _generic,
+    "trades": _trades,
 }
 
 
@@ -738,7 +840,13 @@ def layout_from_mapping(
     A ``unix`` time takes its unit from the magnitude of the first of ``rows``."""
     cols = tuple(header)
     time_columns = (mapping.time,) if mapping.time in cols else tuple(mapping.time.split("+"))
-    wanted = [*time_columns, mapping.open, mapping.high, mapping.low, mapping.close, mapping.volume]
+    if mapping.price is not None and mapping.size is not None:
+        wanted = [*time_columns, mapping.price, mapping.size]
+        if mapping.side is not None:
+            wanted.append(mapping.side)
+    else:
+        wanted = [*time_columns, mapping.open, mapping.high, mapping.low, mapping.close]
+        wanted.append(mapping.volume)
     if mapping.symbol is not None:
         wanted.append(mapping.symbol)
     missing = [c for c in wanted if c not in cols]
@@ -754,6 +862,18 @@ def layout_from_mapping(
             fmt, note = unix_unit(number), f"unit from the magnitude of {values[0]}"
         else:
             fmt = "unix_s"
+    if mapping.price is not None and mapping.size is not None:
+        return _trade_layout(
+            "mapping-trades",
+            mapping.time,
+            fmt,
+            mapping.price,
+            mapping.size,
+            mapping.symbol,
+            cols,
+            note=note,
+            side=mapping.side,
+        )
     return Layout(
         "mapping",
         mapping.time,
@@ -1262,7 +1382,8 @@ class BarReader:
     log it); iterating yields :class:`ParsedChunk` objects. Within a symbol,
     times must strictly increase across the whole file: a row whose time is not
     after the last accepted bar of its symbol is rejected as a duplicate or as
-    going backwards. ``start_ns`` (inclusive) and ``end_ns`` (exclusive) select
+    going backwards (trades may repeat a time: only going backwards is rejected).
+    ``start_ns`` (inclusive) and ``end_ns`` (exclusive) select
     a time range; rows outside it are counted in ``out_of_range`` and not checked
     further. ``symbol`` names the symbol of files without a symbol column.
     ``layout`` names the layout the file must have (see :func:`detect_layout`);
@@ -1360,7 +1481,7 @@ class BarReader:
         self._symbol = symbol or ""
         self._ncols = len(header)
         self._time_index = header.index(self.layout.time_columns[0])
-        self._usecols = [*self.layout.time_columns, *self.layout.ohlcv]
+        self._usecols = [*self.layout.time_columns, *self.layout.value_columns]
         if self.layout.symbol is not None:
             self._usecols.append(self.layout.symbol)
         self._na_values = {c: _MISSING_TEXT for c in self._usecols if c != self.layout.symbol}
@@ -1761,7 +1882,10 @@ class BarReader:
             ro, rh, rl, rc, rv = (fields[self._column_index(col)] for col in lay.ohlcv)
             code = int(codes[j])
             values = (float(o[j]), float(h[j]), float(lo[j]), float(c[j]), float(v[j]))
-            reason = describe_reason(code, values, raw=(ro, rh, rl, rc, rv))
+            if lay.kind == "trade":
+                reason = describe_trade_reason(code, values[0], values[4], raw=(ro, rv))
+            else:
+                reason = describe_reason(code, values, raw=(ro, rh, rl, rc, rv))
             rejected.append(
                 RejectedRow(self.source, int(lines[j]), text, reason_kind(code), reason)
             )
@@ -1849,7 +1973,8 @@ class BarReader:
         text_of: _TextOf,
         rejected: list[RejectedRow],
     ) -> IntArray:
-        """Rows of ``idx`` whose time is after the last accepted bar of their symbol.
+        """Rows of ``idx`` whose time is after the last accepted bar of their symbol (for
+        trades: not before the last accepted trade; ticks share times).
 
         Vectorised per symbol: a row is accepted exactly when its time exceeds the
         running maximum of all earlier rows of the symbol, because a rejected row
@@ -1857,6 +1982,7 @@ class BarReader:
         """
         if len(idx) == 0:
             return idx
+        trades = self.layout.kind == "trade"
         first = sym[idx[0]]
         if (sym[idx] == first).all():
             groups = [(str(first), idx)]
@@ -1870,7 +1996,8 @@ class BarReader:
             t = ts[rows]
             last_ts, last_line = self._last.get(symbol, (int(_NAT), 0))
             before = np.maximum.accumulate(np.concatenate(([last_ts], t)))[:-1]
-            ok = t > before
+            # Trades of a symbol may share a time (ticks): only going back is refused.
+            ok = t >= before if trades else t > before
             # Line of the last accepted row before each row, for the messages.
             pos = np.maximum.accumulate(np.where(ok, np.arange(len(t)), -1))
             prev_pos = np.concatenate(([-1], pos[:-1]))

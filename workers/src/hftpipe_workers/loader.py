@@ -48,7 +48,7 @@ from .observability import (
 )
 from .settings import KafkaSettings
 from .warehouse import Sink
-from .warehouse.schema import BAR_METRICS, LOADED_AT, Table, arrow_schema
+from .warehouse.schema import BAR_METRICS, LOADED_AT, TRADE_METRICS, TRADES, Table, arrow_schema
 
 log = logging.getLogger("hftpipe.loader")
 
@@ -85,10 +85,10 @@ def _times(ts: npt.NDArray[np.int64]) -> pa.Array:
     return pa.array(ts // NS_PER_US, type=pa.timestamp("us"))
 
 
-def bars_table(job: str, values: Sequence[bytes]) -> tuple[pa.Table, list[Refused]]:
-    """Rows of the ``bars`` table from bars-topic values, as one Arrow table, and the
-    values it cannot store (pure). Columnar: no Python code per bar while the values
-    are good (:func:`.codec.decode_bars_lenient`)."""
+def bars_table(job: str, values: Sequence[bytes]) -> tuple[pa.Table, pa.Table, list[Refused]]:
+    """Rows of the ``bars`` and the ``trades`` tables from bars-topic values, as Arrow
+    tables, and the values they cannot store (pure). Columnar: no Python code per bar
+    while the values are good (:func:`.codec.decode_bars_lenient`)."""
     cols, bad = codec.decode_bars_lenient(values)
     refused: list[Refused] = [(i, BAD_MESSAGE, reason) for i, reason in bad]
     skipped = {i for i, _ in bad}
@@ -110,15 +110,30 @@ def bars_table(job: str, values: Sequence[bytes]) -> tuple[pa.Table, list[Refuse
             "seq": pa.array(cols.seq, type=pa.int64()),
         }
     )
+    trades = _empty(TRADES)
+    if cols.trade is not None:  # a topic of trades: codec gives them as bars of one price
+        trade = np.asarray(cols.trade, dtype=np.bool_)
+        trades = pa.table(
+            {
+                "job": pa.repeat(job, len(ts)),
+                "symbol": table.column("symbol"),
+                "trade_time": table.column("bar_time"),
+                "seq": table.column("seq"),
+                "price": table.column("close"),
+                "size": table.column("volume"),
+            }
+        ).filter(pa.array(fine & trade))
+        fine &= ~trade
     if not fine.all():
         table = table.filter(pa.array(fine))
     refused.sort()
-    return table, refused
+    return table, trades, refused
 
 
-def metrics_table(job: str, values: Sequence[bytes]) -> tuple[pa.Table, list[Refused]]:
-    """Rows of the ``bar_metrics`` table (one per bar and window) from metrics-topic
-    values, as one Arrow table, and the values it cannot store (pure).
+def metrics_table(job: str, values: Sequence[bytes]) -> tuple[pa.Table, pa.Table, list[Refused]]:
+    """Rows of the ``bar_metrics`` table (one per bar and window) and of the
+    ``trade_metrics`` table (one per trade and window) from metrics-topic values, as
+    Arrow tables, and the values they cannot store (pure).
 
     The session window becomes the ``session_vwap`` column of every row, not a row.
     Columnar (:func:`.codec.decode_metrics_columns`) while every value is good and
@@ -134,6 +149,7 @@ def metrics_table(job: str, values: Sequence[bytes]) -> tuple[pa.Table, list[Ref
     symbol = pa.array(cols.symbol, type=pa.string())
     times = _times(ts)
     session_vwap = pa.array(session if session is not None else [None] * len(ts), pa.float64())
+    seq = pa.array(cols.seq, type=pa.int64())
     blocks = []
     for w in cols.windows:
         if w.window == SESSION:
@@ -154,23 +170,54 @@ def metrics_table(job: str, values: Sequence[bytes]) -> tuple[pa.Table, list[Ref
                     "std_log_return": pa.array(w.ret_std, type=pa.float64()),
                     "bar_count": pa.array(w.n_bars, type=pa.int64()),
                     "session_vwap": session_vwap,
+                    _SEQ: seq,
                 }
-            ).filter(pa.array(fine))
+            )
         )
     if not blocks:
-        return _empty(BAR_METRICS), refused
-    return pa.concat_tables(blocks).combine_chunks(), refused
+        return _empty(BAR_METRICS), _empty(TRADE_METRICS), refused
+    trade = np.asarray(cols.trade if cols.trade is not None else [False] * len(ts), np.bool_)
+    table = pa.concat_tables(blocks)
+    return *_split_metrics(table, np.tile(fine, len(blocks)), np.tile(trade, len(blocks))), refused
+
+
+_SEQ: Final = "seq"
+_TRADE_NAMES: Final = {
+    "bar_time": "trade_time",
+    "sma_close": "sma_price",
+    "std_close": "std_price",
+    "bar_count": "trade_count",
+}
+"""``bar_metrics`` columns and their ``trade_metrics`` names (one table of values for
+both, split by kind)."""
+
+
+def _split_metrics(
+    table: pa.Table, fine: npt.NDArray[np.bool_], trade: npt.NDArray[np.bool_]
+) -> tuple[pa.Table, pa.Table]:
+    """Metrics rows in ``bar_metrics`` columns (plus ``seq``) as the ``bar_metrics`` rows
+    and the ``trade_metrics`` rows; ``fine``: the rows the warehouse can store."""
+    bars = table.filter(pa.array(fine & ~trade)).drop_columns([_SEQ]).combine_chunks()
+    if not trade.any():
+        return bars, _empty(TRADE_METRICS)
+    trades = table.filter(pa.array(fine & trade)).rename_columns(
+        [_TRADE_NAMES.get(name, name) for name in table.column_names]
+    )
+    return bars, trades.select(list(TRADE_METRICS.input_columns)).combine_chunks()
 
 
 def _empty(tbl: Table) -> pa.Table:
     return arrow_schema(tbl).empty_table().drop_columns([LOADED_AT])
 
 
-def _metrics_table_slow(job: str, values: Sequence[bytes]) -> tuple[pa.Table, list[Refused]]:
+def _metrics_table_slow(
+    job: str, values: Sequence[bytes]
+) -> tuple[pa.Table, pa.Table, list[Refused]]:
     """:func:`metrics_table` message by message: a batch with a bad value, or windows
     that differ between messages."""
     refused: list[Refused] = []
     rows: list[tuple[Any, ...]] = []
+    trade: list[bool] = []
     seconds: dict[str, int] = {}
     for i, value in enumerate(values):
         try:
@@ -189,20 +236,22 @@ def _metrics_table_slow(job: str, values: Sequence[bytes]) -> tuple[pa.Table, li
             rows.append(
                 (
                     *(job, doc.symbol, doc.ts_ns // NS_PER_US, m.window, seconds[m.window]),
-                    *(m.vwap, m.sma, m.std, m.ret_std, m.n_bars, session),
+                    *(m.vwap, m.sma, m.std, m.ret_std, m.n_bars, session, doc.seq),
                 )
             )
+            trade.append(doc.trade)
     if not rows:
-        return _empty(BAR_METRICS), refused
-    schema = arrow_schema(BAR_METRICS)
-    names = BAR_METRICS.input_columns
+        return _empty(BAR_METRICS), _empty(TRADE_METRICS), refused
+    schema = arrow_schema(BAR_METRICS).append(pa.field(_SEQ, pa.int64()))
+    names = (*BAR_METRICS.input_columns, _SEQ)
     table = pa.table(
         {
             name: pa.array(column, type=schema.field(name).type)
             for name, column in zip(names, zip(*rows, strict=True), strict=True)
         }
     )
-    return table, refused
+    fine = np.ones(len(rows), dtype=np.bool_)
+    return *_split_metrics(table, fine, np.asarray(trade, dtype=np.bool_)), refused
 
 
 def _values(msgs: list[Message]) -> list[bytes]:
@@ -395,8 +444,8 @@ class Loader:
         topics = list(map(Message.topic, batch))
         bar_msgs = list(compress(batch, map(self.topics.bars.__eq__, topics)))
         metric_msgs = list(compress(batch, map(self.topics.metrics.__eq__, topics)))
-        bars, refused_bars = bars_table(self.job_id, _values(bar_msgs))
-        metrics, refused_metrics = metrics_table(self.job_id, _values(metric_msgs))
+        bars, trades, refused_bars = bars_table(self.job_id, _values(bar_msgs))
+        metrics, trade_metrics, refused_metrics = metrics_table(self.job_id, _values(metric_msgs))
         bad: list[Poison] = [(bar_msgs[i], kind, why) for i, kind, why in refused_bars]
         bad_metrics: list[Poison] = [
             (metric_msgs[i], kind, why) for i, kind, why in refused_metrics
@@ -436,10 +485,15 @@ class Loader:
             n = self.sink.write("bars", bars)
             LOADER_ROWS.labels(self.job, "bars", self.backend).inc(n)
             report.bars += bars.num_rows
-        if metrics.num_rows:
-            n = self.sink.write("bar_metrics", metrics)
-            LOADER_ROWS.labels(self.job, "bar_metrics", self.backend).inc(n)
-            report.metrics_rows += n
+        if trades.num_rows:
+            n = self.sink.write("trades", trades)
+            LOADER_ROWS.labels(self.job, "trades", self.backend).inc(n)
+            report.bars += trades.num_rows
+        for name, rows in (("bar_metrics", metrics), ("trade_metrics", trade_metrics)):
+            if rows.num_rows:
+                n = self.sink.write(name, rows)
+                LOADER_ROWS.labels(self.job, name, self.backend).inc(n)
+                report.metrics_rows += n
         LOADER_BATCH_SECONDS.labels(self.job, self.backend).observe(time.monotonic() - started)
         # Offsets only after the warehouse has the rows (at-least-once delivery,
         # made exactly-once in effect by the MERGE on the natural key).

@@ -333,7 +333,8 @@ class MergedReader:
             order = np.lexsort((np.arange(len(ts)), file_of, codes, ts))
             batch = batch.take(order)
             same = (batch.ts_ns[1:] == batch.ts_ns[:-1]) & (batch.symbol[1:] == batch.symbol[:-1])
-            if same.any():
+            # Trades of one symbol may share a time (ticks): only bars are duplicates.
+            if same.any() and self.readers[0].layout.kind != "trade":
                 file_of = file_of[order]
                 batch = self._set_aside(batch, same, file_of, out)
         elif len(parts) > 1:

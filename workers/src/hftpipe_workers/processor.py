@@ -39,6 +39,7 @@ import time
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import groupby
 from typing import Any, Final, NamedTuple
 
 import orjson
@@ -156,6 +157,51 @@ def _rows_by_symbol(symbols: list[str]) -> list[tuple[str, list[int] | None]]:
     for i, symbol in enumerate(symbols):
         rows.setdefault(symbol, []).append(i)
     return list(rows.items())
+
+
+def _compute(engine: MetricsEngine, bars: codec.BarColumns) -> list[_Output]:
+    """The metrics of a slice's records, per symbol (and run of one kind), encoded."""
+    outputs: list[_Output] = []
+    for symbol, rows, trade in _runs(bars):
+        ts, seq, close, volume = bars.ts_ns, bars.seq, bars.close, bars.volume
+        high, low = bars.high, bars.low
+        if rows is not None:
+            ts, seq, close, volume = (_pick(c, rows) for c in (ts, seq, close, volume))
+            high, low = _pick(high, rows), _pick(low, rows)
+        if trade:  # the price is the close (codec.BarColumns)
+            done, windows = engine.update_trades(symbol, ts, seq, close, volume)
+        else:
+            done, windows = engine.update_columns(symbol, ts, high, low, close, volume)
+        if not done:
+            continue
+        if len(done) != len(ts):  # some bars were ignored (not after the last one)
+            ts, seq, close, volume = (_pick(c, done) for c in (ts, seq, close, volume))
+        messages = codec.encode_metrics_columns(
+            symbol, ts, seq, close, volume, windows, trade=trade
+        )
+        outputs.append(_Output(symbol, ts, seq, close, windows, messages))
+    return outputs
+
+
+def _runs(cols: codec.BarColumns) -> list[tuple[str, list[int] | None, bool]]:
+    """(symbol, rows, whether they are trades) for each symbol of a slice, its rows cut
+    into runs of one kind in message order (a slice holds one kind but for a topic that
+    mixes them): the engine then sees every symbol's records in order however the
+    stream is cut into slices."""
+    if not cols.symbol:
+        return []
+    if cols.trade is None or not any(cols.trade):
+        return [(symbol, rows, False) for symbol, rows in _rows_by_symbol(cols.symbol)]
+    kinds = cols.trade
+    out: list[tuple[str, list[int] | None, bool]] = []
+    for symbol, rows in _rows_by_symbol(cols.symbol):
+        picked = list(range(len(kinds))) if rows is None else rows
+        if all(kinds[i] for i in picked):
+            out.append((symbol, rows, True))
+            continue
+        for kind, run in groupby(picked, key=kinds.__getitem__):
+            out.append((symbol, list(run), kind))
+    return out
 
 
 def _pick(column: list[Any], rows: list[int]) -> list[Any]:
@@ -655,20 +701,7 @@ class Processor:
                 reason,
                 on_delivery=self._on_delivery,
             )
-        outputs: list[_Output] = []
-        for symbol, rows in _rows_by_symbol(bars.symbol) if bars.symbol else ():
-            ts, seq, close, volume = bars.ts_ns, bars.seq, bars.close, bars.volume
-            high, low = bars.high, bars.low
-            if rows is not None:
-                ts, seq, close, volume = (_pick(c, rows) for c in (ts, seq, close, volume))
-                high, low = _pick(high, rows), _pick(low, rows)
-            done, windows = engine.update_columns(symbol, ts, high, low, close, volume)
-            if not done:
-                continue
-            if len(done) != len(ts):  # some bars were ignored (not after the last one)
-                ts, seq, close, volume = (_pick(c, done) for c in (ts, seq, close, volume))
-            messages = codec.encode_metrics_columns(symbol, ts, seq, close, volume, windows)
-            outputs.append(_Output(symbol, ts, seq, close, windows, messages))
+        outputs = _compute(engine, bars)
         next_offset = (msgs[-1].offset() or 0) + 1
         if producer is not None:
             # The metrics topic is inside the exactly-once boundary: the slice's

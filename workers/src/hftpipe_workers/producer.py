@@ -64,7 +64,7 @@ from confluent_kafka.admin import AdminClient
 
 from . import arrowformat, codec
 from .arrowformat import open_reader
-from .bars import format_utc
+from .bars import Bar, Trade, format_utc
 from .contract import PROGRESS_TOPIC_CONFIG, Groups, ProducerProgress, Topics, transactional_id
 from .csvformat import (
     REJECT_KINDS,
@@ -100,7 +100,8 @@ from .observability import (
 )
 from .pacing import Pacer, Pacing
 from .settings import KafkaSettings
-from .sourceinfo import Reading, SourceSummary, describe_reading, reading_of
+from .sourceinfo import Reading, SourceSummary, describe_reading, kind_of, reading_of
+from .tradebars import BarBuilder
 
 log = logging.getLogger("hftpipe.producer")
 
@@ -186,7 +187,7 @@ def find_resume_point(
     try:
         point = ResumePoint()
         for partition, msg in last_records(consumer, bars_topic).items():
-            point.last_seq[partition] = codec.decode_bar(msg.value() or b"").seq
+            point.last_seq[partition] = codec.decode_record(msg.value() or b"").seq
         if merged:
             point.dead_letters = sum(
                 1 for d in iter_dead_letters(settings, dead_topic, group) if "line" in d
@@ -457,10 +458,15 @@ class _LiveState:
     """What came of the source's rows so far (its first and last event time)."""
 
 
-def _add(report: ReplayReport, live: _LiveState, sent: int, skipped: int, size: int) -> None:
+def _add(
+    report: ReplayReport, live: _LiveState, sent: int, skipped: int, size: int, *, rows: bool
+) -> None:
+    """Count records sent and skipped; ``rows``: each is a row of the source (not a bar
+    built from many, whose trades are counted as they are read)."""
     report.produced += sent
     report.skipped_already_in_kafka += skipped
-    report.rows_read += sent + skipped
+    if rows:
+        report.rows_read += sent + skipped
     live.bytes += size
 
 
@@ -477,7 +483,13 @@ def progress_record(
     counts, and how the source is read and the span of its event times when known."""
     facts: dict[str, str] = {}
     if reading is not None:
-        facts.update(reading._asdict())
+        # (The layout names the kind of record, trades or bars: no field of its own.)
+        facts.update(
+            format=reading.format,
+            layout=reading.layout,
+            time=reading.time,
+            time_zone=reading.time_zone,
+        )
     if summary is not None and summary.first_ns is not None and summary.last_ns is not None:
         facts.update(
             first_event=format_utc(summary.first_ns), last_event=format_utc(summary.last_ns)
@@ -526,6 +538,7 @@ class Replay:
         dead_letter_excerpt: int = 200,
         job_id: str | None = None,
         transaction_seconds: float = TRANSACTION_SECONDS,
+        bar_interval_ns: int | None = None,
     ) -> None:
         self.job = job
         self.sources = [source] if isinstance(source, str) else list(source)
@@ -562,6 +575,8 @@ class Replay:
         self._txn_since: float | None = None
         """``time.monotonic()`` when the open transaction began; None: none is open."""
         self._live_state = _LiveState()
+        self.bar_interval_ns = bar_interval_ns
+        """Build bars of this interval from a source of trades (``--bars``); None: off."""
 
     def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
         if err is not None:
@@ -616,11 +631,26 @@ class Replay:
         for url in self.files:
             if self.filename_symbol is not None:
                 self.filename_symbol.symbol(url)  # every name, before any file is read
+        kinds: dict[str, str] = {}
         for url in self.files:
             stream, _ = open_source(url)
             with stream:
                 reader = self._reader(stream, url, block_bytes=CHECK_BLOCK_BYTES)
+                if self.bar_interval_ns is not None and reader.layout.kind != "trade":
+                    raise SourceError(
+                        f"{url}: --bars builds bars from trades, but the file holds bars "
+                        f"(layout {reader.layout.name}): drop --bars (HFTPIPE_BARS; a "
+                        "ReplayJob's spec.source.bars), or give a file of trades"
+                    )
                 reader.check_start()
+            kinds.setdefault(reader.layout.kind, url)
+            if len(kinds) > 1:
+                raise SourceError(
+                    f"{self.source}: the files hold different kinds of records "
+                    f"({', '.join(f'{u} holds {k}s' for k, u in kinds.items())}): one "
+                    "replay takes files of bars or files of trades, not both; replay them "
+                    "as two jobs"
+                )
             if reader.encoding != "UTF-8":
                 log.info("%s is %s text: converted to UTF-8 as it is read", url, reader.encoding)
 
@@ -696,6 +726,22 @@ class Replay:
                 time.sleep(min(30.0, 2.0**attempt))
         raise AssertionError("unreachable")
 
+    def _open_readers(self, stack: ExitStack) -> BarReader | MergedReader:
+        """The source's reader (one file's, or the merge of many), its files opened on
+        ``stack``; and the progress printer, when shown."""
+        readers: list[BarReader] = []
+        fractions: list[Callable[[], float]] = []
+        for url in self.files:
+            stream, fraction = open_source(url)
+            stack.enter_context(stream)
+            readers.append(self._reader(stream, url))
+            fractions.append(fraction)
+        if self.show_progress:
+            self._live_state.printer = _Progress(
+                self._live_state.rows_total, lambda: sum(f() for f in fractions) / len(fractions)
+            )
+        return readers[0] if len(readers) == 1 else MergedReader(readers)
+
     def _replay(self, producer: Producer, partitions: int) -> ReplayReport:
         """One pass from the resume point to the end of the file."""
         live = self._live_state
@@ -716,29 +762,22 @@ class Replay:
         started = time.monotonic()
         HEARTBEAT.beat()
         with ExitStack() as stack:
-            readers: list[BarReader] = []
-            fractions: list[Callable[[], float]] = []
-            for url in self.files:
-                stream, fraction = open_source(url)
-                stack.enter_context(stream)
-                readers.append(self._reader(stream, url))
-                fractions.append(fraction)
-            if self.show_progress:
-                live.printer = _Progress(
-                    live.rows_total, lambda: sum(f() for f in fractions) / len(fractions)
-                )
-            reader: BarReader | MergedReader = readers[0] if not merged else MergedReader(readers)
+            reader = self._open_readers(stack)
             # What hftpipe inspect prints: how the file is read now, what came of it at the
             # end; the progress records carry both, for the ReplayJob's status.
-            live.reading, live.summary = reading_of(reader), SourceSummary(self.source)
+            live.reading = reading_of(reader)
+            live.summary = summary = SourceSummary(self.source, kind=kind_of(reader))
             log.info(
                 "reading %s: %s; pacing: %s",
                 self.source,
                 "; ".join(describe_reading(reader)),
                 self.pacing,
             )
-            summary = live.summary
             set_aside = 0
+            builder = BarBuilder(self.bar_interval_ns) if self.bar_interval_ns else None
+            encode = _encode_trade if kind_of(reader) == "trade" and not builder else None
+            if builder is not None:
+                log.info("building %d-second bars from the trades", builder.interval_ns // 10**9)
             try:
                 for chunk in reader:
                     summary.add(chunk)
@@ -750,7 +789,17 @@ class Replay:
                             self._dead_letter(producer, row)
                             report.dead_lettered += 1
                     report.rows_read += len(chunk.rejected) + chunk.out_of_range
-                    self._send(producer, chunk.bars, partitions, resume, pacer, started, report)
+                    if builder is None:
+                        self._send(producer, chunk.bars, partitions, resume, pacer, started,
+                                   report, encode)  # fmt: skip
+                    else:  # bars built from the trades: the trades are the rows read
+                        report.rows_read += len(chunk.bars)
+                        batch = builder.add(chunk.bars)
+                        self._send(producer, batch, partitions, resume, pacer, started, report,
+                                   rows=False)  # fmt: skip
+                if builder is not None:  # the partial last bars
+                    self._send(producer, builder.finish(), partitions, resume, pacer, started,
+                               report, rows=False)  # fmt: skip
             except SourceError:
                 # The source failed part way (not counted first): what was read is
                 # committed, so that a rerun resumes after it.
@@ -920,8 +969,14 @@ class Replay:
         pacer: Pacer,
         started: float,
         report: ReplayReport,
+        encode: Callable[[Bar], bytes] | None = None,
+        *,
+        rows: bool = True,
     ) -> None:
         """Send a batch's bars (skipping those already in Kafka), adding them to ``report``.
+        ``encode``: how a record is written (default a bar; trades are read as bars of one
+        price and written as trades); ``rows``: each record is a row of the source (False
+        for bars built from trades).
 
         In slices of :data:`SLICE_BARS`, with the metrics brought up to date after
         each slice and, when pacing makes it wait, before a wait (no per-bar cost).
@@ -951,7 +1006,7 @@ class Replay:
                     if wait > 0.001:
                         producer.poll(0)
                         if time.monotonic() - live.at >= LIVE_EVERY:
-                            _add(report, live, sent, skipped, size)
+                            _add(report, live, sent, skipped, size, rows=rows)
                             sent = skipped = size = 0
                             self._live(producer, report)
                         # Bars sent are visible once committed: never hold them over
@@ -961,16 +1016,21 @@ class Replay:
                         else:
                             self._commit_if_due(producer)
                         _sleep(wait)
-                value = codec.encode_bar(bar)
+                value = codec.encode_bar(bar) if encode is None else encode(bar)
                 self._produce(producer, self.bars_topic, key, value, partition)
                 sent += 1
                 size += len(value)
             producer.poll(0)
-            _add(report, live, sent, skipped, size)
+            _add(report, live, sent, skipped, size, rows=rows)
             self._live(producer, report)
             if self._failed:  # a delivery failed: nothing more goes into this transaction
                 self._commit(producer)
             self._commit_if_due(producer)
+
+
+def _encode_trade(row: Bar) -> bytes:
+    """The message of a trade the reader gave as a bar of one price (close) and a size."""
+    return codec.encode_trade(Trade(row[0], row[1], row[5], row[6], row[7], row[8]))
 
 
 def _sleep(seconds: float) -> None:

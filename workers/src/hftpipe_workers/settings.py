@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 KafkaProfile = Literal["throughput", "latency"]
 
-LayoutChoice = Literal["auto", "kaggle-btc", "binance", "binance-kline", "generic"]
+LayoutChoice = Literal["auto", "kaggle-btc", "binance", "binance-kline", "generic", "trades"]
 """``auto`` or one of ``csvformat.KNOWN_LAYOUTS`` (a unit test keeps them equal; csvformat
 itself imports pandas, too slow to import for ``--help``)."""
 
@@ -347,12 +347,13 @@ class ProduceSettings(WorkerSettings):
     time=ts:unix_ms,open=o,high=h,low=l,close=c,volume=v,symbol=sym; the time format is
     unix (the unit from the magnitude), unix_s, unix_ms, unix_us, unix_ns, iso or a
     strftime pattern (time=Time:%d.%m.%Y %H:%M:%S.%f), of one column or two
-    (time=Date+Time:%Y.%m.%d %H:%M)."""
+    (time=Date+Time:%Y.%m.%d %H:%M). A file of trades maps price and size instead:
+    time=ts:unix_ms,price=p,size=q[,side=s][,symbol=sym]."""
 
     layout: LayoutChoice = "auto"
     """Layout the file must have; auto recognises it from the header (a file that
     several layouts match, e.g. a generic one with kaggle-btc's column names, is read
-    the named way)."""
+    the named way); trades: time, price, size[, side][, symbol], one trade per row."""
 
     delimiter: DelimiterChoice = "auto"
     """Field delimiter of CSV text: comma, semicolon, tab or pipe (|); auto sniffs it from
@@ -370,6 +371,12 @@ class ProduceSettings(WorkerSettings):
     timezone: str | None = Field(default=None, min_length=1)
     """IANA time zone of times without an offset, e.g. America/New_York (daylight saving
     from the zone database); unset: UTC. Unix times are UTC regardless."""
+
+    bars: str | None = Field(default=None, min_length=1)
+    """For a file of trades: build OHLCV bars of this interval (1m, 5m, 1h, 1d...) and
+    replay them instead of the trades; each bar's time is the start of its interval, the
+    partial last bars are sent at the end of the file. Unset: trades are replayed as
+    trades."""
 
     partitions: int = Field(default=3, ge=1)
     """Partitions of the bars topic, if it is created."""
@@ -491,6 +498,22 @@ class ProduceSettings(WorkerSettings):
                     "America/New_York, Europe/London or UTC"
                 ) from None
         return value
+
+    @field_validator("bars")
+    @classmethod
+    def _valid_bars(cls, value: str | None) -> str | None:
+        from .tradebars import parse_interval  # noqa: PLC0415 - pandas; not at import
+
+        if value is not None:
+            parse_interval(value)
+        return value
+
+    @property
+    def bar_interval_ns(self) -> int | None:
+        """:attr:`bars` in nanoseconds (None: trades are replayed as trades)."""
+        from .tradebars import parse_interval  # noqa: PLC0415
+
+        return parse_interval(self.bars) if self.bars else None
 
     @property
     def reader_options(self) -> dict[str, Any]:

@@ -32,12 +32,15 @@ class Reading(NamedTuple):
     layout: str
     time: str
     time_zone: str
+    records: str = ""
+    """What the rows are when they are not bars (trades), else ""."""
 
     def lines(self) -> list[str]:
         """``what: how`` lines, for a log or a terminal."""
         return [
             f"format: {self.format}",
             f"layout: {self.layout}",
+            *([f"records: {self.records}"] if self.records else []),
             f"time: {self.time}",
             f"time zone: {self.time_zone}",
         ]
@@ -60,6 +63,7 @@ def reading_of(reader: BarReader | MergedReader) -> Reading:
         layout=common([r.layout for r in each]),
         time=common([r.time for r in each]),
         time_zone=common([r.time_zone for r in each]),
+        records=each[0].records,
     )
 
 
@@ -83,6 +87,11 @@ def _reading_of_one(reader: BarReader) -> Reading:
     return Reading(
         format=form,
         layout=lay.describe(),
+        records=(
+            "trades (time, price, size), replayed as trades (as bars with --bars)"
+            if lay.kind == "trade"
+            else ""
+        ),
         time=f"column {lay.time} as {lay.time_format}{note}",
         time_zone=zone,
     )
@@ -103,12 +112,22 @@ def describe_reading(reader: BarReader | MergedReader) -> list[str]:
     return _reading_of_one(reader).lines()
 
 
+def kind_of(reader: BarReader | MergedReader) -> str:
+    """What the source's rows are, ``bar`` or ``trade`` (a merged source's files all hold
+    one kind: the producer checks it first)."""
+    if isinstance(reader, MergedReader):
+        return reader.readers[0].layout.kind
+    return reader.layout.kind
+
+
 @dataclass
 class SourceSummary:
     """What came of a source's rows: fed every chunk a reader yields (:meth:`add`), then
     the reader's totals (:meth:`finish`)."""
 
     source: str
+    kind: str = "bar"
+    """What the rows are: ``bar`` or ``trade`` (the layout's :attr:`~.csvformat.Layout.kind`)."""
     rows: int = 0
     """Data rows read (CSV: lines, header and blank lines left out)."""
     bars: int = 0
@@ -119,7 +138,7 @@ class SourceSummary:
     first_ns: int | None = None
     last_ns: int | None = None
     symbols: Counter[str] = field(default_factory=Counter)
-    """Bars per symbol."""
+    """Bars (or trades) per symbol."""
 
     def add(self, chunk: ParsedChunk) -> None:
         """Count one chunk (array operations, and one step per rejected row)."""
@@ -145,7 +164,7 @@ class SourceSummary:
         """``what: how many`` lines."""
         kinds = ", ".join(f"{kind} {n:,}" for kind, n in self.set_aside.most_common())
         outcome = (
-            f"rows: {self.rows:,} read: {self.bars:,} bars, "
+            f"rows: {self.rows:,} read: {self.bars:,} {self.kind}s, "
             f"{sum(self.set_aside.values()):,} set aside" + (f" ({kinds})" if kinds else "")
         )
         outcome += f", {self.out_of_range:,} outside --start/--end"
@@ -166,7 +185,8 @@ class SourceSummary:
         return {
             "source": self.source,
             "rows": self.rows,
-            "bars": self.bars,
+            "kind": self.kind,
+            "bars": self.bars,  # records accepted: trades when kind is trade
             "set_aside": dict(self.set_aside.most_common()),
             "out_of_range": self.out_of_range,
             "blank_lines": self.blank_lines,
@@ -179,7 +199,7 @@ class SourceSummary:
 def summarize(reader: BarReader | MergedReader) -> SourceSummary:
     """Read ``reader`` to its end: what came of the rows. A source that cannot be read (or
     whose first rows are all set aside alike) raises as the producer would."""
-    summary = SourceSummary(reader.source)
+    summary = SourceSummary(reader.source, kind=kind_of(reader))
     for chunk in reader:
         summary.add(chunk)
     return summary.finish(reader.stats)

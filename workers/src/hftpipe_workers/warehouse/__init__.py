@@ -1,6 +1,7 @@
 """The warehouse the loader writes bars and metrics to: DuckDB (embedded default) or Snowflake.
 
-- :mod:`.schema`: the two tables, defined once; DDL, MERGE and batch checks come from it.
+- :mod:`.schema`: the tables (bars, trades and their metrics), defined once; DDL, MERGE
+  and batch checks come from it.
 - :mod:`.base`: the :class:`Sink` interface; writes are idempotent MERGEs.
 - :mod:`.duckdb_sink`, :mod:`.snowflake_sink`: the backends.
 - :mod:`.queries`: SQL shown in the README, and helpers that run it.
@@ -17,7 +18,16 @@ from hftpipe_workers.snowflake_settings import SnowflakeConfigError, SnowflakeSe
 from hftpipe_workers.warehouse.base import Sink
 from hftpipe_workers.warehouse.duckdb_sink import DuckDBSink
 from hftpipe_workers.warehouse.queries import MOST_VOLATILE_DAYS, most_volatile_days
-from hftpipe_workers.warehouse.schema import BAR_METRICS, BARS, TABLES, BatchError, Column, Table
+from hftpipe_workers.warehouse.schema import (
+    BAR_METRICS,
+    BARS,
+    TABLES,
+    TRADE_METRICS,
+    TRADES,
+    BatchError,
+    Column,
+    Table,
+)
 from hftpipe_workers.warehouse.snowflake_sink import SnowflakeSink
 
 __all__ = [
@@ -25,6 +35,8 @@ __all__ = [
     "BAR_METRICS",
     "MOST_VOLATILE_DAYS",
     "TABLES",
+    "TRADES",
+    "TRADE_METRICS",
     "BatchError",
     "Column",
     "DuckDBSink",

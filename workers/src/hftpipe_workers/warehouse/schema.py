@@ -1,6 +1,7 @@
 """The warehouse tables, defined once, and the pure preparation of a batch for them.
 
-The two tables (``bars`` and ``bar_metrics``) are described here as data: a
+The tables (``bars`` and ``bar_metrics``; ``trades`` and ``trade_metrics`` for
+sources of trades, issue 11 point 6) are described here as data: a
 tuple of :class:`Column` per :class:`Table`. Everything else is generated from
 that: the ``CREATE TABLE`` and ``MERGE`` statements of both backends
 (:func:`create_table_sql`, :func:`merge_sql`), the validation of incoming
@@ -143,7 +144,58 @@ BAR_METRICS: Final = Table(
     doc="Rolling metrics of each bar, one row per window.",
 )
 
-TABLES: Final[dict[str, Table]] = {t.name: t for t in (BARS, BAR_METRICS)}
+# Trades (issue 11, point 6): ticks of a symbol share times, so the natural key holds
+# the seq (the trade's position in its source) after the time.
+_TRADE_KEY: Final = (
+    *_KEY_COLUMNS[:2],
+    _col("trade_time", _TIME, "trade time, UTC (stored without time zone)", key=True),
+    _col(
+        "seq",
+        _INT,
+        "position of the trade among the records accepted from its source, from 0",
+        key=True,
+    ),
+)
+
+TRADES: Final = Table(
+    "trades",
+    (
+        *_TRADE_KEY,
+        _col("price", _FLOAT, "trade price"),
+        _col("size", _FLOAT, "traded quantity (base asset)"),
+        _LOADED_AT_COLUMN,
+    ),
+    doc="One trade per job, symbol, trade time and seq (sources of trades).",
+)
+
+TRADE_METRICS: Final = Table(
+    "trade_metrics",
+    (
+        *_TRADE_KEY,
+        _col("window", _TEXT, "window name, e.g. '5m'", key=True),
+        _col("window_seconds", _INT, "window length in seconds"),
+        _col(
+            "vwap",
+            _FLOAT,
+            "sum(price * size) / sum(size); NULL when the window's size is 0",
+            nullable=True,
+        ),
+        _col("sma_price", _FLOAT, "mean trade price over the window"),
+        _col("std_price", _FLOAT, "sample std of price; NULL with < 2 trades", nullable=True),
+        _col(
+            "std_log_return",
+            _FLOAT,
+            "sample std of log returns between trades; NULL with < 2 returns",
+            nullable=True,
+        ),
+        _col("trade_count", _INT, "trades in the window"),
+        _col("session_vwap", _FLOAT, "VWAP since 00:00 UTC; NULL while size is 0", nullable=True),
+        _LOADED_AT_COLUMN,
+    ),
+    doc="Rolling metrics of each trade, one row per window.",
+)
+
+TABLES: Final[dict[str, Table]] = {t.name: t for t in (BARS, BAR_METRICS, TRADES, TRADE_METRICS)}
 
 
 def table(name: str) -> Table:
