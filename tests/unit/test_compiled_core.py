@@ -1,0 +1,310 @@
+"""The compiled metrics engine (hftpipe-core, Rust) against the pure-Python reference, bit for bit.
+
+Every float is compared by its bits (and every undefined metric by its position), on
+randomised streams (many symbols, gaps across days, zero volumes, repeated and
+out-of-order bars, flat prices, big jumps into quiet windows), on the shared BTC file
+and on the bench's generated minute bars; each engine's stream is cut into calls at
+random, and snapshots move state between the two engines in both directions
+mid-stream (their bytes must be equal too).
+"""
+
+from __future__ import annotations
+
+import gzip
+import random
+import struct
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pytest
+
+from hftpipe_workers.bars import NS_PER_DAY, NS_PER_SECOND
+from hftpipe_workers.csvformat import BarReader
+from hftpipe_workers.metrics import (
+    CompiledMetricsEngine,
+    MetricsEngine,
+    WindowColumns,
+    compiled_available,
+    engine_class,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:  # bench/ is a directory of the repo, not an installed package
+    sys.path.insert(0, str(REPO))
+
+from bench import datagen  # noqa: E402 - importable once the repo root is on sys.path
+
+SAMPLE = REPO.parent / "shared" / "data" / "btcusdt_1h_binance.csv.gz"
+MINUTE = 60 * NS_PER_SECOND
+T0 = 1_700_000_000 * NS_PER_SECOND
+
+Engine = MetricsEngine | CompiledMetricsEngine
+
+
+class Stream(NamedTuple):
+    """Bars in arrival order, as columns."""
+
+    symbol: list[str]
+    ts_ns: list[int]
+    high: list[float]
+    low: list[float]
+    close: list[float]
+    volume: list[float]
+
+
+def bits(column: Sequence[Any]) -> list[Any]:
+    """A column as comparable bits: ints as they are, floats as their 8 bytes, None kept."""
+    out: list[Any] = []
+    for x in column:
+        if x is None or isinstance(x, int):
+            out.append(x)
+        else:
+            assert isinstance(x, float), f"{x!r} is a {type(x).__name__}, not a float"
+            out.append(struct.pack("<d", x))
+    return out
+
+
+Result = tuple[list[int], list[WindowColumns]]
+
+
+def assert_same(ref: Result, got: Result, where: str) -> None:
+    assert ref[0] == got[0], f"{where}: processed rows differ"
+    assert len(ref[1]) == len(got[1]), f"{where}: number of windows differs"
+    for a, b in zip(ref[1], got[1], strict=True):
+        assert a.window == b.window, where
+        for field in WindowColumns._fields[1:]:
+            want, have = bits(getattr(a, field)), bits(getattr(b, field))
+            if want != have:
+                j = next(i for i, (x, y) in enumerate(zip(want, have, strict=True)) if x != y)
+                pytest.fail(
+                    f"{where}, window {a.window}, {field}[{j}]: python "
+                    f"{getattr(a, field)[j]!r}, compiled {getattr(b, field)[j]!r}"
+                )
+
+
+def feed(engine: Engine, stream: Stream, lo: int, hi: int) -> list[Result]:
+    """Bars ``lo..hi`` of the stream as the processor feeds them: per symbol, in order of
+    first appearance, each symbol's bars as one run."""
+    by_symbol: dict[str, list[int]] = {}
+    for j in range(lo, hi):
+        by_symbol.setdefault(stream.symbol[j], []).append(j)
+    out = []
+    for symbol, rows in by_symbol.items():
+        ts = [stream.ts_ns[j] for j in rows]
+        high, low, close, volume = (
+            [column[j] for j in rows]
+            for column in (stream.high, stream.low, stream.close, stream.volume)
+        )
+        out.append(engine.update_columns(symbol, ts, high, low, close, volume))
+    return out
+
+
+def random_cuts(rng: random.Random, size: int, most: int) -> Iterator[tuple[int, int]]:
+    at = 0
+    while at < size:
+        step = rng.choice([1, 1, 2, 3, rng.randint(1, most)])
+        yield at, min(size, at + step)
+        at += step
+
+
+def random_stream(rng: random.Random, size: int, symbols: int) -> Stream:
+    """Bars of many symbols: gaps from a second to days, zero (and -0.0) volumes,
+    repeated and older times (ignored), flat runs, big jumps, prices from 1e-3 to 1e5."""
+    names = [f"S{k}" for k in range(symbols)]
+    state = {s: [T0 + rng.randint(0, NS_PER_DAY), 10.0 ** rng.uniform(-3, 5)] for s in names}
+    out = Stream([], [], [], [], [], [])
+    for _ in range(size):
+        s = rng.choice(names)
+        t, c = state[s]
+        kind = rng.random()
+        if kind < 0.05:
+            t -= rng.choice([0, 0, MINUTE, 3 * MINUTE])  # a repeat or an older bar
+        else:
+            t += rng.choice(
+                [
+                    *(NS_PER_SECOND, MINUTE, MINUTE, MINUTE, 7 * MINUTE, 3600 * NS_PER_SECOND),
+                    *(NS_PER_DAY, 3 * NS_PER_DAY, rng.randint(1, 10 * MINUTE)),
+                ]
+            )
+            move = rng.random()
+            if move < 0.25:
+                pass  # flat: equal closes, zero returns
+            elif move < 0.3:
+                c *= rng.choice([0.3, 3.0, 50.0, 0.02])  # a jump that will leave quiet windows
+            elif move < 0.35:
+                c *= 1.001  # equal returns, or nearly
+            else:
+                c = max(1e-9, c * (1 + rng.gauss(0, 1e-3)))
+            c = round(c, rng.choice([2, 8, 12]))
+            if c <= 0.0:
+                c = 0.01
+            state[s] = [t, c]
+        v = rng.choice([0.0, 0.0, -0.0, 1.0, rng.expovariate(1.0), rng.uniform(0, 1e6)])
+        out.symbol.append(s)
+        out.ts_ns.append(t)
+        out.high.append(c * (1 + rng.uniform(0, 1e-3)))
+        out.low.append(c * (1 - rng.uniform(0, 1e-3)))
+        out.close.append(c)
+        out.volume.append(v)
+    return out
+
+
+WINDOW_SETS = [
+    ("5m", "15m", "1h", "1d"),
+    ("1s", "30s", "2m"),
+    ("3h",),
+]
+
+
+def compare_stream(
+    stream: Stream, windows: Sequence[str], seed: int, *, restores: int = 4, most: int = 500
+) -> None:
+    """Feed one stream to both engines, each cut into calls at random, and swap their
+    state through snapshots ``restores`` times mid-stream, both ways."""
+    rng = random.Random(seed)
+    size = len(stream.ts_ns)
+    ref = MetricsEngine(windows)
+    got = CompiledMetricsEngine(windows)
+    swaps = sorted(rng.sample(range(1, size), restores)) if size > restores else []
+    # Cuts shared by both engines, so results can be compared call by call; the
+    # reference's own independence of cuts is what test_metrics holds.
+    for lo, hi in random_cuts(rng, size, most):
+        while swaps and swaps[0] <= lo:
+            swaps.pop(0)
+            a, b = ref.snapshot(), got.snapshot()
+            assert a == b, f"snapshots differ before bar {lo}"
+            if rng.random() < 0.5:
+                got = CompiledMetricsEngine.restore(a, expect_windows=windows)
+                ref = MetricsEngine.restore(b, expect_windows=windows)
+            else:
+                ref = MetricsEngine.restore(b)
+                got = CompiledMetricsEngine.restore(a)
+        for k, (want, have) in enumerate(
+            zip(feed(ref, stream, lo, hi), feed(got, stream, lo, hi), strict=True)
+        ):
+            assert_same(want, have, f"bars {lo}..{hi}, run {k}")
+    assert ref.ignored == got.ignored
+    assert ref.symbols == got.symbols
+    assert ref.snapshot() == got.snapshot()
+
+
+def test_compiled_core_is_installed() -> None:
+    # Fails (never skips) where the package is missing: every test here needs it.
+    assert compiled_available(), "hftpipe-core is not installed: uv sync --all-packages builds it"
+    assert engine_class("auto") is CompiledMetricsEngine
+    assert engine_class("python") is MetricsEngine
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_streams_bit_for_bit(seed: int) -> None:
+    rng = random.Random(seed)
+    stream = random_stream(rng, size=rng.choice([3_000, 8_000]), symbols=rng.choice([1, 3, 40]))
+    compare_stream(stream, WINDOW_SETS[seed % len(WINDOW_SETS)], seed)
+
+
+def test_long_quiet_stream_recomputes_alike() -> None:
+    # One symbol, 60,000 minute bars of a 1e5 price moving by cents with jumps: both
+    # recomputation triggers (update count, shrunken sums of squares) fire many times.
+    rng = random.Random(99)
+    size = 60_000
+    close, stream = 1e5, Stream([], [], [], [], [], [])
+    for j in range(size):
+        close = round(close + rng.choice([0.0, 0.01, -0.01]) + (5e3 if j % 7_001 == 0 else 0), 2)
+        stream.symbol.append("BTC")
+        stream.ts_ns.append(T0 + j * MINUTE)
+        stream.high.append(close + 0.5)
+        stream.low.append(close - 0.5)
+        stream.close.append(close)
+        stream.volume.append(rng.choice([0.0, 0.5, 2.0]))
+    compare_stream(stream, ("5m", "1h", "1d"), 5, restores=6, most=5_000)
+
+
+def test_stale_state_from_the_numpy_path_restores_alike() -> None:
+    # update_batch leaves windows marked for recomputation (ops == -1); a snapshot of that
+    # state continues identically in both engines.
+    from hftpipe_workers.csvformat import BarBatch  # noqa: PLC0415  # pandas: only here
+
+    rng = random.Random(3)
+    stream = random_stream(rng, size=2_000, symbols=4)
+    half = 1_000
+    fresh = MetricsEngine()
+    rows = feed(fresh, stream, 0, 0)
+    assert rows == []
+    n = half
+    batch = BarBatch(
+        symbol=np.array(stream.symbol[:n], dtype=object),
+        ts_ns=np.array(stream.ts_ns[:n], dtype=np.int64),
+        open=np.array(stream.close[:n]),
+        high=np.array(stream.high[:n]),
+        low=np.array(stream.low[:n]),
+        close=np.array(stream.close[:n]),
+        volume=np.array(stream.volume[:n]),
+        seq=np.arange(n, dtype=np.int64),
+        line=np.arange(n, dtype=np.int64),
+    )
+    fresh.update_batch(batch)
+    state = fresh.snapshot()
+    assert b"-1]" in state  # some window is stale
+    ref, got = MetricsEngine.restore(state), CompiledMetricsEngine.restore(state)
+    for lo, hi in random_cuts(rng, len(stream.ts_ns) - half, 50):
+        for want, have in zip(
+            feed(ref, stream, half + lo, half + hi),
+            feed(got, stream, half + lo, half + hi),
+            strict=True,
+        ):
+            assert_same(want, have, f"bars {half + lo}..{half + hi}")
+    assert ref.snapshot() == got.snapshot()
+
+
+def test_symbol_names_are_escaped_as_orjson_does() -> None:
+    names = ["plain", 'quo"te', "back\\slash", "tab\there", "ctl\x01\x1f\x7f", "é€😀", "/"]
+    ref, got = MetricsEngine(("1m",)), CompiledMetricsEngine(("1m",))
+    for k, name in enumerate(names):
+        for engine in (ref, got):
+            engine.update_columns(name, [T0 + k], [2.0], [1.0], [1.5], [1.0])
+    assert ref.snapshot() == got.snapshot()
+
+
+def test_errors_are_pythons() -> None:
+    for engine in (MetricsEngine(("1m",)), CompiledMetricsEngine(("1m",))):
+        engine.update_columns("X", [T0], [1.0], [1.0], [1.0], [1.0])
+        with pytest.raises(ValueError, match="math domain error"):
+            engine.update_columns("X", [T0 + 1], [1.0], [0.0], [0.0], [1.0])  # log of 0
+    engine = CompiledMetricsEngine(("1m",))
+    with pytest.raises(ValueError, match="different lengths"):
+        engine.update_columns("X", [T0, T0 + 1], [1.0], [1.0], [1.0], [1.0])
+    with pytest.raises(ValueError, match="cannot restore the metrics state"):
+        CompiledMetricsEngine.restore(b'{"format": "something else"}')
+    with pytest.raises(ValueError, match="windows"):
+        CompiledMetricsEngine.restore(MetricsEngine(("1m",)).snapshot(), expect_windows=["5m"])
+
+
+def file_stream(path: Path, symbol: str) -> Stream:
+    with gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb") as f:
+        chunks = [ch.bars for ch in BarReader(f, symbol=symbol, block_bytes=1 << 30)]
+    lists = [
+        [x for ch in chunks for x in getattr(ch, name).tolist()]
+        for name in ("ts_ns", "high", "low", "close", "volume")
+    ]
+    return Stream([symbol] * len(lists[0]), *lists)
+
+
+def test_shared_btc_file_bit_for_bit() -> None:
+    if not SAMPLE.is_file():
+        pytest.fail(f"the shared BTC sample is missing: expected {SAMPLE}")
+    stream = file_stream(SAMPLE, "BTCUSDT")
+    assert len(stream.ts_ns) > 10_000
+    compare_stream(stream, ("5m", "15m", "1h", "4h", "1d", "7d"), 11, restores=5, most=4_096)
+
+
+@pytest.mark.slow
+def test_generated_bench_file_bit_for_bit(tmp_path: Path) -> None:
+    # The bench's generated minute bars (bench/datagen.py): the full run's 4M rows.
+    rows = int(4e6)
+    path = datagen.ensure_dataset(rows, log=False)
+    stream = file_stream(path, datagen.SYMBOL)
+    assert len(stream.ts_ns) == rows
+    compare_stream(stream, ("5m", "15m", "1h", "1d"), 12, restores=3, most=4_096)
