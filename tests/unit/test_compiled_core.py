@@ -196,6 +196,9 @@ def test_compiled_core_is_installed() -> None:
     assert compiled_available(), "hftpipe-core is not installed: uv sync --all-packages builds it"
     assert engine_class("auto") is CompiledMetricsEngine
     assert engine_class("python") is MetricsEngine
+    assert engine_class("compiled") is CompiledMetricsEngine
+    with pytest.raises(ValueError, match="unknown metrics engine 'rust'"):
+        engine_class("rust")
 
 
 @pytest.mark.parametrize("seed", range(6))

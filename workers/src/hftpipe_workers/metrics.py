@@ -893,6 +893,9 @@ def compiled_available() -> bool:
     return True
 
 
+AnyEngine = MetricsEngine | CompiledMetricsEngine
+
+
 def engine_class(engine: str = "auto") -> type[MetricsEngine] | type[CompiledMetricsEngine]:
     """The engine to use: ``"compiled"``, ``"python"`` (the reference), or ``"auto"``:
     the compiled one when its package is installed."""

@@ -24,10 +24,10 @@ Kafka offsets are committed too, after Redis, only so that lag and progress are
 visible to Kafka tooling and the operator.
 
 Speed (see bench/README.md): bars are decoded, computed and encoded a column at a
-time (``codec.decode_bars``, ``MetricsEngine.update_columns``,
-``codec.encode_metrics_columns``), with the same bits as bar by bar; the
-transaction is written in the Redis protocol directly, and its reply is read
-while the next batch is computed.
+time (``codec.decode_bars``, ``update_columns`` of the compiled metrics engine, or of
+the pure-Python one it is tested against, ``codec.encode_metrics_columns``), with the
+same bits as bar by bar; the transaction is written in the Redis protocol directly, and
+its reply is read while the next batch is computed.
 """
 
 from __future__ import annotations
@@ -60,7 +60,13 @@ from .contract import Groups, RedisKeys, Topics, job_id
 from .deadletters import BAD_MESSAGE, set_aside
 from .kafka_admin import check_no_gap, ensure_topics, partition_count, wait_for_topics
 from .lifecycle import DrainClock, stop_on_signals
-from .metrics import DEFAULT_WINDOWS, MetricsEngine, WindowColumns, WindowMetrics
+from .metrics import (
+    DEFAULT_WINDOWS,
+    AnyEngine,
+    WindowColumns,
+    WindowMetrics,
+    engine_class,
+)
 from .observability import (
     BATCH_SIZE,
     CONSUMER_LAG,
@@ -73,7 +79,7 @@ from .observability import (
     RECORDS_OUT,
     declare_series,
 )
-from .settings import KafkaSettings, RedisSettings
+from .settings import EngineChoice, KafkaSettings, RedisSettings
 
 log = logging.getLogger("hftpipe.processor")
 
@@ -276,7 +282,7 @@ class _Pending(NamedTuple):
 
 @dataclass
 class _Partition:
-    engine: MetricsEngine
+    engine: AnyEngine
     offset: int | None
     """Next offset to read as stored in Redis; None if this job never wrote it."""
 
@@ -306,6 +312,7 @@ class Processor:
         batch_max: int = 20_000,
         publish_metrics: bool = True,
         namespace: str | None = None,
+        engine: EngineChoice = "auto",
     ) -> None:
         # Topics, groups and keys carry the job id (namespace-qualified under the
         # operator); metric labels carry the plain name.
@@ -313,6 +320,10 @@ class Processor:
         self.job_id = job_id(job, namespace)
         declare_series("processor", job, (BAD_MESSAGE,))
         self.windows = tuple(windows)
+        # The compiled engine when installed (same bits as the Python reference: a
+        # partition's state written by either restores in the other).
+        self.engine_class = engine_class(engine)
+        log.info("metrics engine: %s", self.engine_class.__name__)
         self.batch_max = batch_max
         self.publish_metrics = publish_metrics
         self.topics, self.groups, self.keys = (
@@ -371,11 +382,11 @@ class Processor:
         if offset_raw is None:
             if done > 0:
                 self._state_lost(partition, done)
-            return _Partition(MetricsEngine(self.windows), None)
+            return _Partition(self.engine_class(self.windows), None)
         engine = (
-            MetricsEngine.restore(_as_bytes(state), expect_windows=self.windows)
+            self.engine_class.restore(_as_bytes(state), expect_windows=self.windows)
             if state
-            else MetricsEngine(self.windows)
+            else self.engine_class(self.windows)
         )
         return _Partition(engine, int(offset_raw))
 
