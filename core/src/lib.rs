@@ -173,8 +173,18 @@ struct Win {
 impl Win {
     fn floats(&self) -> [f64; 12] {
         [
-            self.vs, self.vc, self.ps, self.pc, self.shift, self.mean, self.m2, self.em2,
-            self.rshift, self.rmean, self.rm2, self.erm2,
+            self.vs,
+            self.vc,
+            self.ps,
+            self.pc,
+            self.shift,
+            self.mean,
+            self.m2,
+            self.em2,
+            self.rshift,
+            self.rmean,
+            self.rm2,
+            self.erm2,
         ]
     }
 }
@@ -187,6 +197,7 @@ struct Sym {
     cl: Vec<f64>,
     ret: Vec<f64>,
     last_ts: i64,
+    last_seq: i64, // seq of the last trade (trades only: see update_trades)
     has_prev: bool,
     prev_close: f64,
     has_r: bool,
@@ -205,6 +216,7 @@ impl Sym {
             cl: Vec::new(),
             ret: Vec::new(),
             last_ts: i64::MIN,
+            last_seq: -1,
             has_prev: false,
             prev_close: 0.0,
             has_r: false,
@@ -224,7 +236,13 @@ impl Sym {
     }
 
     /// Set window `w`'s sums exactly from its bars `w.start..=end`.
-    fn recompute(&self, w: &mut Win, end: usize, fs: &mut Fsum, buf: &mut Vec<f64>) -> PyResult<()> {
+    fn recompute(
+        &self,
+        w: &mut Win,
+        end: usize,
+        fs: &mut Fsum,
+        buf: &mut Vec<f64>,
+    ) -> PyResult<()> {
         let start = w.start;
         let shift = self.cl[end];
         buf.clear();
@@ -283,7 +301,14 @@ struct Columns {
     rstd: Vec<Option<f64>>,
 }
 
-type ColumnsTuple = (Vec<i64>, Vec<f64>, Vec<Option<f64>>, Vec<f64>, Vec<Option<f64>>, Vec<Option<f64>>);
+type ColumnsTuple = (
+    Vec<i64>,
+    Vec<f64>,
+    Vec<Option<f64>>,
+    Vec<f64>,
+    Vec<Option<f64>>,
+    Vec<Option<f64>>,
+);
 
 /// Window `w`'s metrics for the bars at list indices `first` onwards; the loop of
 /// `MetricsEngine._window_columns`, operation for operation.
@@ -475,12 +500,24 @@ const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 fn push_b64(out: &mut Vec<u8>, raw: &[u8]) {
     out.push(b'"');
     for chunk in raw.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let v = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         out.push(B64[(v >> 18) as usize & 63]);
         out.push(B64[(v >> 12) as usize & 63]);
-        out.push(if chunk.len() > 1 { B64[(v >> 6) as usize & 63] } else { b'=' });
-        out.push(if chunk.len() > 2 { B64[v as usize & 63] } else { b'=' });
+        out.push(if chunk.len() > 1 {
+            B64[(v >> 6) as usize & 63]
+        } else {
+            b'='
+        });
+        out.push(if chunk.len() > 2 {
+            B64[v as usize & 63]
+        } else {
+            b'='
+        });
     }
     out.push(b'"');
 }
@@ -554,6 +591,101 @@ impl Engine {
         self.index.insert(symbol.to_owned(), at);
         at
     }
+
+    /// Bars (`seq` None, `high` and `low` given) or trades (`seq` given): the loop of
+    /// `MetricsEngine._update`.
+    fn update(
+        &mut self,
+        symbol: &str,
+        ts_ns: &[i64],
+        seq: Option<&[i64]>,
+        high_low: Option<(&[f64], &[f64])>,
+        close: &[f64],
+        volume: &[f64],
+    ) -> PyResult<(Vec<usize>, Vec<ColumnsTuple>)> {
+        let size = ts_ns.len();
+        if close.len() != size || volume.len() != size {
+            return Err(PyValueError::new_err(format!(
+                "columns of different lengths: ts_ns {size}, close (price) {}, volume (size) {}",
+                close.len(),
+                volume.len()
+            )));
+        }
+        let at = self.symbol_index(symbol);
+        let st = &mut self.symbols[at];
+        let first = st.ts.len();
+        let mut rows: Vec<usize> = Vec::with_capacity(size);
+        let mut runs_c: Vec<i64> = Vec::with_capacity(size);
+        let mut runs_r: Vec<i64> = Vec::with_capacity(size);
+        let (mut last_ts, mut has_prev, mut prev_close) = (st.last_ts, st.has_prev, st.prev_close);
+        let (mut has_r, mut last_r, mut run_c, mut run_r) =
+            (st.has_r, st.last_r, st.run_c, st.run_r);
+        let mut last_seq = st.last_seq;
+        for j in 0..size {
+            let t = ts_ns[j];
+            match seq {
+                None if t <= last_ts => continue,
+                Some(q) if t < last_ts || (t == last_ts && q[j] <= last_seq) => continue,
+                _ => {}
+            }
+            let c = close[j];
+            let v = volume[j];
+            let r;
+            if has_prev {
+                r = log1p(div(c - prev_close, prev_close)?)?;
+                run_c = if c == prev_close { run_c + 1 } else { 1 };
+                run_r = if has_r && r == last_r { run_r + 1 } else { 1 };
+                has_r = true;
+                last_r = r;
+            } else {
+                r = 0.0; // never used: the first bar has no return
+                run_c = 1;
+            }
+            st.ts.push(t);
+            match (seq, high_low) {
+                (None, Some((high, low))) => st.tpv.push((high[j] + low[j] + c) / 3.0 * v),
+                (Some(q), _) => {
+                    st.tpv.push(c * v);
+                    last_seq = q[j];
+                }
+                (None, None) => unreachable!("bars come with high and low"),
+            }
+            st.vol.push(v);
+            st.cl.push(c);
+            st.ret.push(r);
+            rows.push(j);
+            runs_c.push(run_c);
+            runs_r.push(run_r);
+            last_ts = t;
+            has_prev = true;
+            prev_close = c;
+        }
+        (st.last_ts, st.has_prev, st.prev_close) = (last_ts, has_prev, prev_close);
+        (st.has_r, st.last_r, st.run_c, st.run_r) = (has_r, last_r, run_c, run_r);
+        st.last_seq = last_seq;
+        self.ignored += (size - rows.len()) as i64;
+        if rows.is_empty() {
+            return Ok((rows, Vec::new()));
+        }
+        let mut columns = Vec::with_capacity(self.lengths.len());
+        for k in 0..self.lengths.len() {
+            let mut w = st.wins[k];
+            let out = window_columns(
+                st,
+                &mut w,
+                self.lengths[k],
+                first,
+                &runs_c,
+                &runs_r,
+                &mut self.fs,
+                &mut self.buf,
+            )?;
+            st.wins[k] = w;
+            columns.push((out.n, out.volume, out.vwap, out.sma, out.std, out.rstd));
+        }
+        st.compact();
+        Ok((rows, columns))
+    }
 }
 
 #[pymethods]
@@ -601,73 +733,37 @@ impl Engine {
         close: Vec<f64>,
         volume: Vec<f64>,
     ) -> PyResult<(Vec<usize>, Vec<ColumnsTuple>)> {
-        let size = ts_ns.len();
-        if [high.len(), low.len(), close.len(), volume.len()].iter().any(|&x| x != size) {
+        if high.len() != ts_ns.len() || low.len() != ts_ns.len() {
             return Err(PyValueError::new_err(format!(
-                "columns of different lengths: ts_ns {size}, high {}, low {}, close {}, volume {}",
+                "columns of different lengths: ts_ns {}, high {}, low {}",
+                ts_ns.len(),
                 high.len(),
-                low.len(),
-                close.len(),
-                volume.len()
+                low.len()
             )));
         }
-        let at = self.symbol_index(symbol);
-        let st = &mut self.symbols[at];
-        let first = st.ts.len();
-        let mut rows: Vec<usize> = Vec::with_capacity(size);
-        let mut runs_c: Vec<i64> = Vec::with_capacity(size);
-        let mut runs_r: Vec<i64> = Vec::with_capacity(size);
-        let (mut last_ts, mut has_prev, mut prev_close) = (st.last_ts, st.has_prev, st.prev_close);
-        let (mut has_r, mut last_r, mut run_c, mut run_r) = (st.has_r, st.last_r, st.run_c, st.run_r);
-        for j in 0..size {
-            let t = ts_ns[j];
-            if t <= last_ts {
-                continue;
-            }
-            let c = close[j];
-            let v = volume[j];
-            let r;
-            if has_prev {
-                r = log1p(div(c - prev_close, prev_close)?)?;
-                run_c = if c == prev_close { run_c + 1 } else { 1 };
-                run_r = if has_r && r == last_r { run_r + 1 } else { 1 };
-                has_r = true;
-                last_r = r;
-            } else {
-                r = 0.0; // never used: the first bar has no return
-                run_c = 1;
-            }
-            st.ts.push(t);
-            st.tpv.push((high[j] + low[j] + c) / 3.0 * v);
-            st.vol.push(v);
-            st.cl.push(c);
-            st.ret.push(r);
-            rows.push(j);
-            runs_c.push(run_c);
-            runs_r.push(run_r);
-            last_ts = t;
-            has_prev = true;
-            prev_close = c;
-        }
-        (st.last_ts, st.has_prev, st.prev_close) = (last_ts, has_prev, prev_close);
-        (st.has_r, st.last_r, st.run_c, st.run_r) = (has_r, last_r, run_c, run_r);
-        self.ignored += (size - rows.len()) as i64;
-        if rows.is_empty() {
-            return Ok((rows, Vec::new()));
-        }
-        let mut columns = Vec::with_capacity(self.lengths.len());
-        for k in 0..self.lengths.len() {
-            let mut w = st.wins[k];
-            let out = window_columns(
-                st, &mut w, self.lengths[k], first, &runs_c, &runs_r, &mut self.fs, &mut self.buf,
-            )?;
-            st.wins[k] = w;
-            columns.push((out.n, out.volume, out.vwap, out.sma, out.std, out.rstd));
-        }
-        st.compact();
-        Ok((rows, columns))
+        self.update(symbol, &ts_ns, None, Some((&high, &low)), &close, &volume)
     }
 
+    /// `MetricsEngine.update_trades`: a trade is a bar whose close and typical price are
+    /// its price (tpv = price * size), ignored only when its (time, seq) is not after the
+    /// symbol's last (time, last trade's seq).
+    fn update_trades(
+        &mut self,
+        symbol: &str,
+        ts_ns: Vec<i64>,
+        seq: Vec<i64>,
+        price: Vec<f64>,
+        size: Vec<f64>,
+    ) -> PyResult<(Vec<usize>, Vec<ColumnsTuple>)> {
+        if seq.len() != ts_ns.len() {
+            return Err(PyValueError::new_err(format!(
+                "columns of different lengths: ts_ns {}, seq {}",
+                ts_ns.len(),
+                seq.len()
+            )));
+        }
+        self.update(symbol, &ts_ns, Some(&seq), None, &price, &size)
+    }
     /// The whole state as the Python engine's snapshot document, byte for byte.
     fn snapshot<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
         let retained: usize = self.symbols.iter().map(|s| s.ts.len() - s.head()).sum();
@@ -694,8 +790,18 @@ impl Engine {
             push_str(&mut out, name);
             out.extend_from_slice(b":{\"last_ts\":");
             push_int(&mut out, st.last_ts);
-            out.extend_from_slice(if st.has_prev { b",\"has_prev\":true" } else { b",\"has_prev\":false" });
-            out.extend_from_slice(if st.has_r { b",\"has_r\":true" } else { b",\"has_r\":false" });
+            out.extend_from_slice(b",\"last_seq\":");
+            push_int(&mut out, st.last_seq);
+            out.extend_from_slice(if st.has_prev {
+                b",\"has_prev\":true"
+            } else {
+                b",\"has_prev\":false"
+            });
+            out.extend_from_slice(if st.has_r {
+                b",\"has_r\":true"
+            } else {
+                b",\"has_r\":false"
+            });
             out.extend_from_slice(b",\"run_c\":");
             push_int(&mut out, st.run_c);
             out.extend_from_slice(b",\"run_r\":");
@@ -741,6 +847,7 @@ impl Engine {
         &mut self,
         name: &str,
         last_ts: i64,
+        last_seq: i64,
         has_prev: bool,
         has_r: bool,
         run_c: i64,
@@ -755,7 +862,10 @@ impl Engine {
         wins: Vec<(i64, i64, i64, Vec<f64>)>,
     ) -> PyResult<()> {
         let size = ts.len();
-        if [tpv.len(), vol.len(), cl.len(), ret.len()].iter().any(|&x| x != size) {
+        if [tpv.len(), vol.len(), cl.len(), ret.len()]
+            .iter()
+            .any(|&x| x != size)
+        {
             return Err(PyValueError::new_err(format!(
                 "symbol {name:?}: the retained bars' arrays differ in length"
             )));
@@ -766,11 +876,16 @@ impl Engine {
             )));
         }
         let mut st = Sym::new(self.lengths.len());
-        (st.last_ts, st.has_prev, st.has_r, st.run_c, st.run_r) = (last_ts, has_prev, has_r, run_c, run_r);
-        (st.prev_close, st.last_r) = (prev_close, last_r);
+        (st.last_ts, st.has_prev, st.has_r, st.run_c, st.run_r) =
+            (last_ts, has_prev, has_r, run_c, run_r);
+        (st.prev_close, st.last_r, st.last_seq) = (prev_close, last_r, last_seq);
         (st.ts, st.tpv, st.vol, st.cl, st.ret) = (ts, tpv, vol, cl, ret);
         for (k, (start, nv, ops, f)) in wins.into_iter().enumerate() {
-            if f.len() != 12 || start < 0 || start as usize > size || (size > 0 && start as usize >= size) {
+            if f.len() != 12
+                || start < 0
+                || start as usize > size
+                || (size > 0 && start as usize >= size)
+            {
                 return Err(PyValueError::new_err(format!(
                     "symbol {name:?}, window {k}: bad state (start {start} of {size} bars, {} floats)",
                     f.len()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+import orjson
 import pytest
 
 from hftpipe_workers.bars import NS_PER_DAY, NS_PER_SECOND
@@ -53,6 +54,7 @@ class Stream(NamedTuple):
     low: list[float]
     close: list[float]
     volume: list[float]
+    seq: list[int]
 
 
 def bits(column: Sequence[Any]) -> list[Any]:
@@ -85,9 +87,9 @@ def assert_same(ref: Result, got: Result, where: str) -> None:
                 )
 
 
-def feed(engine: Engine, stream: Stream, lo: int, hi: int) -> list[Result]:
-    """Bars ``lo..hi`` of the stream as the processor feeds them: per symbol, in order of
-    first appearance, each symbol's bars as one run."""
+def feed(engine: Engine, stream: Stream, lo: int, hi: int, *, trades: bool = False) -> list[Result]:
+    """Bars (or trades: price = close, size = volume) ``lo..hi`` of the stream as the
+    processor feeds them: per symbol, in order of first appearance, each symbol's as one run."""
     by_symbol: dict[str, list[int]] = {}
     for j in range(lo, hi):
         by_symbol.setdefault(stream.symbol[j], []).append(j)
@@ -98,7 +100,11 @@ def feed(engine: Engine, stream: Stream, lo: int, hi: int) -> list[Result]:
             [column[j] for j in rows]
             for column in (stream.high, stream.low, stream.close, stream.volume)
         )
-        out.append(engine.update_columns(symbol, ts, high, low, close, volume))
+        if trades:
+            seq = [stream.seq[j] for j in rows]
+            out.append(engine.update_trades(symbol, ts, seq, close, volume))
+        else:
+            out.append(engine.update_columns(symbol, ts, high, low, close, volume))
     return out
 
 
@@ -110,19 +116,27 @@ def random_cuts(rng: random.Random, size: int, most: int) -> Iterator[tuple[int,
         at += step
 
 
-def random_stream(rng: random.Random, size: int, symbols: int) -> Stream:
+def random_stream(rng: random.Random, size: int, symbols: int, *, trades: bool = False) -> Stream:
     """Bars of many symbols: gaps from a second to days, zero (and -0.0) volumes,
-    repeated and older times (ignored), flat runs, big jumps, prices from 1e-3 to 1e5."""
+    repeated and older times (ignored), flat runs, big jumps, prices from 1e-3 to 1e5.
+    With ``trades``, also many at equal times (with increasing seq), and repeated or
+    older seqs (ignored)."""
     names = [f"S{k}" for k in range(symbols)]
     state = {s: [T0 + rng.randint(0, NS_PER_DAY), 10.0 ** rng.uniform(-3, 5)] for s in names}
-    out = Stream([], [], [], [], [], [])
+    seqs = dict.fromkeys(names, 0)
+    out = Stream([], [], [], [], [], [], [])
     for _ in range(size):
         s = rng.choice(names)
         t, c = state[s]
+        seq = seqs[s]
         kind = rng.random()
         if kind < 0.05:
             t -= rng.choice([0, 0, MINUTE, 3 * MINUTE])  # a repeat or an older bar
+            seq -= rng.choice([0, 1, 5])
+        elif trades and kind < 0.5:
+            seq = seqs[s] = seq + 1  # a trade at the same time
         else:
+            seqs[s] = seq = seq + 1
             t += rng.choice(
                 [
                     *(NS_PER_SECOND, MINUTE, MINUTE, MINUTE, 7 * MINUTE, 3600 * NS_PER_SECOND),
@@ -149,6 +163,7 @@ def random_stream(rng: random.Random, size: int, symbols: int) -> Stream:
         out.low.append(c * (1 - rng.uniform(0, 1e-3)))
         out.close.append(c)
         out.volume.append(v)
+        out.seq.append(seq)
     return out
 
 
@@ -160,7 +175,13 @@ WINDOW_SETS = [
 
 
 def compare_stream(
-    stream: Stream, windows: Sequence[str], seed: int, *, restores: int = 4, most: int = 500
+    stream: Stream,
+    windows: Sequence[str],
+    seed: int,
+    *,
+    restores: int = 4,
+    most: int = 500,
+    trades: bool = False,
 ) -> None:
     """Feed one stream to both engines, each cut into calls at random, and swap their
     state through snapshots ``restores`` times mid-stream, both ways."""
@@ -183,7 +204,11 @@ def compare_stream(
                 ref = MetricsEngine.restore(b)
                 got = CompiledMetricsEngine.restore(a)
         for k, (want, have) in enumerate(
-            zip(feed(ref, stream, lo, hi), feed(got, stream, lo, hi), strict=True)
+            zip(
+                feed(ref, stream, lo, hi, trades=trades),
+                feed(got, stream, lo, hi, trades=trades),
+                strict=True,
+            )
         ):
             assert_same(want, have, f"bars {lo}..{hi}, run {k}")
     assert ref.ignored == got.ignored
@@ -208,12 +233,34 @@ def test_random_streams_bit_for_bit(seed: int) -> None:
     compare_stream(stream, WINDOW_SETS[seed % len(WINDOW_SETS)], seed)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_random_trade_streams_bit_for_bit(seed: int) -> None:
+    rng = random.Random(100 + seed)
+    stream = random_stream(rng, size=5_000, symbols=rng.choice([1, 7]), trades=True)
+    compare_stream(stream, WINDOW_SETS[seed], seed, trades=True)
+
+
+def test_snapshot_without_last_seq_restores_alike() -> None:
+    # Snapshots taken before trades had no last_seq: both engines restore it as -1.
+    rng = random.Random(8)
+    stream = random_stream(rng, size=500, symbols=3)
+    engine = MetricsEngine()
+    feed(engine, stream, 0, 500)
+    doc = orjson.loads(engine.snapshot())
+    for state in doc["symbols"].values():
+        del state["last_seq"]
+    old = orjson.dumps(doc)
+    ref, got = MetricsEngine.restore(old), CompiledMetricsEngine.restore(old)
+    assert ref.snapshot() == got.snapshot()
+    assert b'"last_seq":-1' in got.snapshot()
+
+
 def test_long_quiet_stream_recomputes_alike() -> None:
     # One symbol, 60,000 minute bars of a 1e5 price moving by cents with jumps: both
     # recomputation triggers (update count, shrunken sums of squares) fire many times.
     rng = random.Random(99)
     size = 60_000
-    close, stream = 1e5, Stream([], [], [], [], [], [])
+    close, stream = 1e5, Stream([], [], [], [], [], [], [])
     for j in range(size):
         close = round(close + rng.choice([0.0, 0.01, -0.01]) + (5e3 if j % 7_001 == 0 else 0), 2)
         stream.symbol.append("BTC")
@@ -222,6 +269,7 @@ def test_long_quiet_stream_recomputes_alike() -> None:
         stream.low.append(close - 0.5)
         stream.close.append(close)
         stream.volume.append(rng.choice([0.0, 0.5, 2.0]))
+        stream.seq.append(j)
     compare_stream(stream, ("5m", "1h", "1d"), 5, restores=6, most=5_000)
 
 
@@ -288,11 +336,11 @@ def test_errors_are_pythons() -> None:
 def file_stream(path: Path, symbol: str) -> Stream:
     with gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb") as f:
         chunks = [ch.bars for ch in BarReader(f, symbol=symbol, block_bytes=1 << 30)]
-    lists = [
+    ts, high, low, close, volume = (
         [x for ch in chunks for x in getattr(ch, name).tolist()]
         for name in ("ts_ns", "high", "low", "close", "volume")
-    ]
-    return Stream([symbol] * len(lists[0]), *lists)
+    )
+    return Stream([symbol] * len(ts), ts, high, low, close, volume, list(range(len(ts))))
 
 
 def test_shared_btc_file_bit_for_bit() -> None:

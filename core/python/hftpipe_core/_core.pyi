@@ -17,11 +17,20 @@ class Engine:
         close: Sequence[float],
         volume: Sequence[float],
     ) -> tuple[list[int], list[_Columns]]: ...
+    def update_trades(
+        self,
+        symbol: str,
+        ts_ns: Sequence[int],
+        seq: Sequence[int],
+        price: Sequence[float],
+        size: Sequence[float],
+    ) -> tuple[list[int], list[_Columns]]: ...
     def snapshot(self) -> bytes: ...
     def restore_symbol(
         self,
         name: str,
         last_ts: int,
+        last_seq: int,
         has_prev: bool,
         has_r: bool,
         run_c: int,

@@ -16,12 +16,21 @@ Definitions (one per symbol and window; ``t`` is the time of the current bar):
   than 2 returns (3 bars).
 - ``n_bars`` and ``volume``: number of bars and their total volume.
 
+Trades (issue 11, point 6; :meth:`MetricsEngine.update_trades`): a trade is a
+record of one price and a size, and the same definitions apply with the trade's
+price for both the close and the typical price: ``vwap`` = sum(price * size) /
+sum(size), ``sma``, ``std`` and ``ret_std`` over the trade prices, ``n_bars`` the
+number of trades, ``volume`` their total size.
+
 Every bar yields one :class:`WindowMetrics` per window, in the order of the
 engine's windows (the configured ones, then ``session``).
 
 Bars of a symbol must come in increasing time. A bar at or before the last
 time seen for its symbol is ignored and counted in :attr:`MetricsEngine.ignored`:
-a message delivered twice changes nothing.
+a message delivered twice changes nothing. Trades of a symbol often share a
+timestamp, so a trade is ignored only when its (time, seq) is at or before the
+symbol's last (time, last trade's seq); a window at a trade holds the trades up to
+and including it (a later trade at the same time comes after it).
 
 Two paths compute the same definitions:
 
@@ -205,6 +214,7 @@ class _Symbol:
         "has_prev",
         "has_r",
         "last_r",
+        "last_seq",
         "last_ts",
         "prev_close",
         "ret",
@@ -223,6 +233,7 @@ class _Symbol:
         self.cl: list[float] = []
         self.ret: list[float] = []
         self.last_ts = -(2**63)
+        self.last_seq = -1  # seq of the last trade (trades only: see update_trades)
         self.has_prev = False
         self.prev_close = 0.0
         self.has_r = False
@@ -351,6 +362,8 @@ class _Engine:
                     _SymbolState(
                         name=name,
                         last_ts=int(s["last_ts"]),
+                        # Absent from snapshots taken before trades (bars only).
+                        last_seq=int(s.get("last_seq", -1)),
                         has_prev=bool(s["has_prev"]),
                         has_r=bool(s["has_r"]),
                         run_c=int(s["run_c"]),
@@ -397,6 +410,7 @@ class _SymbolState(NamedTuple):
 
     name: str
     last_ts: int
+    last_seq: int
     has_prev: bool
     has_r: bool
     run_c: int
@@ -449,6 +463,37 @@ class MetricsEngine(_Engine):
         not depend on how a stream is cut into calls (:meth:`update` is a run of
         one): the processor's exactly-once resume relies on that.
         """
+        return self._update(symbol, ts_ns, None, high, low, close, volume)
+
+    def update_trades(
+        self,
+        symbol: str,
+        ts_ns: Sequence[int],
+        seq: Sequence[int],
+        price: Sequence[float],
+        size: Sequence[float],
+    ) -> tuple[list[int], list[WindowColumns]]:
+        """Add trades of one symbol, given as columns: :meth:`update_columns` for trades.
+
+        A trade enters as a bar whose close and typical price are its price (its
+        price * size is one product, not ``(h + l + c) / 3 * v``), and it is ignored
+        only when its (time, seq) is not after the symbol's last (time, last trade's
+        seq): trades at equal times are all processed, in order, and a redelivered
+        one changes nothing. The same bits however the run is cut.
+        """
+        return self._update(symbol, ts_ns, seq, None, None, price, size)
+
+    def _update(  # noqa: PLR0915 - the per-record loop, kept in one piece for speed
+        self,
+        symbol: str,
+        ts_ns: Sequence[int],
+        seq: Sequence[int] | None,
+        high: Sequence[float] | None,
+        low: Sequence[float] | None,
+        close: Sequence[float],
+        volume: Sequence[float],
+    ) -> tuple[list[int], list[WindowColumns]]:
+        """Bars (``seq`` None: ``high`` and ``low`` given) or trades (``seq`` given)."""
         st = self._symbols.get(symbol)
         if st is None:
             st = self._symbols[symbol] = _Symbol(len(self.windows))
@@ -459,9 +504,15 @@ class MetricsEngine(_Engine):
         runs_r: list[int] = []
         last_ts, has_prev, prev_close = st.last_ts, st.has_prev, st.prev_close
         has_r, last_r, run_c, run_r = st.has_r, st.last_r, st.run_c, st.run_r
+        last_seq = st.last_seq
+        # Trades have no high and low (never read for them: their seq is given).
+        hi, lo = (high, low) if high is not None and low is not None else (close, close)
         log1p = math.log1p
         for j, t in enumerate(ts_ns):
-            if t <= last_ts:
+            if seq is None:
+                if t <= last_ts:
+                    continue
+            elif t < last_ts or (t == last_ts and seq[j] <= last_seq):
                 continue
             c = close[j]
             v = volume[j]
@@ -475,7 +526,11 @@ class MetricsEngine(_Engine):
                 r = 0.0  # never used: the first bar has no return
                 run_c = 1
             ts_l.append(t)
-            tpv_l.append((high[j] + low[j] + c) / 3.0 * v)
+            if seq is None:
+                tpv_l.append((hi[j] + lo[j] + c) / 3.0 * v)
+            else:
+                tpv_l.append(c * v)
+                last_seq = seq[j]
             vol_l.append(v)
             cl_l.append(c)
             ret_l.append(r)
@@ -487,6 +542,7 @@ class MetricsEngine(_Engine):
             prev_close = c
         st.last_ts, st.has_prev, st.prev_close = last_ts, has_prev, prev_close
         st.has_r, st.last_r, st.run_c, st.run_r = has_r, last_r, run_c, run_r
+        st.last_seq = last_seq
         self.ignored += len(ts_ns) - len(rows)
         if not rows:
             return rows, []
@@ -800,6 +856,7 @@ class MetricsEngine(_Engine):
             head = min(w[_START] for w in st.wins) if st.ts else 0
             symbols[name] = {
                 "last_ts": st.last_ts,
+                "last_seq": st.last_seq,
                 "has_prev": st.has_prev,
                 "has_r": st.has_r,
                 "run_c": st.run_c,
@@ -825,11 +882,17 @@ class MetricsEngine(_Engine):
     def _restore_symbol(self, state: _SymbolState) -> None:
         st = _Symbol(len(self.windows))
         st.last_ts, st.has_prev, st.has_r = state.last_ts, state.has_prev, state.has_r
+        st.last_seq = state.last_seq
         st.run_c, st.run_r = state.run_c, state.run_r
         st.prev_close, st.last_r = state.prev_close, state.last_r
         st.ts, st.tpv, st.vol, st.cl, st.ret = state.ts, state.tpv, state.vol, state.cl, state.ret
         st.wins = [[start, nv, *floats, ops] for start, nv, ops, floats in state.wins]
         self._symbols[state.name] = st
+
+
+_CoreColumns = tuple[
+    list[int], list[float], list[float | None], list[float], list[float | None], list[float | None]
+]
 
 
 class CompiledMetricsEngine(_Engine):
@@ -868,13 +931,29 @@ class CompiledMetricsEngine(_Engine):
         volume: Sequence[float],
     ) -> tuple[list[int], list[WindowColumns]]:
         """See :meth:`MetricsEngine.update_columns`."""
-        rows, columns = self._core.update_columns(symbol, ts_ns, high, low, close, volume)
-        if not columns:  # every bar ignored
+        return self._columns(self._core.update_columns(symbol, ts_ns, high, low, close, volume))
+
+    def _columns(
+        self, result: tuple[list[int], list[_CoreColumns]]
+    ) -> tuple[list[int], list[WindowColumns]]:
+        rows, columns = result
+        if not columns:  # every record ignored
             return rows, []
         return rows, [
             WindowColumns(label, *column)
             for label, column in zip(self.labels, columns, strict=True)
         ]
+
+    def update_trades(
+        self,
+        symbol: str,
+        ts_ns: Sequence[int],
+        seq: Sequence[int],
+        price: Sequence[float],
+        size: Sequence[float],
+    ) -> tuple[list[int], list[WindowColumns]]:
+        """See :meth:`MetricsEngine.update_trades`."""
+        return self._columns(self._core.update_trades(symbol, ts_ns, seq, price, size))
 
     def snapshot(self) -> bytes:
         """See :meth:`MetricsEngine.snapshot`: the same bytes."""
