@@ -562,6 +562,120 @@ fn push_int(out: &mut Vec<u8>, value: i64) {
     out.extend_from_slice(text.as_bytes());
 }
 
+/// A float as orjson writes it: the shortest digits that read back as the same double,
+/// in decimal notation for 1e-5 <= |x| < 1e16 (with ".0" when whole), else as
+/// `d.ddde+X` / `de-X`; `null` for NaN and infinities. (The tests compare it with orjson.)
+fn push_f64(out: &mut Vec<u8>, x: f64, buf: &mut ryu::Buffer) {
+    if !x.is_finite() {
+        out.extend_from_slice(b"null");
+        return;
+    }
+    if x == 0.0 {
+        out.extend_from_slice(if x.is_sign_negative() {
+            b"-0.0"
+        } else {
+            b"0.0"
+        });
+        return;
+    }
+    // Ryu: the shortest digits that round-trip and, of those, the closest to x (what
+    // Python's repr and orjson choose; Rust's own `{:e}` sometimes picks another 17th
+    // digit), laid out as orjson does but for the exponent's sign: "1e16", not "1e+16".
+    let text = buf.format_finite(x).as_bytes();
+    match text.iter().position(|&b| b == b'e') {
+        Some(at) if text[at + 1] != b'-' => {
+            out.extend_from_slice(&text[..=at]);
+            out.push(b'+');
+            out.extend_from_slice(&text[at + 1..]);
+        }
+        _ => out.extend_from_slice(text),
+    }
+}
+
+fn push_opt_f64(out: &mut Vec<u8>, x: Option<f64>, buf: &mut ryu::Buffer) {
+    match x {
+        Some(x) => push_f64(out, x, buf),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// The metrics messages of a run of bars of one symbol: byte for byte what
+/// `codec.encode_bar_metrics` (orjson) writes for each.
+#[allow(clippy::too_many_arguments)]
+fn encode_messages<'py>(
+    py: Python<'py>,
+    version: i64,
+    symbol: &str,
+    labels: &[String],
+    ts: &[i64],
+    seq: &[i64],
+    close: &[f64],
+    volume: &[f64],
+    rows: &[usize],
+    columns: &[ColumnsTuple],
+) -> Vec<Bound<'py, PyBytes>> {
+    let mut head = Vec::new();
+    head.extend_from_slice(b"{\"sv\":");
+    push_int(&mut head, version);
+    head.extend_from_slice(b",\"s\":");
+    push_str(&mut head, symbol);
+    head.extend_from_slice(b",\"t\":");
+    let keys: Vec<Vec<u8>> = labels
+        .iter()
+        .enumerate()
+        .map(|(k, label)| {
+            let mut key = Vec::new();
+            key.extend_from_slice(if k == 0 { b",\"w\":{" } else { b"}," });
+            push_str(&mut key, label);
+            key.extend_from_slice(b":{\"n\":");
+            key
+        })
+        .collect();
+    let mut buf = ryu::Buffer::new();
+    let mut out = Vec::with_capacity(128 + 96 * labels.len());
+    let mut messages = Vec::with_capacity(rows.len());
+    for (b, &j) in rows.iter().enumerate() {
+        out.clear();
+        out.extend_from_slice(&head);
+        push_int(&mut out, ts[j]);
+        out.extend_from_slice(b",\"q\":");
+        push_int(&mut out, seq[j]);
+        out.extend_from_slice(b",\"c\":");
+        push_f64(&mut out, close[j], &mut buf);
+        out.extend_from_slice(b",\"bv\":");
+        push_f64(&mut out, volume[j], &mut buf);
+        for (key, (n, vol, vwap, sma, std, rstd)) in keys.iter().zip(columns) {
+            out.extend_from_slice(key);
+            push_int(&mut out, n[b]);
+            out.extend_from_slice(b",\"v\":");
+            push_f64(&mut out, vol[b], &mut buf);
+            out.extend_from_slice(b",\"vw\":");
+            push_opt_f64(&mut out, vwap[b], &mut buf);
+            out.extend_from_slice(b",\"ma\":");
+            push_f64(&mut out, sma[b], &mut buf);
+            out.extend_from_slice(b",\"sd\":");
+            push_opt_f64(&mut out, std[b], &mut buf);
+            out.extend_from_slice(b",\"rsd\":");
+            push_opt_f64(&mut out, rstd[b], &mut buf);
+        }
+        out.extend_from_slice(if labels.is_empty() {
+            b",\"w\":{}}"
+        } else {
+            b"}}}"
+        });
+        messages.push(PyBytes::new(py, &out));
+    }
+    messages
+}
+
+/// `orjson.dumps(x)` of a float, for the tests of the formatting.
+#[pyfunction]
+fn dumps_float<'py>(py: Python<'py>, x: f64) -> Bound<'py, PyBytes> {
+    let mut out = Vec::new();
+    push_f64(&mut out, x, &mut ryu::Buffer::new());
+    PyBytes::new(py, &out)
+}
+
 // ---------------------------------------------------------------------------------
 // The Python class
 
@@ -744,6 +858,67 @@ impl Engine {
         self.update(symbol, &ts_ns, None, Some((&high, &low)), &close, &volume)
     }
 
+    /// `update_columns`, but of the metrics only the last processed bar's (one-entry
+    /// columns: converting every value to a Python object cost more than computing it),
+    /// and the processed bars' metrics messages (`codec.encode_bar_metrics` of each, byte
+    /// for byte; schema version `version`).
+    fn update_encoded<'py>(
+        &mut self,
+        py: Python<'py>,
+        version: i64,
+        symbol: &str,
+        ts_ns: Vec<i64>,
+        seq: Vec<i64>,
+        high: Vec<f64>,
+        low: Vec<f64>,
+        close: Vec<f64>,
+        volume: Vec<f64>,
+    ) -> PyResult<(Vec<usize>, Vec<ColumnsTuple>, Vec<Bound<'py, PyBytes>>)> {
+        if seq.len() != ts_ns.len() {
+            return Err(PyValueError::new_err(format!(
+                "columns of different lengths: ts_ns {}, seq {}",
+                ts_ns.len(),
+                seq.len()
+            )));
+        }
+        if high.len() != ts_ns.len() || low.len() != ts_ns.len() {
+            return Err(PyValueError::new_err(format!(
+                "columns of different lengths: ts_ns {}, high {}, low {}",
+                ts_ns.len(),
+                high.len(),
+                low.len()
+            )));
+        }
+        let (rows, columns) =
+            self.update(symbol, &ts_ns, None, Some((&high, &low)), &close, &volume)?;
+        let messages = encode_messages(
+            py,
+            version,
+            symbol,
+            &self.labels,
+            &ts_ns,
+            &seq,
+            &close,
+            &volume,
+            &rows,
+            &columns,
+        );
+        let last = columns
+            .into_iter()
+            .map(|(n, volume, vwap, sma, std, rstd)| {
+                (
+                    n.last().copied().into_iter().collect(),
+                    volume.last().copied().into_iter().collect(),
+                    vwap.last().copied().into_iter().collect(),
+                    sma.last().copied().into_iter().collect(),
+                    std.last().copied().into_iter().collect(),
+                    rstd.last().copied().into_iter().collect(),
+                )
+            })
+            .collect();
+        Ok((rows, last, messages))
+    }
+
     /// `MetricsEngine.update_trades`: a trade is a bar whose close and typical price are
     /// its price (tpv = price * size), ignored only when its (time, seq) is not after the
     /// symbol's last (time, last trade's seq).
@@ -918,5 +1093,6 @@ impl Engine {
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Engine>()?;
+    m.add_function(wrap_pyfunction!(dumps_float, m)?)?;
     Ok(())
 }

@@ -11,6 +11,7 @@ mid-stream (their bytes must be equal too).
 from __future__ import annotations
 
 import gzip
+import math
 import random
 import struct
 import sys
@@ -21,6 +22,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import orjson
 import pytest
+from hftpipe_core import dumps_float
 
 from hftpipe_workers.bars import NS_PER_DAY, NS_PER_SECOND
 from hftpipe_workers.csvformat import BarReader
@@ -31,6 +33,7 @@ from hftpipe_workers.metrics import (
     compiled_available,
     engine_class,
 )
+from hftpipe_workers.processor import _update_and_encode
 
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # bench/ is a directory of the repo, not an installed package
@@ -359,3 +362,76 @@ def test_generated_bench_file_bit_for_bit(tmp_path: Path) -> None:
     stream = file_stream(path, datagen.SYMBOL)
     assert len(stream.ts_ns) == rows
     compare_stream(stream, ("5m", "15m", "1h", "1d"), 12, restores=3, most=4_096)
+
+
+# -- the metrics messages, written by the compiled core -----------------------------
+
+
+def test_floats_are_written_as_orjson_writes_them() -> None:
+    rng = random.Random(21)
+    values = [
+        struct.unpack("<d", rng.getrandbits(64).to_bytes(8, "little"))[0] for _ in range(200_000)
+    ]
+    values += [round(rng.uniform(-1e6, 1e6), rng.randint(0, 12)) for _ in range(100_000)]
+    values += [10.0 ** rng.uniform(-8, 18) for _ in range(100_000)]
+    # The edges of the decimal notation, whole numbers, the smallest and largest doubles.
+    values += [0.0, -0.0, 1e-5, 9.999999999999999e-6, 1e16, 9999999999999998.0, 2.0**63]
+    values += [5e-324, 1.7976931348623157e308, 100.0, 0.1, 1e-7, 1.5e-7, 123456789012345.6]
+    values += [math.nan, math.inf, -math.inf]  # orjson writes null
+    wrong = [
+        (x, dumps_float(x), orjson.dumps(x)) for x in values if dumps_float(x) != orjson.dumps(x)
+    ]
+    assert not wrong, f"{len(wrong)} of {len(values)} differ, e.g. {wrong[:3]}"
+
+
+def encode_stream(
+    engine: Engine, stream: Stream, lo: int, hi: int
+) -> list[tuple[Result, list[bytes]]]:
+    """Bars ``lo..hi`` through the processor's own helper (the compiled engine writes the
+    messages itself, the Python one through codec.encode_metrics_columns)."""
+    by_symbol: dict[str, list[int]] = {}
+    for j in range(lo, hi):
+        by_symbol.setdefault(stream.symbol[j], []).append(j)
+    out = []
+    for symbol, rows in by_symbol.items():
+        ts, seq = [stream.ts_ns[j] for j in rows], [stream.seq[j] for j in rows]
+        high, low, close, volume = (
+            [column[j] for j in rows]
+            for column in (stream.high, stream.low, stream.close, stream.volume)
+        )
+        done, windows, messages = _update_and_encode(
+            engine, symbol, ts, seq, high, low, close, volume
+        )
+        out.append(((done, windows), messages))
+    return out
+
+
+def last_entry(w: WindowColumns) -> WindowColumns:
+    return WindowColumns(
+        w.window, w.n_bars[-1:], w.volume[-1:], w.vwap[-1:], w.sma[-1:], w.std[-1:], w.ret_std[-1:]
+    )
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_messages_byte_for_byte(seed: int) -> None:
+    rng = random.Random(300 + seed)
+    stream = random_stream(rng, size=4_000, symbols=rng.choice([1, 5]))
+    if seed == 1:  # names that JSON escapes
+        renamed = {s: f'{s}"\\\t\x01é' for s in set(stream.symbol)}
+        stream = stream._replace(symbol=[renamed[s] for s in stream.symbol])
+    if seed == 2:  # a seq beyond i64 (orjson reads up to 2**64 - 1): Python's ints take it
+        stream.seq[rng.randrange(len(stream.seq))] = 2**64 - 1
+    windows = WINDOW_SETS[seed % len(WINDOW_SETS)]
+    ref, got = MetricsEngine(windows), CompiledMetricsEngine(windows)
+    for lo, hi in random_cuts(rng, len(stream.ts_ns), 700):
+        for (want, want_msgs), (have, have_msgs) in zip(
+            encode_stream(ref, stream, lo, hi), encode_stream(got, stream, lo, hi), strict=True
+        ):
+            # The compiled engine returns the last bar's metrics only (all the processor reads).
+            assert_same(
+                (want[0], [last_entry(w) for w in want[1]]),
+                (have[0], [last_entry(w) for w in have[1]]),
+                f"bars {lo}..{hi}",
+            )
+            assert want_msgs == have_msgs, f"bars {lo}..{hi}: messages differ"
+    assert ref.snapshot() == got.snapshot()

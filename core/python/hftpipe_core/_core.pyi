@@ -17,6 +17,17 @@ class Engine:
         close: Sequence[float],
         volume: Sequence[float],
     ) -> tuple[list[int], list[_Columns]]: ...
+    def update_encoded(
+        self,
+        version: int,
+        symbol: str,
+        ts_ns: Sequence[int],
+        seq: Sequence[int],
+        high: Sequence[float],
+        low: Sequence[float],
+        close: Sequence[float],
+        volume: Sequence[float],
+    ) -> tuple[list[int], list[_Columns], list[bytes]]: ...
     def update_trades(
         self,
         symbol: str,
@@ -44,3 +55,5 @@ class Engine:
         ret: Sequence[float],
         wins: Sequence[tuple[int, int, int, Sequence[float]]],
     ) -> None: ...
+
+def dumps_float(x: float) -> bytes: ...

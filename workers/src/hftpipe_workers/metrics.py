@@ -944,6 +944,27 @@ class CompiledMetricsEngine(_Engine):
             for label, column in zip(self.labels, columns, strict=True)
         ]
 
+    def update_encoded(
+        self,
+        version: int,
+        symbol: str,
+        ts_ns: Sequence[int],
+        seq: Sequence[int],
+        high: Sequence[float],
+        low: Sequence[float],
+        close: Sequence[float],
+        volume: Sequence[float],
+    ) -> tuple[list[int], list[WindowColumns], list[bytes]]:
+        """:meth:`update_columns`, but of the metrics only the last processed bar's (columns
+        of one entry: a Python object per value cost more than computing it), and the
+        processed bars' metrics messages, byte for byte what
+        ``codec.encode_metrics_columns`` writes (schema ``version``). OverflowError
+        (before any change) for a time or seq beyond 64 bits."""
+        rows, columns, messages = self._core.update_encoded(
+            version, symbol, ts_ns, seq, high, low, close, volume
+        )
+        return *self._columns((rows, columns)), messages
+
     def update_trades(
         self,
         symbol: str,

@@ -63,6 +63,7 @@ from .lifecycle import DrainClock, stop_on_signals
 from .metrics import (
     DEFAULT_WINDOWS,
     AnyEngine,
+    CompiledMetricsEngine,
     WindowColumns,
     WindowMetrics,
     engine_class,
@@ -129,6 +130,8 @@ class _Output(NamedTuple):
     seq: list[int]
     close: list[float]
     windows: list[WindowColumns]
+    """Per window, metrics as columns whose last entry is the last bar's (all that is
+    read; the compiled engine returns that entry only)."""
     messages: list[bytes]
 
     def latest(self) -> tuple[Bar, list[WindowMetrics]]:
@@ -162,6 +165,32 @@ def _rows_by_symbol(symbols: list[str]) -> list[tuple[str, list[int] | None]]:
     for i, symbol in enumerate(symbols):
         rows.setdefault(symbol, []).append(i)
     return list(rows.items())
+
+
+def _update_and_encode(
+    engine: AnyEngine,
+    symbol: str,
+    ts: list[int],
+    seq: list[int],
+    high: list[float],
+    low: list[float],
+    close: list[float],
+    volume: list[float],
+) -> tuple[list[int], list[WindowColumns], list[bytes]]:
+    """A symbol's bars through the engine: the processed rows, their metrics as columns (of
+    the compiled engine, the last bar's only) and their messages (the compiled engine
+    writes them itself, the same bytes)."""
+    if isinstance(engine, CompiledMetricsEngine):
+        try:
+            return engine.update_encoded(
+                codec.SCHEMA_VERSION, symbol, ts, seq, high, low, close, volume
+            )
+        except OverflowError:  # a seq in [2**63, 2**64) (nothing changed): Python's ints below
+            pass
+    done, windows = engine.update_columns(symbol, ts, high, low, close, volume)
+    if len(done) != len(ts):
+        ts, seq, close, volume = (_pick(c, done) for c in (ts, seq, close, volume))
+    return done, windows, codec.encode_metrics_columns(symbol, ts, seq, close, volume, windows)
 
 
 def _pick(column: list[Any], rows: list[int]) -> list[Any]:
@@ -673,12 +702,13 @@ class Processor:
             if rows is not None:
                 ts, seq, close, volume = (_pick(c, rows) for c in (ts, seq, close, volume))
                 high, low = _pick(high, rows), _pick(low, rows)
-            done, windows = engine.update_columns(symbol, ts, high, low, close, volume)
+            done, windows, messages = _update_and_encode(
+                engine, symbol, ts, seq, high, low, close, volume
+            )
             if not done:
                 continue
             if len(done) != len(ts):  # some bars were ignored (not after the last one)
                 ts, seq, close, volume = (_pick(c, done) for c in (ts, seq, close, volume))
-            messages = codec.encode_metrics_columns(symbol, ts, seq, close, volume, windows)
             outputs.append(_Output(symbol, ts, seq, close, windows, messages))
         next_offset = (msgs[-1].offset() or 0) + 1
         if producer is not None:
