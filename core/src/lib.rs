@@ -677,6 +677,244 @@ fn dumps_float<'py>(py: Python<'py>, x: f64) -> Bound<'py, PyBytes> {
 }
 
 // ---------------------------------------------------------------------------------
+// Decoding bar messages: a strict reader of the flat JSON objects the producer writes.
+// It answers only for batches it is sure of (every message a flat object of plain
+// values, every bar valid); anything else (an escape in a string, a nested value, a
+// repeated key, a number beyond 64 bits, a bad bar) returns None, and the Python codec,
+// orjson's reading and its checks, decides: so where this answers, it answers as they do.
+
+enum Value<'a> {
+    Str(&'a str),
+    Int(i64),
+    Float(f64),
+    Other, // true, false, null
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn ws(&mut self) {
+        while self.i < self.b.len() && matches!(self.b[self.i], b' ' | b'\t' | b'\n' | b'\r') {
+            self.i += 1;
+        }
+    }
+
+    fn eat(&mut self, byte: u8) -> bool {
+        if self.b.get(self.i) == Some(&byte) {
+            self.i += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn string(&mut self) -> Option<&'a str> {
+        if !self.eat(b'"') {
+            return None;
+        }
+        let start = self.i;
+        loop {
+            match *self.b.get(self.i)? {
+                b'"' => break,
+                b'\\' => return None, // escapes: the Python codec's case
+                0..=0x1f => return None,
+                _ => self.i += 1,
+            }
+        }
+        let text = std::str::from_utf8(&self.b[start..self.i]).ok()?;
+        self.i += 1;
+        Some(text)
+    }
+
+    fn digits(&mut self) -> usize {
+        let start = self.i;
+        while self.i < self.b.len() && self.b[self.i].is_ascii_digit() {
+            self.i += 1;
+        }
+        self.i - start
+    }
+
+    /// A JSON number (its grammar exactly): an integer if it has no fraction or
+    /// exponent, else a double, correctly rounded like orjson's.
+    fn number(&mut self) -> Option<Value<'a>> {
+        let start = self.i;
+        self.eat(b'-');
+        if self.eat(b'0') {
+            if self.i < self.b.len() && self.b[self.i].is_ascii_digit() {
+                return None;
+            }
+        } else if self.digits() == 0 {
+            return None;
+        }
+        let mut float = false;
+        if self.eat(b'.') {
+            float = true;
+            if self.digits() == 0 {
+                return None;
+            }
+        }
+        if self.eat(b'e') || self.eat(b'E') {
+            float = true;
+            if !self.eat(b'+') {
+                self.eat(b'-');
+            }
+            if self.digits() == 0 {
+                return None;
+            }
+        }
+        let text = std::str::from_utf8(&self.b[start..self.i]).ok()?;
+        if float {
+            text.parse::<f64>().ok().map(Value::Float)
+        } else {
+            text.parse::<i64>().ok().map(Value::Int) // beyond i64: the Python codec's case
+        }
+    }
+
+    fn value(&mut self) -> Option<Value<'a>> {
+        match *self.b.get(self.i)? {
+            b'"' => self.string().map(Value::Str),
+            b't' | b'f' | b'n' => {
+                for word in [&b"true"[..], b"false", b"null"] {
+                    if self.b[self.i..].starts_with(word) {
+                        self.i += word.len();
+                        return Some(Value::Other);
+                    }
+                }
+                None
+            }
+            _ => self.number(),
+        }
+    }
+}
+
+/// One bar message's fields, or None (see above).
+struct BarFields<'a> {
+    symbol: &'a str,
+    ts: i64,
+    floats: [f64; 5], // o, h, l, c, v
+    seq: i64,
+    line: i64,
+}
+
+fn read_bar(data: &[u8], version: i64) -> Option<BarFields<'_>> {
+    const KEYS: [&str; 10] = ["s", "t", "o", "h", "l", "c", "v", "q", "ln", "sv"];
+    let mut seen = [false; 10];
+    let mut bar = BarFields {
+        symbol: "",
+        ts: 0,
+        floats: [0.0; 5],
+        seq: 0,
+        line: 0,
+    };
+    let mut r = Reader { b: data, i: 0 };
+    r.ws();
+    if !r.eat(b'{') {
+        return None;
+    }
+    r.ws();
+    if !r.eat(b'}') {
+        loop {
+            r.ws();
+            let key = r.string()?;
+            r.ws();
+            if !r.eat(b':') {
+                return None;
+            }
+            r.ws();
+            let value = r.value()?;
+            if let Some(k) = KEYS.iter().position(|&x| x == key) {
+                if seen[k] {
+                    return None; // a repeated key
+                }
+                seen[k] = true;
+                match (k, value) {
+                    (0, Value::Str(text)) if !text.is_empty() => bar.symbol = text,
+                    (1, Value::Int(t)) if t != i64::MIN => bar.ts = t,
+                    (2..=6, Value::Float(x)) => bar.floats[k - 2] = x,
+                    (2..=6, Value::Int(x)) => bar.floats[k - 2] = x as f64,
+                    (7, Value::Int(q)) => bar.seq = q,
+                    (8, Value::Int(line)) => bar.line = line,
+                    (9, Value::Int(v)) if v == version => {}
+                    _ => return None,
+                }
+            }
+            r.ws();
+            if r.eat(b'}') {
+                break;
+            }
+            if !r.eat(b',') {
+                return None;
+            }
+        }
+    }
+    r.ws();
+    if r.i != data.len() || !(seen[..8].iter().all(|&x| x) && seen[9]) {
+        return None;
+    }
+    let [o, h, l, c, v] = bar.floats;
+    let valid = bar.floats.iter().all(|x| x.is_finite())
+        && o > 0.0
+        && h > 0.0
+        && l > 0.0
+        && c > 0.0
+        && v >= 0.0
+        && l <= h
+        && l <= o
+        && o <= h
+        && l <= c
+        && c <= h;
+    valid.then_some(bar)
+}
+
+type BarColumnsTuple = (
+    Vec<String>,
+    Vec<i64>,
+    Vec<f64>,
+    Vec<f64>,
+    Vec<f64>,
+    Vec<f64>,
+    Vec<f64>,
+    Vec<i64>,
+    Vec<i64>,
+);
+
+/// `codec.decode_bars` of a batch of bar messages as columns (symbol, ts_ns, open, high,
+/// low, close, volume, seq, line), if every message is a plain, valid bar of schema
+/// `version`; None otherwise (the Python codec then decides, message by message).
+#[pyfunction]
+fn decode_bars(values: Vec<Bound<'_, PyBytes>>, version: i64) -> Option<BarColumnsTuple> {
+    let n = values.len();
+    let mut out: BarColumnsTuple = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for value in &values {
+        let bar = read_bar(value.as_bytes(), version)?;
+        let [o, h, l, c, v] = bar.floats;
+        out.0.push(bar.symbol.to_owned());
+        out.1.push(bar.ts);
+        out.2.push(o);
+        out.3.push(h);
+        out.4.push(l);
+        out.5.push(c);
+        out.6.push(v);
+        out.7.push(bar.seq);
+        out.8.push(bar.line);
+    }
+    Some(out)
+}
+
+// ---------------------------------------------------------------------------------
 // The Python class
 
 /// The rolling-metrics engine; `hftpipe_workers.metrics.CompiledMetricsEngine` wraps it
@@ -1094,5 +1332,6 @@ impl Engine {
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Engine>()?;
     m.add_function(wrap_pyfunction!(dumps_float, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_bars, m)?)?;
     Ok(())
 }

@@ -15,15 +15,16 @@ import math
 import random
 import struct
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
 import pytest
-from hftpipe_core import dumps_float
+from hftpipe_core import decode_bars, dumps_float
 
+from hftpipe_workers import codec
 from hftpipe_workers.bars import NS_PER_DAY, NS_PER_SECOND
 from hftpipe_workers.csvformat import BarReader
 from hftpipe_workers.metrics import (
@@ -435,3 +436,131 @@ def test_messages_byte_for_byte(seed: int) -> None:
             )
             assert want_msgs == have_msgs, f"bars {lo}..{hi}: messages differ"
     assert ref.snapshot() == got.snapshot()
+
+
+# -- decoding the bars, by the compiled core ------------------------------------------
+
+
+def bar_message(rng: random.Random, j: int) -> bytes:
+    """A valid bar message as the producer writes it, or with JSON's other spellings of the
+    same (whitespace, integers for prices, more keys, keys in another order)."""
+    low = round(rng.uniform(1, 1e5), rng.choice([0, 2, 8]))
+    high = low + rng.choice([0.0, 1.0, 0.01, rng.uniform(0, 50)])
+    close = rng.choice([low, high, (low + high) / 2])
+
+    def spelt(x: float) -> float | int:  # JSON integers for whole prices, at times
+        return int(x) if x.is_integer() and rng.random() < 0.5 else x
+
+    doc: dict[str, Any] = {
+        "sv": 1,
+        "s": rng.choice(["BTCUSDT", "ETH-USD", "é€", "A" * 40]),
+        "t": T0 + j * MINUTE,
+        "o": spelt(rng.choice([low, high, close])),
+        "h": spelt(high),
+        "l": spelt(low),
+        "c": spelt(close),
+        "v": rng.choice([0.0, -0.0, 0, 3, rng.expovariate(0.1)]),
+        "q": j,
+    }
+    if rng.random() < 0.5:
+        doc["ln"] = j + 2
+    if rng.random() < 0.2:
+        doc["extra"] = rng.choice([None, True, "x", 1.5, -7])
+    items = list(doc.items())
+    if rng.random() < 0.3:
+        rng.shuffle(items)
+    text = orjson.dumps(dict(items))
+    if rng.random() < 0.2:
+        text = text.replace(b",", b" ,\n\t").replace(b":", b" : ")
+    if rng.random() < 0.1:
+        text = b" " + text + b"\r\n"
+    return text
+
+
+BREAKAGES: list[Callable[[bytes], bytes]] = [
+    lambda m: m.replace(b'"sv":1', b'"sv":2'),  # another schema version
+    lambda m: m.replace(b'"sv":1', b'"sv":true'),  # Python counts True == 1
+    lambda m: m.replace(b'"sv":1', b'"sv":1.0'),  # ... and 1.0
+    lambda m: m.replace(b'"q":', b'"q":true,"qq":', 1),
+    lambda m: m.replace(b'"q":', b'"q":18446744073709551615,"qq":', 1),  # u64: Python's int
+    lambda m: m.replace(b'"q":', b'"q":1e3,"qq":', 1),
+    lambda m: m.replace(b'"s":"', b'"s":"\\u0041', 1),  # an escape
+    lambda m: m.replace(b'"s":"', b'"s":"\\"', 1),
+    lambda m: m.replace(b'"h":', b'"h":NaN,"hh":', 1),
+    lambda m: m.replace(b'"h":', b'"h":1e400,"hh":', 1),
+    lambda m: m.replace(b'"h":', b'"h":-1,"hh":', 1),  # an invalid bar
+    lambda m: m.replace(b'"v":', b'"v":-1,"vv":', 1),
+    lambda m: m.replace(b'"h":', b'"h":"1","hh":', 1),
+    lambda m: m.replace(b'"h":', b'"h":01,"hh":', 1),  # not JSON
+    lambda m: m.replace(b'"h":', b'"h":1.,"hh":', 1),
+    lambda m: m.replace(b'"h":', b'"h":.5,"hh":', 1),
+    lambda m: m.replace(b'"h":', b'"h":+1,"hh":', 1),
+    lambda m: m.replace(b'"h":', b'"x":{"a":1},"h":', 1),  # nested
+    lambda m: m.replace(b'"h":', b'"x":[1],"h":', 1),
+    lambda m: m.replace(b'"q":', b'"t":1,"q":', 1),  # a repeated key
+    lambda m: m.replace(b'"t":', b'"t":-9223372036854775808,"tt":', 1),  # pandas' NaT
+    lambda m: m.replace(b'"s":"', b'"s":"\xff', 1),  # not UTF-8
+    lambda m: m.replace(b'"s":"', b'"s":"\x01', 1),  # a raw control character
+    lambda m: m.replace(b'"ln":', b'"ln":null,"lnx":', 1),
+    lambda m: m + b"x",
+    lambda m: m[:-1],
+    lambda m: b"[" + m + b"]",
+    lambda m: m.replace(b'"s":', b'"S":', 1),  # a missing key
+    lambda m: b"",
+    lambda m: b"\xef\xbb\xbf" + m,  # a byte order mark
+]
+
+
+def same_columns(a: Any, b: Any) -> bool:
+    """Equal columns, floats by their bits, ints and strings by type and value."""
+    return [[(type(x), bits([x]) if isinstance(x, float) else x) for x in c] for c in a] == [
+        [(type(x), bits([x]) if isinstance(x, float) else x) for x in c] for c in b
+    ]
+
+
+def test_decoding_plain_bars_matches_the_python_codec() -> None:
+    rng = random.Random(41)
+    values = [bar_message(rng, j) for j in range(20_000)]
+    assert decode_bars(values, 1) is not None, "the compiled reader refused plain bars"
+    for lo, hi in random_cuts(rng, len(values), 3_000):
+        batch = values[lo:hi]
+        want = codec.decode_bars_lenient(batch, compiled=False)
+        got = codec.decode_bars_lenient(batch, compiled=True)
+        assert got[1] == want[1] == []
+        assert same_columns(got[0], want[0]), f"values {lo}..{hi}"
+
+
+def test_decoding_anything_unusual_matches_the_python_codec() -> None:
+    rng = random.Random(42)
+    for k, breakage in enumerate(BREAKAGES):
+        batch = [bar_message(rng, j) for j in range(20)]
+        batch[rng.randrange(20)] = breakage(batch[0])
+        want = codec.decode_bars_lenient(batch, compiled=False)
+        got = codec.decode_bars_lenient(batch, compiled=True)
+        assert got[1] == want[1], f"breakage {k}"
+        assert same_columns(got[0], want[0]), f"breakage {k}"
+
+
+def test_numbers_are_read_as_orjson_reads_them() -> None:
+    # Long and short decimal spellings, near halfway points too: correctly rounded both.
+    rng = random.Random(43)
+    texts = []
+    for _ in range(30_000):
+        digits = "".join(rng.choice("0123456789") for _ in range(rng.randint(1, 30)))
+        point = rng.randint(0, len(digits))
+        text = (digits[:point] or "0").lstrip("0") or "0"
+        text = f"{text}.{digits[point:] or '0'}"
+        if rng.random() < 0.3:
+            text += f"e{rng.randint(-30, 30)}"
+        texts.append(text)
+    texts += [repr(x) for x in (0.1, 1 / 3, 2.0**-1074, 1.7976931348623157e308)]
+    texts += ["9007199254740993", "9007199254740993.0", "2.2250738585072011e-308"]
+    for text in texts:
+        message = b'{"sv":1,"s":"X","t":%d,"o":1.0,"h":1e300,"l":1e-300,"c":1.0,"v":%b,"q":1}' % (
+            T0,
+            text.encode(),
+        )
+        got = decode_bars([message], 1)
+        want = float(orjson.loads(message)["v"])
+        assert got is not None, text
+        assert bits(got[6]) == bits([want]), f"{text}: compiled {got[6][0]!r}, orjson {want!r}"

@@ -57,3 +57,19 @@ class Engine:
     ) -> None: ...
 
 def dumps_float(x: float) -> bytes: ...
+def decode_bars(
+    values: Sequence[bytes], version: int
+) -> (
+    tuple[
+        list[str],
+        list[int],
+        list[float],
+        list[float],
+        list[float],
+        list[float],
+        list[float],
+        list[int],
+        list[int],
+    ]
+    | None
+): ...

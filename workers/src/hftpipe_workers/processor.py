@@ -680,7 +680,10 @@ class Processor:
         """
         engine = part.engine
         ignored_before = engine.ignored
-        bars, bad = codec.decode_bars_lenient([m.value() or b"" for m in msgs])
+        bars, bad = codec.decode_bars_lenient(
+            [m.value() or b"" for m in msgs],
+            compiled=self.engine_class is CompiledMetricsEngine,
+        )
         letters = self._dead_letters(producer) if bad else None
         for i, reason in bad:
             # Met again at every restart, it would crash-loop the processor: set aside.

@@ -519,9 +519,9 @@ class ProcessSettings(WorkerSettings):
     """Most records per processed batch."""
 
     engine: EngineChoice = "auto"
-    """Metrics engine: ``compiled`` (the hftpipe-core package, Rust), ``python`` (the pure-Python
-    reference: the same results bit for bit, its windows ten times slower), or ``auto``:
-    compiled when installed."""
+    """Metrics engine: ``compiled`` (the hftpipe-core package, Rust: it also decodes the bars
+    and writes the metrics messages), ``python`` (the pure-Python reference: the same
+    results and bytes, slower), or ``auto``: compiled when installed."""
 
     until_caught_up: bool = False
     """Exit once every partition is processed to its end and idle (for batch jobs and tests)."""
