@@ -39,7 +39,12 @@ $(UV):
 	python3 -m venv $(UV_HOME)
 	$(UV_HOME)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
-$(VENV)/.synced: $(UV) uv.lock pyproject.toml operator/pyproject.toml workers/pyproject.toml devstack/pyproject.toml
+# The compiled core (core/) is built by cargo during the sync; its build directory is kept
+# in the cache, so a fresh clone on a warm machine recompiles only what changed.
+export CARGO_TARGET_DIR ?= $(HFTPIPE_CACHE_DIR)/cargo-target
+CORE_SOURCES := core/pyproject.toml core/Cargo.toml core/Cargo.lock $(wildcard core/src/*.rs)
+
+$(VENV)/.synced: $(UV) uv.lock pyproject.toml operator/pyproject.toml workers/pyproject.toml devstack/pyproject.toml $(CORE_SOURCES)
 	$(UV) sync --frozen --all-packages
 	@touch $@
 

@@ -81,9 +81,14 @@ def lock_closure(lock: dict[str, Any], roots: list[tuple[str, tuple[str, ...]]])
 
 
 def hatch_packages(member: Path) -> list[str]:
-    """Import names a workspace member's wheel holds (hatch's ``packages``)."""
+    """Import names a workspace member's wheel holds (hatch's ``packages``, or the package
+    of maturin's ``module-name`` for the compiled core)."""
     pyproject = tomllib.loads((member / "pyproject.toml").read_text())
-    wheel = pyproject.get("tool", {}).get("hatch", {}).get("build", {}).get("targets", {})
+    tool = pyproject.get("tool", {})
+    module = tool.get("maturin", {}).get("module-name")
+    if module:
+        return [module.split(".")[0]]
+    wheel = tool.get("hatch", {}).get("build", {}).get("targets", {})
     return [Path(p).name for p in wheel.get("wheel", {}).get("packages", [])]
 
 
@@ -208,6 +213,33 @@ def test_the_images_run_as_the_dockerfile_says(image: Image) -> None:
         for subcommand in WORKER_SUBCOMMANDS:
             assert subcommand in output, f"`hftpipe --help` lists no {subcommand}:\n{output}"
             image.run([*entrypoint, subcommand, "--help"], f"{where}: ENTRYPOINT {subcommand}")
+
+
+COMPILERS = ("cargo", "rustc", "cc", "gcc", "ld")
+"""What the workers image's build stage uses to build the compiled core, and its final
+stage must not hold."""
+
+
+def test_workers_image_runs_the_compiled_core_without_a_compiler(workers: Image) -> None:
+    """The compiled core (hftpipe-core, Rust) was built in the build stage, imports in the
+    final image, and is the processor's engine there; no compiler came along with it."""
+    found = workers.python_json(
+        "import the compiled core and look for compilers",
+        "import json, shutil, sys\n"
+        "import hftpipe_core\n"
+        "from hftpipe_workers.metrics import CompiledMetricsEngine, engine_class\n"
+        "engine = CompiledMetricsEngine(['5m'])\n"
+        "rows, cols = engine.update_columns(\n"
+        "    'X', [1, 2], [2.0, 2.0], [1.0, 1.0], [1.5, 1.75], [1.0, 3.0])\n"
+        "print(json.dumps({'module': hftpipe_core._core.__file__,\n"
+        "    'engine': engine_class().__name__, 'vwap': cols[0].vwap,\n"
+        "    'compilers': [c for c in sys.argv[1:] if shutil.which(c)]}))",
+        *COMPILERS,
+    )
+    assert found["module"].startswith(workers.container_venv), found
+    assert found["engine"] == "CompiledMetricsEngine", found
+    assert found["vwap"] == [1.5, 1.5625], found  # (4.5 / 3 * 1 + 4.75 / 3 * 3) / 4
+    assert found["compilers"] == [], f"workers image: compilers in the final stage: {found}"
 
 
 def test_first_party_modules_import_in_the_image(image: Image) -> None:

@@ -360,6 +360,7 @@ def process(settings: ProcessSettings) -> None:
         redis_settings=redis_settings,
         windows=settings.window_list,
         batch_max=settings.batch_max,
+        engine=settings.engine,
     )
     processor.install_signal_handlers()
     processor.redis.ping()  # fail fast, with Redis's own message, on a bad URL or password

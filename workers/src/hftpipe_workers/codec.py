@@ -53,7 +53,7 @@ very same float.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from operator import itemgetter, methodcaller
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
@@ -71,6 +71,12 @@ from hftpipe_workers.bars import (
     validate_trade,
 )
 from hftpipe_workers.metrics import WindowColumns, WindowMetrics
+
+_core_decode_bars: Callable[[Sequence[bytes], int], tuple[Any, ...] | None] | None
+try:  # the compiled core (hftpipe-core), when installed: see _decode_bars_compiled
+    from hftpipe_core import decode_bars as _core_decode_bars
+except ImportError:
+    _core_decode_bars = None
 
 if TYPE_CHECKING:  # csvformat imports pandas, which the processor does not need
     from hftpipe_workers.csvformat import BarBatch
@@ -233,16 +239,20 @@ _GET_KIND: Final = methodcaller("get", "k")
 _TRADE_KEYS: Final = ("s", "t", "p", "v", "q")
 
 
-def decode_bars(values: Sequence[bytes]) -> BarColumns:
+def decode_bars(values: Sequence[bytes], *, compiled: bool = True) -> BarColumns:
     """Many bar messages at once, as columns; CodecError for the first bad one.
 
     The same result as :func:`decode_bar` on each value (a test holds them
     equal), but checked a column at a time: types with one ``set(map(type,
     ...))`` per field and the bar rules with numpy (:func:`~.bars.reason_codes`)
     instead of Python code per bar. Anything unusual goes through
-    :func:`decode_bar` message by message, which says what is wrong.
+    :func:`decode_bar` message by message, which says what is wrong. With ``compiled``
+    (and the compiled core installed), a batch of plain valid messages is read by it, the
+    same columns (a test holds them equal).
     """
-    fast = _decode_bars_fast(values)
+    fast = _decode_bars_compiled(values) if compiled else None
+    if fast is None:
+        fast = _decode_bars_fast(values)
     if fast is not None:
         return fast
     return _columns([decode_record(v) for v in values])  # raises on the first bad message
@@ -263,12 +273,16 @@ def _columns(records: Sequence[Bar | Trade]) -> BarColumns:
     return BarColumns(s, t, o, h, lo, c, v, q, ln, trade)
 
 
-def decode_bars_lenient(values: Sequence[bytes]) -> tuple[BarColumns, list[tuple[int, str]]]:
+def decode_bars_lenient(
+    values: Sequence[bytes], *, compiled: bool = True
+) -> tuple[BarColumns, list[tuple[int, str]]]:
     """:func:`decode_bars` of the good values, and (index, reason) of each bad one.
 
     For a consumer that must go past a bad record rather than stop at it: as fast as
     :func:`decode_bars` while every value is good."""
-    fast = _decode_bars_fast(values)
+    fast = _decode_bars_compiled(values) if compiled else None
+    if fast is None:
+        fast = _decode_bars_fast(values)
     if fast is not None:
         return fast, []
     records: list[Bar | Trade] = []
@@ -282,6 +296,18 @@ def decode_bars_lenient(values: Sequence[bytes]) -> tuple[BarColumns, list[tuple
 
 
 _FLOAT_TYPES: Final = frozenset((int, float))
+
+
+def _decode_bars_compiled(values: Sequence[bytes]) -> BarColumns | None:
+    """The columns if the compiled core is installed and sure of every value (flat JSON
+    objects of plain values, every bar valid); None leaves the batch to the Python path."""
+    if _core_decode_bars is None:
+        return None
+    try:
+        columns = _core_decode_bars(values, SCHEMA_VERSION)
+    except TypeError:  # a value that is not bytes
+        return None
+    return None if columns is None else BarColumns(*columns)
 
 
 def _decode_bars_fast(values: Sequence[bytes]) -> BarColumns | None:

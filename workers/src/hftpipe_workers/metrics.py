@@ -73,7 +73,7 @@ from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from math import fsum, sqrt
-from typing import TYPE_CHECKING, Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, Self
 
 import numpy as np
 import numpy.typing as npt
@@ -279,8 +279,8 @@ class _Symbol:
                 w[_START] -= head
 
 
-class MetricsEngine:
-    """Rolling metrics for any number of symbols; see the module docstring."""
+class _Engine:
+    """What both engines share: the windows, and :meth:`update` as a run of one bar."""
 
     def __init__(self, windows: Sequence[str] = DEFAULT_WINDOWS, *, session: bool = True) -> None:
         # Ordered by length, session last: the windows are a set, and an engine built
@@ -298,17 +298,91 @@ class MetricsEngine:
             raise ValueError("no windows configured: give at least one, e.g. ['5m']")
         self.windows: tuple[Window, ...] = tuple(parsed)
         self.labels: tuple[str, ...] = tuple(w.label for w in parsed)
-        self.ignored = 0
-        """Bars ignored because their time was not after their symbol's last bar."""
-        self._symbols: dict[str, _Symbol] = {}
         # -1 marks the session window for the hot loop.
         self._lengths: tuple[int, ...] = tuple(w.ns or -1 for w in parsed)
 
-    @property
-    def symbols(self) -> list[str]:
-        return sorted(self._symbols)
+    def update_columns(
+        self,
+        symbol: str,
+        ts_ns: Sequence[int],
+        high: Sequence[float],
+        low: Sequence[float],
+        close: Sequence[float],
+        volume: Sequence[float],
+    ) -> tuple[list[int], list[WindowColumns]]:
+        raise NotImplementedError
 
-    # -- one bar ---------------------------------------------------------------
+    def snapshot(self) -> bytes:
+        raise NotImplementedError
+
+    def _restore_symbol(self, state: _SymbolState) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def restore(cls, data: bytes, *, expect_windows: Sequence[str] | None = None) -> Self:
+        """An engine from :meth:`snapshot` output (of either engine), in exactly the state
+        it was taken in.
+
+        With ``expect_windows``, the snapshot must have been taken with those
+        windows (plus ``session``), else ValueError says what differs.
+        """
+        try:
+            doc = orjson.loads(data)
+            if doc.get("format") != _SNAPSHOT_FORMAT or doc.get("version") != _SNAPSHOT_VERSION:
+                raise ValueError(
+                    f"not a metrics snapshot of format {_SNAPSHOT_FORMAT!r} "
+                    f"version {_SNAPSHOT_VERSION} (got {doc.get('format')!r} "
+                    f"version {doc.get('version')!r})"
+                )
+            labels = doc["windows"]
+            engine = cls([w for w in labels if w != SESSION], session=SESSION in labels)
+            # The snapshot's k-th window is the engine's at[k] (older snapshots kept the
+            # order the windows were configured in).
+            at = [engine.labels.index(label) for label in labels]
+            if expect_windows is not None:
+                wanted = _Engine(expect_windows).labels
+                if wanted != engine.labels:
+                    raise ValueError(
+                        f"the snapshot was taken with windows {list(engine.labels)} but "
+                        f"{list(wanted)} are configured; restore with the same windows "
+                        "or start over from the beginning of the stream"
+                    )
+            engine.ignored = int(doc["ignored"])
+            n_win = len(engine.windows)
+            for name, s in doc["symbols"].items():
+                f64 = _unb64(s["win_f64"], "<f8")
+                if len(s["win_int"]) != n_win or len(f64) != _N_FLOATS * n_win:
+                    raise ValueError(f"symbol {name!r} has state for the wrong number of windows")
+                wins: list[tuple[int, int, int, list[float]]] = [(0, 0, 0, [])] * n_win
+                for k, (start, nv, ops) in enumerate(s["win_int"]):
+                    floats = f64[_N_FLOATS * k : _N_FLOATS * (k + 1)]
+                    wins[at[k]] = (int(start), int(nv), int(ops), floats)
+                prev_close, last_r = _unb64(s["scalars"], "<f8")
+                engine._restore_symbol(
+                    _SymbolState(
+                        name=name,
+                        last_ts=int(s["last_ts"]),
+                        # Absent from snapshots taken before trades (bars only).
+                        last_seq=int(s.get("last_seq", -1)),
+                        has_prev=bool(s["has_prev"]),
+                        has_r=bool(s["has_r"]),
+                        run_c=int(s["run_c"]),
+                        run_r=int(s["run_r"]),
+                        prev_close=prev_close,
+                        last_r=last_r,
+                        ts=_unb64(s["ts"], "<i8"),
+                        tpv=_unb64(s["tpv"], "<f8"),
+                        vol=_unb64(s["vol"], "<f8"),
+                        cl=_unb64(s["cl"], "<f8"),
+                        ret=_unb64(s["ret"], "<f8"),
+                        wins=wins,
+                    )
+                )
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"cannot restore the metrics state: {exc}") from exc
+        return engine
+
+    ignored: int
 
     def update(self, bar: Bar) -> list[WindowMetrics]:
         """Add one bar; its metrics, one record per window (empty if the bar is ignored).
@@ -328,6 +402,44 @@ class MetricsEngine:
             )
             for col in columns
         ]  # fmt: skip
+
+
+class _SymbolState(NamedTuple):
+    """One symbol's state as a snapshot holds it, windows in the engine's order:
+    (start, bars with volume, updates since the last recomputation, the 12 floats)."""
+
+    name: str
+    last_ts: int
+    last_seq: int
+    has_prev: bool
+    has_r: bool
+    run_c: int
+    run_r: int
+    prev_close: float
+    last_r: float
+    ts: list[int]
+    tpv: list[float]
+    vol: list[float]
+    cl: list[float]
+    ret: list[float]
+    wins: list[tuple[int, int, int, list[float]]]
+
+
+class MetricsEngine(_Engine):
+    """Rolling metrics for any number of symbols; see the module docstring.
+
+    The reference: :class:`CompiledMetricsEngine` is tested against it bit for bit.
+    """
+
+    def __init__(self, windows: Sequence[str] = DEFAULT_WINDOWS, *, session: bool = True) -> None:
+        super().__init__(windows, session=session)
+        self.ignored = 0
+        """Bars ignored because their time was not after their symbol's last bar."""
+        self._symbols: dict[str, _Symbol] = {}
+
+    @property
+    def symbols(self) -> list[str]:
+        return sorted(self._symbols)
 
     # -- a run of bars, exactly as bar by bar ------------------------------------------
 
@@ -767,60 +879,139 @@ class MetricsEngine:
         }
         return orjson.dumps(doc)
 
-    @classmethod
-    def restore(cls, data: bytes, *, expect_windows: Sequence[str] | None = None) -> MetricsEngine:
-        """An engine from :meth:`snapshot` output, in exactly the state it was taken in.
+    def _restore_symbol(self, state: _SymbolState) -> None:
+        st = _Symbol(len(self.windows))
+        st.last_ts, st.has_prev, st.has_r = state.last_ts, state.has_prev, state.has_r
+        st.last_seq = state.last_seq
+        st.run_c, st.run_r = state.run_c, state.run_r
+        st.prev_close, st.last_r = state.prev_close, state.last_r
+        st.ts, st.tpv, st.vol, st.cl, st.ret = state.ts, state.tpv, state.vol, state.cl, state.ret
+        st.wins = [[start, nv, *floats, ops] for start, nv, ops, floats in state.wins]
+        self._symbols[state.name] = st
 
-        With ``expect_windows``, the snapshot must have been taken with those
-        windows (plus ``session``), else ValueError says what differs.
-        """
-        try:
-            doc = orjson.loads(data)
-            if doc.get("format") != _SNAPSHOT_FORMAT or doc.get("version") != _SNAPSHOT_VERSION:
-                raise ValueError(
-                    f"not a metrics snapshot of format {_SNAPSHOT_FORMAT!r} "
-                    f"version {_SNAPSHOT_VERSION} (got {doc.get('format')!r} "
-                    f"version {doc.get('version')!r})"
-                )
-            labels = doc["windows"]
-            engine = cls([w for w in labels if w != SESSION], session=SESSION in labels)
-            # The snapshot's k-th window is the engine's at[k] (older snapshots kept the
-            # order the windows were configured in).
-            at = [engine.labels.index(label) for label in labels]
-            if expect_windows is not None:
-                wanted = cls(expect_windows).labels
-                if wanted != engine.labels:
-                    raise ValueError(
-                        f"the snapshot was taken with windows {list(engine.labels)} but "
-                        f"{list(wanted)} are configured; restore with the same windows "
-                        "or start over from the beginning of the stream"
-                    )
-            engine.ignored = int(doc["ignored"])
-            n_win = len(engine.windows)
-            for name, s in doc["symbols"].items():
-                st = _Symbol(n_win)
-                st.last_ts = int(s["last_ts"])
-                st.last_seq = int(s.get("last_seq", -1))  # absent before trades: bars only
-                st.has_prev = bool(s["has_prev"])
-                st.has_r = bool(s["has_r"])
-                st.run_c = int(s["run_c"])
-                st.run_r = int(s["run_r"])
-                st.prev_close, st.last_r = _unb64(s["scalars"], "<f8")
-                st.ts = _unb64(s["ts"], "<i8")
-                st.tpv = _unb64(s["tpv"], "<f8")
-                st.vol = _unb64(s["vol"], "<f8")
-                st.cl = _unb64(s["cl"], "<f8")
-                st.ret = _unb64(s["ret"], "<f8")
-                f64 = _unb64(s["win_f64"], "<f8")
-                if len(s["win_int"]) != n_win or len(f64) != _N_FLOATS * n_win:
-                    raise ValueError(f"symbol {name!r} has state for the wrong number of windows")
-                for k, (start, nv, ops) in enumerate(s["win_int"]):
-                    floats = f64[_N_FLOATS * k : _N_FLOATS * (k + 1)]
-                    st.wins[at[k]] = [int(start), int(nv), *floats, int(ops)]
-                engine._symbols[name] = st
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"cannot restore the metrics state: {exc}") from exc
-        return engine
+
+_CoreColumns = tuple[
+    list[int], list[float], list[float | None], list[float], list[float | None], list[float | None]
+]
+
+
+class CompiledMetricsEngine(_Engine):
+    """:meth:`MetricsEngine.update_columns`, :meth:`~MetricsEngine.snapshot` and
+    :meth:`~MetricsEngine.restore` in compiled code (the ``hftpipe-core`` package, Rust):
+    the same float operations in the same order, so the same bits, and the same snapshot
+    bytes (a snapshot of one engine restores in the other). ImportError if the
+    package is not installed; see :func:`engine_class`."""
+
+    def __init__(self, windows: Sequence[str] = DEFAULT_WINDOWS, *, session: bool = True) -> None:
+        from hftpipe_core import Engine  # noqa: PLC0415  # optional: see engine_class
+
+        super().__init__(windows, session=session)
+        self._core = Engine(self.labels, self._lengths)
+
+    @property
+    def ignored(self) -> int:
+        """Bars ignored because their time was not after their symbol's last bar."""
+        return self._core.ignored
+
+    @ignored.setter
+    def ignored(self, value: int) -> None:
+        self._core.ignored = value
+
+    @property
+    def symbols(self) -> list[str]:
+        return sorted(self._core.symbol_names())
+
+    def update_columns(
+        self,
+        symbol: str,
+        ts_ns: Sequence[int],
+        high: Sequence[float],
+        low: Sequence[float],
+        close: Sequence[float],
+        volume: Sequence[float],
+    ) -> tuple[list[int], list[WindowColumns]]:
+        """See :meth:`MetricsEngine.update_columns`."""
+        return self._columns(self._core.update_columns(symbol, ts_ns, high, low, close, volume))
+
+    def _columns(
+        self, result: tuple[list[int], list[_CoreColumns]]
+    ) -> tuple[list[int], list[WindowColumns]]:
+        rows, columns = result
+        if not columns:  # every record ignored
+            return rows, []
+        return rows, [
+            WindowColumns(label, *column)
+            for label, column in zip(self.labels, columns, strict=True)
+        ]
+
+    def update_encoded(
+        self,
+        version: int,
+        symbol: str,
+        ts_ns: Sequence[int],
+        seq: Sequence[int],
+        high: Sequence[float],
+        low: Sequence[float],
+        close: Sequence[float],
+        volume: Sequence[float],
+    ) -> tuple[list[int], list[WindowColumns], list[bytes]]:
+        """:meth:`update_columns`, but of the metrics only the last processed bar's (columns
+        of one entry: a Python object per value cost more than computing it), and the
+        processed bars' metrics messages, byte for byte what
+        ``codec.encode_metrics_columns`` writes (schema ``version``). OverflowError
+        (before any change) for a time or seq beyond 64 bits."""
+        rows, columns, messages = self._core.update_encoded(
+            version, symbol, ts_ns, seq, high, low, close, volume
+        )
+        return *self._columns((rows, columns)), messages
+
+    def update_trades(
+        self,
+        symbol: str,
+        ts_ns: Sequence[int],
+        seq: Sequence[int],
+        price: Sequence[float],
+        size: Sequence[float],
+    ) -> tuple[list[int], list[WindowColumns]]:
+        """See :meth:`MetricsEngine.update_trades`."""
+        return self._columns(self._core.update_trades(symbol, ts_ns, seq, price, size))
+
+    def snapshot(self) -> bytes:
+        """See :meth:`MetricsEngine.snapshot`: the same bytes."""
+        return self._core.snapshot()
+
+    def _restore_symbol(self, state: _SymbolState) -> None:
+        self._core.restore_symbol(*state)
+
+
+def compiled_available() -> bool:
+    """Whether the compiled engine (the ``hftpipe-core`` package) can be imported."""
+    try:
+        import hftpipe_core  # noqa: F401, PLC0415
+    except ImportError:
+        return False
+    return True
+
+
+AnyEngine = MetricsEngine | CompiledMetricsEngine
+
+
+def engine_class(engine: str = "auto") -> type[MetricsEngine] | type[CompiledMetricsEngine]:
+    """The engine to use: ``"compiled"``, ``"python"`` (the reference), or ``"auto"``:
+    the compiled one when its package is installed."""
+    if engine == "python":
+        return MetricsEngine
+    if engine == "compiled" or (engine == "auto" and compiled_available()):
+        if engine == "compiled" and not compiled_available():
+            raise ValueError(
+                "the compiled metrics engine was asked for, but the hftpipe-core package is "
+                "not installed: install it (uv sync --all-packages builds it with cargo) "
+                "or choose the python engine"
+            )
+        return CompiledMetricsEngine
+    if engine != "auto":
+        raise ValueError(f"unknown metrics engine {engine!r}: expected auto, compiled or python")
+    return MetricsEngine
 
 
 _SNAPSHOT_FORMAT: Final = "hftpipe.metrics-state"

@@ -24,10 +24,10 @@ Kafka offsets are committed too, after Redis, only so that lag and progress are
 visible to Kafka tooling and the operator.
 
 Speed (see bench/README.md): bars are decoded, computed and encoded a column at a
-time (``codec.decode_bars``, ``MetricsEngine.update_columns``,
-``codec.encode_metrics_columns``), with the same bits as bar by bar; the
-transaction is written in the Redis protocol directly, and its reply is read
-while the next batch is computed.
+time (``codec.decode_bars``, ``update_columns`` of the compiled metrics engine, or of
+the pure-Python one it is tested against, ``codec.encode_metrics_columns``), with the
+same bits as bar by bar; the transaction is written in the Redis protocol directly, and
+its reply is read while the next batch is computed.
 """
 
 from __future__ import annotations
@@ -61,7 +61,14 @@ from .contract import Groups, RedisKeys, Topics, job_id
 from .deadletters import BAD_MESSAGE, set_aside
 from .kafka_admin import check_no_gap, ensure_topics, partition_count, wait_for_topics
 from .lifecycle import DrainClock, stop_on_signals
-from .metrics import DEFAULT_WINDOWS, MetricsEngine, WindowColumns, WindowMetrics
+from .metrics import (
+    DEFAULT_WINDOWS,
+    AnyEngine,
+    CompiledMetricsEngine,
+    WindowColumns,
+    WindowMetrics,
+    engine_class,
+)
 from .observability import (
     BATCH_SIZE,
     CONSUMER_LAG,
@@ -74,7 +81,7 @@ from .observability import (
     RECORDS_OUT,
     declare_series,
 )
-from .settings import KafkaSettings, RedisSettings
+from .settings import EngineChoice, KafkaSettings, RedisSettings
 
 log = logging.getLogger("hftpipe.processor")
 
@@ -124,6 +131,8 @@ class _Output(NamedTuple):
     seq: list[int]
     close: list[float]
     windows: list[WindowColumns]
+    """Per window, metrics as columns whose last entry is the last bar's (all that is
+    read; the compiled engine returns that entry only)."""
     messages: list[bytes]
 
     def latest(self) -> tuple[Bar, list[WindowMetrics]]:
@@ -159,7 +168,7 @@ def _rows_by_symbol(symbols: list[str]) -> list[tuple[str, list[int] | None]]:
     return list(rows.items())
 
 
-def _compute(engine: MetricsEngine, bars: codec.BarColumns) -> list[_Output]:
+def _compute(engine: AnyEngine, bars: codec.BarColumns) -> list[_Output]:
     """The metrics of a slice's records, per symbol (and run of one kind), encoded."""
     outputs: list[_Output] = []
     for symbol, rows, trade in _runs(bars):
@@ -170,15 +179,19 @@ def _compute(engine: MetricsEngine, bars: codec.BarColumns) -> list[_Output]:
             high, low = _pick(high, rows), _pick(low, rows)
         if trade:  # the price is the close (codec.BarColumns)
             done, windows = engine.update_trades(symbol, ts, seq, close, volume)
+            if len(done) != len(ts):  # some trades were ignored (not after the last one)
+                ts, seq, close, volume = (_pick(c, done) for c in (ts, seq, close, volume))
+            messages = codec.encode_metrics_columns(
+                symbol, ts, seq, close, volume, windows, trade=True
+            )
         else:
-            done, windows = engine.update_columns(symbol, ts, high, low, close, volume)
+            done, windows, messages = _update_and_encode(
+                engine, symbol, ts, seq, high, low, close, volume
+            )
+            if len(done) != len(ts):  # some bars were ignored (not after the last one)
+                ts, seq, close, volume = (_pick(c, done) for c in (ts, seq, close, volume))
         if not done:
             continue
-        if len(done) != len(ts):  # some bars were ignored (not after the last one)
-            ts, seq, close, volume = (_pick(c, done) for c in (ts, seq, close, volume))
-        messages = codec.encode_metrics_columns(
-            symbol, ts, seq, close, volume, windows, trade=trade
-        )
         outputs.append(_Output(symbol, ts, seq, close, windows, messages))
     return outputs
 
@@ -202,6 +215,32 @@ def _runs(cols: codec.BarColumns) -> list[tuple[str, list[int] | None, bool]]:
         for kind, run in groupby(picked, key=kinds.__getitem__):
             out.append((symbol, list(run), kind))
     return out
+
+
+def _update_and_encode(
+    engine: AnyEngine,
+    symbol: str,
+    ts: list[int],
+    seq: list[int],
+    high: list[float],
+    low: list[float],
+    close: list[float],
+    volume: list[float],
+) -> tuple[list[int], list[WindowColumns], list[bytes]]:
+    """A symbol's bars through the engine: the processed rows, their metrics as columns (of
+    the compiled engine, the last bar's only) and their messages (the compiled engine
+    writes them itself, the same bytes)."""
+    if isinstance(engine, CompiledMetricsEngine):
+        try:
+            return engine.update_encoded(
+                codec.SCHEMA_VERSION, symbol, ts, seq, high, low, close, volume
+            )
+        except OverflowError:  # a seq in [2**63, 2**64) (nothing changed): Python's ints below
+            pass
+    done, windows = engine.update_columns(symbol, ts, high, low, close, volume)
+    if len(done) != len(ts):
+        ts, seq, close, volume = (_pick(c, done) for c in (ts, seq, close, volume))
+    return done, windows, codec.encode_metrics_columns(symbol, ts, seq, close, volume, windows)
 
 
 def _pick(column: list[Any], rows: list[int]) -> list[Any]:
@@ -322,7 +361,7 @@ class _Pending(NamedTuple):
 
 @dataclass
 class _Partition:
-    engine: MetricsEngine
+    engine: AnyEngine
     offset: int | None
     """Next offset to read as stored in Redis; None if this job never wrote it."""
 
@@ -352,6 +391,7 @@ class Processor:
         batch_max: int = 20_000,
         publish_metrics: bool = True,
         namespace: str | None = None,
+        engine: EngineChoice = "auto",
     ) -> None:
         # Topics, groups and keys carry the job id (namespace-qualified under the
         # operator); metric labels carry the plain name.
@@ -359,6 +399,10 @@ class Processor:
         self.job_id = job_id(job, namespace)
         declare_series("processor", job, (BAD_MESSAGE,))
         self.windows = tuple(windows)
+        # The compiled engine when installed (same bits as the Python reference: a
+        # partition's state written by either restores in the other).
+        self.engine_class = engine_class(engine)
+        log.info("metrics engine: %s", self.engine_class.__name__)
         self.batch_max = batch_max
         self.publish_metrics = publish_metrics
         self.topics, self.groups, self.keys = (
@@ -417,11 +461,11 @@ class Processor:
         if offset_raw is None:
             if done > 0:
                 self._state_lost(partition, done)
-            return _Partition(MetricsEngine(self.windows), None)
+            return _Partition(self.engine_class(self.windows), None)
         engine = (
-            MetricsEngine.restore(_as_bytes(state), expect_windows=self.windows)
+            self.engine_class.restore(_as_bytes(state), expect_windows=self.windows)
             if state
-            else MetricsEngine(self.windows)
+            else self.engine_class(self.windows)
         )
         return _Partition(engine, int(offset_raw))
 
@@ -686,7 +730,10 @@ class Processor:
         """
         engine = part.engine
         ignored_before = engine.ignored
-        bars, bad = codec.decode_bars_lenient([m.value() or b"" for m in msgs])
+        bars, bad = codec.decode_bars_lenient(
+            [m.value() or b"" for m in msgs],
+            compiled=self.engine_class is CompiledMetricsEngine,
+        )
         letters = self._dead_letters(producer) if bad else None
         for i, reason in bad:
             # Met again at every restart, it would crash-loop the processor: set aside.

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 
 KafkaProfile = Literal["throughput", "latency"]
 
+EngineChoice = Literal["auto", "compiled", "python"]
+"""The processor's metrics engine (see :func:`hftpipe_workers.metrics.engine_class`)."""
 LayoutChoice = Literal["auto", "kaggle-btc", "binance", "binance-kline", "generic", "trades"]
 """``auto`` or one of ``csvformat.KNOWN_LAYOUTS`` (a unit test keeps them equal; csvformat
 itself imports pandas, too slow to import for ``--help``)."""
@@ -578,6 +580,11 @@ class ProcessSettings(WorkerSettings):
 
     batch_max: int = Field(default=20_000, ge=1)
     """Most records per processed batch."""
+
+    engine: EngineChoice = "auto"
+    """Metrics engine: ``compiled`` (the hftpipe-core package, Rust: it also decodes the bars
+    and writes the metrics messages), ``python`` (the pure-Python reference: the same
+    results and bytes, slower), or ``auto``: compiled when installed."""
 
     until_caught_up: bool = False
     """Exit once every partition is processed to its end and idle (for batch jobs and tests)."""
