@@ -45,6 +45,8 @@ export CARGO_TARGET_DIR ?= $(HFTPIPE_CACHE_DIR)/cargo-target
 CORE_SOURCES := core/pyproject.toml core/Cargo.toml core/Cargo.lock $(wildcard core/src/*.rs)
 
 $(VENV)/.synced: $(UV) uv.lock pyproject.toml operator/pyproject.toml workers/pyproject.toml devstack/pyproject.toml $(CORE_SOURCES)
+	@command -v cargo >/dev/null || { echo "error: cargo (Rust) is not on PATH: it builds the" \
+	  "compiled core (core/). Install Rust with rustup, or add ~/.cargo/bin to PATH." >&2; exit 1; }
 	$(UV) sync --frozen --all-packages
 	@touch $@
 
