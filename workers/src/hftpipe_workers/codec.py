@@ -604,14 +604,12 @@ def decode_metrics_columns(
     compiled core installed), a batch of plain messages is read by it, the same
     columns (tests/unit/test_compiled_metrics_decode.py holds them equal).
     """
-    if compiled and _core_decode_metrics is not None:
-        try:
-            fast = _core_decode_metrics(values, SCHEMA_VERSION)
-        except TypeError:  # a value that is not bytes
-            fast = None
-        if fast is not None:
-            *plain, windows, trade = fast
-            return MetricsColumns(*plain, tuple(WindowColumns(*w) for w in windows), trade)
+    fast = _decode_metrics_compiled(values) if compiled else None
+    return fast if fast is not None else _decode_metrics_fast(values)
+
+
+def _decode_metrics_fast(values: Sequence[bytes]) -> MetricsColumns | None:
+    """:func:`decode_metrics_columns` in Python: orjson, then a column at a time."""
     try:
         docs = list(map(orjson.loads, values))
         version = list(map(_GET_VERSION, docs))
@@ -640,6 +638,21 @@ def decode_metrics_columns(
         return None
     trade = [k == TRADE for k in kinds] if TRADE in kinds else None
     return MetricsColumns(symbol, ts, seq, plain[0], plain[1], tuple(filter(None, columns)), trade)
+
+
+def _decode_metrics_compiled(values: Sequence[bytes]) -> MetricsColumns | None:
+    """The columns if the compiled core is installed and sure of every value; None
+    leaves the batch to the Python path (as :func:`_decode_bars_compiled`)."""
+    if _core_decode_metrics is None:
+        return None
+    try:
+        columns = _core_decode_metrics(values, SCHEMA_VERSION)
+    except TypeError:  # a value that is not bytes
+        return None
+    if columns is None:
+        return None
+    *plain, windows, trade = columns
+    return MetricsColumns(*plain, tuple(WindowColumns(*w) for w in windows), trade)
 
 
 def _window_columns(label: str, windows: list[dict[str, Any]]) -> WindowColumns | None:
