@@ -435,8 +435,11 @@ class Loader:
                     ERRORS.labels("loader", self.job, "consume").inc()
                     continue
                 batch.append(msg)
-            if not msgs and batch:
-                break  # the topic is drained for now: load what we have
+            if not msgs:
+                # The topics are drained for now: load what we have. With nothing yet,
+                # back to the caller too (a poll of nothing is idle time, the group
+                # join's wait included): a batch's time starts near its first record.
+                break
         return batch
 
     def _load(self, consumer: Consumer, batch: list[Message], report: LoaderReport) -> None:
