@@ -20,7 +20,7 @@ use std::fmt::Write as _;
 
 use pyo3::exceptions::{PyOverflowError, PyValueError, PyZeroDivisionError};
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyString};
 
 const NS_PER_DAY: i64 = 86_400 * 1_000_000_000;
 const RECOMPUTE_RATIO: i64 = 4;
@@ -1170,6 +1170,94 @@ fn decode_metrics(values: Vec<Bound<'_, PyBytes>>, version: i64) -> Option<Metri
     Some(out)
 }
 
+/// `decode_metrics` as native-endian arrays, for the loader to hand to Arrow without a
+/// Python object per value: (symbol, ts_ns i64, seq i64, close f64, bar_volume f64,
+/// windows, trade u8 or None), each window (label, n i64, volume, vwap, sma, std,
+/// ret_std: f64, a null as NaN, which no JSON number can be). A symbol repeated is
+/// the same str object. None exactly when `decode_metrics` is None.
+#[pyfunction]
+fn decode_metrics_arrays<'py>(
+    py: Python<'py>,
+    values: Vec<Bound<'py, PyBytes>>,
+    version: i64,
+) -> Option<MetricsArraysTuple<'py>> {
+    let cols = decode_metrics(values, version)?;
+    let mut interned: HashMap<String, Bound<'py, PyString>> = HashMap::new();
+    let symbols = cols
+        .0
+        .into_iter()
+        .map(|s| {
+            interned
+                .entry(s)
+                .or_insert_with_key(|k| PyString::new(py, k))
+                .clone()
+        })
+        .collect();
+    let ints = |v: &[i64]| {
+        let raw: Vec<u8> = v.iter().flat_map(|x| x.to_ne_bytes()).collect();
+        PyBytes::new(py, &raw)
+    };
+    let floats = |v: &[f64]| {
+        let raw: Vec<u8> = v.iter().flat_map(|x| x.to_ne_bytes()).collect();
+        PyBytes::new(py, &raw)
+    };
+    let nullable = |v: &[Option<f64>]| {
+        let raw: Vec<u8> = v
+            .iter()
+            .flat_map(|x| x.unwrap_or(f64::NAN).to_ne_bytes())
+            .collect();
+        PyBytes::new(py, &raw)
+    };
+    let windows = cols
+        .5
+        .iter()
+        .map(|w| {
+            (
+                w.0.clone(),
+                ints(&w.1),
+                floats(&w.2),
+                nullable(&w.3),
+                floats(&w.4),
+                nullable(&w.5),
+                nullable(&w.6),
+            )
+        })
+        .collect();
+    let trade = cols.6.map(|t| {
+        let raw: Vec<u8> = t.iter().map(|&x| u8::from(x)).collect();
+        PyBytes::new(py, &raw)
+    });
+    Some((
+        symbols,
+        ints(&cols.1),
+        ints(&cols.2),
+        floats(&cols.3),
+        floats(&cols.4),
+        windows,
+        trade,
+    ))
+}
+
+type WindowArraysTuple<'py> = (
+    String,
+    Bound<'py, PyBytes>,
+    Bound<'py, PyBytes>,
+    Bound<'py, PyBytes>,
+    Bound<'py, PyBytes>,
+    Bound<'py, PyBytes>,
+    Bound<'py, PyBytes>,
+);
+
+type MetricsArraysTuple<'py> = (
+    Vec<Bound<'py, PyString>>,
+    Bound<'py, PyBytes>,
+    Bound<'py, PyBytes>,
+    Bound<'py, PyBytes>,
+    Bound<'py, PyBytes>,
+    Vec<WindowArraysTuple<'py>>,
+    Option<Bound<'py, PyBytes>>,
+);
+
 // ---------------------------------------------------------------------------------
 // The Python class
 
@@ -1590,5 +1678,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(dumps_float, m)?)?;
     m.add_function(wrap_pyfunction!(decode_bars, m)?)?;
     m.add_function(wrap_pyfunction!(decode_metrics, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_metrics_arrays, m)?)?;
     Ok(())
 }

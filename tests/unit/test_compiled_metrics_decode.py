@@ -11,6 +11,7 @@ read exactly as it reads it).
 
 from __future__ import annotations
 
+import math
 import random
 import struct
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from hftpipe_core import decode_metrics
 
 from hftpipe_workers import codec
 from hftpipe_workers.codec import MetricsColumns
+from hftpipe_workers.metrics import WindowColumns
 
 T0 = 1_700_000_000 * 1_000_000_000
 WINDOWS = ("5m", "1h", "session")
@@ -102,10 +104,47 @@ def _typed(cols: MetricsColumns | None) -> Any:
     return plain, windows, col(cols.trade)
 
 
+def _as_columns(arrays: codec.MetricsArrays | None) -> MetricsColumns | None:
+    """The loader's arrays as the codec's columns: NaN (a null) back to None."""
+    if arrays is None:
+        return None
+
+    def floats(column: Any) -> list[float | None]:
+        return [None if math.isnan(x) else x for x in column.tolist()]
+
+    return MetricsColumns(
+        arrays.symbol,
+        arrays.ts_ns.tolist(),
+        arrays.seq.tolist(),
+        arrays.close.tolist(),
+        arrays.bar_volume.tolist(),
+        tuple(
+            WindowColumns(
+                w.window,
+                w.n_bars.tolist(),
+                w.volume.tolist(),
+                floats(w.vwap),
+                w.sma.tolist(),
+                floats(w.std),
+                floats(w.ret_std),
+            )
+            for w in arrays.windows
+        ),
+        None if arrays.trade is None else arrays.trade.tolist(),
+    )
+
+
 def _same(batch: list[bytes]) -> None:
+    """The compiled readers (columns, and the loader's arrays) give what the Python
+    codec gives, or (arrays) leave the batch to it exactly when the columns reader does."""
     want = codec.decode_metrics_columns(batch, compiled=False)
     got = codec.decode_metrics_columns(batch, compiled=True)
     assert _typed(got) == _typed(want)
+    arrays = codec.decode_metrics_arrays(batch)
+    if decode_metrics(batch, 1) is None:
+        assert arrays is None
+    else:
+        assert _typed(_as_columns(arrays)) == _typed(want)
 
 
 @pytest.mark.parametrize("trades", [False, True])
