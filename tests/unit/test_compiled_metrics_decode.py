@@ -100,7 +100,10 @@ def _typed(cols: MetricsColumns | None) -> Any:
         return [(type(x), struct.pack("<d", x) if type(x) is float else x) for x in column]
 
     plain = [col(c) for c in (cols.symbol, cols.ts_ns, cols.seq, cols.close, cols.bar_volume)]
-    windows = [(w.window, *map(col, w[1:])) for w in cols.windows]
+    windows = [
+        (w.window, *(col(list(c)) for c in (w.n_bars, w.volume, w.vwap, w.sma, w.std, w.ret_std)))
+        for w in cols.windows
+    ]
     return plain, windows, col(cols.trade)
 
 
@@ -280,7 +283,7 @@ def test_the_compiled_reader_refuses_what_python_must_decide() -> None:
     assert decode_metrics([good.replace(b'"q":', b'"q":1,"q":', 1)], 1) is None
     assert decode_metrics([good.replace(b'"c":', b'"c":1e400,"x":', 1)], 1) is None
     with pytest.raises(TypeError):
-        decode_metrics(["text"], 1)  # type: ignore[list-item]
+        decode_metrics(["text"], 1)
 
 
 def test_numbers_are_read_as_orjson_reads_them() -> None:

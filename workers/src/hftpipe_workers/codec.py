@@ -709,8 +709,10 @@ def _decode_metrics_compiled(values: Sequence[bytes]) -> MetricsColumns | None:
         return None
     if columns is None:
         return None
-    *plain, windows, trade = columns
-    return MetricsColumns(*plain, tuple(WindowColumns(*w) for w in windows), trade)
+    symbol, ts, seq, close, volume, windows, trade = columns
+    return MetricsColumns(
+        symbol, ts, seq, close, volume, tuple(WindowColumns(*w) for w in windows), trade
+    )
 
 
 def _window_columns(label: str, windows: list[dict[str, Any]]) -> WindowColumns | None:
