@@ -20,7 +20,7 @@ use std::fmt::Write as _;
 
 use pyo3::exceptions::{PyOverflowError, PyValueError, PyZeroDivisionError};
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyString};
 
 const NS_PER_DAY: i64 = 86_400 * 1_000_000_000;
 const RECOMPUTE_RATIO: i64 = 4;
@@ -767,7 +767,11 @@ impl<'a> Reader<'a> {
         }
         let text = std::str::from_utf8(&self.b[start..self.i]).ok()?;
         if float {
-            text.parse::<f64>().ok().map(Value::Float)
+            // orjson refuses a number that overflows a double (1e400): so does this.
+            text.parse::<f64>()
+                .ok()
+                .filter(|x| x.is_finite())
+                .map(Value::Float)
         } else {
             text.parse::<i64>().ok().map(Value::Int) // beyond i64: the Python codec's case
         }
@@ -913,6 +917,346 @@ fn decode_bars(values: Vec<Bound<'_, PyBytes>>, version: i64) -> Option<BarColum
     }
     Some(out)
 }
+
+// ---------------------------------------------------------------------------------
+// Decoding metrics messages (the loader's hot path): the same strict reader, one level
+// deeper for the windows object. It answers only when `codec.decode_metrics_columns`
+// would (every message well-formed, every one with the same windows in the same order)
+// and with the same values; anything it is not sure of (an escape, a repeated key, a
+// null kind, a number beyond 64 bits, an unknown nested value) returns None and the
+// Python codec decides.
+
+/// One window's fields of one message: n, v, vw, ma, sd, rsd.
+struct WindowFields<'a> {
+    label: &'a str,
+    n: i64,
+    volume: f64,
+    vwap: Option<f64>,
+    sma: f64,
+    std: Option<f64>,
+    ret_std: Option<f64>,
+}
+
+/// One metrics message's fields, or None.
+struct MetricsFields<'a> {
+    symbol: &'a str,
+    ts: i64,
+    seq: i64,
+    close: f64,
+    bar_volume: f64,
+    trade: bool,
+}
+
+impl<'a> Reader<'a> {
+    /// A number (an integer read as a double, as Python's float() does), or None.
+    fn float_of(value: Value<'a>) -> Option<f64> {
+        match value {
+            Value::Float(x) => Some(x),
+            Value::Int(x) => Some(x as f64),
+            _ => None,
+        }
+    }
+
+    /// `null` (Some(None)), a number (Some(Some(x))), or None.
+    fn opt_float(&mut self) -> Option<Option<f64>> {
+        if self.b[self.i..].starts_with(b"null") {
+            self.i += 4;
+            return Some(None);
+        }
+        Self::float_of(self.value()?).map(Some)
+    }
+
+    /// Key-value pairs of an object, `f` reading each value; false on a syntax error or
+    /// when `f` refuses.
+    fn object(&mut self, mut f: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
+        self.ws();
+        if !self.eat(b'{') {
+            return None;
+        }
+        self.ws();
+        if self.eat(b'}') {
+            return Some(());
+        }
+        loop {
+            self.ws();
+            let key = self.string()?;
+            self.ws();
+            if !self.eat(b':') {
+                return None;
+            }
+            self.ws();
+            f(self, key)?;
+            self.ws();
+            if self.eat(b'}') {
+                return Some(());
+            }
+            if !self.eat(b',') {
+                return None;
+            }
+        }
+    }
+
+    fn window(&mut self, label: &'a str) -> Option<WindowFields<'a>> {
+        const KEYS: [&str; 6] = ["n", "v", "vw", "ma", "sd", "rsd"];
+        let mut seen = [false; 6];
+        let mut w = WindowFields {
+            label,
+            n: 0,
+            volume: 0.0,
+            vwap: None,
+            sma: 0.0,
+            std: None,
+            ret_std: None,
+        };
+        self.object(|r, key| {
+            let Some(k) = KEYS.iter().position(|&x| x == key) else {
+                r.value()?; // another field: ignored, as the Python codec does
+                return Some(());
+            };
+            if seen[k] {
+                return None; // a repeated key
+            }
+            seen[k] = true;
+            match k {
+                0 => match r.value()? {
+                    Value::Int(n) => w.n = n,
+                    _ => return None,
+                },
+                1 => w.volume = Self::float_of(r.value()?)?,
+                2 => w.vwap = r.opt_float()?,
+                3 => w.sma = Self::float_of(r.value()?)?,
+                4 => w.std = r.opt_float()?,
+                _ => w.ret_std = r.opt_float()?,
+            }
+            Some(())
+        })?;
+        seen.iter().all(|&x| x).then_some(w)
+    }
+}
+
+/// A metrics message's fields and its windows (appended to `windows`), or None.
+fn read_metrics<'a>(
+    data: &'a [u8],
+    version: i64,
+    windows: &mut Vec<WindowFields<'a>>,
+) -> Option<MetricsFields<'a>> {
+    const KEYS: [&str; 8] = ["s", "t", "q", "c", "bv", "w", "sv", "k"];
+    let mut seen = [false; 8];
+    let mut m = MetricsFields {
+        symbol: "",
+        ts: 0,
+        seq: 0,
+        close: 0.0,
+        bar_volume: 0.0,
+        trade: false,
+    };
+    let mut r = Reader { b: data, i: 0 };
+    r.object(|r, key| {
+        let Some(k) = KEYS.iter().position(|&x| x == key) else {
+            r.value()?;
+            return Some(());
+        };
+        if seen[k] {
+            return None;
+        }
+        seen[k] = true;
+        if k == 5 {
+            return r.object(|r, label| {
+                if windows.iter().any(|w| w.label == label) {
+                    return None; // a repeated window
+                }
+                let w = r.window(label)?;
+                windows.push(w);
+                Some(())
+            });
+        }
+        match (k, r.value()?) {
+            (0, Value::Str(text)) => m.symbol = text,
+            (1, Value::Int(t)) => m.ts = t,
+            (2, Value::Int(q)) => m.seq = q,
+            (3, value) => m.close = Reader::float_of(value)?,
+            (4, value) => m.bar_volume = Reader::float_of(value)?,
+            (6, Value::Int(v)) if v == version => {}
+            (7, Value::Str("t")) => m.trade = true,
+            _ => return None,
+        }
+        Some(())
+    })?;
+    r.ws();
+    (r.i == data.len() && seen[..7].iter().all(|&x| x)).then_some(m)
+}
+
+type WindowColumnsTuple = (
+    String,
+    Vec<i64>,
+    Vec<f64>,
+    Vec<Option<f64>>,
+    Vec<f64>,
+    Vec<Option<f64>>,
+    Vec<Option<f64>>,
+);
+
+type MetricsColumnsTuple = (
+    Vec<String>,
+    Vec<i64>,
+    Vec<i64>,
+    Vec<f64>,
+    Vec<f64>,
+    Vec<WindowColumnsTuple>,
+    Option<Vec<bool>>,
+);
+
+/// `codec.decode_metrics_columns` of a batch of metrics messages: (symbol, ts_ns, seq,
+/// close, bar_volume, windows, trade), each window (label, n, volume, vwap, sma, std,
+/// ret_std) with None for a null, trade None when no message was of a trade; None when
+/// not sure (the Python codec then decides).
+#[pyfunction]
+fn decode_metrics(values: Vec<Bound<'_, PyBytes>>, version: i64) -> Option<MetricsColumnsTuple> {
+    let n = values.len();
+    let mut out: MetricsColumnsTuple = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::new(),
+        None,
+    );
+    let mut trade = Vec::with_capacity(n);
+    let mut windows: Vec<WindowFields<'_>> = Vec::new();
+    for (j, value) in values.iter().enumerate() {
+        windows.clear();
+        let m = read_metrics(value.as_bytes(), version, &mut windows)?;
+        if j == 0 {
+            out.5 = windows
+                .iter()
+                .map(|w| {
+                    (
+                        w.label.to_owned(),
+                        Vec::with_capacity(n),
+                        Vec::with_capacity(n),
+                        Vec::with_capacity(n),
+                        Vec::with_capacity(n),
+                        Vec::with_capacity(n),
+                        Vec::with_capacity(n),
+                    )
+                })
+                .collect();
+        }
+        if windows.len() != out.5.len() {
+            return None; // other windows than the first message's
+        }
+        for (w, col) in windows.iter().zip(out.5.iter_mut()) {
+            if w.label != col.0 {
+                return None;
+            }
+            col.1.push(w.n);
+            col.2.push(w.volume);
+            col.3.push(w.vwap);
+            col.4.push(w.sma);
+            col.5.push(w.std);
+            col.6.push(w.ret_std);
+        }
+        out.0.push(m.symbol.to_owned());
+        out.1.push(m.ts);
+        out.2.push(m.seq);
+        out.3.push(m.close);
+        out.4.push(m.bar_volume);
+        trade.push(m.trade);
+    }
+    if trade.iter().any(|&t| t) {
+        out.6 = Some(trade);
+    }
+    Some(out)
+}
+
+/// `decode_metrics` as native-endian arrays, for the loader to hand to Arrow without a
+/// Python object per value: (symbol, ts_ns i64, seq i64, close f64, bar_volume f64,
+/// windows, trade u8 or None), each window (label, n i64, volume, vwap, sma, std,
+/// ret_std: f64, a null as NaN, which no JSON number can be). A symbol repeated is
+/// the same str object. None exactly when `decode_metrics` is None.
+#[pyfunction]
+fn decode_metrics_arrays<'py>(
+    py: Python<'py>,
+    values: Vec<Bound<'py, PyBytes>>,
+    version: i64,
+) -> Option<MetricsArraysTuple<'py>> {
+    let cols = decode_metrics(values, version)?;
+    let mut interned: HashMap<String, Bound<'py, PyString>> = HashMap::new();
+    let symbols = cols
+        .0
+        .into_iter()
+        .map(|s| {
+            interned
+                .entry(s)
+                .or_insert_with_key(|k| PyString::new(py, k))
+                .clone()
+        })
+        .collect();
+    let ints = |v: &[i64]| {
+        let raw: Vec<u8> = v.iter().flat_map(|x| x.to_ne_bytes()).collect();
+        PyBytes::new(py, &raw)
+    };
+    let floats = |v: &[f64]| {
+        let raw: Vec<u8> = v.iter().flat_map(|x| x.to_ne_bytes()).collect();
+        PyBytes::new(py, &raw)
+    };
+    let nullable = |v: &[Option<f64>]| {
+        let raw: Vec<u8> = v
+            .iter()
+            .flat_map(|x| x.unwrap_or(f64::NAN).to_ne_bytes())
+            .collect();
+        PyBytes::new(py, &raw)
+    };
+    let windows = cols
+        .5
+        .iter()
+        .map(|w| {
+            (
+                w.0.clone(),
+                ints(&w.1),
+                floats(&w.2),
+                nullable(&w.3),
+                floats(&w.4),
+                nullable(&w.5),
+                nullable(&w.6),
+            )
+        })
+        .collect();
+    let trade = cols.6.map(|t| {
+        let raw: Vec<u8> = t.iter().map(|&x| u8::from(x)).collect();
+        PyBytes::new(py, &raw)
+    });
+    Some((
+        symbols,
+        ints(&cols.1),
+        ints(&cols.2),
+        floats(&cols.3),
+        floats(&cols.4),
+        windows,
+        trade,
+    ))
+}
+
+type WindowArraysTuple<'py> = (
+    String,
+    Bound<'py, PyBytes>,
+    Bound<'py, PyBytes>,
+    Bound<'py, PyBytes>,
+    Bound<'py, PyBytes>,
+    Bound<'py, PyBytes>,
+    Bound<'py, PyBytes>,
+);
+
+type MetricsArraysTuple<'py> = (
+    Vec<Bound<'py, PyString>>,
+    Bound<'py, PyBytes>,
+    Bound<'py, PyBytes>,
+    Bound<'py, PyBytes>,
+    Bound<'py, PyBytes>,
+    Vec<WindowArraysTuple<'py>>,
+    Option<Bound<'py, PyBytes>>,
+);
 
 // ---------------------------------------------------------------------------------
 // The Python class
@@ -1333,5 +1677,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Engine>()?;
     m.add_function(wrap_pyfunction!(dumps_float, m)?)?;
     m.add_function(wrap_pyfunction!(decode_bars, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_metrics, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_metrics_arrays, m)?)?;
     Ok(())
 }

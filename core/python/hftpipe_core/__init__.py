@@ -1,5 +1,11 @@
 """hftpipe's compiled core (Rust): see ``hftpipe_workers.metrics.CompiledMetricsEngine``."""
 
-from hftpipe_core._core import Engine, decode_bars, dumps_float
+from hftpipe_core._core import (
+    Engine,
+    decode_bars,
+    decode_metrics,
+    decode_metrics_arrays,
+    dumps_float,
+)
 
-__all__ = ["Engine", "decode_bars", "dumps_float"]
+__all__ = ["Engine", "decode_bars", "decode_metrics", "decode_metrics_arrays", "dumps_float"]

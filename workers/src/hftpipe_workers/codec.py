@@ -58,6 +58,7 @@ from operator import itemgetter, methodcaller
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 import orjson
 
 from hftpipe_workers.bars import (
@@ -77,6 +78,13 @@ try:  # the compiled core (hftpipe-core), when installed: see _decode_bars_compi
     from hftpipe_core import decode_bars as _core_decode_bars
 except ImportError:
     _core_decode_bars = None
+_core_decode_metrics: Callable[[Sequence[bytes], int], tuple[Any, ...] | None] | None
+_core_decode_metrics_arrays: Callable[[Sequence[bytes], int], tuple[Any, ...] | None] | None
+try:  # see _decode_metrics_compiled; a core built before them lacks them
+    from hftpipe_core import decode_metrics as _core_decode_metrics
+    from hftpipe_core import decode_metrics_arrays as _core_decode_metrics_arrays
+except ImportError:
+    _core_decode_metrics = _core_decode_metrics_arrays = None
 
 if TYPE_CHECKING:  # csvformat imports pandas, which the processor does not need
     from hftpipe_workers.csvformat import BarBatch
@@ -585,7 +593,9 @@ _WINDOW_KEYS: Final = ("n", "v", "vw", "ma", "sd", "rsd")
 _OPT_FLOAT_TYPES: Final = frozenset((int, float, type(None)))
 
 
-def decode_metrics_columns(values: Sequence[bytes]) -> MetricsColumns | None:
+def decode_metrics_columns(
+    values: Sequence[bytes], *, compiled: bool = True
+) -> MetricsColumns | None:
     """Many metrics messages at once, as columns; None unless every value is a
     well-formed message and all of them carry the same windows in the same order.
 
@@ -593,8 +603,16 @@ def decode_metrics_columns(values: Sequence[bytes]) -> MetricsColumns | None:
     equal), checked a column at a time, as :func:`decode_bars` does for bars: the
     loader decodes every metrics message, and one at a time it spent half its time
     here (issue 12). A None sends the caller to :func:`decode_bar_metrics`, message
-    by message, which says what is wrong with a bad one.
+    by message, which says what is wrong with a bad one. With ``compiled`` (and the
+    compiled core installed), a batch of plain messages is read by it, the same
+    columns (tests/unit/test_compiled_metrics_decode.py holds them equal).
     """
+    fast = _decode_metrics_compiled(values) if compiled else None
+    return fast if fast is not None else _decode_metrics_fast(values)
+
+
+def _decode_metrics_fast(values: Sequence[bytes]) -> MetricsColumns | None:
+    """:func:`decode_metrics_columns` in Python: orjson, then a column at a time."""
     try:
         docs = list(map(orjson.loads, values))
         version = list(map(_GET_VERSION, docs))
@@ -623,6 +641,78 @@ def decode_metrics_columns(values: Sequence[bytes]) -> MetricsColumns | None:
         return None
     trade = [k == TRADE for k in kinds] if TRADE in kinds else None
     return MetricsColumns(symbol, ts, seq, plain[0], plain[1], tuple(filter(None, columns)), trade)
+
+
+class WindowArrays(NamedTuple):
+    """:class:`~.metrics.WindowColumns` as numpy arrays; NaN for an undefined value."""
+
+    window: str
+    n_bars: npt.NDArray[np.int64]
+    volume: npt.NDArray[np.float64]
+    vwap: npt.NDArray[np.float64]
+    sma: npt.NDArray[np.float64]
+    std: npt.NDArray[np.float64]
+    ret_std: npt.NDArray[np.float64]
+
+
+class MetricsArrays(NamedTuple):
+    """:class:`MetricsColumns` as numpy arrays (symbols as a list), for the loader."""
+
+    symbol: list[str]
+    ts_ns: npt.NDArray[np.int64]
+    seq: npt.NDArray[np.int64]
+    close: npt.NDArray[np.float64]
+    bar_volume: npt.NDArray[np.float64]
+    windows: tuple[WindowArrays, ...]
+    trade: npt.NDArray[np.bool_] | None = None
+
+
+def decode_metrics_arrays(values: Sequence[bytes]) -> MetricsArrays | None:
+    """:func:`decode_metrics_columns` as numpy arrays, read by the compiled core without
+    a Python object per value (a null is NaN: JSON has no NaN, so it means null only);
+    None when the core is not installed or not sure (then decode_metrics_columns)."""
+    if _core_decode_metrics_arrays is None:
+        return None
+    try:
+        columns = _core_decode_metrics_arrays(values, SCHEMA_VERSION)
+    except TypeError:  # a value that is not bytes
+        return None
+    if columns is None:
+        return None
+    symbol, ts, seq, close, volume, windows, trade = columns
+    return MetricsArrays(
+        symbol,
+        np.frombuffer(ts, np.int64),
+        np.frombuffer(seq, np.int64),
+        np.frombuffer(close, np.float64),
+        np.frombuffer(volume, np.float64),
+        tuple(
+            WindowArrays(
+                label,
+                np.frombuffer(n, np.int64),
+                *(np.frombuffer(x, np.float64) for x in floats),
+            )
+            for label, n, *floats in windows
+        ),
+        None if trade is None else np.frombuffer(trade, np.uint8).astype(np.bool_),
+    )
+
+
+def _decode_metrics_compiled(values: Sequence[bytes]) -> MetricsColumns | None:
+    """The columns if the compiled core is installed and sure of every value; None
+    leaves the batch to the Python path (as :func:`_decode_bars_compiled`)."""
+    if _core_decode_metrics is None:
+        return None
+    try:
+        columns = _core_decode_metrics(values, SCHEMA_VERSION)
+    except TypeError:  # a value that is not bytes
+        return None
+    if columns is None:
+        return None
+    symbol, ts, seq, close, volume, windows, trade = columns
+    return MetricsColumns(
+        symbol, ts, seq, close, volume, tuple(WindowColumns(*w) for w in windows), trade
+    )
 
 
 def _window_columns(label: str, windows: list[dict[str, Any]]) -> WindowColumns | None:

@@ -63,7 +63,7 @@ _NO_ERROR: Final = frozenset((type(None),))
 
 
 def _time_precision(
-    ts_ns: list[int], refused: list[Refused], positions: list[int]
+    ts_ns: list[int] | npt.NDArray[np.int64], refused: list[Refused], positions: list[int]
 ) -> npt.NDArray[np.bool_]:
     """Which of *ts_ns* the warehouse can store (whole microseconds); the others go to
     *refused*, under their index in the batch (*positions*)."""
@@ -136,19 +136,25 @@ def metrics_table(job: str, values: Sequence[bytes]) -> tuple[pa.Table, pa.Table
     Arrow tables, and the values they cannot store (pure).
 
     The session window becomes the ``session_vwap`` column of every row, not a row.
-    Columnar (:func:`.codec.decode_metrics_columns`) while every value is good and
-    carries the same windows, as the processor writes them; else message by message.
+    Columnar (:func:`.codec.decode_metrics_arrays`, else
+    :func:`.codec.decode_metrics_columns`) while every value is good and carries the
+    same windows, as the processor writes them; else message by message. A float
+    column's NaN is a null (``from_pandas``): the arrays' nulls; JSON has no NaN.
     """
-    cols = codec.decode_metrics_columns(values)
+    cols: codec.MetricsArrays | codec.MetricsColumns | None = codec.decode_metrics_arrays(values)
+    if cols is None:
+        cols = codec.decode_metrics_columns(values)
     if cols is None:
         return _metrics_table_slow(job, values)
     refused: list[Refused] = []
-    fine = _time_precision(cols.ts_ns, refused, list(range(len(values))))
     ts = np.asarray(cols.ts_ns, dtype=np.int64)
+    fine = _time_precision(ts, refused, list(range(len(values))))
     session = next((w.vwap for w in cols.windows if w.window == SESSION), None)
     symbol = pa.array(cols.symbol, type=pa.string())
     times = _times(ts)
-    session_vwap = pa.array(session if session is not None else [None] * len(ts), pa.float64())
+    session_vwap = pa.array(
+        session if session is not None else [None] * len(ts), pa.float64(), from_pandas=True
+    )
     seq = pa.array(cols.seq, type=pa.int64())
     blocks = []
     for w in cols.windows:
@@ -164,10 +170,10 @@ def metrics_table(job: str, values: Sequence[bytes]) -> tuple[pa.Table, pa.Table
                     "window_seconds": pa.repeat(
                         parse_window(w.window).ns // 1_000_000_000, len(ts)
                     ).cast(pa.int64()),
-                    "vwap": pa.array(w.vwap, type=pa.float64()),
-                    "sma_close": pa.array(w.sma, type=pa.float64()),
-                    "std_close": pa.array(w.std, type=pa.float64()),
-                    "std_log_return": pa.array(w.ret_std, type=pa.float64()),
+                    "vwap": pa.array(w.vwap, type=pa.float64(), from_pandas=True),
+                    "sma_close": pa.array(w.sma, type=pa.float64(), from_pandas=True),
+                    "std_close": pa.array(w.std, type=pa.float64(), from_pandas=True),
+                    "std_log_return": pa.array(w.ret_std, type=pa.float64(), from_pandas=True),
                     "bar_count": pa.array(w.n_bars, type=pa.int64()),
                     "session_vwap": session_vwap,
                     _SEQ: seq,
@@ -435,8 +441,11 @@ class Loader:
                     ERRORS.labels("loader", self.job, "consume").inc()
                     continue
                 batch.append(msg)
-            if not msgs and batch:
-                break  # the topic is drained for now: load what we have
+            if not msgs:
+                # The topics are drained for now: load what we have. With nothing yet,
+                # back to the caller too (a poll of nothing is idle time, the group
+                # join's wait included): a batch's time starts near its first record.
+                break
         return batch
 
     def _load(self, consumer: Consumer, batch: list[Message], report: LoaderReport) -> None:

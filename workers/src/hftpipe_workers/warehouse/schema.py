@@ -279,17 +279,20 @@ def upsert_sql(tbl: Table, source: str) -> str:
     in one statement.
     """
 
-    def q(name: str) -> str:
-        return quote(name, "duckdb")
-
-    columns = ", ".join(q(c) for c in tbl.names)
-    updates = ", ".join(f"{q(c)} = excluded.{q(c)}" for c in tbl.names if c not in tbl.key)
-    # Identifiers come from this module's constants, never from input: no injection.
-    return (
-        f"INSERT INTO {q(tbl.name)} ({columns})\n"
-        f"SELECT {columns} FROM {source}\n"
-        f"ON CONFLICT DO UPDATE SET {updates}"
+    updates = ", ".join(
+        f"{quote(c, 'duckdb')} = excluded.{quote(c, 'duckdb')}"
+        for c in tbl.names
+        if c not in tbl.key
     )
+    return f"{insert_sql(tbl, source)}\nON CONFLICT DO UPDATE SET {updates}"
+
+
+def insert_sql(tbl: Table, source: str) -> str:
+    """DuckDB's plain ``INSERT`` of every row of *source* into *tbl*: it fails on a key
+    already there, where :func:`upsert_sql` updates that row."""
+    columns = ", ".join(quote(c, "duckdb") for c in tbl.names)
+    # Identifiers come from this module's constants, never from input: no injection.
+    return f"INSERT INTO {quote(tbl.name, 'duckdb')} ({columns})\nSELECT {columns} FROM {source}"
 
 
 def markdown_table(tbl: Table) -> str:
