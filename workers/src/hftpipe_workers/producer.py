@@ -105,6 +105,9 @@ from .tradebars import BarBuilder
 
 log = logging.getLogger("hftpipe.producer")
 
+PACED_BLOCK_BYTES: Final = 256 << 10
+"""A paced replay's CSV read block (at --speed max: the reader's own, 4 MiB)."""
+
 LIVE_EVERY: Final = 0.5
 """Seconds between two updates of the producer's metrics while it sends (at most)."""
 PROGRESS_EVERY: Final = 1.0
@@ -731,10 +734,14 @@ class Replay:
         ``stack``; and the progress printer, when shown."""
         readers: list[BarReader] = []
         fractions: list[Callable[[], float]] = []
+        # A paced replay reads little ahead of what it sends: rows are set aside (their
+        # dead letters and the metric) as the replay reaches them, not a whole block's
+        # worth at its start, which a dashboard's rate() over seconds would not show.
+        paced = {} if self.pacing.mode == "max" else {"block_bytes": PACED_BLOCK_BYTES}
         for url in self.files:
             stream, fraction = open_source(url)
             stack.enter_context(stream)
-            readers.append(self._reader(stream, url))
+            readers.append(self._reader(stream, url, **paced))
             fractions.append(fraction)
         if self.show_progress:
             self._live_state.printer = _Progress(
