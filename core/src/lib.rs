@@ -16,7 +16,6 @@
 //! such bars before they get here).
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 
 use pyo3::exceptions::{PyOverflowError, PyValueError, PyZeroDivisionError};
 use pyo3::prelude::*;
@@ -556,10 +555,28 @@ fn push_str(out: &mut Vec<u8>, text: &str) {
     out.push(b'"');
 }
 
+/// The decimal digits of `value` (with its sign), written into `buf`: no allocation per
+/// number (encoding writes several per message).
+fn int_text(value: i64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    let mut rest = value.unsigned_abs();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    if value < 0 {
+        at -= 1;
+        buf[at] = b'-';
+    }
+    &buf[at..]
+}
+
 fn push_int(out: &mut Vec<u8>, value: i64) {
-    let mut text = String::new();
-    let _ = write!(text, "{value}");
-    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(int_text(value, &mut [0; 20]));
 }
 
 /// A float as orjson writes it: the shortest digits that read back as the same double,
@@ -666,6 +683,72 @@ fn encode_messages<'py>(
         messages.push(PyBytes::new(py, &out));
     }
     messages
+}
+
+/// `ZADD key score member ...` in the Redis protocol (RESP), the score of each member its
+/// bar's time in whole milliseconds (floor, as Python's `t // 1_000_000`): the processor's
+/// history write, byte for byte what `processor._zadd_command` builds, without a Python
+/// object per score.
+#[pyfunction]
+fn zadd_command<'py>(
+    py: Python<'py>,
+    key: &[u8],
+    ts_ns: Vec<i64>,
+    members: Vec<Bound<'py, PyBytes>>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    if ts_ns.len() != members.len() {
+        return Err(PyValueError::new_err(format!(
+            "columns of different lengths: ts_ns {}, members {}",
+            ts_ns.len(),
+            members.len()
+        )));
+    }
+    // Its exact length first, then written straight into the bytes object: the command
+    // is megabytes (a slice's messages), and a second copy of it cost as much as the rest.
+    let mut buf = [0; 20];
+    let len_of = |n: usize, buf: &mut [u8; 20]| int_text(n as i64, buf).len();
+    let mut total = 1 + len_of(2 + 2 * members.len(), &mut buf) + 13;
+    total += len_of(key.len(), &mut buf) + 2 + key.len() + 2;
+    let mut scores = Vec::with_capacity(ts_ns.len());
+    for (t, member) in ts_ns.iter().zip(&members) {
+        let score = t.div_euclid(1_000_000);
+        let digits = int_text(score, &mut buf).len();
+        let size = member.as_bytes().len();
+        total += 1 + len_of(digits, &mut buf) + 2 + digits + 2;
+        total += 1 + len_of(size, &mut buf) + 2 + size + 2;
+        scores.push(score);
+    }
+    PyBytes::new_with(py, total, |out| {
+        let mut at = 0;
+        let mut put = |bytes: &[u8]| {
+            out[at..at + bytes.len()].copy_from_slice(bytes);
+            at += bytes.len();
+        };
+        let mut buf = [0; 20];
+        put(b"*");
+        put(int_text((2 + 2 * members.len()) as i64, &mut buf));
+        put(b"\r\n$4\r\nZADD\r\n$");
+        put(int_text(key.len() as i64, &mut buf));
+        put(b"\r\n");
+        put(key);
+        put(b"\r\n");
+        let mut digits = [0; 20];
+        for (&score, member) in scores.iter().zip(&members) {
+            let member = member.as_bytes();
+            let score = int_text(score, &mut digits);
+            put(b"$");
+            put(int_text(score.len() as i64, &mut buf));
+            put(b"\r\n");
+            put(score);
+            put(b"\r\n$");
+            put(int_text(member.len() as i64, &mut buf));
+            put(b"\r\n");
+            put(member);
+            put(b"\r\n");
+        }
+        debug_assert_eq!(at, total);
+        Ok(())
+    })
 }
 
 /// `orjson.dumps(x)` of a float, for the tests of the formatting.
@@ -1677,6 +1760,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Engine>()?;
     m.add_function(wrap_pyfunction!(dumps_float, m)?)?;
     m.add_function(wrap_pyfunction!(decode_bars, m)?)?;
+    m.add_function(wrap_pyfunction!(zadd_command, m)?)?;
     m.add_function(wrap_pyfunction!(decode_metrics, m)?)?;
     m.add_function(wrap_pyfunction!(decode_metrics_arrays, m)?)?;
     Ok(())

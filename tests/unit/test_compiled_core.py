@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import orjson
 import pytest
-from hftpipe_core import decode_bars, dumps_float
+from hftpipe_core import decode_bars, dumps_float, zadd_command
 
 from hftpipe_workers import codec
 from hftpipe_workers.bars import NS_PER_DAY, NS_PER_SECOND
@@ -34,7 +34,7 @@ from hftpipe_workers.metrics import (
     compiled_available,
     engine_class,
 )
-from hftpipe_workers.processor import _update_and_encode
+from hftpipe_workers.processor import _command, _update_and_encode, _zadd_command
 
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # bench/ is a directory of the repo, not an installed package
@@ -436,6 +436,36 @@ def test_messages_byte_for_byte(seed: int) -> None:
             )
             assert want_msgs == have_msgs, f"bars {lo}..{hi}: messages differ"
     assert ref.snapshot() == got.snapshot()
+
+
+# -- the Redis history write ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_zadd_command_is_the_python_one_byte_for_byte(seed: int) -> None:
+    """The compiled ZADD is the command `_command` writes, with scores in whole
+    milliseconds rounded down as Python's `//` does (before 1970 too)."""
+    rng = random.Random(700 + seed)
+    n = rng.choice([1, 17, 3_000])  # never empty: a symbol with no new bar writes none
+    ts = [rng.choice([T0, 0, -1, -999_999, -1_000_000, 2**63 - 1, -(2**63)]) for _ in range(n)]
+    ts = [t if rng.random() < 0.2 else rng.randrange(-(2**62), 2**62) for t in ts]
+    members = [rng.randbytes(rng.choice([0, 1, 9, 700])) for _ in range(n)]
+    key = "hftpipe:job:history:é\r\n".encode() * rng.choice([1, 3])
+    flat = [x for t, m in zip(ts, members, strict=True) for x in (b"%d" % (t // 1_000_000), m)]
+    want = _command(b"ZADD", key, *flat)
+    assert zadd_command(key, ts, members) == want
+    assert _zadd_command(key, ts, members, compiled=True) == want
+    assert _zadd_command(key, ts, members, compiled=False) == want
+
+
+def test_zadd_command_beyond_64_bits_falls_back_to_python() -> None:
+    with pytest.raises(OverflowError):
+        zadd_command(b"k", [2**63], [b"m"])
+    assert _zadd_command(b"k", [2**63], [b"m"], compiled=True) == _command(
+        b"ZADD", b"k", b"%d" % (2**63 // 1_000_000), b"m"
+    )
+    with pytest.raises(ValueError, match="different lengths"):
+        zadd_command(b"k", [1, 2], [b"m"])
 
 
 # -- decoding the bars, by the compiled core ------------------------------------------

@@ -6,6 +6,14 @@ from hftpipe_core._core import (
     decode_metrics,
     decode_metrics_arrays,
     dumps_float,
+    zadd_command,
 )
 
-__all__ = ["Engine", "decode_bars", "decode_metrics", "decode_metrics_arrays", "dumps_float"]
+__all__ = [
+    "Engine",
+    "decode_bars",
+    "decode_metrics",
+    "decode_metrics_arrays",
+    "dumps_float",
+    "zadd_command",
+]

@@ -37,7 +37,7 @@ import logging
 import threading
 import time
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
 from typing import Any, Final, NamedTuple
@@ -84,6 +84,12 @@ from .observability import (
 from .settings import EngineChoice, KafkaSettings, RedisSettings
 
 log = logging.getLogger("hftpipe.processor")
+
+_core_zadd_command: Callable[[bytes, Sequence[int], Sequence[bytes]], bytes] | None
+try:  # the compiled core, when installed (a core built before it lacks it)
+    from hftpipe_core import zadd_command as _core_zadd_command
+except ImportError:
+    _core_zadd_command = None
 
 
 class LostPartition(RuntimeError):
@@ -263,9 +269,20 @@ def _command(*args: bytes) -> bytes:
     return b"".join(parts)
 
 
-def _zadd_command(key: bytes, scores: list[int], members: list[bytes]) -> bytes:
-    """``ZADD key score member ...`` as RESP, built column-wise (C loops, no per-member
-    Python code): what :func:`_command` gives, faster."""
+def _zadd_command(key: bytes, ts_ns: list[int], members: list[bytes], *, compiled: bool) -> bytes:
+    """``ZADD key score member ...`` as RESP, each member scored by its bar's time in
+    milliseconds: with ``compiled``, the compiled core's (the same bytes), else built
+    column-wise (C loops, no per-member Python code)."""
+    if compiled and _core_zadd_command is not None:
+        try:
+            return _core_zadd_command(key, ts_ns, members)
+        except OverflowError:  # a time beyond 64 bits: Python's ints below
+            pass
+    return _zadd_command_python(key, [t // 1_000_000 for t in ts_ns], members)
+
+
+def _zadd_command_python(key: bytes, scores: list[int], members: list[bytes]) -> bytes:
+    """What :func:`_command` gives for ``ZADD key score member ...``, faster."""
     n = len(members)
     score_text = orjson.dumps(scores)[1:-1].split(b",")
     lengths = orjson.dumps([*map(len, score_text), *map(len, members)])[1:-1].split(b",")
@@ -757,11 +774,14 @@ class Processor:
             # records, absorbed by the loader's MERGE); the other order lost them for
             # good (issue 10, point 1: thousands of warehouse rows per SIGKILL run).
             self._publish(producer, outputs)
+        # Built while the broker takes the records just published: the wait for its
+        # acknowledgement below is then shorter by this much work.
+        commands = self._transaction(partition, part, outputs, next_offset)
         flushed = letters if letters is not None else producer
         if flushed is not None:
             # Metrics and dead letters acknowledged before Redis moves past them.
             self._flush_metrics(flushed)
-        self._commit_to_redis(partition, part, outputs, next_offset, msgs)
+        self._commit_to_redis(partition, part, commands, next_offset, msgs)
         part.offset = next_offset
 
         bars_out = sum(len(out.messages) for out in outputs)
@@ -802,7 +822,8 @@ class Processor:
         part = self._parts.get(partition)
         if part is None or (part.offset or 0) >= end:
             return
-        self._commit_to_redis(partition, part, [], end, [], snapshot=False)
+        commands = self._transaction(partition, part, [], end, snapshot=False)
+        self._commit_to_redis(partition, part, commands, end, [])
         part.offset = end
 
     def _publish(self, producer: Producer, outputs: list[_Output]) -> None:
@@ -845,30 +866,21 @@ class Processor:
             self._raise_delivery_errors()
         self._raise_delivery_errors()
 
-    def _commit_to_redis(
+    def _transaction(
         self,
         partition: int,
         part: _Partition,
         outputs: list[_Output],
         next_offset: int,
-        msgs: list[Message],
         *,
         snapshot: bool = True,
-    ) -> None:
-        """Send one MULTI/EXEC: every output, the next offset and (with ``snapshot``) the
-        engine's snapshot, fenced by WATCHing the partition's offset key (see the
-        module docstring).
-
-        Its replies are read by :meth:`_confirm_commit`: for a large batch at the
-        latest before the next transaction, so that Redis applies this one while
-        the next batch is computed (the processor and Redis work at once: 4,096
-        bars take Redis ~8 ms); for a small one at once. Only then do the bars
-        count as committed (latency observed, Kafka offset committed).
-        """
+    ) -> list[bytes]:
+        """The Redis commands that commit a slice: every output, the next offset and
+        (with ``snapshot``) the engine's snapshot, as RESP."""
         keys = self.keys
         limit = self.redis_settings.history_limit
-        offset_key = keys.offset(partition).encode()
         symbols_key = keys.symbols.encode()
+        compiled = self.engine_class is CompiledMetricsEngine
         commands: list[bytes] = []
         for out in outputs:
             symbol = out.symbol.encode()
@@ -881,14 +893,33 @@ class Processor:
             commands.append(_command(b"SADD", symbols_key, symbol))
             if limit:
                 history = keys.history(out.symbol).encode()
-                scores = [t // 1_000_000 for t in out.ts_ns]
-                commands.append(_zadd_command(history, scores, out.messages))
+                commands.append(_zadd_command(history, out.ts_ns, out.messages, compiled=compiled))
                 commands.append(_command(b"ZREMRANGEBYRANK", history, b"0", b"%d" % -(limit + 1)))
-        commands.append(_command(b"SET", offset_key, b"%d" % next_offset))
+        commands.append(_command(b"SET", keys.offset(partition).encode(), b"%d" % next_offset))
         if snapshot:
             commands.append(
                 _command(b"SET", keys.state(partition).encode(), part.engine.snapshot())
             )
+        return commands
+
+    def _commit_to_redis(
+        self,
+        partition: int,
+        part: _Partition,
+        commands: list[bytes],
+        next_offset: int,
+        msgs: list[Message],
+    ) -> None:
+        """Send ``commands`` (see :meth:`_transaction`) in one MULTI/EXEC, fenced by
+        WATCHing the partition's offset key (see the module docstring).
+
+        Its replies are read by :meth:`_confirm_commit`: for a large batch at the
+        latest before the next transaction, so that Redis applies this one while
+        the next batch is computed (the processor and Redis work at once: 4,096
+        bars take Redis ~8 ms); for a small one at once. Only then do the bars
+        count as committed (latency observed, Kafka offset committed).
+        """
+        offset_key = self.keys.offset(partition).encode()
         self._confirm_commit()  # the previous transaction first: it set the offset we expect
         expected = None if part.offset is None else str(part.offset).encode()
         pool = self.redis.connection_pool
