@@ -502,10 +502,11 @@ PROFILE_PARTS: Final[tuple[ProfilePart, ...]] = (
         (("hftpipe_workers/codec.py", "decode_bar"), ("hftpipe_workers/codec.py", "decode_bars")),
     ),
     (
-        "rolling metrics (MetricsEngine.update_columns)",
+        "rolling metrics (MetricsEngine.update_columns; compiled: and messages, update_encoded)",
         (
             ("hftpipe_workers/metrics.py", "update"),
             ("hftpipe_workers/metrics.py", "update_columns"),
+            ("hftpipe_workers/metrics.py", "update_encoded"),
         ),
     ),
     (
@@ -517,8 +518,8 @@ PROFILE_PARTS: Final[tuple[ProfilePart, ...]] = (
         ),
     ),
     (
-        "Redis transaction (_commit_to_redis: build, send, read the previous reply)",
-        ((_PROC, "_commit_to_redis"),),
+        "Redis transaction (_transaction, _commit_to_redis: build, send, read the previous reply)",
+        ((_PROC, "_commit_to_redis"), (_PROC, "_transaction")),
     ),
     (
         "... of which engine snapshot (MetricsEngine.snapshot)",
@@ -529,6 +530,7 @@ PROFILE_PARTS: Final[tuple[ProfilePart, ...]] = (
         (("redis/client.py", "execute"), ("redis/connection.py", "read_response")),
     ),
     ("publish metrics topic (_publish)", ((_PROC, "_publish"),)),
+    ("wait for the broker's acks of them (_flush_metrics)", ((_PROC, "_flush_metrics"),)),
     (
         "latency histogram observe (prometheus_client)",
         (("prometheus_client/metrics.py", "observe"), (_PROC, "_observe_many")),
@@ -600,6 +602,12 @@ SAMPLE_RULES: Final[tuple[tuple[str, str, str], ...]] = (
     ("bench/probe.py", "", "after each batch: freeing it, GC landing there, bench timing"),
     ("hftpipe_workers/metrics.py", "snapshot", "Redis transaction (building it)"),
     ("hftpipe_workers/metrics.py", "_b64", "Redis transaction (building it)"),
+    # The compiled engine's one call per symbol and slice: its windows and its messages.
+    (
+        "hftpipe_workers/metrics.py",
+        "update_encoded",
+        "rolling metrics and metrics messages (compiled core)",
+    ),
     ("hftpipe_workers/metrics.py", "", "rolling metrics (MetricsEngine.update_columns)"),
     ("hftpipe_workers/codec.py", "encode", "encode metrics messages (orjson)"),
     ("hftpipe_workers/codec.py", "", "decode bars (orjson + validation)"),
@@ -610,6 +618,12 @@ SAMPLE_RULES: Final[tuple[tuple[str, str, str], ...]] = (
     ("hftpipe_workers/processor.py", "latest", "Redis transaction (building it)"),
     ("hftpipe_workers/processor.py", "_command", "Redis transaction (building it)"),
     ("hftpipe_workers/processor.py", "_commit_to_redis", "Redis transaction (building it)"),
+    ("hftpipe_workers/processor.py", "_transaction", "Redis transaction (building it)"),
+    (
+        "hftpipe_workers/processor.py",
+        "_flush_metrics",
+        "publish: waiting for the broker's acks of the metrics records",
+    ),
     ("hftpipe_workers/processor.py", "_confirm_commit", "after a commit: latencies, Kafka commit"),
     ("hftpipe_workers/processor.py", "_publish", "publish to the metrics topic"),
     ("hftpipe_workers/processor.py", "_process", "_process loop (per-message accessors, lists)"),

@@ -236,6 +236,15 @@ def test_a_sampled_stack_counts_for_its_innermost_known_frame() -> None:
         "encode metrics"
     )
     assert stats.classify_stack([("/elsewhere.py", "f")]) == "other"
+    # The compiled core's calls count for the Python function that makes them.
+    compiled = [
+        ("/x/hftpipe_workers/metrics.py", "update_encoded"),
+        ("/x/hftpipe_workers/processor.py", "_update_and_encode"),
+        ("/x/hftpipe_workers/processor.py", "_process_slice"),
+    ]
+    assert "compiled core" in stats.classify_stack(compiled)
+    waiting = [("/x/hftpipe_workers/processor.py", "_flush_metrics"), *compiled[2:]]
+    assert "acks" in stats.classify_stack(waiting)
 
 
 # -- reading speed (issue 11) ----------------------------------------------------------
