@@ -343,6 +343,13 @@ def results_table(doc: Mapping[str, Any]) -> str:
             "-",
         ),
         (
+            "Broker limit: ProducerPerformance at a metrics record's size "
+            f"({_num(g('metrics_producer_performance', 'record_size'), ' B')}, the same settings)",
+            _num(g("metrics_producer_performance", "records_per_second"), " rec/s"),
+            "-",
+            "-",
+        ),
+        (
             "Broker limit: ConsumerPerformance (our bars topic, excl. group join)",
             _num(g("consumer_performance", "fetch_records_per_second"), " rec/s"),
             "-",
@@ -365,6 +372,12 @@ def results_table(doc: Mapping[str, Any]) -> str:
             _num(g("processor_alone", "bars_per_second"), " bars/s"),
             "ConsumerPerformance",
             _x(g("ratios", "processor_over_consumer_performance")),
+        ),
+        (
+            "... the same processor (a metrics record out per bar in)",
+            _num(g("processor_alone", "bars_per_second"), " bars/s"),
+            "ProducerPerformance at a metrics record's size",
+            _x(g("ratios", "processor_over_metrics_producer_performance")),
         ),
         (
             "End to end (producer start -> processor caught up)",

@@ -519,9 +519,11 @@ class Bench:
 
     # ---- phases
 
-    def producer_performance(self, record_size: int) -> dict[str, Any]:
-        """Phase 1: ``ProducerPerformance`` with our producer's throughput settings."""
-        topic = "bench.producer-performance"
+    def producer_performance(
+        self, record_size: int, topic: str = "bench.producer-performance"
+    ) -> dict[str, Any]:
+        """Phase 1: ``ProducerPerformance`` with our producer's throughput settings (also
+        phase 1b, with the size of a metrics record: the processor's own output)."""
         # One partition: a one-symbol replay writes all its bars to one partition.
         self.ensure_topics({topic: 1})
         props = [
@@ -711,6 +713,30 @@ def _processor_summary(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def mean_metrics_size(source: Path, sample: int = 10_000) -> int:
+    """Mean size in bytes of the metrics record the processor writes for one bar (its
+    default windows), from the first ``sample`` bars of ``source``."""
+    from hftpipe_workers import codec  # noqa: PLC0415
+    from hftpipe_workers.csvformat import BarReader  # noqa: PLC0415
+    from hftpipe_workers.metrics import DEFAULT_WINDOWS, MetricsEngine  # noqa: PLC0415
+
+    engine = MetricsEngine(DEFAULT_WINDOWS)
+    sizes: list[int] = []
+    with source.open("rb") as stream:
+        for chunk in BarReader(stream, source=str(source), symbol=datagen.SYMBOL):
+            b, n = chunk.bars, sample - len(sizes)
+            ts, seq = b.ts_ns[:n].tolist(), b.seq[:n].tolist()
+            close, volume = b.close[:n].tolist(), b.volume[:n].tolist()
+            high, low = b.high[:n].tolist(), b.low[:n].tolist()
+            done, windows = engine.update_columns(datagen.SYMBOL, ts, high, low, close, volume)
+            ts, seq, close, volume = ([c[i] for i in done] for c in (ts, seq, close, volume))
+            messages = codec.encode_metrics_columns(datagen.SYMBOL, ts, seq, close, volume, windows)
+            sizes += map(len, messages)
+            if len(sizes) >= sample:
+                break
+    return round(sum(sizes) / max(1, len(sizes)))
+
+
 def mean_encoded_size(source: Path, sample: int = 10_000) -> int:
     """Mean size in bytes of one bar as our producer encodes it (for ProducerPerformance)."""
     from hftpipe_workers import codec  # noqa: PLC0415
@@ -739,7 +765,7 @@ class Phases:
         results: dict[str, Any],
         cleanup: Callable[[], None],
         servers: dict[str, int],
-        total: int = 13,
+        total: int = 15,
     ) -> None:
         self.results, self.cleanup, self.total = results, cleanup, total
         self.servers = servers
@@ -809,6 +835,12 @@ def ratios(r: dict[str, Any]) -> dict[str, float | None]:
             g("processor_alone", "bars_per_second"),
             g("consumer_performance", "fetch_records_per_second"),
         ),
+        # Every bar in is a metrics record out: the broker's produce rate at that record
+        # size bounds the processor as much as the consume rate does.
+        "processor_over_metrics_producer_performance": stats.ratio(
+            g("processor_alone", "bars_per_second"),
+            g("metrics_producer_performance", "records_per_second"),
+        ),
         "processor_over_consumer_performance_incl_join": stats.ratio(
             g("processor_alone", "bars_per_second"),
             g("consumer_performance", "records_per_second"),
@@ -877,7 +909,7 @@ def run(config: Config) -> int:
         log(f"other work is running: {machine['busy_processes_start'][:5]}")
     dataset = datagen.ensure_dataset(config.rows)
     loader_source = datagen.ensure_dataset(config.loader_bars) if config.loader_bars else None
-    record_size = mean_encoded_size(dataset)
+    record_size, metrics_size = mean_encoded_size(dataset), mean_metrics_size(dataset)
     results: dict[str, Any] = {"producer": {}, "quix": {}}
     tp_job = "bench-produce-tp"
     log("starting an ephemeral stack (Kafka, Redis)...")
@@ -891,6 +923,11 @@ def run(config: Config) -> int:
             "ProducerPerformance (broker limit)",
             "producer_performance",
             lambda: bench.producer_performance(record_size),
+        )
+        phases.run(
+            "ProducerPerformance, metrics-sized records (the processor's output)",
+            "metrics_producer_performance",
+            lambda: bench.producer_performance(metrics_size, "bench.metrics-performance"),
         )
         phases.run(
             "producer, throughput profile",
@@ -982,6 +1019,7 @@ def run(config: Config) -> int:
             "see bench/datagen.py",
             "latency_file": str(latency_source),
             "mean_encoded_bar_bytes": record_size,
+            "mean_metrics_record_bytes": metrics_size,
         },
         "machine": machine,
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(config).items()},
