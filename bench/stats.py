@@ -199,6 +199,11 @@ def evaluate_targets(results: Mapping[str, Any]) -> list[Target]:
     e2e = get("end_to_end", "bars_per_second")
     share = get("ratios", "processor_over_consumer_performance")
     p99 = get("latency", "event_to_redis", "p99_ms")
+    # The brief's latency target is at 10,000 bars/s: the floor run when the paced rate
+    # was higher (see suite.run), else the paced run itself.
+    at_floor = "latency_floor" if get("latency_floor") is not None else "latency"
+    floor_p99 = get(at_floor, "event_to_redis", "p99_ms")
+    floor_rate = get(at_floor, "rate")
     rate = get("latency", "rate")
     hwm = get("processor_alone", "rss", "vm_hwm_mb")
     flat = get("processor_alone", "rss", "flatness", "flat")
@@ -223,10 +228,10 @@ def evaluate_targets(results: Mapping[str, Any]) -> list[Target]:
             judge(share, lambda v: v >= 0.5),
         ),
         Target(
-            f"p99 event-to-Redis at {_num(rate, '')} bars/s",
+            f"p99 event-to-Redis at {_num(floor_rate, '')} bars/s",
             "< 5 ms",
-            _num(p99, " ms", 2),
-            judge(p99, lambda v: v < 5.0),
+            _num(floor_p99, " ms", 2),
+            judge(floor_p99, lambda v: v < 5.0),
         ),
         Target(
             "processor peak RSS, flat",
@@ -249,7 +254,7 @@ def evaluate_targets(results: Mapping[str, Any]) -> list[Target]:
         Target(
             "p99 event-to-Redis vs the broker's send -> ack p99, same rate",
             "<= 2x",
-            f"{_num(p99, ' ms', 1)} vs {_whole_ms(broker_p99)}",
+            f"{_num(p99, ' ms', 1)} vs {_whole_ms(broker_p99)} at {_num(rate, '')} bars/s",
             None if p99 is None or p99_bound is None else p99 <= p99_bound,
         ),
     ]
@@ -407,6 +412,21 @@ def results_table(doc: Mapping[str, Any]) -> str:
             "processor batches in that run: mean size / mean time",
             f"{_num(g('latency', 'processor', 'batches', 'mean_bars'), ' bars')} / "
             f"{_num(g('latency', 'processor', 'batches', 'mean_processing_ms'), ' ms')}",
+        ),
+        *(
+            [
+                (
+                    f"Event -> Redis latency at {_num(g('latency_floor', 'rate'), '')} bars/s "
+                    "(the brief's rate), p50 / p99",
+                    f"{_num(g('latency_floor', 'event_to_redis', 'p50_ms'), ' ms', 1)} / "
+                    f"{_num(g('latency_floor', 'event_to_redis', 'p99_ms'), ' ms', 1)}",
+                    "broker send -> ack at the same rate, p50 / p99",
+                    f"{_whole_ms(g('broker_latency_floor', 'latency_p50_ms'))} / "
+                    f"{_whole_ms(g('broker_latency_floor', 'latency_p99_ms'))}",
+                )
+            ]
+            if g("latency_floor") is not None
+            else []
         ),
         (
             "Processor peak RSS (VmHWM) / growth after 25 % of the bars",

@@ -547,11 +547,11 @@ class Bench:
         parsed.update(record_size=record_size, topic=topic, partitions=1, props=props)
         return parsed
 
-    def broker_latency(self, record_size: int) -> dict[str, Any]:
+    def broker_latency(self, record_size: int, rate: int) -> dict[str, Any]:
         """Phase 11: ``ProducerPerformance`` paced at the latency run's rate, with our latency
         profile's settings: the broker's own send -> ack latency, the floor under ours."""
         cfg = self.config
-        topic = "bench.latency-baseline"
+        topic = f"bench.latency-baseline-{rate}"
         self.ensure_topics({topic: 1})
         props = [  # the latency profile of workers/src/hftpipe_workers/settings.py
             f"bootstrap.servers={self.bootstrap}",
@@ -560,12 +560,12 @@ class Bench:
             "batch.size=65536",
             "compression.type=none",
         ]
-        args = ["--topic", topic, "--num-records", str(cfg.latency_bars)]
-        args += ["--record-size", str(record_size), "--throughput", str(cfg.rate)]
+        args = ["--topic", topic, "--num-records", str(rate * cfg.latency_seconds)]
+        args += ["--record-size", str(record_size), "--throughput", str(rate)]
         args += ["--producer-props", *props]
         output = self._java_tool("org.apache.kafka.tools.ProducerPerformance", args, "perf-paced")
         parsed: dict[str, Any] = dict(stats.parse_producer_performance(output))
-        parsed.update(record_size=record_size, topic=topic, rate=cfg.rate, props=props)
+        parsed.update(record_size=record_size, topic=topic, rate=rate, props=props)
         return parsed
 
     def consumer_performance(self, topic: str, records: int) -> dict[str, Any]:
@@ -670,17 +670,18 @@ class Bench:
             "processor": _processor_summary(data),
         }
 
-    def latency(self, job: str, source: Path) -> dict[str, Any]:
+    def latency(self, job: str, source: Path, rate: int) -> dict[str, Any]:
         """Phase 12: paced producer (latency profile) -> processor (latency profile), every bar."""
         cfg = self.config
+        bars = rate * cfg.latency_seconds
         self.job_topics(job)
-        proc, result = self.start_probe(job, cfg.latency_bars, profile="latency", latency=True)
+        proc, result = self.start_probe(job, bars, profile="latency", latency=True)
         started = time.time()
-        producer = self.start_producer(job, source, profile="latency", rate=cfg.rate)
+        producer = self.start_producer(job, source, profile="latency", rate=rate)
         produced = self.finish_producer(producer, started)
-        data = self.finish_probe(proc, result, self._processor_timeout(cfg.latency_bars))
+        data = self.finish_probe(proc, result, self._processor_timeout(bars))
         return {
-            "rate": cfg.rate,
+            "rate": rate,
             "bars": data["bars_in"],
             "seconds": cfg.latency_seconds,
             "warmup_excluded_seconds": 1.0,
@@ -765,7 +766,7 @@ class Phases:
         results: dict[str, Any],
         cleanup: Callable[[], None],
         servers: dict[str, int],
-        total: int = 15,
+        total: int = 17,
     ) -> None:
         self.results, self.cleanup, self.total = results, cleanup, total
         self.servers = servers
@@ -873,6 +874,10 @@ def ratios(r: dict[str, Any]) -> dict[str, float | None]:
         ),
         "latency_p99_over_broker_p99": stats.ratio(
             g("latency", "event_to_redis", "p99_ms"), g("broker_latency", "latency_p99_ms")
+        ),
+        "latency_floor_p99_over_broker_p99": stats.ratio(
+            g("latency_floor", "event_to_redis", "p99_ms"),
+            g("broker_latency_floor", "latency_p99_ms"),
         ),
         # Time of the merge over the time of the one file (rows/s the other way round).
         "merge_over_one_file": stats.ratio(
@@ -982,16 +987,23 @@ def run(config: Config) -> int:
         phases.run(
             "end to end", "end_to_end", lambda: bench.end_to_end("bench-e2e", dataset, config.rows)
         )
-        phases.run(
-            f"broker send -> ack latency at {config.rate:,} records/s",
-            "broker_latency",
-            lambda: bench.broker_latency(record_size),
-        )
-        phases.run(
-            f"latency at {config.rate:,} bars/s",
-            "latency",
-            lambda: bench.latency("bench-latency", latency_source),
-        )
+        # At the paced rate, and at the floor too when that is lower: how the processor
+        # does where it keeps up, beside where it may not.
+        for suffix, rate in (("", config.rate), ("_floor", LATENCY_FLOOR))[
+            : 2 if config.rate > LATENCY_FLOOR else 1
+        ]:
+            phases.run(
+                f"broker send -> ack latency at {rate:,} records/s",
+                f"broker_latency{suffix}",
+                lambda rate=rate: bench.broker_latency(record_size, rate),  # type: ignore[misc]
+            )
+            phases.run(
+                f"latency at {rate:,} bars/s",
+                f"latency{suffix}",
+                lambda rate=rate, suffix=suffix: bench.latency(  # type: ignore[misc]
+                    f"bench-latency{suffix}", latency_source, rate
+                ),
+            )
         phases.run(
             "reading speed, CSV and Parquet, against pyarrow",
             "reading",
