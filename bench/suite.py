@@ -896,6 +896,25 @@ def _with_paced_rate(config: Config, results: Mapping[str, Any]) -> Config:
     return config
 
 
+def _latency_phases(phases: Phases, bench: Bench, record_size: int, source: Path) -> None:
+    """The broker's and our latency at the paced rate, and at the floor too when that is
+    lower: how the processor does where it keeps up, beside where it may not."""
+    runs = (("", bench.config.rate), ("_floor", LATENCY_FLOOR))
+    for suffix, rate in runs[: 2 if bench.config.rate > LATENCY_FLOOR else 1]:
+        phases.run(
+            f"broker send -> ack latency at {rate:,} records/s",
+            f"broker_latency{suffix}",
+            lambda rate=rate: bench.broker_latency(record_size, rate),  # type: ignore[misc]
+        )
+        phases.run(
+            f"latency at {rate:,} bars/s",
+            f"latency{suffix}",
+            lambda rate=rate, suffix=suffix: bench.latency(  # type: ignore[misc]
+                "bench-latency" + suffix.replace("_", "-"), source, rate
+            ),
+        )
+
+
 def run(config: Config) -> int:
     """Run every phase, write the results (and the README table); 1 if a phase failed."""
     from hftpipe_devstack.stack import ephemeral_stack  # noqa: PLC0415
@@ -987,23 +1006,7 @@ def run(config: Config) -> int:
         phases.run(
             "end to end", "end_to_end", lambda: bench.end_to_end("bench-e2e", dataset, config.rows)
         )
-        # At the paced rate, and at the floor too when that is lower: how the processor
-        # does where it keeps up, beside where it may not.
-        for suffix, rate in (("", config.rate), ("_floor", LATENCY_FLOOR))[
-            : 2 if config.rate > LATENCY_FLOOR else 1
-        ]:
-            phases.run(
-                f"broker send -> ack latency at {rate:,} records/s",
-                f"broker_latency{suffix}",
-                lambda rate=rate: bench.broker_latency(record_size, rate),  # type: ignore[misc]
-            )
-            phases.run(
-                f"latency at {rate:,} bars/s",
-                f"latency{suffix}",
-                lambda rate=rate, suffix=suffix: bench.latency(  # type: ignore[misc]
-                    f"bench-latency{suffix}", latency_source, rate
-                ),
-            )
+        _latency_phases(phases, bench, record_size, latency_source)
         phases.run(
             "reading speed, CSV and Parquet, against pyarrow",
             "reading",
