@@ -120,28 +120,51 @@ BARS: Final = Table(
     doc="One OHLCV bar per job, symbol and bar time.",
 )
 
-BAR_METRICS: Final = Table(
+
+def _metrics_table(
+    name: str,
+    key: tuple[Column, ...],
+    record: str,
+    price: str,
+    docs: tuple[str, str, str, str, str, str],
+) -> Table:
+    """The metrics table of one kind of *record* ("bar", "trade"): its *key*, then one
+    row per window, the price columns named after *price* (``sma_<price>``), the count
+    ``<record>_count``. *docs*: of ``vwap``, ``sma_<price>``, ``std_<price>``,
+    ``std_log_return``, the count and ``session_vwap``. The column order is the
+    warehouses' (existing tables have it): append, never reorder."""
+    vwap, sma, std, log_return, count, session = docs
+    return Table(
+        name,
+        (
+            *key,
+            _col("window", _TEXT, "window name, e.g. '5m'", key=True),
+            _col("window_seconds", _INT, "window length in seconds"),
+            _col("vwap", _FLOAT, vwap, nullable=True),
+            _col(f"sma_{price}", _FLOAT, sma),
+            _col(f"std_{price}", _FLOAT, std, nullable=True),
+            _col("std_log_return", _FLOAT, log_return, nullable=True),
+            _col(f"{record}_count", _INT, count),
+            _col("session_vwap", _FLOAT, session, nullable=True),
+            _LOADED_AT_COLUMN,
+        ),
+        doc=f"Rolling metrics of each {record}, one row per window.",
+    )
+
+
+BAR_METRICS: Final = _metrics_table(
     "bar_metrics",
+    _KEY_COLUMNS,
+    "bar",
+    "close",
     (
-        *_KEY_COLUMNS,
-        _col("window", _TEXT, "window name, e.g. '5m'", key=True),
-        _col("window_seconds", _INT, "window length in seconds"),
-        _col(
-            "vwap", _FLOAT, "typical-price VWAP; NULL when the window's volume is 0", nullable=True
-        ),
-        _col("sma_close", _FLOAT, "mean close over the window"),
-        _col("std_close", _FLOAT, "sample std of close; NULL with < 2 bars", nullable=True),
-        _col(
-            "std_log_return",
-            _FLOAT,
-            "sample std of log returns of close; NULL with < 2 returns",
-            nullable=True,
-        ),
-        _col("bar_count", _INT, "bars in the window"),
-        _col("session_vwap", _FLOAT, "VWAP since 00:00 UTC; NULL while volume is 0", nullable=True),
-        _LOADED_AT_COLUMN,
+        "typical-price VWAP; NULL when the window's volume is 0",
+        "mean close over the window",
+        "sample std of close; NULL with < 2 bars",
+        "sample std of log returns of close; NULL with < 2 returns",
+        "bars in the window",
+        "VWAP since 00:00 UTC; NULL while volume is 0",
     ),
-    doc="Rolling metrics of each bar, one row per window.",
 )
 
 # Trades (issue 11, point 6): ticks of a symbol share times, so the natural key holds
@@ -168,31 +191,19 @@ TRADES: Final = Table(
     doc="One trade per job, symbol, trade time and seq (sources of trades).",
 )
 
-TRADE_METRICS: Final = Table(
+TRADE_METRICS: Final = _metrics_table(
     "trade_metrics",
+    _TRADE_KEY,
+    "trade",
+    "price",
     (
-        *_TRADE_KEY,
-        _col("window", _TEXT, "window name, e.g. '5m'", key=True),
-        _col("window_seconds", _INT, "window length in seconds"),
-        _col(
-            "vwap",
-            _FLOAT,
-            "sum(price * size) / sum(size); NULL when the window's size is 0",
-            nullable=True,
-        ),
-        _col("sma_price", _FLOAT, "mean trade price over the window"),
-        _col("std_price", _FLOAT, "sample std of price; NULL with < 2 trades", nullable=True),
-        _col(
-            "std_log_return",
-            _FLOAT,
-            "sample std of log returns between trades; NULL with < 2 returns",
-            nullable=True,
-        ),
-        _col("trade_count", _INT, "trades in the window"),
-        _col("session_vwap", _FLOAT, "VWAP since 00:00 UTC; NULL while size is 0", nullable=True),
-        _LOADED_AT_COLUMN,
+        "sum(price * size) / sum(size); NULL when the window's size is 0",
+        "mean trade price over the window",
+        "sample std of price; NULL with < 2 trades",
+        "sample std of log returns between trades; NULL with < 2 returns",
+        "trades in the window",
+        "VWAP since 00:00 UTC; NULL while size is 0",
     ),
-    doc="Rolling metrics of each trade, one row per window.",
 )
 
 TABLES: Final[dict[str, Table]] = {t.name: t for t in (BARS, BAR_METRICS, TRADES, TRADE_METRICS)}
