@@ -24,7 +24,6 @@ from typing import Any, Final
 
 import duckdb
 import fakesnow
-import numpy as np
 import orjson
 import pandas as pd  # type: ignore[import-untyped]
 import pytest
@@ -33,7 +32,7 @@ from compare import bar_rows, metric_differences, metric_rows, redis_snapshot
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, ConfigSource
 from generated import generated_minute_file
-from oracle import assert_close, oracle, redis_history
+from oracle import assert_window_matches, oracle, redis_history
 
 from hftpipe_devstack.procs import free_port
 from hftpipe_devstack.testing import CLI, process, produce, run_worker, wait_for
@@ -256,14 +255,7 @@ def test_processor_output_in_redis_equals_a_pandas_oracle(
         expected = oracle(frame, window).sort_values(["symbol", "time"]).reset_index(drop=True)
         got = docs.sort_values(["symbol", "time"]).reset_index(drop=True)
         assert (got["time"] == expected["time"]).all()
-        metrics = got["windows"].map(lambda w, k=window: w[k])
-        for name in ("vwap", "sma", "std"):
-            assert_close(
-                metrics.map(lambda m, n=name: np.nan if m[n] is None else m[n]),
-                expected[name],
-                f"{dataset} {window} {name}",
-            )
-        assert (metrics.map(lambda m: m["n"]) == expected["n"]).all()
+        assert_window_matches(got, expected, window, dataset)
     # the latest hash is one O(1) read and agrees with the newest history entry
     newest = docs.sort_values("ts_ns").groupby("symbol").tail(1)
     for _, row in newest.iterrows():

@@ -19,7 +19,13 @@ import pandas as pd  # type: ignore[import-untyped]
 import pytest
 import redis
 from faults import assert_every_bar_once, committed_bars, kill_mid_replay, topic_records
-from oracle import assert_close, redis_history, resample_bars, trade_oracle
+from oracle import (
+    assert_close,
+    assert_window_matches,
+    redis_history,
+    resample_bars,
+    trade_oracle,
+)
 
 from hftpipe_devstack.testing import CLI, process, produce
 from hftpipe_workers.bars import Bar, Trade
@@ -118,14 +124,7 @@ def test_trades_replayed_as_trades_give_vwaps_equal_to_the_oracle(
     for window in windows:
         expected = trade_oracle(trades, window).sort_values("seq").reset_index(drop=True)
         assert (got["seq"] == expected["seq"]).all()
-        metrics = got["windows"].map(lambda w, k=window: w[k])
-        for name in ("vwap", "sma", "std"):
-            assert_close(
-                metrics.map(lambda m, n=name: np.nan if m[n] is None else m[n]),
-                expected[name],
-                f"trades {window} {name}",
-            )
-        assert (metrics.map(lambda m: m["n"]) == expected["n"]).all()
+        assert_window_matches(got, expected, window, "trades")
 
     # The loader: trades and their metrics in their own tables, one row per trade (and
     # window), though trades share times; loading again adds nothing.
