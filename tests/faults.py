@@ -20,8 +20,6 @@ from hftpipe_workers.bars import Bar, Trade
 from hftpipe_workers.contract import Topics
 from hftpipe_workers.kafka_admin import read_to_end, reader
 
-"""Brokers restarted by :func:`restart_killed`: the test's fixture stops them."""
-
 
 def committed_bars(bootstrap: str, topic: str) -> dict[int, list[int]]:
     """Partition -> the seqs of its bars in offset order, as a ``read_committed``
@@ -180,6 +178,7 @@ def _serves(bootstrap: str) -> bool:
 
 
 RESTARTED: list[subprocess.Popen[bytes]] = []
+"""Brokers restarted by :func:`restart_killed`: the test's fixture stops them."""
 
 
 def _zombie(pid: int) -> bool:
