@@ -16,11 +16,9 @@ from confluent_kafka.admin import AdminClient
 from hftpipe_devstack.stack import Stack
 from hftpipe_devstack.testing import wait_for
 from hftpipe_workers import codec
-from hftpipe_workers.bars import Bar
+from hftpipe_workers.bars import Bar, Trade
 from hftpipe_workers.contract import Topics
 from hftpipe_workers.kafka_admin import read_to_end, reader
-
-"""Brokers restarted by :func:`restart_killed`: the test's fixture stops them."""
 
 
 def committed_bars(bootstrap: str, topic: str) -> dict[int, list[int]]:
@@ -61,22 +59,31 @@ def committed_bars(bootstrap: str, topic: str) -> dict[int, list[int]]:
     return out
 
 
-def topic_bars(bootstrap: str, job: str) -> list[Bar]:
-    """Every committed bar of the job's bars topic, in the order they were read (seq)."""
+def topic_records(bootstrap: str, job: str) -> list[Bar | Trade]:
+    """Every committed record (bar or trade) of the job's bars topic, by seq."""
     topic = Topics.for_job(job).bars
     consumer = reader({"bootstrap.servers": bootstrap}, f"{topic}.test")
-    bars = []
+    records: list[Bar | Trade] = []
     try:
         for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions:
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
             if high > low:
-                bars += [
-                    codec.decode_bar(m.value() or b"")
+                records += [
+                    codec.decode_record(m.value() or b"")
                     for m in read_to_end(consumer, topic, p, low, high)
                 ]
     finally:
         consumer.close()
-    return sorted(bars, key=lambda b: b.seq)
+    return sorted(records, key=lambda r: r.seq)
+
+
+def topic_bars(bootstrap: str, job: str) -> list[Bar]:
+    """Every committed bar of the job's bars topic, by seq: :func:`topic_records` of a
+    topic of bars only."""
+    records = topic_records(bootstrap, job)
+    bars = [r for r in records if isinstance(r, Bar)]
+    assert len(bars) == len(records), f"{len(records) - len(bars)} trade(s) among the bars"
+    return bars
 
 
 def kill_mid_replay(
@@ -171,6 +178,7 @@ def _serves(bootstrap: str) -> bool:
 
 
 RESTARTED: list[subprocess.Popen[bytes]] = []
+"""Brokers restarted by :func:`restart_killed`: the test's fixture stops them."""
 
 
 def _zombie(pid: int) -> bool:

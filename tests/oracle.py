@@ -131,3 +131,20 @@ def assert_close(actual: pd.Series, expected: pd.Series, what: str) -> None:
     ok = ~np.isnan(e)
     rel = np.abs(a[ok] - e[ok]) / np.maximum(np.abs(e[ok]), 1e-300)
     assert rel.max(initial=0) <= 1e-9, f"{what}: max relative error {rel.max()}"
+
+
+def assert_window_matches(
+    got: pd.DataFrame, expected: pd.DataFrame, window: str, what: str, *, counts: bool = True
+) -> None:
+    """The *window* metrics of the Redis history entries *got* (:func:`redis_history`, rows
+    in the order of *expected*) equal the oracle's: VWAP, SMA and std as
+    :func:`assert_close` says, and (with *counts*) the number of records in the window."""
+    metrics = got["windows"].map(lambda w: w[window])
+    for name in ("vwap", "sma", "std"):
+        assert_close(
+            metrics.map(lambda m, n=name: np.nan if m[n] is None else m[n]),
+            expected[name],
+            f"{what} {window} {name}",
+        )
+    if counts:
+        assert (metrics.map(lambda m: m["n"]) == expected["n"]).all(), f"{what} {window} n"

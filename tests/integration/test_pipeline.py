@@ -24,7 +24,6 @@ from typing import Any, Final
 
 import duckdb
 import fakesnow
-import numpy as np
 import orjson
 import pandas as pd  # type: ignore[import-untyped]
 import pytest
@@ -33,10 +32,10 @@ from compare import bar_rows, metric_differences, metric_rows, redis_snapshot
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, ConfigSource
 from generated import generated_minute_file
-from oracle import assert_close, oracle, redis_history
+from oracle import assert_window_matches, oracle, redis_history
 
 from hftpipe_devstack.procs import free_port
-from hftpipe_devstack.testing import CLI, produce, run_worker, wait_for
+from hftpipe_devstack.testing import CLI, process, produce, run_worker, wait_for
 from hftpipe_workers import codec
 from hftpipe_workers import loader as loader_module
 from hftpipe_workers.bars import Bar
@@ -245,9 +244,7 @@ def test_processor_output_in_redis_equals_a_pandas_oracle(
         frame = pd.read_csv(source)
         frame["time"] = pd.to_datetime(frame.pop("timestamp"), utc=True)
     produce(subprocess_env, job, source, *args, "--speed", "max")
-    processor = Processor(job=job, kafka=kafka, redis_settings=redis_settings, windows=windows)
-    processor.ensure_metrics_topic()
-    report = processor.run(until_caught_up=True, idle_timeout=1.0)
+    report = process(job, kafka, redis_settings, windows)
     assert report.bars_in == len(frame)
 
     client = redis.Redis.from_url(redis_url)
@@ -258,14 +255,7 @@ def test_processor_output_in_redis_equals_a_pandas_oracle(
         expected = oracle(frame, window).sort_values(["symbol", "time"]).reset_index(drop=True)
         got = docs.sort_values(["symbol", "time"]).reset_index(drop=True)
         assert (got["time"] == expected["time"]).all()
-        metrics = got["windows"].map(lambda w, k=window: w[k])
-        for name in ("vwap", "sma", "std"):
-            assert_close(
-                metrics.map(lambda m, n=name: np.nan if m[n] is None else m[n]),
-                expected[name],
-                f"{dataset} {window} {name}",
-            )
-        assert (metrics.map(lambda m: m["n"]) == expected["n"]).all()
+        assert_window_matches(got, expected, window, dataset)
     # the latest hash is one O(1) read and agrees with the newest history entry
     newest = docs.sort_values("ts_ns").groupby("symbol").tail(1)
     for _, row in newest.iterrows():
@@ -848,9 +838,7 @@ def test_loader_killed_mid_batch_three_times_leaves_one_row_per_bar_in_duckdb(
     tmp_path: Path,
 ) -> None:
     produce(subprocess_env, job, btc_file, "--symbol", "BTCUSDT", "--speed", "max")
-    processor = Processor(job=job, kafka=kafka, redis_settings=redis_settings, windows=["1h", "1d"])
-    processor.ensure_metrics_topic()
-    processor.run(until_caught_up=True, idle_timeout=1.0)
+    process(job, kafka, redis_settings, ["1h", "1d"])
     db = tmp_path / "wh.duckdb"
     cmd = [
         *CLI,
@@ -1118,9 +1106,7 @@ def test_skipping_transaction_markers_writes_only_the_offset_not_the_snapshot(
     thread = threading.Thread(target=monitor, daemon=True)
     thread.start()
     assert watching.wait(10)
-    processor = Processor(job=job, kafka=kafka, redis_settings=redis_settings, windows=["1h"])
-    processor.ensure_metrics_topic()
-    report = processor.run(until_caught_up=True, idle_timeout=1.0)
+    report = process(job, kafka, redis_settings, ["1h"])
     assert report.bars_in == 2_700
     redis.Redis.from_url(redis_url).echo("done")
     thread.join(10)

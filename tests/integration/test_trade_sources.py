@@ -11,8 +11,6 @@ a replay killed mid-way must resume with every bar exactly once.
 
 from __future__ import annotations
 
-import signal
-import subprocess
 import uuid
 from pathlib import Path
 
@@ -20,17 +18,19 @@ import numpy as np
 import pandas as pd  # type: ignore[import-untyped]
 import pytest
 import redis
-from confluent_kafka import TopicPartition
-from faults import assert_every_bar_once, committed_bars, record_count
-from oracle import assert_close, redis_history, resample_bars, trade_oracle
+from faults import assert_every_bar_once, committed_bars, kill_mid_replay, topic_records
+from oracle import (
+    assert_close,
+    assert_window_matches,
+    redis_history,
+    resample_bars,
+    trade_oracle,
+)
 
-from hftpipe_devstack.testing import CLI, produce, wait_for
-from hftpipe_workers import codec
+from hftpipe_devstack.testing import CLI, process, produce
 from hftpipe_workers.bars import Bar, Trade
 from hftpipe_workers.contract import Topics
-from hftpipe_workers.kafka_admin import read_to_end, reader
 from hftpipe_workers.loader import Loader
-from hftpipe_workers.processor import Processor
 from hftpipe_workers.settings import KafkaSettings, RedisSettings
 from hftpipe_workers.warehouse import open_sink
 
@@ -71,24 +71,6 @@ def write_trades(path: Path, n: int, seed: int) -> pd.DataFrame:
             "size": size,
         }
     )
-
-
-def topic_records(bootstrap: str, job: str) -> list[Bar | Trade]:
-    """Every committed record of the job's bars topic, by seq."""
-    topic = Topics.for_job(job).bars
-    consumer = reader({"bootstrap.servers": bootstrap}, f"{topic}.test")
-    out: list[Bar | Trade] = []
-    try:
-        for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            if high > low:
-                out += [
-                    codec.decode_record(m.value() or b"")
-                    for m in read_to_end(consumer, topic, p, low, high)
-                ]
-    finally:
-        consumer.close()
-    return sorted(out, key=lambda r: r.seq)
 
 
 def assert_bars_equal_the_resample(records: list[Bar | Trade], trades: pd.DataFrame) -> None:
@@ -132,11 +114,7 @@ def test_trades_replayed_as_trades_give_vwaps_equal_to_the_oracle(
 
     windows = ["1m", "5m"]
     kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap)
-    processor = Processor(
-        job=job, kafka=kafka, redis_settings=RedisSettings(url=redis_url), windows=windows
-    )
-    processor.ensure_metrics_topic()
-    done = processor.run(until_caught_up=True, idle_timeout=1.0)
+    done = process(job, kafka, RedisSettings(url=redis_url), windows)
     assert done.bars_in == len(trades)
     assert done.ignored == 0, "trades sharing a time must not be taken for duplicates"
 
@@ -146,14 +124,7 @@ def test_trades_replayed_as_trades_give_vwaps_equal_to_the_oracle(
     for window in windows:
         expected = trade_oracle(trades, window).sort_values("seq").reset_index(drop=True)
         assert (got["seq"] == expected["seq"]).all()
-        metrics = got["windows"].map(lambda w, k=window: w[k])
-        for name in ("vwap", "sma", "std"):
-            assert_close(
-                metrics.map(lambda m, n=name: np.nan if m[n] is None else m[n]),
-                expected[name],
-                f"trades {window} {name}",
-            )
-        assert (metrics.map(lambda m: m["n"]) == expected["n"]).all()
+        assert_window_matches(got, expected, window, "trades")
 
     # The loader: trades and their metrics in their own tables, one row per trade (and
     # window), though trades share times; loading again adds nothing.
@@ -203,20 +174,7 @@ def test_bars_from_trades_killed_mid_way_resume_with_every_bar_once(
     topic = Topics.for_job(job).bars
     cmd = [*CLI, "produce", str(path), "--job", job, "--bars", "1m", "--rate", "400"]
     cmd += ["--metrics-port", "-1"]
-    seen = 0
-    for more in (300, 500):
-        proc = subprocess.Popen(
-            cmd, env=subprocess_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-
-        def added(more: int = seen + more) -> int | None:
-            count = record_count(kafka_bootstrap, topic)
-            return count if count >= more else None
-
-        seen = wait_for(added, 90, f"{seen + more} bars in the topic")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        seen = record_count(kafka_bootstrap, topic)
+    kill_mid_replay(cmd, subprocess_env, kafka_bootstrap, topic, more=(300, 500))
     report = produce(subprocess_env, job, path, "--bars", "1m")
     assert report["skipped_already_in_kafka"] > 0, "the kills must land mid-replay"
     assert report["produced"] + report["skipped_already_in_kafka"] == n_bars, report

@@ -27,14 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import numpy as np
 import pandas as pd  # type: ignore[import-untyped]
 import pytest
 import redis
 import yaml
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
-from oracle import assert_close, oracle, redis_history
+from oracle import assert_window_matches, oracle, redis_history
 
 from hftpipe_devstack import images
 from hftpipe_devstack.cluster import NAMESPACE, OPERATOR_NAMESPACE, Cluster
@@ -203,13 +202,7 @@ def _check_outputs(cluster: Cluster, job: str, status: dict[str, Any]) -> None:
     frame["symbol"] = spec["source"]["symbol"]
     for window in spec["processing"]["windows"]:
         expected = oracle(frame, window).sort_values("time").reset_index(drop=True)
-        metrics = got["windows"].map(lambda w, k=window: w[k])
-        for name in ("vwap", "sma", "std"):
-            assert_close(
-                metrics.map(lambda m, n=name: np.nan if m[n] is None else m[n]),
-                expected[name],
-                f"{job} {window} {name}",
-            )
+        assert_window_matches(got, expected, window, job, counts=False)
     wait_for(
         lambda: (
             not [p for p in _pods(cluster, NS) if p["metadata"]["name"].startswith(f"{job}-loader")]

@@ -301,3 +301,31 @@ def test_numbers_are_read_as_orjson_reads_them() -> None:
     batch = [base.replace(b'"c":', b'"c":%b,"x":' % t.encode(), 1) for t in texts]
     for lo in range(0, len(batch), 500):
         _same(batch[lo : lo + 500])
+
+
+def test_the_loader_asks_the_compiled_reader_once_per_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A batch the compiled core refuses goes to the Python codec straight away: the core's
+    array reader is None exactly when its column reader is, so asking the second after the
+    first said None only spends the time of one more pass over the batch."""
+    from hftpipe_workers.loader import metrics_table  # noqa: PLC0415
+
+    calls: list[int] = []
+    core = codec._core_decode_metrics
+    assert core is not None
+
+    def counted(values: Any, version: int) -> Any:
+        calls.append(len(values))
+        return core(values, version)
+
+    monkeypatch.setattr(codec, "_core_decode_metrics", counted)
+    rng = random.Random(75)
+    batch = [_message(rng, j) for j in range(12)]
+    doc = orjson.loads(batch[3])
+    doc["w"] = dict(reversed(doc["w"].items()))  # the windows in another order: refused
+    batch[3] = orjson.dumps(doc)
+    assert codec.decode_metrics_arrays(batch) is None
+    bars, _, refused = metrics_table("j", batch)
+    assert calls == []
+    assert (bars.num_rows, refused) == (12 * (len(WINDOWS) - 1), [])

@@ -520,3 +520,22 @@ def test_cluster_up_installs_both_charts_with_only_the_overrides_this_machine_fo
         f"redis.image.repository={repository}",
         f"redis.image.tag={tag}",
     }
+
+
+def test_a_failed_cluster_command_stops_even_under_python_o() -> None:
+    """``make cluster-up`` installs the charts through Cluster: a failed command must raise
+    (CommandError, naming it and its output), not rest on an ``assert``, which ``python
+    -O`` drops."""
+    script = (
+        "import sys, types\n"
+        "from hftpipe_devstack.cluster import Cluster\n"
+        "stack = types.SimpleNamespace(env={'KUBECTL': '/bin/kubectl', 'HELM': '/bin/helm'})\n"
+        "try:\n"
+        "    Cluster(stack).run(sys.executable, '-c', 'print(\"out\"); raise SystemExit(3)')\n"
+        "except Exception as exc:\n"
+        "    print(type(exc).__name__, 'out' in str(exc))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-O", "-c", script], capture_output=True, text=True, check=False
+    )
+    assert done.stdout.strip() == "CommandError True", done.stdout + done.stderr

@@ -24,13 +24,13 @@ class ReleaseError(RuntimeError):
 def _install_releases(stack: Stack) -> None:
     """The two charts on the new cluster, as the README's helm commands say (with the
     overrides this machine forces, :func:`cluster.release_installs`)."""
-    from .cluster import Cluster, release_installs  # noqa: PLC0415 - cluster runs only
+    from .cluster import Cluster, CommandError, release_installs  # noqa: PLC0415 - cluster only
 
     for release, _chart, args in release_installs():
         print(f"helm install {release} ... -n {args[args.index('-n') + 1]}", flush=True)
     try:
         Cluster(stack).install_releases()
-    except AssertionError as exc:  # Cluster's calls assert on a failed command
+    except CommandError as exc:
         raise ReleaseError(
             f"{exc}\nThe cluster is up without the releases: fix the cause, then "
             "`make cluster-down && make cluster-up`, or install them by hand (README)."

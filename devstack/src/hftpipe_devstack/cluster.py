@@ -21,6 +21,13 @@ chart's ``hftpipe.io/namespace``)."""
 OPERATOR_NAMESPACE = "hftpipe-system"
 
 
+class CommandError(RuntimeError):
+    """A command :class:`Cluster` ran (kubectl, helm, crictl...) failed or did not answer;
+    the message holds the command and its output. An exception of its own, not an
+    ``assert``: ``python -O`` drops asserts, and ``make cluster-up`` (not only the tests)
+    must stop on a failed install."""
+
+
 def release_installs(repo: Path = charts.REPO) -> list[tuple[str, Path, list[str]]]:
     """``(release, chart, helm arguments)`` of both charts, in install order, with the
     overrides this machine forces (each said where it is set) and nothing else: the
@@ -88,9 +95,9 @@ class Cluster:
                 timeout=timeout,
             )
         except subprocess.TimeoutExpired as exc:
-            raise AssertionError(f"{' '.join(cmd)}: no answer in {timeout} s") from exc
-        if check:
-            assert done.returncode == 0, f"{' '.join(cmd)}:\n{done.stdout}\n{done.stderr}"
+            raise CommandError(f"{' '.join(cmd)}: no answer in {timeout} s") from exc
+        if check and done.returncode != 0:
+            raise CommandError(f"{' '.join(cmd)}:\n{done.stdout}\n{done.stderr}")
         return done.stdout
 
     def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> str:
@@ -103,7 +110,7 @@ class Cluster:
             try:
                 printed = self.kubectl("get", *args, "-o", "json", "--request-timeout=30s")
                 break
-            except AssertionError:
+            except CommandError:
                 if attempt == 2:
                     raise
         found: dict[str, Any] = json.loads(printed)
@@ -116,7 +123,8 @@ class Cluster:
         """``helm <verb> <release> <chart> *args``, through :func:`charts.helm_chart` (the
         stack chart's optional dependencies cannot be downloaded here)."""
         done = charts.helm_chart(verb, chart, *args, release=release, env=self.env)
-        assert done.returncode == 0, f"helm {verb} {release}:\n{done.stdout}\n{done.stderr}"
+        if done.returncode != 0:
+            raise CommandError(f"helm {verb} {release}:\n{done.stdout}\n{done.stderr}")
 
     def install_releases(self) -> None:
         """Both charts, as :func:`release_installs` says, into a ``default`` namespace

@@ -6,10 +6,13 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+
+from hftpipe_workers.processor import Processor, ProcessorReport
+from hftpipe_workers.settings import KafkaSettings, RedisSettings
 
 T = TypeVar("T")
 
@@ -45,6 +48,18 @@ def produce(env: dict[str, str], job: str, source: str | Path, *args: str) -> di
     assert done.returncode == 0, done.stderr[-3000:]
     report: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return report
+
+
+def process(
+    job: str, kafka: KafkaSettings, redis_settings: RedisSettings, windows: Sequence[str]
+) -> ProcessorReport:
+    """A processor of *job* in this process, its metrics topic created, run until it has
+    caught up and been idle a second; its report."""
+    processor = Processor(
+        job=job, kafka=kafka, redis_settings=redis_settings, windows=list(windows)
+    )
+    processor.ensure_metrics_topic()
+    return processor.run(until_caught_up=True, idle_timeout=1.0)
 
 
 def wait_for(

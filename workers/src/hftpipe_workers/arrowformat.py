@@ -39,7 +39,7 @@ import io
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from datetime import date, datetime, time
-from typing import Any, ClassVar, Final, Literal, Protocol, cast
+from typing import Any, ClassVar, Final, Literal, Protocol, Unpack, cast
 
 import numpy as np
 import pandas as pd  # type: ignore[import-untyped]  # pandas-stubs is not in the lock
@@ -54,18 +54,15 @@ from hftpipe_workers.csvformat import (
     _NAT,
     _NS_PER_UNIT,
     _SAMPLE_ROWS,
-    FAIL_FAST_ROWS,
     UNIX_UNITS,
     BarReader,
-    ColumnMapping,
     IntArray,
     LayoutError,
-    LayoutName,
     LocalTimes,
     ParsedChunk,
     Readable,
+    ReaderOptions,
     SourceError,
-    _choose_layout,
     _exact_unix_ns,
     _localize,
     one_line,
@@ -287,27 +284,10 @@ class ArrowBarReader(BarReader):
         stream: Readable,
         *,
         file_format: SourceFormat,
-        source: str | None = None,
-        symbol: str | None = None,
-        mapping: ColumnMapping | None = None,
-        layout: LayoutName | Literal["auto"] = "auto",
-        start_ns: int | None = None,
-        end_ns: int | None = None,
         batch_rows: int = BATCH_ROWS,
-        time_format: str | None = None,
-        timezone: str | None = None,
-        fail_fast_rows: int = FAIL_FAST_ROWS,
+        **options: Unpack[ReaderOptions],
     ) -> None:
-        self._init_checks(
-            source if source is not None else str(getattr(stream, "name", "<stream>")),
-            mapping=mapping,
-            layout=layout,
-            time_format=time_format,
-            timezone=timezone,
-            start_ns=start_ns,
-            end_ns=end_ns,
-            fail_fast_rows=fail_fast_rows,
-        )
+        self._init_checks(stream, options)
         if file_format == "csv":
             raise ValueError(f"{self.source}: CSV text is read by csvformat.BarReader")
         self.file_format: SourceFormat = file_format
@@ -328,15 +308,13 @@ class ArrowBarReader(BarReader):
         header = list(self.schema.names)
         texts = [[_cell(v) for v in _values(column)] for column in sample.columns]
         rows = [list(row) for row in zip(*texts, strict=True)]
-        found = _choose_layout(
-            self.source, header, rows, mapping=mapping, layout=layout, time_format=time_format
-        )
+        found = self._layout_of(header, rows)
         if len(found.time_columns) == 1:
             kind = _plain_type(self.schema.field(found.time_columns[0]).type)
             if _is_time(kind):
                 # The type says what the values are: no format to recognise or to name.
                 # A format named for it (--time-format, a mapping's) is not needed: say so.
-                named = time_format is not None or mapping is not None
+                named = self._time_format is not None or self._mapping is not None
                 note = "the column's own type" + (
                     f"; the format named, {found.time_format}, does not apply" if named else ""
                 )
@@ -348,15 +326,9 @@ class ArrowBarReader(BarReader):
                     "expected a timestamp, a date, unix times (numbers) or text"
                 )
         self.layout = replace(found, file_format=FORMAT_NAMES[file_format])
-        if self.layout.symbol is None and not symbol:
-            raise LayoutError(
-                f"{self.source}: the file has no symbol column (layout {self.layout.name}); "
-                "give the symbol of its bars: hftpipe produce --symbol BTCUSD "
-                "(HFTPIPE_SYMBOL; a ReplayJob's spec.source.symbol)"
-            )
+        self._check_symbol()
         if sample.num_rows == 0:
             raise SourceError(f"{self.source}: the file holds no row: nothing to replay")
-        self._symbol = symbol or ""
         lay = self.layout
         used = [*lay.time_columns, *lay.ohlcv, *([lay.symbol] if lay.symbol else [])]
         self._columns = list(dict.fromkeys(used))
@@ -514,23 +486,22 @@ def _is_text(kind: pa.DataType) -> bool:
 def open_reader(
     stream: Readable,
     *,
-    source: str | None = None,
     delimiter: str | None = None,
     columns: Sequence[str] | None = None,
     block_bytes: int = 4 << 20,
     batch_rows: int = BATCH_ROWS,
-    **options: Any,
+    **options: Unpack[ReaderOptions],
 ) -> BarReader:
     """The reader of ``stream``: an :class:`ArrowBarReader` for Parquet and Arrow (see
     :func:`source_format`), else a CSV :class:`~.csvformat.BarReader`. ``options`` are
     the readers' common ones (``symbol``, ``mapping``, ``layout``, ``time_format``...);
     ``delimiter``, ``columns`` and ``block_bytes`` are CSV's, ``batch_rows`` Parquet's."""
+    source = options.get("source")
     name = source if source is not None else str(getattr(stream, "name", "<stream>"))
     found = source_format(name, peek(stream))
     if found == "csv":
         return BarReader(
             stream,
-            source=source,
             delimiter=delimiter,
             columns=columns,
             block_bytes=block_bytes,
@@ -543,9 +514,7 @@ def open_reader(
             "columns itself: --delimiter and --columns apply to CSV text; map its columns "
             "with --mapping"
         )
-    return ArrowBarReader(
-        stream, file_format=found, source=source, batch_rows=batch_rows, **options
-    )
+    return ArrowBarReader(stream, file_format=found, batch_rows=batch_rows, **options)
 
 
 def count_rows(stream: Readable, file_format: SourceFormat) -> int:

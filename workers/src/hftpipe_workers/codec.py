@@ -55,7 +55,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from operator import itemgetter, methodcaller
-from typing import TYPE_CHECKING, Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -140,27 +140,12 @@ def encode_trade(trade: Trade) -> bytes:
 
 def decode_trade(data: bytes) -> Trade:
     """A trade from its Kafka value; CodecError says what is wrong with a bad one."""
-    msg = _load(data, "trade")
-    if msg.get("k") != TRADE:
-        raise CodecError(
-            f"bad trade message: record kind (k) is {msg.get('k')!r}, expected {TRADE!r}; "
-            f"message: {_preview(data)}"
-        )
-    try:
-        trade = Trade(
-            symbol=_str(msg, "s"),
-            ts_ns=_int(msg, "t"),
-            price=_float(msg, "p"),
-            size=_float(msg, "v"),
-            seq=_int(msg, "q"),
-            line=_int(msg, "ln") if "ln" in msg else 0,
-        )
-    except _FieldError as exc:
-        raise CodecError(f"bad trade message: {exc}; message: {_preview(data)}") from None
-    problem = validate_trade(trade)
-    if problem is not None:
-        raise CodecError(f"bad trade message: {problem}; message: {_preview(data)}")
-    return trade
+    return _decode_careful(data, "trade", Trade, _TRADE_FLOATS, validate_trade, _not_a_trade)
+
+
+def _not_a_trade(msg: dict[str, Any]) -> str | None:
+    kind = msg.get("k")
+    return None if kind == TRADE else f"record kind (k) is {kind!r}, expected {TRADE!r}"
 
 
 def decode_record(data: bytes) -> Bar | Trade:
@@ -195,30 +180,53 @@ def decode_bar(data: bytes) -> Bar:
     fast = _decode_bar_fast(data)
     if fast is not None:
         return fast
-    msg = _load(data, "bar")
-    if "k" in msg:
-        raise CodecError(
-            f"bad bar message: it is a record of kind (k) {msg['k']!r} (a trade is 't'), "
-            f"not a bar: read it with decode_record; message: {_preview(data)}"
-        )
+    return _decode_careful(data, "bar", Bar, _BAR_FLOATS, validate_bar, _not_a_bar)
+
+
+def _not_a_bar(msg: dict[str, Any]) -> str | None:
+    if "k" not in msg:
+        return None
+    return (
+        f"it is a record of kind (k) {msg['k']!r} (a trade is 't'), not a bar: "
+        "read it with decode_record"
+    )
+
+
+_R = TypeVar("_R", Bar, Trade)
+_BAR_FLOATS: Final = ("o", "h", "l", "c", "v")
+_TRADE_FLOATS: Final = ("p", "v")
+
+
+def _decode_careful(
+    data: bytes,
+    kind: str,
+    record: Callable[..., _R],
+    floats: Sequence[str],
+    validate: Callable[[_R], str | None],
+    wrong_kind: Callable[[dict[str, Any]], str | None],
+) -> _R:
+    """One record, field by field, naming what is wrong with a bad one: the careful
+    path of :func:`decode_bar` and :func:`decode_trade`, which differ only in the kind,
+    the number fields between time and seq (*floats*, in the record's order), the rules
+    (*validate*) and what a message of another kind is told (*wrong_kind*)."""
+    msg = _load(data, kind)
+    wrong = wrong_kind(msg)
+    if wrong is not None:
+        raise CodecError(f"bad {kind} message: {wrong}; message: {_preview(data)}")
     try:
-        bar = Bar(
-            symbol=_str(msg, "s"),
-            ts_ns=_int(msg, "t"),
-            open=_float(msg, "o"),
-            high=_float(msg, "h"),
-            low=_float(msg, "l"),
-            close=_float(msg, "c"),
-            volume=_float(msg, "v"),
-            seq=_int(msg, "q"),
-            line=_int(msg, "ln") if "ln" in msg else 0,
+        decoded = record(
+            _str(msg, "s"),
+            _int(msg, "t"),
+            *[_float(msg, key) for key in floats],
+            _int(msg, "q"),
+            _int(msg, "ln") if "ln" in msg else 0,
         )
     except _FieldError as exc:
-        raise CodecError(f"bad bar message: {exc}; message: {_preview(data)}") from None
-    problem = validate_bar(bar)
+        raise CodecError(f"bad {kind} message: {exc}; message: {_preview(data)}") from None
+    problem = validate(decoded)
     if problem is not None:
-        raise CodecError(f"bad bar message: {problem}; message: {_preview(data)}")
-    return bar
+        raise CodecError(f"bad {kind} message: {problem}; message: {_preview(data)}")
+    return decoded
 
 
 class BarColumns(NamedTuple):

@@ -53,7 +53,7 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation
-from typing import ClassVar, Final, Literal, Protocol, cast, get_args
+from typing import ClassVar, Final, Literal, Protocol, TypedDict, Unpack, cast, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
@@ -1375,6 +1375,25 @@ def _zone(name: str | None) -> ZoneInfo | None:
         ) from None
 
 
+class ReaderOptions(TypedDict, total=False):
+    """What every reader of bars takes, whatever the file's format (the CSV
+    :class:`BarReader`, :class:`~.arrowformat.ArrowBarReader`), each optional: see
+    :class:`BarReader` for what they mean."""
+
+    source: str | None
+    """The source's name in messages; None or absent: the stream's ``name``."""
+    symbol: str | None
+    mapping: ColumnMapping | None
+    layout: LayoutName | Literal["auto"]
+    """Absent: ``"auto"``."""
+    start_ns: int | None
+    end_ns: int | None
+    time_format: str | None
+    timezone: str | None
+    fail_fast_rows: int
+    """Absent: :data:`FAIL_FAST_ROWS`."""
+
+
 class BarReader:
     """Reads bars from one CSV file object, chunk by chunk.
 
@@ -1410,29 +1429,12 @@ class BarReader:
         self,
         stream: Readable,
         *,
-        source: str | None = None,
-        symbol: str | None = None,
-        mapping: ColumnMapping | None = None,
-        layout: LayoutName | Literal["auto"] = "auto",
-        start_ns: int | None = None,
-        end_ns: int | None = None,
         block_bytes: int = 4 << 20,
         delimiter: str | None = None,
         columns: Sequence[str] | None = None,
-        time_format: str | None = None,
-        timezone: str | None = None,
-        fail_fast_rows: int = FAIL_FAST_ROWS,
+        **options: Unpack[ReaderOptions],
     ) -> None:
-        self._init_checks(
-            source if source is not None else str(getattr(stream, "name", "<stream>")),
-            mapping=mapping,
-            layout=layout,
-            time_format=time_format,
-            timezone=timezone,
-            start_ns=start_ns,
-            end_ns=end_ns,
-            fail_fast_rows=fail_fast_rows,
-        )
+        self._init_checks(stream, options)
         self._block_bytes = block_bytes
 
         try:
@@ -1454,7 +1456,10 @@ class BarReader:
         )
         fields = [h.strip() for h in _fields_of(text, self.delimiter)]
         header, headerless = _header_of(
-            self.source, fields, columns, numbered=mapping is None and layout in _HEADERLESS_OK
+            self.source,
+            fields,
+            columns,
+            numbered=self._mapping is None and self._layout_choice in _HEADERLESS_OK,
         )
         if headerless:
             sample = [text, *sample]
@@ -1463,22 +1468,14 @@ class BarReader:
         bom = len(codecs.BOM_UTF8) if buf.startswith(codecs.BOM_UTF8) else 0
         self._pending = bytes(buf[bom:] if headerless else buf[header_end:])
         self._first_data_line = 1 if headerless else 2
-        found = _choose_layout(
-            self.source, header, rows, mapping=mapping, layout=layout, time_format=time_format
-        )
+        found = self._layout_of(header, rows)
         self.layout = replace(found, delimiter=self.delimiter, headerless=headerless)
-        if self.layout.symbol is None and not symbol:
-            raise LayoutError(
-                f"{self.source}: the file has no symbol column (layout {self.layout.name}); "
-                "give the symbol of its bars: hftpipe produce --symbol BTCUSD "
-                "(HFTPIPE_SYMBOL; a ReplayJob's spec.source.symbol)"
-            )
+        self._check_symbol()
         if not sample:
             raise SourceError(
                 f"{self.source}:{line}: no data row after the header (line 1): nothing to "
                 "replay; is the file complete (a download or export cut short?)"
             )
-        self._symbol = symbol or ""
         self._ncols = len(header)
         self._time_index = header.index(self.layout.time_columns[0])
         self._usecols = [*self.layout.time_columns, *self.layout.value_columns]
@@ -1489,23 +1486,23 @@ class BarReader:
         text_columns = (*self.layout.time_columns, self.layout.symbol)
         self._dtypes = {c: str for c in text_columns if c is not None}
 
-    def _init_checks(
-        self,
-        source: str,
-        *,
-        mapping: ColumnMapping | None,
-        layout: LayoutName | Literal["auto"],
-        time_format: str | None,
-        timezone: str | None,
-        start_ns: int | None,
-        end_ns: int | None,
-        fail_fast_rows: int,
-    ) -> None:
+    def _init_checks(self, stream: Readable, options: ReaderOptions) -> None:
         """The state the row checks keep, whatever the file's format (CSV here, Parquet
         and Arrow in :mod:`.arrowformat`): choices, zone, time range, order, failing fast."""
-        self.source = source
-        _check_choices(self.source, mapping=mapping, layout=layout, time_format=time_format)
-        self.zone = _zone(timezone)
+        source = options.get("source")
+        self.source = source if source is not None else str(getattr(stream, "name", "<stream>"))
+        self._mapping = options.get("mapping")
+        self._layout_choice = options.get("layout", "auto")
+        self._time_format = options.get("time_format")
+        self._symbol = options.get("symbol") or ""
+        _check_choices(
+            self.source,
+            mapping=self._mapping,
+            layout=self._layout_choice,
+            time_format=self._time_format,
+        )
+        self.zone = _zone(options.get("timezone"))
+        start_ns, end_ns = options.get("start_ns"), options.get("end_ns")
         self._start = start_ns if start_ns is not None else np.iinfo(np.int64).min + 1
         self._end = end_ns if end_ns is not None else np.iinfo(np.int64).max
         if self._start >= self._end:
@@ -1516,9 +1513,30 @@ class BarReader:
         self.stats = ReadStats()
         self._seq = 0
         self._last: dict[str, tuple[int, int]] = {}  # symbol -> (ts_ns, line) last accepted
-        self._fail_fast_rows = fail_fast_rows
-        self._watching = fail_fast_rows > 0
+        self._fail_fast_rows = options.get("fail_fast_rows", FAIL_FAST_ROWS)
+        self._watching = self._fail_fast_rows > 0
         self._watched: list[RejectedRow] = []
+
+    def _layout_of(self, header: list[str], rows: list[list[str]]) -> Layout:
+        """The layout of a file of this *header* and these first *rows*, as the reader's
+        choices (mapping, layout, time format) say."""
+        return _choose_layout(
+            self.source,
+            header,
+            rows,
+            mapping=self._mapping,
+            layout=self._layout_choice,
+            time_format=self._time_format,
+        )
+
+    def _check_symbol(self) -> None:
+        """A :class:`LayoutError` unless the layout has a symbol column or one was given."""
+        if self.layout.symbol is None and not self._symbol:
+            raise LayoutError(
+                f"{self.source}: the file has no symbol column (layout {self.layout.name}); "
+                "give the symbol of its bars: hftpipe produce --symbol BTCUSD "
+                "(HFTPIPE_SYMBOL; a ReplayJob's spec.source.symbol)"
+            )
 
     @property
     def symbol(self) -> str:

@@ -137,13 +137,15 @@ def metrics_table(job: str, values: Sequence[bytes]) -> tuple[pa.Table, pa.Table
 
     The session window becomes the ``session_vwap`` column of every row, not a row.
     Columnar (:func:`.codec.decode_metrics_arrays`, else
-    :func:`.codec.decode_metrics_columns`) while every value is good and carries the
+    :func:`.codec.decode_metrics_columns` in Python) while every value is good and carries the
     same windows, as the processor writes them; else message by message. A float
     column's NaN is a null (``from_pandas``): the arrays' nulls; JSON has no NaN.
     """
     cols: codec.MetricsArrays | codec.MetricsColumns | None = codec.decode_metrics_arrays(values)
     if cols is None:
-        cols = codec.decode_metrics_columns(values)
+        # The core's array reader refuses exactly what its column reader refuses: on to
+        # the Python one, not a second compiled pass over the batch.
+        cols = codec.decode_metrics_columns(values, compiled=False)
     if cols is None:
         return _metrics_table_slow(job, values)
     refused: list[Refused] = []

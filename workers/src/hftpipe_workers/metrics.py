@@ -69,6 +69,7 @@ import base64
 import math
 import re
 import sys
+from abc import ABC, abstractmethod
 from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -279,28 +280,34 @@ class _Symbol:
                 w[_START] -= head
 
 
-class _Engine:
+def _ordered_windows(windows: Sequence[str], *, session: bool) -> tuple[Window, ...]:
+    """*windows* parsed and ordered by length, session last (with *session*, or when
+    listed); ValueError for none or for the same length twice.
+
+    Ordered: the windows are a set, and an engine built from the same set in another
+    order must be the same engine (its snapshot is restored by a processor whose job
+    lists them in a new order)."""
+    parsed = sorted((parse_window(w) for w in windows if w.strip() != SESSION), key=lambda w: w.ns)
+    if session or any(w.strip() == SESSION for w in windows):
+        parsed.append(Window(SESSION, 0))
+    lengths = [w.ns for w in parsed]
+    if len(set(lengths)) != len(lengths):
+        raise ValueError(f"windows {list(windows)} contain the same length twice")
+    if not parsed:
+        raise ValueError("no windows configured: give at least one, e.g. ['5m']")
+    return tuple(parsed)
+
+
+class _Engine(ABC):
     """What both engines share: the windows, and :meth:`update` as a run of one bar."""
 
     def __init__(self, windows: Sequence[str] = DEFAULT_WINDOWS, *, session: bool = True) -> None:
-        # Ordered by length, session last: the windows are a set, and an engine built
-        # from the same set in another order must be the same engine (its snapshot is
-        # restored by a processor whose job lists them in a new order).
-        parsed = sorted(
-            (parse_window(w) for w in windows if w.strip() != SESSION), key=lambda w: w.ns
-        )
-        if session or any(w.strip() == SESSION for w in windows):
-            parsed.append(Window(SESSION, 0))
-        lengths = [w.ns for w in parsed]
-        if len(set(lengths)) != len(lengths):
-            raise ValueError(f"windows {list(windows)} contain the same length twice")
-        if not parsed:
-            raise ValueError("no windows configured: give at least one, e.g. ['5m']")
-        self.windows: tuple[Window, ...] = tuple(parsed)
-        self.labels: tuple[str, ...] = tuple(w.label for w in parsed)
+        self.windows: tuple[Window, ...] = _ordered_windows(windows, session=session)
+        self.labels: tuple[str, ...] = tuple(w.label for w in self.windows)
         # -1 marks the session window for the hot loop.
-        self._lengths: tuple[int, ...] = tuple(w.ns or -1 for w in parsed)
+        self._lengths: tuple[int, ...] = tuple(w.ns or -1 for w in self.windows)
 
+    @abstractmethod
     def update_columns(
         self,
         symbol: str,
@@ -310,13 +317,15 @@ class _Engine:
         close: Sequence[float],
         volume: Sequence[float],
     ) -> tuple[list[int], list[WindowColumns]]:
-        raise NotImplementedError
+        """Update the state with a run of bars of one *symbol* (see the engines)."""
 
+    @abstractmethod
     def snapshot(self) -> bytes:
-        raise NotImplementedError
+        """The engine's whole state, for :meth:`restore`."""
 
+    @abstractmethod
     def _restore_symbol(self, state: _SymbolState) -> None:
-        raise NotImplementedError
+        """Put one symbol's state from a snapshot into the engine."""
 
     @classmethod
     def restore(cls, data: bytes, *, expect_windows: Sequence[str] | None = None) -> Self:
@@ -340,7 +349,7 @@ class _Engine:
             # order the windows were configured in).
             at = [engine.labels.index(label) for label in labels]
             if expect_windows is not None:
-                wanted = _Engine(expect_windows).labels
+                wanted = tuple(w.label for w in _ordered_windows(expect_windows, session=True))
                 if wanted != engine.labels:
                     raise ValueError(
                         f"the snapshot was taken with windows {list(engine.labels)} but "

@@ -18,13 +18,7 @@ from typing import Self
 import pandas as pd  # type: ignore[import-untyped]  # pandas-stubs not in the lock
 import pyarrow as pa  # type: ignore[import-untyped]
 
-from hftpipe_workers.warehouse.schema import (
-    Table,
-    arrow_schema,
-    prepare_batch,
-    prepare_table,
-    table,
-)
+from hftpipe_workers.warehouse.schema import Table, prepare_table, table
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +28,7 @@ class Sink(ABC):
 
     :meth:`write` is the same for every backend: it validates the batch against
     :mod:`~hftpipe_workers.warehouse.schema` and removes in-batch duplicate keys
-    (pure, in :func:`~hftpipe_workers.warehouse.schema.prepare_batch`), then
+    (pure, in :func:`~hftpipe_workers.warehouse.schema.prepare_table`), then
     hands a clean Arrow table to :meth:`_merge`, the one write path a backend
     implements. A backend also says how to create its tables, run a query and
     close.
@@ -57,26 +51,18 @@ class Sink(ABC):
     ) -> None:
         self.close()
 
-    def write(self, table_name: str, frame: pd.DataFrame | pa.Table) -> int:
-        """Merge *frame* into the table *table_name*; return the rows inserted or updated.
+    def write(self, table_name: str, batch: pa.Table) -> int:
+        """Merge the Arrow table *batch* into the table *table_name*; return the rows
+        inserted or updated.
 
-        *frame* (a pandas DataFrame or an Arrow table, the loader's bulk path) has
-        exactly the table's columns but ``loaded_at`` (see
-        :func:`~hftpipe_workers.warehouse.schema.prepare_batch` and
-        :func:`~hftpipe_workers.warehouse.schema.prepare_table` for the rules).
+        *batch* has exactly the table's columns but ``loaded_at`` (see
+        :func:`~hftpipe_workers.warehouse.schema.prepare_table` for the rules; a
+        DataFrame goes in as ``pyarrow.Table.from_pandas(frame, preserve_index=False)``).
         Writing the same batch again changes no row count. All or nothing: a
         write that fails leaves the table as it was.
         """
         tbl = table(table_name)
-        loaded_at = datetime.now(UTC).replace(tzinfo=None)
-        if isinstance(frame, pa.Table):
-            staged, duplicates = prepare_table(tbl, frame, loaded_at)
-        else:
-            batch = prepare_batch(tbl, frame, loaded_at)
-            duplicates = batch.duplicates
-            staged = pa.Table.from_pandas(
-                batch.frame, schema=arrow_schema(tbl), preserve_index=False
-            )
+        staged, duplicates = prepare_table(tbl, batch, datetime.now(UTC).replace(tzinfo=None))
         if duplicates:
             self.duplicates_dropped += duplicates
             log.info(

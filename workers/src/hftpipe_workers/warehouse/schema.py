@@ -5,7 +5,7 @@ sources of trades, issue 11 point 6) are described here as data: a
 tuple of :class:`Column` per :class:`Table`. Everything else is generated from
 that: the ``CREATE TABLE`` and ``MERGE`` statements of both backends
 (:func:`create_table_sql`, :func:`merge_sql`), the validation of incoming
-batches (:func:`prepare_batch`) and the docs table (:func:`markdown_table`).
+batches (:func:`prepare_table`) and the docs table (:func:`markdown_table`).
 
 Time: ``bar_time`` and ``loaded_at`` are **UTC stored without a time zone**
 (DuckDB ``TIMESTAMP``, Snowflake ``TIMESTAMP_NTZ(6)``), at microsecond
@@ -28,7 +28,6 @@ from datetime import UTC, datetime
 from typing import Final, Literal, NamedTuple
 
 import numpy as np
-import pandas as pd  # type: ignore[import-untyped]  # pandas-stubs not in the lock
 import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.compute as pc  # type: ignore[import-untyped]
 
@@ -120,28 +119,51 @@ BARS: Final = Table(
     doc="One OHLCV bar per job, symbol and bar time.",
 )
 
-BAR_METRICS: Final = Table(
+
+def _metrics_table(
+    name: str,
+    key: tuple[Column, ...],
+    record: str,
+    price: str,
+    docs: tuple[str, str, str, str, str, str],
+) -> Table:
+    """The metrics table of one kind of *record* ("bar", "trade"): its *key*, then one
+    row per window, the price columns named after *price* (``sma_<price>``), the count
+    ``<record>_count``. *docs*: of ``vwap``, ``sma_<price>``, ``std_<price>``,
+    ``std_log_return``, the count and ``session_vwap``. The column order is the
+    warehouses' (existing tables have it): append, never reorder."""
+    vwap, sma, std, log_return, count, session = docs
+    return Table(
+        name,
+        (
+            *key,
+            _col("window", _TEXT, "window name, e.g. '5m'", key=True),
+            _col("window_seconds", _INT, "window length in seconds"),
+            _col("vwap", _FLOAT, vwap, nullable=True),
+            _col(f"sma_{price}", _FLOAT, sma),
+            _col(f"std_{price}", _FLOAT, std, nullable=True),
+            _col("std_log_return", _FLOAT, log_return, nullable=True),
+            _col(f"{record}_count", _INT, count),
+            _col("session_vwap", _FLOAT, session, nullable=True),
+            _LOADED_AT_COLUMN,
+        ),
+        doc=f"Rolling metrics of each {record}, one row per window.",
+    )
+
+
+BAR_METRICS: Final = _metrics_table(
     "bar_metrics",
+    _KEY_COLUMNS,
+    "bar",
+    "close",
     (
-        *_KEY_COLUMNS,
-        _col("window", _TEXT, "window name, e.g. '5m'", key=True),
-        _col("window_seconds", _INT, "window length in seconds"),
-        _col(
-            "vwap", _FLOAT, "typical-price VWAP; NULL when the window's volume is 0", nullable=True
-        ),
-        _col("sma_close", _FLOAT, "mean close over the window"),
-        _col("std_close", _FLOAT, "sample std of close; NULL with < 2 bars", nullable=True),
-        _col(
-            "std_log_return",
-            _FLOAT,
-            "sample std of log returns of close; NULL with < 2 returns",
-            nullable=True,
-        ),
-        _col("bar_count", _INT, "bars in the window"),
-        _col("session_vwap", _FLOAT, "VWAP since 00:00 UTC; NULL while volume is 0", nullable=True),
-        _LOADED_AT_COLUMN,
+        "typical-price VWAP; NULL when the window's volume is 0",
+        "mean close over the window",
+        "sample std of close; NULL with < 2 bars",
+        "sample std of log returns of close; NULL with < 2 returns",
+        "bars in the window",
+        "VWAP since 00:00 UTC; NULL while volume is 0",
     ),
-    doc="Rolling metrics of each bar, one row per window.",
 )
 
 # Trades (issue 11, point 6): ticks of a symbol share times, so the natural key holds
@@ -168,31 +190,19 @@ TRADES: Final = Table(
     doc="One trade per job, symbol, trade time and seq (sources of trades).",
 )
 
-TRADE_METRICS: Final = Table(
+TRADE_METRICS: Final = _metrics_table(
     "trade_metrics",
+    _TRADE_KEY,
+    "trade",
+    "price",
     (
-        *_TRADE_KEY,
-        _col("window", _TEXT, "window name, e.g. '5m'", key=True),
-        _col("window_seconds", _INT, "window length in seconds"),
-        _col(
-            "vwap",
-            _FLOAT,
-            "sum(price * size) / sum(size); NULL when the window's size is 0",
-            nullable=True,
-        ),
-        _col("sma_price", _FLOAT, "mean trade price over the window"),
-        _col("std_price", _FLOAT, "sample std of price; NULL with < 2 trades", nullable=True),
-        _col(
-            "std_log_return",
-            _FLOAT,
-            "sample std of log returns between trades; NULL with < 2 returns",
-            nullable=True,
-        ),
-        _col("trade_count", _INT, "trades in the window"),
-        _col("session_vwap", _FLOAT, "VWAP since 00:00 UTC; NULL while size is 0", nullable=True),
-        _LOADED_AT_COLUMN,
+        "sum(price * size) / sum(size); NULL when the window's size is 0",
+        "mean trade price over the window",
+        "sample std of price; NULL with < 2 trades",
+        "sample std of log returns between trades; NULL with < 2 returns",
+        "trades in the window",
+        "VWAP since 00:00 UTC; NULL while size is 0",
     ),
-    doc="Rolling metrics of each trade, one row per window.",
 )
 
 TABLES: Final[dict[str, Table]] = {t.name: t for t in (BARS, BAR_METRICS, TRADES, TRADE_METRICS)}
@@ -244,7 +254,7 @@ def merge_sql(tbl: Table, dialect: Dialect, source: str) -> str:
     Matched on the natural key: a matched row gets every non-key column from the
     source, an unmatched one is inserted. Re-delivering a batch therefore leaves
     the rows as they are (only ``loaded_at`` moves), never adds any. *source*
-    must not hold a key twice (see :func:`prepare_batch`).
+    must not hold a key twice (see :func:`prepare_table`).
 
     The target's ``SET`` columns are unqualified: DuckDB rejects ``t.col`` there,
     Snowflake accepts either form.
@@ -275,7 +285,7 @@ def upsert_sql(tbl: Table, source: str) -> str:
     The DuckDB sink uses it rather than ``MERGE``: for a batch of new keys it runs at
     the speed of a plain ``INSERT``, where ``MERGE`` took a third longer (its join),
     measured on the loader's micro-batches (``bench/loader.py``). *source* must not
-    hold a key twice (see :func:`prepare_batch`): DuckDB refuses to update a row twice
+    hold a key twice (see :func:`prepare_table`): DuckDB refuses to update a row twice
     in one statement.
     """
 
@@ -312,58 +322,7 @@ def markdown_table(tbl: Table) -> str:
 # --- batch preparation (pure) --------------------------------------------------------
 
 
-class PreparedBatch(NamedTuple):
-    """A batch ready to stage: validated, typed, one row per key, ``loaded_at`` set."""
-
-    frame: pd.DataFrame
-    duplicates: int
-    """Rows dropped because a later row of the same batch had the same key."""
-
-
 _NS_PER_US: Final = 1_000
-
-
-def prepare_batch(tbl: Table, frame: pd.DataFrame, loaded_at: datetime) -> PreparedBatch:
-    """Check *frame* against *tbl*, coerce its types, drop in-batch duplicate keys.
-
-    - The columns must be exactly :attr:`Table.input_columns` (any order);
-      ``loaded_at`` is set here, to *loaded_at* (naive UTC) for every row.
-    - ``VARCHAR``: non-empty strings. ``TIMESTAMP``: ``datetime64`` (naive =
-      UTC, or tz-aware, converted to UTC) or integer nanoseconds since the
-      epoch (the project's ``ts_ns``), whole microseconds. ``DOUBLE``: numbers,
-      finite; NaN only in nullable columns, where it becomes NULL. ``BIGINT``:
-      integers.
-    - Rows with the same natural key: the **last** one wins. A MERGE whose
-      source holds a key twice goes wrong in every backend: Snowflake fails on
-      an existing key (ERROR_ON_NONDETERMINISTIC_MERGE) and inserts a new key
-      twice (its primary key is not enforced); DuckDB updates an existing row
-      twice, in no defined order. So keys are made unique here, before staging.
-
-    Raises :class:`BatchError` naming the table, the column and the fix.
-    """
-    _check_columns(tbl, frame)
-    if loaded_at.tzinfo is not None:
-        loaded_at = loaded_at.astimezone(UTC)
-    n = len(frame)
-    data: dict[str, object] = {}
-    for col in tbl.columns:
-        if col.name == LOADED_AT:
-            continue
-        data[col.name] = _coerce(tbl, col, frame[col.name])
-    out = pd.DataFrame(data, index=pd.RangeIndex(n))
-    out[LOADED_AT] = pd.Series(
-        np.full(n, np.datetime64(loaded_at.replace(tzinfo=None), "us")), dtype="datetime64[ns]"
-    )
-
-    dup = out.duplicated(subset=list(tbl.key), keep="last")
-    duplicates = int(dup.sum())
-    if duplicates:
-        out = out[~dup.to_numpy()].reset_index(drop=True)
-    return PreparedBatch(out, duplicates)
-
-
-def _check_columns(tbl: Table, frame: pd.DataFrame) -> None:
-    _check_names(tbl, [str(c) for c in frame.columns])
 
 
 def _check_names(tbl: Table, got: list[str]) -> None:
@@ -386,114 +345,6 @@ def _check_names(tbl: Table, got: list[str]) -> None:
         f"A {tbl.name} batch has exactly the columns {', '.join(expected)}."
     )
 
-
-def _first(mask: pd.Series) -> int:
-    """Position of the first True in *mask*."""
-    return int(np.flatnonzero(mask.to_numpy())[0])
-
-
-def _bad(tbl: Table, col: Column, what: str, mask: pd.Series | None = None) -> BatchError:
-    where = ""
-    if mask is not None:
-        where = f" in {int(mask.sum())} row(s), first at row {_first(mask)} of the batch"
-    return BatchError(f"{tbl.name}.{col.name}: {what}{where}")
-
-
-def _coerce(tbl: Table, col: Column, series: pd.Series) -> pd.Series:
-    """*series* as the pandas dtype staged for *col*, or a :class:`BatchError`."""
-    kind = col.duckdb_type
-    if kind == "VARCHAR":
-        return _coerce_text(tbl, col, series)
-    if kind == "TIMESTAMP":
-        return _coerce_time(tbl, col, series)
-    if kind == "DOUBLE":
-        return _coerce_float(tbl, col, series)
-    if kind == "BIGINT":
-        return _coerce_int(tbl, col, series)
-    raise AssertionError(f"no coercion for {kind}")  # a new type in the schema needs one
-
-
-def _coerce_text(tbl: Table, col: Column, series: pd.Series) -> pd.Series:
-    if isinstance(series.dtype, pd.CategoricalDtype):
-        series = series.astype(object)
-    null = series.isna()
-    if null.any():
-        raise _bad(tbl, col, "is null", null)
-    kind = pd.api.types.infer_dtype(series, skipna=False)
-    if kind not in ("string", "empty"):
-        raise _bad(tbl, col, f"must hold strings, got {kind} (dtype {series.dtype})")
-    empty = series == ""
-    if empty.any():
-        raise _bad(tbl, col, "is an empty string", empty)
-    return series.astype(object).reset_index(drop=True)
-
-
-def _coerce_time(tbl: Table, col: Column, series: pd.Series) -> pd.Series:
-    dtype = series.dtype
-    if isinstance(dtype, pd.DatetimeTZDtype):
-        series = series.dt.tz_convert("UTC").dt.tz_localize(None)
-    elif pd.api.types.is_integer_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype):
-        series = pd.to_datetime(series.astype("int64"), unit="ns")
-    elif not pd.api.types.is_datetime64_dtype(dtype):
-        raise _bad(
-            tbl,
-            col,
-            f"must be datetime64 (naive = UTC, or tz-aware) or int nanoseconds since the "
-            f"epoch, got dtype {dtype}; convert with pd.to_datetime(values, utc=True)",
-        )
-    series = series.astype("datetime64[ns]").reset_index(drop=True)
-    null = series.isna()
-    if null.any():
-        raise _bad(tbl, col, "is null (NaT)", null)
-    sub_us = pd.Series(series.to_numpy().view("int64") % _NS_PER_US != 0)
-    if sub_us.any():
-        raise _bad(
-            tbl,
-            col,
-            "has sub-microsecond precision, which the warehouse does not store; "
-            "round with .dt.floor('us') if that is intended",
-            sub_us,
-        )
-    return series
-
-
-def _coerce_float(tbl: Table, col: Column, series: pd.Series) -> pd.Series:
-    dtype = series.dtype
-    if pd.api.types.is_bool_dtype(dtype) or not pd.api.types.is_numeric_dtype(dtype):
-        raise _bad(tbl, col, f"must be numeric, got dtype {dtype}")
-    values = series.astype("float64").reset_index(drop=True)  # pd.NA becomes NaN
-    null = values.isna()
-    if null.any() and not col.nullable:
-        raise _bad(tbl, col, "is null or NaN but the column is NOT NULL", null)
-    infinite = pd.Series(np.isinf(values.to_numpy()))
-    if infinite.any():
-        raise _bad(tbl, col, "is infinite", infinite)
-    if col.nullable:
-        # The nullable Float64 dtype carries NULL as a mask, not as NaN: DuckDB's
-        # pandas scan and pyarrow (write_pandas' Parquet files) both load it as
-        # NULL, without relying on their NaN-as-NULL conventions.
-        return values.astype("Float64")
-    return values
-
-
-def _coerce_int(tbl: Table, col: Column, series: pd.Series) -> pd.Series:
-    dtype = series.dtype
-    if pd.api.types.is_bool_dtype(dtype) or not pd.api.types.is_numeric_dtype(dtype):
-        raise _bad(tbl, col, f"must be integers, got dtype {dtype}")
-    series = series.reset_index(drop=True)
-    null = series.isna()
-    if null.any():
-        raise _bad(tbl, col, "is null", null)
-    if pd.api.types.is_float_dtype(dtype):
-        # A float column of whole numbers is an int column that met a NaN once.
-        floats = series.astype("float64").to_numpy()
-        fractional = pd.Series(~np.isfinite(floats) | (floats != np.round(floats)))
-        if fractional.any():
-            raise _bad(tbl, col, "must be whole numbers", fractional)
-    return series.astype("int64")
-
-
-# --- Arrow batches (the loader's bulk path) -------------------------------------------
 
 _ARROW_TYPES: Final = {
     "VARCHAR": pa.string(),
@@ -519,12 +370,22 @@ class PreparedTable(NamedTuple):
 
 
 def prepare_table(tbl: Table, batch: pa.Table, loaded_at: datetime) -> PreparedTable:
-    """:func:`prepare_batch` for an Arrow table, column at a time in Arrow's compute kernels.
+    """Check *batch* against *tbl*, coerce its types, drop in-batch duplicate keys: column
+    at a time, in Arrow's compute kernels.
 
-    The same rules, with Arrow's types: ``VARCHAR`` from string columns,
-    ``TIMESTAMP`` from timestamp columns of any unit (with a zone: the instants;
-    without: UTC), ``DOUBLE`` from float or integer columns, ``BIGINT`` from
-    integer columns. Raises :class:`BatchError` naming the table, the column and the fix.
+    - The columns must be exactly :attr:`Table.input_columns` (any order);
+      ``loaded_at`` is set here, to *loaded_at* (naive UTC) for every row.
+    - ``VARCHAR``: non-empty strings (dictionary-encoded too). ``TIMESTAMP``: timestamp
+      columns of any unit (with a zone: the instants; without: UTC), whole
+      microseconds. ``DOUBLE``: float or integer columns, finite; NaN or null only in
+      nullable columns, where it becomes NULL. ``BIGINT``: integer columns.
+    - Rows with the same natural key: the **last** one wins. A MERGE whose
+      source holds a key twice goes wrong in every backend: Snowflake fails on
+      an existing key (ERROR_ON_NONDETERMINISTIC_MERGE) and inserts a new key
+      twice (its primary key is not enforced); DuckDB updates an existing row
+      twice, in no defined order. So keys are made unique here, before staging.
+
+    Raises :class:`BatchError` naming the table, the column and the fix.
     """
     _check_names(tbl, [str(c) for c in batch.column_names])
     if loaded_at.tzinfo is not None:

@@ -104,7 +104,13 @@ def staged_frame(tbl: Table, staged: pa.Table) -> pd.DataFrame:
     """The staged Arrow rows as the DataFrame ``write_pandas`` takes (pure): NULL-able
     DOUBLEs as pandas' nullable ``Float64`` (NULL, not NaN, in the Parquet files it
     uploads), times as naive ``datetime64[ns]`` (``use_logical_type`` makes them
-    TIMESTAMP_NTZ)."""
+    TIMESTAMP_NTZ).
+
+    Arrow to pandas (and, inside ``write_pandas``, back to Arrow for its Parquet files)
+    because the connector's one bulk loader takes a DataFrame: snowflake-connector-python
+    4.8 has no Arrow counterpart of ``write_pandas``. Writing the Parquet here and
+    running ``PUT`` + ``COPY INTO`` ourselves would skip pandas, but fakesnow, which
+    the tests run this sink against, fakes ``write_pandas`` and not ``PUT``."""
     frame = staged.to_pandas(coerce_temporal_nanoseconds=True)
     for col in tbl.columns:
         if col.nullable:
