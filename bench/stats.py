@@ -531,8 +531,13 @@ PROFILE_PARTS: Final[tuple[ProfilePart, ...]] = (
     ("processor loop total (Processor.run)", ((_PROC, "run"),)),
     ("Kafka consume() (waits for fetches, builds messages)", (("~", "'consume' of"),)),
     (
-        "decode bars (codec.decode_bars: orjson + validation)",
-        (("hftpipe_workers/codec.py", "decode_bar"), ("hftpipe_workers/codec.py", "decode_bars")),
+        "decode bars (codec.decode_bars_lenient: compiled, or orjson + validation)",
+        (
+            ("hftpipe_workers/codec.py", "decode_bar"),
+            ("hftpipe_workers/codec.py", "decode_bars"),
+            # The processor's call (bad records set aside, not raised).
+            ("hftpipe_workers/codec.py", "decode_bars_lenient"),
+        ),
     ),
     (
         "rolling metrics (MetricsEngine.update_columns; compiled: and messages, update_encoded)",

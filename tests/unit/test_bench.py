@@ -240,6 +240,19 @@ def test_profile_breakdown_shares_of_the_total_and_renamed_functions() -> None:
     assert "not called" in stats.profile_table(stats.profile_breakdown(rows, parts), 10)
 
 
+def test_the_processor_s_own_calls_are_in_the_cprofile_parts() -> None:
+    """The processor decodes with decode_bars_lenient and updates with update_encoded:
+    the default parts must find them (the 2026-12-07 table said 'not called')."""
+    rows: dict[stats.ProfileKey, stats.ProfileRow] = {
+        ("/x/hftpipe_workers/processor.py", 10, "run"): (1, 1, 0.0, 10.0, {}),
+        ("/x/hftpipe_workers/codec.py", 20, "decode_bars_lenient"): (1, 1, 0.0, 1.0, {}),
+        ("/x/hftpipe_workers/metrics.py", 30, "update_encoded"): (1, 1, 0.0, 3.0, {}),
+    }
+    shares = {p["part"]: p["share"] for p in stats.profile_breakdown(rows)}
+    assert [v for k, v in shares.items() if k.startswith("decode bars")] == [0.1]
+    assert [v for k, v in shares.items() if k.startswith("rolling metrics")] == [0.3]
+
+
 def test_a_sampled_stack_counts_for_its_innermost_known_frame() -> None:
     stack = [
         ("/usr/lib/python3.11/json/decoder.py", "decode"),
