@@ -16,6 +16,9 @@ subclass adds timing only:
 - per batch: its size, the time spent in ``consume()`` before it, and the time
   to process it; with ``--latency`` also, per bar, how long it waited before its
   batch started (so a latency splits into queueing and processing);
+- the CPU seconds of each of its threads from the first batch to the last (the
+  Python thread, which runs the compiled core too, and librdkafka's: compression,
+  the broker connections), so the processor's CPU splits into ours and the client's;
 - its own RSS every second (``/proc/self/status``), RSS once the partitions are
   assigned (imports and connections, before any data) and VmHWM at the end;
 - the time spent in Python's cyclic garbage collector and, with ``--sample-ms``,
@@ -35,6 +38,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import sys
 import threading
 import time
@@ -61,6 +65,38 @@ def proc_status_kb(field: str, pid: int | str = "self") -> int | None:
     except OSError:
         return None
     return None
+
+
+def parse_task_stat(stat: str) -> tuple[str, int]:
+    """A thread's name and CPU ticks (user + system) from its ``/proc/.../stat`` line.
+
+    The name is in parentheses and may hold spaces or parentheses itself: the
+    fields after it are counted from its last ``)``."""
+    head, _, rest = stat.rpartition(")")
+    name = head.partition("(")[2]
+    fields = rest.split()
+    # utime and stime are fields 14 and 15 of stat(5); ``rest`` starts at field 3.
+    return name, int(fields[11]) + int(fields[12])
+
+
+def thread_cpu_seconds(pid: int | str = "self") -> dict[str, float]:
+    """CPU seconds per thread name of a process, threads of the same name summed
+    (librdkafka names its threads ``rdk:main``, ``rdk:broker1``...; the Python thread
+    has the program's name). Threads that have ended are not counted."""
+    ticks: Counter[str] = Counter()
+    hz = os.sysconf("SC_CLK_TCK")
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return {}
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                name, used = parse_task_stat(f.read())
+        except (OSError, IndexError, ValueError):
+            continue  # ended meanwhile
+        ticks[name] += used
+    return {name: round(n / hz, 2) for name, n in ticks.most_common()}
 
 
 class StackSampler(threading.Thread):
@@ -138,6 +174,15 @@ class TimedProcessor(Processor):
         self._announced = False
         self._next_sample = 0.0
         self._next_progress = 0.0
+        self.threads_at_start: dict[str, float] = {}
+        self.threads_at_end: dict[str, float] | None = None
+
+    def thread_cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds per thread name from the first batch to the last (start-up,
+        imports and the group join left out, as from the rate)."""
+        end = self.threads_at_end or thread_cpu_seconds()
+        start = self.threads_at_start
+        return {name: round(cpu - start.get(name, 0.0), 2) for name, cpu in end.items()}
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         super()._on_assign(consumer, partitions)
@@ -156,6 +201,7 @@ class TimedProcessor(Processor):
         now = time.time()
         if self.first_start is None:
             self.first_start = now
+            self.threads_at_start = thread_cpu_seconds()
             self._next_progress = now + self.progress_every
             self.first_batch.set()
         waited = now - self.last_end if self.last_end else 0.0
@@ -180,6 +226,9 @@ class TimedProcessor(Processor):
                 flush=True,
             )
         if report.bars_in >= self.expect_bars:
+            # Now, while librdkafka's threads live: they end with the consumer and
+            # producer, and an ended thread's CPU is no longer listed.
+            self.threads_at_end = thread_cpu_seconds()
             self.stop.set()
 
     def _process_slice(
@@ -281,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         "run_seconds": report.seconds,
         "wall_seconds": ended - started,
         "cpu_seconds": round(time.process_time(), 2),
+        "thread_cpu_seconds": processor.thread_cpu_seconds(),
         "vm_hwm_kb": proc_status_kb("VmHWM"),
         "rss_at_assign_kb": processor.rss_at_assign,
         "rss_samples": processor.rss,

@@ -327,6 +327,33 @@ def _met(met: bool | None) -> str:
     return {True: "met", False: "**not met**", None: "n/a"}[met]
 
 
+def _per_bar_us(rate: float | None) -> float | None:
+    return 1e6 / rate if rate else None
+
+
+def cpu_per_bar(phase: Mapping[str, Any] | None) -> tuple[float | None, ...]:
+    """CPU microseconds per bar of a processor run: its Python thread (which runs the
+    compiled core too), librdkafka's threads (``rdk:*``: compression, the broker
+    connections), then the broker and Redis over the same phase. None where unknown."""
+    if not phase or not phase.get("bars"):
+        return (None, None, None, None)
+    bars = phase["bars"]
+    threads: Mapping[str, float] = phase.get("thread_cpu_seconds") or {}
+    rdk = sum(v for name, v in threads.items() if name.startswith("rdk:"))
+    ours = sum(v for name, v in threads.items() if not name.startswith("rdk:"))
+    servers: Mapping[str, float] = (phase.get("phase") or {}).get("cpu_seconds") or {}
+
+    def us(seconds: float | None) -> float | None:
+        return None if seconds is None else seconds * 1e6 / bars
+
+    return (
+        us(ours) if threads else None,
+        us(rdk) if threads else None,
+        us(servers.get("kafka")),
+        us(servers.get("redis")),
+    )
+
+
 def results_table(doc: Mapping[str, Any]) -> str:
     """The markdown table of one results document (what ``bench/README.md`` shows)."""
     r = doc["results"]
@@ -383,6 +410,13 @@ def results_table(doc: Mapping[str, Any]) -> str:
             _num(g("processor_alone", "bars_per_second"), " bars/s"),
             "ProducerPerformance at a metrics record's size",
             _x(g("ratios", "processor_over_metrics_producer_performance")),
+        ),
+        (
+            "... its CPU per bar: Python thread (with the compiled core) / librdkafka's "
+            "threads / broker / Redis",
+            " / ".join(_num(v, " us", 1) for v in cpu_per_bar(g("processor_alone"))),
+            "wall time per bar",
+            _num(_per_bar_us(g("processor_alone", "bars_per_second")), " us", 1),
         ),
         (
             "End to end (producer start -> processor caught up)",

@@ -702,6 +702,7 @@ def _processor_summary(data: dict[str, Any]) -> dict[str, Any]:
         "bars_per_second": data["bars_per_second"],
         "wall_seconds_incl_startup": round(data["wall_seconds"], 3),
         "cpu_seconds": data.get("cpu_seconds"),
+        "thread_cpu_seconds": data.get("thread_cpu_seconds"),
         "gc_seconds": data.get("gc_seconds"),
         "gc_collections": data.get("gc_collections"),
         "batches": data.get("batches"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -304,3 +305,41 @@ def test_reading_speed_reads_both_formats_and_the_table_shows_them(tmp_path: Pat
     assert ratios["merge_over_one_file"] == pytest.approx(merge["merge_over_one_file"], rel=1e-2)
     assert "| Reading the same rows as 4 CSV files merged by event time |" in table
     assert "| merge of many files vs one file (time) | <= 1.20x |" in table
+
+
+# -- where the processor's CPU goes, by thread -------------------------------------------
+
+
+def test_a_thread_s_name_and_ticks_come_from_its_stat_line_whatever_its_name() -> None:
+    from bench.probe import parse_task_stat  # noqa: PLC0415
+
+    # Fields of stat(5): pid (comm) state ppid ... utime (14) stime (15) ...
+    tail = "S 1 1 1 0 -1 4194560 100 0 0 0 1234 56 0 0 20 0 9 0 100 0 0"
+    assert parse_task_stat(f"42 (rdk:broker1) {tail}") == ("rdk:broker1", 1290)
+    assert parse_task_stat(f"42 (a (b) c) {tail}") == ("a (b) c", 1290)
+
+
+def test_this_process_s_threads_are_counted_by_name() -> None:
+    from bench.probe import thread_cpu_seconds  # noqa: PLC0415
+
+    deadline = time.process_time() + 0.3
+    while time.process_time() < deadline:  # some CPU on this (the main) thread
+        pass
+    threads = thread_cpu_seconds()
+    assert sum(threads.values()) >= 0.25
+    assert all(not name.startswith("rdk:") for name in threads)
+
+
+def test_cpu_per_bar_splits_the_processor_from_its_kafka_client_and_the_servers() -> None:
+    phase = {
+        "bars": 1_000_000,
+        "thread_cpu_seconds": {"python": 8.0, "rdk:main": 0.5, "rdk:broker1": 1.5},
+        "phase": {"cpu_seconds": {"kafka": 3.0, "redis": 4.0, "other": 9.0}},
+    }
+    assert stats.cpu_per_bar(phase) == (8.0, 2.0, 3.0, 4.0)
+    # An older results file, without threads: the servers are still known.
+    assert stats.cpu_per_bar({**phase, "thread_cpu_seconds": None}) == (None, None, 3.0, 4.0)
+    assert stats.cpu_per_bar(None) == (None, None, None, None)
+    table = stats.results_table({"results": {"processor_alone": {**phase, "bars_per_second": 1e5}}})
+    assert "8.0 us / 2.0 us / 3.0 us / 4.0 us" in table
+    assert "| 10.0 us |" in table
