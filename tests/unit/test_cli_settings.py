@@ -604,3 +604,15 @@ def test_bars_from_trades_reach_the_producer_from_the_cli_and_the_replayjob(
         assert job.spec.source.url is not None
         produce = ProduceSettings(source=[job.spec.source.url])
     assert produce.bar_interval_ns == 60 * 1_000_000_000
+
+
+def test_compression_overrides_the_profile_s_for_producers_only() -> None:
+    from hftpipe_workers.settings import KafkaSettings  # noqa: PLC0415
+
+    assert KafkaSettings().producer()["compression.type"] == "lz4"  # the throughput profile
+    assert KafkaSettings(profile="latency").producer()["compression.type"] == "none"
+    assert KafkaSettings(compression="none").producer()["compression.type"] == "none"
+    assert KafkaSettings(profile="latency", compression="zstd").producer()["compression.type"] == (
+        "zstd"
+    )
+    assert "compression.type" not in KafkaSettings(compression="none").consumer("g")

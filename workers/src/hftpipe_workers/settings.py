@@ -155,6 +155,10 @@ class KafkaSettings(BaseSettings):
 
     profile: KafkaProfile = "throughput"
     """``throughput`` (batching, lz4) or ``latency`` (1 ms linger, no compression)."""
+    compression: Literal["none", "lz4", "zstd", "snappy", "gzip"] | None = None
+    """Producers' ``compression.type``, over the profile's. lz4 of the processor's
+    ~725-byte metrics records cost ~2.5 us of CPU per bar; ``none`` ran the processor
+    ~1.15x faster in a same-run A/B, for ~1.75x the bytes on the broker."""
     delivery_timeout_ms: int | None = Field(default=None, ge=1_000)
     """How long a record may wait for the broker before its delivery fails (librdkafka's
     ``message.timeout.ms``); unset: 60 s for the producer (its transaction timeout), 5
@@ -185,6 +189,8 @@ class KafkaSettings(BaseSettings):
             "acks": "all",
             **_PRODUCER_PROFILES[self.profile],
         }
+        if self.compression is not None:
+            config["compression.type"] = self.compression
         if self.delivery_timeout_ms is not None:
             config["message.timeout.ms"] = self.delivery_timeout_ms
         return config
