@@ -47,7 +47,7 @@ from hftpipe_workers.observability import REGISTRY
 from hftpipe_workers.processor import Processor, latest_metrics
 from hftpipe_workers.producer import iter_dead_letters
 from hftpipe_workers.settings import KafkaSettings, RedisSettings
-from hftpipe_workers.warehouse import Sink, open_sink
+from hftpipe_workers.warehouse import DuckDBSink, Sink, open_sink
 
 SHARED_BTC = (
     Path(__file__).resolve().parents[2].parent / "shared" / "data" / ("btcusdt_1h_binance.csv.gz")
@@ -1014,6 +1014,96 @@ def test_a_commit_refused_in_a_rebalance_is_retried_not_fatal(
     committed, end = committed_and_end(kafka, topics.bars, groups.loader)
     assert committed == end  # past the last transaction markers too
     assert rows == keys == 3_000
+
+
+class _WatchedConsumer(Consumer):
+    """The real consumer, reporting to the test: ``merging`` is set by the test's sink
+    while a merge runs; a consume() that returns records meanwhile sets ``overlapped``;
+    every commit is checked by ``on_commit`` before it is made."""
+
+    merging = threading.Event()
+    overlapped = threading.Event()
+    on_commit: Any = None
+
+    def consume(self, *args: Any, **kwargs: Any) -> Any:
+        msgs = super().consume(*args, **kwargs)
+        if msgs and _WatchedConsumer.merging.is_set():
+            _WatchedConsumer.overlapped.set()
+        return msgs
+
+    def commit(self, *args: Any, **kwargs: Any) -> Any:
+        if _WatchedConsumer.on_commit is not None:
+            _WatchedConsumer.on_commit(kwargs.get("offsets") or [])
+        return super().commit(*args, **kwargs)
+
+
+def test_the_loader_collects_the_next_batch_while_one_is_merged_and_commits_only_merged_rows(
+    subprocess_env: dict[str, str],
+    kafka: KafkaSettings,
+    job: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The merge of a batch runs beside the collection of the next one (the two took
+    about as long each); an offset is still committed only once every record below it
+    is in the warehouse, which every commit here checks against a second connection."""
+    source = generated_minute_file(tmp_path / "gen.csv", symbols=2, bars=3_000)
+    produce(subprocess_env, job, source, "--speed", "max")
+    topic = Topics.for_job(job).bars
+    # Every bar record: its partition and offset, and its seq (a key in the warehouse).
+    records: list[tuple[int, int, int]] = []
+    consumer = reader({"bootstrap.servers": kafka.bootstrap_servers}, "test-reader")
+    try:
+        for p in range(3):
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            records += [
+                (p, m.offset() or 0, codec.decode_bar(m.value() or b"").seq)
+                for m in read_to_end(consumer, topic, p, low, high)
+            ]
+    finally:
+        consumer.close()
+    assert len(records) == 6_000
+    committed: dict[int, int] = {}  # partition -> the highest offset committed
+    with open_sink(f"duckdb:///{tmp_path / 'wh.duckdb'}") as sink:
+        assert isinstance(sink, DuckDBSink)
+        watcher = sink.connection.cursor()  # its own connection: sees committed rows only
+
+        def check(offsets: list[TopicPartition]) -> None:
+            upto = {tp.partition: tp.offset for tp in offsets if tp.topic == topic}
+            due = {seq for p, offset, seq in records if offset < upto.get(p, 0)}
+            stored = {
+                row[0]
+                for row in watcher.execute("SELECT seq FROM bars WHERE job = ?", [job]).fetchall()
+            }
+            assert due <= stored, f"offsets {upto} committed past {len(due - stored)} rows"
+            for p, offset in upto.items():
+                committed[p] = max(committed.get(p, 0), offset)
+
+        real_write = sink.write
+
+        def slow_write(table: str, rows: Any) -> int:
+            _WatchedConsumer.merging.set()
+            try:
+                # Long enough for the loop to collect its next batch, if it does (at
+                # once once it has).
+                _WatchedConsumer.overlapped.wait(5)
+                return real_write(table, rows)
+            finally:
+                _WatchedConsumer.merging.clear()
+
+        monkeypatch.setattr(loader_module, "Consumer", _WatchedConsumer)
+        monkeypatch.setattr(_WatchedConsumer, "merging", threading.Event())
+        monkeypatch.setattr(_WatchedConsumer, "overlapped", threading.Event())
+        monkeypatch.setattr(_WatchedConsumer, "on_commit", staticmethod(check))
+        monkeypatch.setattr(sink, "write", slow_write)
+        Loader(job=job, kafka=kafka, sink=sink, backend="duckdb", batch_max=1_000).run(
+            until_caught_up=True, idle_timeout=1.0
+        )
+        rows, keys = bar_rows(sink, job)
+    assert _WatchedConsumer.overlapped.is_set(), "no batch was collected while one was merged"
+    assert rows == keys == 6_000
+    # The commits checked cover every bar in the end.
+    assert sum(offset < committed.get(p, 0) for p, offset, _ in records) == 6_000
 
 
 class _CrashAfterWrite(Exception):

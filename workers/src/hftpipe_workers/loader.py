@@ -6,6 +6,12 @@ and only then are its Kafka offsets committed, synchronously. A loader that
 dies between the two re-reads the batch after restart and merges it again,
 which changes nothing: replays and crashes never duplicate rows.
 
+The merge of one batch runs on a thread of its own while the loop collects and
+decodes the next (the warehouse and librdkafka both work without the GIL): the two
+took about as long each, one after the other. One batch at most is in flight; its
+offsets (and those of partitions read to their end meanwhile) move only once its
+merge has returned, on the loop's thread, which alone uses the consumer.
+
 A commit refused during a consumer-group rebalance (``ILLEGAL_GENERATION``,
 ``REBALANCE_IN_PROGRESS``: the processor creating the metrics topic is enough to
 start one) is not a crash: the rows are in the warehouse, so their offsets stay
@@ -20,7 +26,8 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from itertools import compress
 from typing import Any, Final, cast
 
@@ -283,6 +290,21 @@ def _last_offsets(topics: list[str | None], msgs: list[Message]) -> dict[tuple[s
 
 
 @dataclass
+class _Prepared:
+    """A collected batch, decoded on the loop's thread, for the merge thread."""
+
+    tables: list[tuple[str, pa.Table]]
+    """(warehouse table, rows), only tables with rows."""
+    offsets: dict[tuple[str, int], int]
+    """(topic, partition) -> the highest offset in the batch."""
+    ends: dict[tuple[str, int], int] = field(default_factory=dict)
+    """Partitions read to their end while the batch was collected (see ``_reached``)."""
+    bars_in: int = 0
+    metrics_in: int = 0
+    records: int = 0
+
+
+@dataclass
 class LoaderReport:
     """Totals of one loader run."""
 
@@ -319,6 +341,10 @@ class Loader:
         # (topic, partition) -> where it ended when last read to its end (see _reached).
         self._ends: dict[tuple[str, int], int] = {}
         self._letters: Producer | None = None
+        # The batch being merged on the merge thread, if any (see the module docstring).
+        self._writing: tuple[Future[dict[str, int]], _Prepared] | None = None
+        self._writer: ThreadPoolExecutor | None = None
+        self._report = LoaderReport()
 
     def install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT: finish and commit the current batch, then exit cleanly."""
@@ -342,7 +368,8 @@ class Loader:
             on_lost=self._on_lost,
         )
         self.sink.ensure_tables()
-        report = LoaderReport()
+        report = self._report = LoaderReport()
+        self._writer = writer = ThreadPoolExecutor(1, thread_name_prefix="hftpipe-merge")
         started = time.monotonic()
         clock = DrainClock(
             lambda: self._export_lag(consumer),
@@ -354,10 +381,15 @@ class Loader:
             clock.drain(
                 self.stop,
                 lambda: self._collect(consumer),
-                lambda batch: self._load(consumer, batch, report),
+                lambda batch: self._load(consumer, batch),
             )
+            self._await_write(consumer)
             self._commit_pending(consumer)
         finally:
+            # A merge still running (an error elsewhere) uses the sink: let it end
+            # before the caller closes that. Its offsets are not committed.
+            self._abandon_write()
+            writer.shutdown()
             READY.labels("loader", self.job).set(0)
             if self._pending:
                 log.warning(
@@ -376,13 +408,15 @@ class Loader:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Partitions leave in a rebalance: commit what is loaded of them while the
-        generation still allows it."""
+        generation still allows it (the batch being merged first)."""
+        self._await_write(consumer)
         self._commit_pending(consumer, only={(tp.topic, tp.partition) for tp in partitions})
         self._on_lost(consumer, partitions)
 
-    def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Partitions taken away without a revoke: their next owner re-reads from the
         last commit (a second MERGE of the same rows changes nothing)."""
+        self._await_write(consumer)  # else its offsets would come back as pending
         for tp in partitions:
             self._pending.pop((tp.topic, tp.partition), None)
             self._ends.pop((tp.topic, tp.partition), None)
@@ -408,8 +442,10 @@ class Loader:
 
     def _collect(self, consumer: Consumer) -> list[Message]:
         # Offsets a rebalance refused last time go now, even when nothing new arrives
-        # (else a drained loader would show lag forever).
-        self._reached(consumer)
+        # (else a drained loader would show lag forever). Ends met by collections
+        # that found no record count only once every record before them is merged.
+        if self._writing is None:
+            self._reached(consumer, self._ends)
         self._commit_pending(consumer)
         batch: list[Message] = []
         deadline = time.monotonic() + self.batch_seconds
@@ -448,9 +484,25 @@ class Loader:
                 # back to the caller too (a poll of nothing is idle time, the group
                 # join's wait included): a batch's time starts near its first record.
                 break
+        if not batch and self._writing is not None:
+            # Nothing new: the batch in flight is finished now, so that its offsets
+            # (and the lag that says the loader is done) need not wait for a record.
+            self._await_write(consumer)
+            self._reached(consumer, self._ends)
+            self._commit_pending(consumer)
         return batch
 
-    def _load(self, consumer: Consumer, batch: list[Message], report: LoaderReport) -> None:
+    def _load(self, consumer: Consumer, batch: list[Message]) -> None:
+        """The loop's part of a batch: decode it (dead letters set aside), wait for
+        the batch before it to be merged, then hand this one to the merge thread."""
+        prepared = self._prepare(batch)
+        prepared.ends, self._ends = self._ends, {}
+        self._await_write(consumer)
+        self._commit_pending(consumer)
+        assert self._writer is not None  # run() made it
+        self._writing = (self._writer.submit(self._write, prepared), prepared)
+
+    def _prepare(self, batch: list[Message]) -> _Prepared:
         # Per record, only C calls (map, compress): no Python code per record.
         topics = list(map(Message.topic, batch))
         bar_msgs = list(compress(batch, map(self.topics.bars.__eq__, topics)))
@@ -491,49 +543,79 @@ class Loader:
                     f"{len(refused)} dead letter(s) refused by {self.topics.deadletter}: "
                     f"{refused[:3]}"
                 )
+        tables = [
+            (name, rows)
+            for name, rows in (
+                ("bars", bars),
+                ("trades", trades),
+                ("bar_metrics", metrics),
+                ("trade_metrics", trade_metrics),
+            )
+            if rows.num_rows
+        ]
+        return _Prepared(
+            tables,
+            _last_offsets(topics, batch),
+            bars_in=len(bar_msgs) - len(bad),
+            metrics_in=len(metric_msgs) - len(bad_metrics),
+            records=len(batch),
+        )
+
+    def _write(self, prepared: _Prepared) -> dict[str, int]:
+        """On the merge thread: the batch into the warehouse; rows written per table."""
         started = time.monotonic()
-        if bars.num_rows:
-            n = self.sink.write("bars", bars)
-            LOADER_ROWS.labels(self.job, "bars", self.backend).inc(n)
-            report.bars += bars.num_rows
-        if trades.num_rows:
-            n = self.sink.write("trades", trades)
-            LOADER_ROWS.labels(self.job, "trades", self.backend).inc(n)
-            report.bars += trades.num_rows
-        for name, rows in (("bar_metrics", metrics), ("trade_metrics", trade_metrics)):
-            if rows.num_rows:
-                n = self.sink.write(name, rows)
-                LOADER_ROWS.labels(self.job, name, self.backend).inc(n)
-                report.metrics_rows += n
+        written = {name: self.sink.write(name, rows) for name, rows in prepared.tables}
         LOADER_BATCH_SECONDS.labels(self.job, self.backend).observe(time.monotonic() - started)
+        return written
+
+    def _await_write(self, consumer: Consumer) -> None:
+        """Wait for the batch being merged; its offsets become pending (committed by
+        the caller). A failed merge raises here, its offsets never move: the restart
+        re-reads the batch."""
+        if self._writing is None:
+            return
+        (future, prepared), self._writing = self._writing, None
+        written = future.result()
+        report = self._report
+        for name, n in written.items():
+            LOADER_ROWS.labels(self.job, name, self.backend).inc(n)
+        rows = dict(prepared.tables)
+        report.bars += sum(rows[t].num_rows for t in ("bars", "trades") if t in rows)
+        report.metrics_rows += sum(written.get(t, 0) for t in ("bar_metrics", "trade_metrics"))
         # Offsets only after the warehouse has the rows (at-least-once delivery,
         # made exactly-once in effect by the MERGE on the natural key).
         # Only partitions still assigned: a partition revoked while the batch was
         # collected belongs to another loader now, which re-reads it from the last commit.
         assigned = {(tp.topic, tp.partition) for tp in consumer.assignment()}
-        for key, offset in _last_offsets(topics, batch).items():
+        for key, offset in prepared.offsets.items():
             if key in assigned:
                 self._pending[key] = max(self._pending.get(key, 0), offset + 1)
-        self._reached(consumer)
-        self._commit_pending(consumer)
+        self._reached(consumer, prepared.ends)
         report.batches += 1
-        RECORDS_IN.labels("loader", self.job, self.topics.bars).inc(len(bar_msgs) - len(bad))
-        RECORDS_IN.labels("loader", self.job, self.topics.metrics).inc(
-            len(metric_msgs) - len(bad_metrics)
-        )
-        BATCH_SIZE.labels("loader", self.job).observe(len(batch))
+        RECORDS_IN.labels("loader", self.job, self.topics.bars).inc(prepared.bars_in)
+        RECORDS_IN.labels("loader", self.job, self.topics.metrics).inc(prepared.metrics_in)
+        BATCH_SIZE.labels("loader", self.job).observe(prepared.records)
 
-    def _reached(self, consumer: Consumer) -> None:
+    def _abandon_write(self) -> None:
+        """Let a merge in flight end (the sink is in use) without taking its offsets."""
+        if self._writing is None:
+            return
+        (future, _), self._writing = self._writing, None
+        error = future.exception()
+        if error is not None:
+            log.warning("the batch being merged failed as the loader stopped: %s", error)
+
+    def _reached(self, consumer: Consumer, ends: dict[tuple[str, int], int]) -> None:
         """Partitions read to their end, every record before it loaded: their offsets move
         to the end. Past the last record there are transaction markers only (the
         producer writes in transactions), which no consumer is given: without this, a
         drained loader would show a lag of one marker for ever. Called only when every
-        record collected so far is in the warehouse."""
+        record collected before ``ends`` were met is in the warehouse."""
         assigned = {(tp.topic, tp.partition) for tp in consumer.assignment()}
-        for key, end in self._ends.items():
+        for key, end in ends.items():
             if key in assigned:
                 self._pending[key] = max(self._pending.get(key, 0), end)
-        self._ends.clear()
+        ends.clear()
 
     def _export_lag(self, consumer: Consumer) -> dict[tuple[str, int], int] | None:
         """Lag per assigned partition (end offset minus committed offset), exported as
