@@ -226,7 +226,7 @@ def test_compiled_core_is_installed() -> None:
     assert engine_class("auto") is CompiledMetricsEngine
     assert engine_class("python") is MetricsEngine
     assert engine_class("compiled") is CompiledMetricsEngine
-    with pytest.raises(ValueError, match="unknown metrics engine 'rust'"):
+    with pytest.raises(ValueError, match="unknown engine 'rust'"):
         engine_class("rust")
 
 

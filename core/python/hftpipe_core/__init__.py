@@ -6,6 +6,7 @@ from hftpipe_core._core import (
     decode_metrics,
     decode_metrics_arrays,
     dumps_float,
+    encode_records,
     zadd_command,
 )
 
@@ -15,5 +16,6 @@ __all__ = [
     "decode_metrics",
     "decode_metrics_arrays",
     "dumps_float",
+    "encode_records",
     "zadd_command",
 ]
