@@ -675,7 +675,8 @@ def random_float(rng: random.Random) -> float:
     if pick < 0.3:
         return rng.choice(_EDGE_FLOATS)
     if pick < 0.6:  # any bits: subnormals, NaNs with payloads, every exponent
-        return float(struct.unpack("<d", rng.getrandbits(64).to_bytes(8, "little"))[0])
+        x: float = struct.unpack("<d", rng.getrandbits(64).to_bytes(8, "little"))[0]
+        return x
     if pick < 0.8:
         return round(rng.uniform(-1e6, 1e6), rng.randint(0, 12))
     return rng.choice((1, -1)) * 10.0 ** rng.uniform(-330, 308)
@@ -687,18 +688,14 @@ def random_int(rng: random.Random) -> int:
 
 def random_records(rng: random.Random, n: int) -> BarBatch:
     names = rng.sample(_SYMBOLS, rng.randint(1, 4))
-    bars = [
-        Bar(
-            # Each a str object of its own, or one object repeated (as a reader gives).
-            "".join(list(rng.choice(names))) if rng.random() < 0.5 else names[0],
-            random_int(rng),
-            *(random_float(rng) for _ in range(5)),
-            random_int(rng),
-            random_int(rng),
-        )
-        for _ in range(n)
-    ]
-    return BarBatch.from_bars(bars) if bars else BarBatch.from_bars([])
+    bars = []
+    for _ in range(n):
+        # Each a str object of its own, or one object repeated (as a reader gives).
+        symbol = "".join(list(rng.choice(names))) if rng.random() < 0.5 else names[0]
+        ts = random_int(rng)
+        o, h, lo, c, v = (random_float(rng) for _ in range(5))
+        bars.append(Bar(symbol, ts, o, h, lo, c, v, random_int(rng), random_int(rng)))
+    return BarBatch.from_bars(bars)
 
 
 @pytest.mark.parametrize("seed", range(6))
