@@ -679,7 +679,7 @@ def random_float(rng: random.Random) -> float:
         return x
     if pick < 0.8:
         return round(rng.uniform(-1e6, 1e6), rng.randint(0, 12))
-    return rng.choice((1, -1)) * 10.0 ** rng.uniform(-330, 308)
+    return rng.choice((1.0, -1.0)) * math.pow(10.0, rng.uniform(-330, 308))
 
 
 def random_int(rng: random.Random) -> int:
