@@ -1,4 +1,5 @@
-"""hftpipe's compiled core (Rust): see ``hftpipe_workers.metrics.CompiledMetricsEngine``."""
+"""hftpipe's compiled core (Rust): see ``hftpipe_workers.metrics.CompiledMetricsEngine`` (the
+processor) and ``hftpipe_workers.codec.encode_records`` (the producer)."""
 
 from hftpipe_core._core import (
     Engine,
