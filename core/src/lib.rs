@@ -11,6 +11,9 @@
 //!   fix-up), so its results are correctly rounded like Python's;
 //! - `math.log1p` is the C library's `log1p`, which is what `f64::ln_1p` calls.
 //!
+//! It also writes the producer's bar and trade messages (`encode_records`), byte for byte
+//! as `hftpipe_workers.codec` (orjson) writes them, a slice of bars per call.
+//!
 //! Python's errors are kept where Python raises: a float division by zero raises
 //! ZeroDivisionError, a log of a non-positive ratio ValueError (the codec rejects
 //! such bars before they get here).
