@@ -43,7 +43,10 @@ class RecordingProducer:
         assert self.open
         self.open = False
 
-    def produce(self, topic: str, *, value: bytes, key: bytes | None, partition: int) -> None:
+    def produce(
+        self, topic: str, value: bytes, key: bytes | None = None, partition: int = -1
+    ) -> None:
+        # Positional or keywords, as confluent-kafka's produce takes them.
         assert self.open, f"a record to {topic} outside a transaction"
         self.calls += 1
         if self.full_every and self.calls % self.full_every == 0:
