@@ -11,6 +11,9 @@
 //!   fix-up), so its results are correctly rounded like Python's;
 //! - `math.log1p` is the C library's `log1p`, which is what `f64::ln_1p` calls.
 //!
+//! It also writes the producer's bar and trade messages (`encode_records`), byte for byte
+//! as `hftpipe_workers.codec` (orjson) writes them, a slice of bars per call.
+//!
 //! Python's errors are kept where Python raises: a float division by zero raises
 //! ZeroDivisionError, a log of a non-positive ratio ValueError (the codec rejects
 //! such bars before they get here).
@@ -749,6 +752,125 @@ fn zadd_command<'py>(
         debug_assert_eq!(at, total);
         Ok(())
     })
+}
+
+/// A numeric column handed over by the buffer protocol (a numpy array of exactly that
+/// dtype; a mismatched one is a TypeError, never a silent conversion), copied out: a
+/// memcpy of a slice, where a list would cost a Python object per value.
+fn column<T: pyo3::buffer::Element + Copy>(
+    py: Python<'_>,
+    name: &str,
+    obj: &Bound<'_, PyAny>,
+    n: usize,
+) -> PyResult<Vec<T>> {
+    let values = pyo3::buffer::PyBuffer::<T>::get(obj)?.to_vec(py)?;
+    if values.len() != n {
+        return Err(PyValueError::new_err(format!(
+            "columns of different lengths: symbol {n}, {name} {}",
+            values.len()
+        )));
+    }
+    Ok(values)
+}
+
+/// The Kafka values of a run of bars (`kind` None: `codec.encode_bar` of each) or of
+/// trades read as bars of one price (`kind` `"t"`: `codec.encode_trade` of each, its
+/// price the close, its size the volume), byte for byte as orjson writes them; schema
+/// version `version`. The producer's hot path: one call per slice of bars, no Python
+/// object per value but the message.
+///
+/// `symbol`: any iterable of str (a list, a numpy object array); the other columns
+/// numpy arrays (int64 ts_ns, seq, line; float64 prices and volume) or any buffer of
+/// those types. None when a symbol is not a str, or not valid UTF-8 (a lone
+/// surrogate): the Python codec then decides, so the answer is always Python's.
+/// (Integers cannot exceed 64 bits here: the columns are int64.)
+#[pyfunction]
+#[pyo3(signature = (version, kind, symbol, ts_ns, open, high, low, close, volume, seq, line))]
+#[allow(clippy::too_many_arguments)]
+fn encode_records<'py>(
+    py: Python<'py>,
+    version: i64,
+    kind: Option<&str>,
+    symbol: &Bound<'py, PyAny>,
+    ts_ns: &Bound<'py, PyAny>,
+    open: &Bound<'py, PyAny>,
+    high: &Bound<'py, PyAny>,
+    low: &Bound<'py, PyAny>,
+    close: &Bound<'py, PyAny>,
+    volume: &Bound<'py, PyAny>,
+    seq: &Bound<'py, PyAny>,
+    line: &Bound<'py, PyAny>,
+) -> PyResult<Option<Vec<Bound<'py, PyBytes>>>> {
+    let mut symbols = Vec::new();
+    for item in symbol.try_iter()? {
+        let item = item?;
+        match item.cast_into::<PyString>() {
+            Ok(text) => symbols.push(text),
+            Err(_) => return Ok(None),
+        }
+    }
+    let n = symbols.len();
+    let ts = column::<i64>(py, "ts_ns", ts_ns, n)?;
+    let seq = column::<i64>(py, "seq", seq, n)?;
+    let line = column::<i64>(py, "line", line, n)?;
+    let close = column::<f64>(py, "close", close, n)?;
+    let volume = column::<f64>(py, "volume", volume, n)?;
+    // A trade has no open, high or low: only their lengths are checked.
+    let ohl = [("open", open), ("high", high), ("low", low)]
+        .into_iter()
+        .map(|(name, obj)| column::<f64>(py, name, obj, n))
+        .collect::<PyResult<Vec<_>>>()?;
+    let mut head = Vec::new();
+    head.extend_from_slice(b"{\"sv\":");
+    push_int(&mut head, version);
+    if let Some(kind) = kind {
+        head.extend_from_slice(b",\"k\":");
+        push_str(&mut head, kind);
+    }
+    head.extend_from_slice(b",\"s\":");
+    let mut buf = ryu::Buffer::new();
+    let mut out = Vec::with_capacity(192);
+    // The symbol's JSON text, kept while the same str object repeats (a file of one
+    // symbol: every row), else written again (cheap: a few bytes).
+    let mut last: Option<(*mut pyo3::ffi::PyObject, Vec<u8>)> = None;
+    let mut messages = Vec::with_capacity(n);
+    for (j, text) in symbols.iter().enumerate() {
+        if last.as_ref().is_none_or(|(ptr, _)| *ptr != text.as_ptr()) {
+            let Ok(s) = text.to_str() else {
+                return Ok(None);
+            };
+            let mut quoted = Vec::with_capacity(s.len() + 2);
+            push_str(&mut quoted, s);
+            last = Some((text.as_ptr(), quoted));
+        }
+        out.clear();
+        out.extend_from_slice(&head);
+        out.extend_from_slice(&last.as_ref().expect("set above").1);
+        out.extend_from_slice(b",\"t\":");
+        push_int(&mut out, ts[j]);
+        if kind.is_some() {
+            out.extend_from_slice(b",\"p\":");
+            push_f64(&mut out, close[j], &mut buf);
+        } else {
+            out.extend_from_slice(b",\"o\":");
+            push_f64(&mut out, ohl[0][j], &mut buf);
+            out.extend_from_slice(b",\"h\":");
+            push_f64(&mut out, ohl[1][j], &mut buf);
+            out.extend_from_slice(b",\"l\":");
+            push_f64(&mut out, ohl[2][j], &mut buf);
+            out.extend_from_slice(b",\"c\":");
+            push_f64(&mut out, close[j], &mut buf);
+        }
+        out.extend_from_slice(b",\"v\":");
+        push_f64(&mut out, volume[j], &mut buf);
+        out.extend_from_slice(b",\"q\":");
+        push_int(&mut out, seq[j]);
+        out.extend_from_slice(b",\"ln\":");
+        push_int(&mut out, line[j]);
+        out.push(b'}');
+        messages.push(PyBytes::new(py, &out));
+    }
+    Ok(Some(messages))
 }
 
 /// `orjson.dumps(x)` of a float, for the tests of the formatting.
@@ -1763,5 +1885,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(zadd_command, m)?)?;
     m.add_function(wrap_pyfunction!(decode_metrics, m)?)?;
     m.add_function(wrap_pyfunction!(decode_metrics_arrays, m)?)?;
+    m.add_function(wrap_pyfunction!(encode_records, m)?)?;
     Ok(())
 }

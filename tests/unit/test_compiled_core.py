@@ -16,25 +16,28 @@ import random
 import struct
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import numpy as np
 import orjson
 import pytest
-from hftpipe_core import decode_bars, dumps_float, zadd_command
+from hftpipe_core import decode_bars, dumps_float, encode_records, zadd_command
 
 from hftpipe_workers import codec
-from hftpipe_workers.bars import NS_PER_DAY, NS_PER_SECOND
-from hftpipe_workers.csvformat import BarReader
+from hftpipe_workers.bars import NS_PER_DAY, NS_PER_SECOND, Bar, Trade
+from hftpipe_workers.csvformat import BarBatch, BarReader
 from hftpipe_workers.metrics import (
     CompiledMetricsEngine,
     MetricsEngine,
     WindowColumns,
     compiled_available,
+    compiled_chosen,
     engine_class,
 )
 from hftpipe_workers.processor import _command, _update_and_encode, _zadd_command
+from hftpipe_workers.settings import ProcessSettings, ProduceSettings
 
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # bench/ is a directory of the repo, not an installed package
@@ -226,7 +229,7 @@ def test_compiled_core_is_installed() -> None:
     assert engine_class("auto") is CompiledMetricsEngine
     assert engine_class("python") is MetricsEngine
     assert engine_class("compiled") is CompiledMetricsEngine
-    with pytest.raises(ValueError, match="unknown metrics engine 'rust'"):
+    with pytest.raises(ValueError, match="unknown engine 'rust'"):
         engine_class("rust")
 
 
@@ -600,3 +603,143 @@ def test_numbers_are_read_as_orjson_reads_them() -> None:
         want = float(orjson.loads(message)["v"])
         assert got is not None, text
         assert bits(got[6]) == bits([want]), f"{text}: compiled {got[6][0]!r}, orjson {want!r}"
+
+
+# -- the producer's messages, written by the compiled core ------------------------------
+
+
+def core_records(batch: BarBatch, kind: str | None) -> list[bytes] | None:
+    """``hftpipe_core.encode_records`` of a whole batch, called directly (no fallback)."""
+    return encode_records(
+        codec.SCHEMA_VERSION,
+        kind,
+        batch.symbol,
+        batch.ts_ns,
+        batch.open,
+        batch.high,
+        batch.low,
+        batch.close,
+        batch.volume,
+        batch.seq,
+        batch.line,
+    )
+
+
+def python_records(batch: BarBatch, *, trade: bool) -> list[bytes]:
+    """The reference: ``codec.encode_bar`` of each bar, or ``codec.encode_trade`` of the
+    trade each row is (its price the close, its size the volume), as the producer wrote
+    them bar by bar."""
+    if not trade:
+        return [codec.encode_bar(bar) for bar in batch.bars()]
+    return [
+        codec.encode_trade(Trade(b.symbol, b.ts_ns, b.close, b.volume, b.seq, b.line))
+        for b in batch.bars()
+    ]
+
+
+def assert_records_match(batch: BarBatch, where: str) -> None:
+    for trade in (False, True):
+        want = python_records(batch, trade=trade)
+        got = core_records(batch, codec.TRADE if trade else None)
+        assert got is not None, f"{where}: the core declined a plain batch"
+        wrong = [(j, w, g) for j, (w, g) in enumerate(zip(want, got, strict=True)) if w != g]
+        assert not wrong, f"{where} (trade={trade}): {len(wrong)} differ, e.g. {wrong[:2]}"
+        assert codec.encode_records(batch, trade=trade) == want
+
+
+def test_producer_records_of_the_shared_btc_file_byte_for_byte() -> None:
+    if not SAMPLE.is_file():
+        pytest.fail(f"the shared BTC sample is missing: expected {SAMPLE}")
+    with gzip.open(SAMPLE, "rb") as f:
+        batches = [ch.bars for ch in BarReader(f, symbol="BTCUSDT", block_bytes=1 << 18)]
+    assert sum(map(len, batches)) > 10_000
+    assert len(batches) > 1
+    for k, batch in enumerate(batches):
+        assert_records_match(batch, f"block {k}")
+
+
+_EDGE_INTS: Final = (0, 1, -1, 9, 10, -10, 2**53 + 1, 2**63 - 1, -(2**63), -(2**63) + 1)
+_EDGE_FLOATS: Final = (
+    0.0, -0.0, 1e-5, 9.999999999999999e-6, 1e16, 9999999999999998.0, 5e-324, -5e-324,
+    2.2250738585072014e-308, 2.225073858507201e-308, 1.7976931348623157e308, -1e300, 0.1,
+    1e-7, 123456789012345.6, 47.181009, math.nan, math.inf, -math.inf,
+)  # fmt: skip
+_SYMBOLS: Final = (
+    "BTCUSDT", "", "é", "€uro", "😀", 'quo"te', "back\\slash", "tab\tnew\nline", "\x00\x01\x1f",
+    "\x7f\u0080\u2028\u2029", "/slash", "日本",
+)  # fmt: skip
+
+
+def random_float(rng: random.Random) -> float:
+    pick = rng.random()
+    if pick < 0.3:
+        return rng.choice(_EDGE_FLOATS)
+    if pick < 0.6:  # any bits: subnormals, NaNs with payloads, every exponent
+        x: float = struct.unpack("<d", rng.getrandbits(64).to_bytes(8, "little"))[0]
+        return x
+    if pick < 0.8:
+        return round(rng.uniform(-1e6, 1e6), rng.randint(0, 12))
+    return rng.choice((1.0, -1.0)) * math.pow(10.0, rng.uniform(-330, 308))
+
+
+def random_int(rng: random.Random) -> int:
+    return rng.choice(_EDGE_INTS) if rng.random() < 0.3 else rng.randrange(-(2**63), 2**63)
+
+
+def random_records(rng: random.Random, n: int) -> BarBatch:
+    names = rng.sample(_SYMBOLS, rng.randint(1, 4))
+    bars = []
+    for _ in range(n):
+        # Each a str object of its own, or one object repeated (as a reader gives).
+        symbol = "".join(list(rng.choice(names))) if rng.random() < 0.5 else names[0]
+        ts = random_int(rng)
+        o, h, lo, c, v = (random_float(rng) for _ in range(5))
+        bars.append(Bar(symbol, ts, o, h, lo, c, v, random_int(rng), random_int(rng)))
+    return BarBatch.from_bars(bars)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_producer_records_of_random_bars_byte_for_byte(seed: int) -> None:
+    rng = random.Random(900 + seed)
+    for n in (0, 1, 2, 17, 3_000):
+        batch = random_records(rng, n)
+        assert_records_match(batch, f"seed {seed}, {n} bars")
+        # A view of every other row (strided buffers), and a masked copy.
+        assert_records_match(batch.take(np.arange(0, n, 2)), f"seed {seed}, even rows")
+        if n:
+            strided = BarBatch(*(getattr(batch, f)[::3] for f in BarBatch.__dataclass_fields__))
+            assert_records_match(strided, f"seed {seed}, every third row (a view)")
+
+
+def test_producer_records_the_core_is_not_sure_of_are_pythons() -> None:
+    good = BarBatch.from_bars([Bar("A", 1, 1.0, 2.0, 0.5, 1.5, 3.0, 0, 2)] * 3)
+    # A lone surrogate is no UTF-8: the core declines, and orjson refuses it as before.
+    odd = good.take(np.arange(3))
+    odd.symbol[1] = "bad\udc80"
+    assert core_records(odd, None) is None
+    for compiled in (True, False):
+        with pytest.raises(orjson.JSONEncodeError, match="surrogates"):
+            codec.encode_records(odd, compiled=compiled)
+    # A symbol that is not a str: the core declines, orjson writes what it is.
+    for other in (None, 7):
+        odd.symbol[1] = other
+        assert core_records(odd, None) is None
+        assert codec.encode_records(odd) == codec.encode_records(odd, compiled=False)
+        assert codec.encode_records(odd)[1].startswith(b'{"sv":1,"s":%s,' % orjson.dumps(other))
+    # A column of another type (an int volume is written 3, not 3.0): Python's bytes.
+    ints = replace(good, volume=good.volume.astype(np.int64))
+    with pytest.raises((TypeError, BufferError)):
+        core_records(ints, None)
+    assert codec.encode_records(ints) == codec.encode_records(ints, compiled=False)
+    assert b'"v":3,' in codec.encode_records(ints)[0]
+    short = replace(good, seq=good.seq[:2])
+    with pytest.raises(ValueError, match="different lengths: symbol 3, seq 2"):
+        core_records(short, None)
+
+
+def test_the_engine_choice_is_one_for_every_worker() -> None:
+    assert compiled_chosen("auto") is compiled_chosen("compiled") is True
+    assert compiled_chosen("python") is False
+    with pytest.raises(ValueError, match="unknown engine 'rust'"):
+        compiled_chosen("rust")
+    assert ProduceSettings(source=["x"]).engine == ProcessSettings().engine == "auto"

@@ -261,9 +261,17 @@ class FakeProducer:
         self.open = False
         self.commits += 1
 
-    def produce(self, topic: str, *, value: bytes, key: bytes | None, **kwargs: Any) -> None:
+    def produce(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None = None,
+        partition: int = -1,
+        **kwargs: Any,
+    ) -> None:
+        # Positional or keywords, as confluent-kafka's produce takes them.
         assert self.open, f"a record to {topic} outside a transaction"
-        self.records.append((topic, key, value, kwargs))
+        self.records.append((topic, key, value, {"partition": partition, **kwargs}))
 
     def poll(self, _timeout: float = 0) -> int:
         return 0

@@ -1,4 +1,5 @@
-"""hftpipe's compiled core (Rust): see ``hftpipe_workers.metrics.CompiledMetricsEngine``."""
+"""hftpipe's compiled core (Rust): see ``hftpipe_workers.metrics.CompiledMetricsEngine`` (the
+processor) and ``hftpipe_workers.codec.encode_records`` (the producer)."""
 
 from hftpipe_core._core import (
     Engine,
@@ -6,6 +7,7 @@ from hftpipe_core._core import (
     decode_metrics,
     decode_metrics_arrays,
     dumps_float,
+    encode_records,
     zadd_command,
 )
 
@@ -15,5 +17,6 @@ __all__ = [
     "decode_metrics",
     "decode_metrics_arrays",
     "dumps_float",
+    "encode_records",
     "zadd_command",
 ]

@@ -1,4 +1,7 @@
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import numpy.typing as npt
 
 _Columns = tuple[
     list[int], list[float], list[float | None], list[float], list[float | None], list[float | None]
@@ -57,6 +60,19 @@ class Engine:
     ) -> None: ...
 
 def dumps_float(x: float) -> bytes: ...
+def encode_records(
+    version: int,
+    kind: str | None,
+    symbol: Iterable[str],
+    ts_ns: npt.NDArray[np.int64],
+    open: npt.NDArray[np.float64],
+    high: npt.NDArray[np.float64],
+    low: npt.NDArray[np.float64],
+    close: npt.NDArray[np.float64],
+    volume: npt.NDArray[np.float64],
+    seq: npt.NDArray[np.int64],
+    line: npt.NDArray[np.int64],
+) -> list[bytes] | None: ...
 def zadd_command(key: bytes, ts_ns: Sequence[int], members: Sequence[bytes]) -> bytes: ...
 def decode_bars(
     values: Sequence[bytes], version: int

@@ -278,6 +278,7 @@ def produce(settings: ProduceSettings) -> None:
             dead_letter_excerpt=settings.dead_letter_excerpt,
             job_id=settings.job_id,
             bar_interval_ns=settings.bar_interval_ns,
+            engine=settings.engine,
         ).run()
     except (SourceError, FileNotFoundError) as exc:
         # One line naming the file, the line, the cause and what to do: no traceback.

@@ -78,6 +78,11 @@ try:  # the compiled core (hftpipe-core), when installed: see _decode_bars_compi
     from hftpipe_core import decode_bars as _core_decode_bars
 except ImportError:
     _core_decode_bars = None
+_core_encode_records: Callable[..., list[bytes] | None] | None
+try:  # see encode_records; a core built before it lacks it
+    from hftpipe_core import encode_records as _core_encode_records
+except ImportError:
+    _core_encode_records = None
 _core_decode_metrics: Callable[[Sequence[bytes], int], tuple[Any, ...] | None] | None
 _core_decode_metrics_arrays: Callable[[Sequence[bytes], int], tuple[Any, ...] | None] | None
 try:  # see _decode_metrics_compiled; a core built before them lacks them
@@ -120,6 +125,53 @@ def encode_bars(batch: BarBatch) -> Iterator[bytes]:
     """The Kafka values of a batch's bars, in order."""
     for bar in batch.bars():
         yield encode_bar(bar)
+
+
+def encode_trade_row(row: Bar) -> bytes:
+    """The Kafka value of a trade that a reader gave as a bar of one price (its close) and
+    a size (its volume): how a source of trades is read."""
+    return encode_trade(Trade(row[0], row[1], row[5], row[6], row[7], row[8]))
+
+
+_INT: Final = np.dtype(np.int64)
+_FLOAT: Final = np.dtype(np.float64)
+
+
+def encode_records(batch: BarBatch, *, trade: bool = False, compiled: bool = True) -> list[bytes]:
+    """The Kafka values of a batch's records, in order: :func:`encode_bar` of each bar,
+    or (``trade``) :func:`encode_trade_row` of each, byte for byte.
+
+    ``compiled``: by the compiled core (``hftpipe_core.encode_records``, one call for the
+    batch: the producer's hot path) when it is installed and the batch is its kind of
+    columns (int64 and float64 arrays, str symbols); otherwise, and for any batch it is
+    not sure of, bar by bar here (the reference)."""
+    if compiled and _core_encode_records is not None and _plain_columns(batch):
+        values = _core_encode_records(
+            SCHEMA_VERSION,
+            TRADE if trade else None,
+            batch.symbol,
+            batch.ts_ns,
+            batch.open,
+            batch.high,
+            batch.low,
+            batch.close,
+            batch.volume,
+            batch.seq,
+            batch.line,
+        )
+        if values is not None:
+            return values
+    encode = encode_trade_row if trade else encode_bar
+    return [encode(bar) for bar in batch.bars()]
+
+
+def _plain_columns(batch: BarBatch) -> bool:
+    """Whether the numeric columns are int64 and float64 arrays, as the readers make them
+    (a column of another type, whose values Python would write otherwise, e.g. an int
+    volume as 5 rather than 5.0, stays with the Python codec)."""
+    ints = (batch.ts_ns, batch.seq, batch.line)
+    floats = (batch.open, batch.high, batch.low, batch.close, batch.volume)
+    return all(c.dtype == _INT for c in ints) and all(c.dtype == _FLOAT for c in floats)
 
 
 def encode_trade(trade: Trade) -> bytes:

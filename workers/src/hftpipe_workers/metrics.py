@@ -1005,22 +1005,27 @@ def compiled_available() -> bool:
 AnyEngine = MetricsEngine | CompiledMetricsEngine
 
 
-def engine_class(engine: str = "auto") -> type[MetricsEngine] | type[CompiledMetricsEngine]:
-    """The engine to use: ``"compiled"``, ``"python"`` (the reference), or ``"auto"``:
-    the compiled one when its package is installed."""
+def compiled_chosen(engine: str = "auto") -> bool:
+    """Whether to use the compiled core (``HFTPIPE_ENGINE``, for every worker that has
+    one: the processor's metrics engine, the producer's encoding): ``"compiled"``,
+    ``"python"`` (the reference), or ``"auto"``: compiled when its package is installed.
+    A ValueError for an unknown choice, or ``"compiled"`` without the package."""
     if engine == "python":
-        return MetricsEngine
-    if engine == "compiled" or (engine == "auto" and compiled_available()):
-        if engine == "compiled" and not compiled_available():
-            raise ValueError(
-                "the compiled metrics engine was asked for, but the hftpipe-core package is "
-                "not installed: install it (uv sync --all-packages builds it with cargo) "
-                "or choose the python engine"
-            )
-        return CompiledMetricsEngine
-    if engine != "auto":
-        raise ValueError(f"unknown metrics engine {engine!r}: expected auto, compiled or python")
-    return MetricsEngine
+        return False
+    if engine == "compiled" and not compiled_available():
+        raise ValueError(
+            "the compiled engine was asked for, but the hftpipe-core package is not "
+            "installed: install it (uv sync --all-packages builds it with cargo) or choose "
+            "the python engine"
+        )
+    if engine not in ("auto", "compiled"):
+        raise ValueError(f"unknown engine {engine!r}: expected auto, compiled or python")
+    return compiled_available()
+
+
+def engine_class(engine: str = "auto") -> type[MetricsEngine] | type[CompiledMetricsEngine]:
+    """The metrics engine to use (see :func:`compiled_chosen`)."""
+    return CompiledMetricsEngine if compiled_chosen(engine) else MetricsEngine
 
 
 _SNAPSHOT_FORMAT: Final = "hftpipe.metrics-state"

@@ -58,13 +58,16 @@ from itertools import islice
 from typing import IO, Any, Final, Literal
 
 import fsspec
+import numpy as np
+import numpy.typing as npt
 import orjson
+import pandas as pd  # type: ignore[import-untyped]  # pandas-stubs is not in the lock
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from . import arrowformat, codec
 from .arrowformat import open_reader
-from .bars import Bar, Trade, format_utc
+from .bars import format_utc
 from .contract import PROGRESS_TOPIC_CONFIG, Groups, ProducerProgress, Topics, transactional_id
 from .csvformat import (
     REJECT_KINDS,
@@ -87,6 +90,7 @@ from .kafka_admin import (
     reader,
     watermarks,
 )
+from .metrics import compiled_chosen
 from .multifile import FilenameSymbol, MergedReader, expand_sources
 from .observability import (
     BYTES_OUT,
@@ -99,7 +103,7 @@ from .observability import (
     declare_series,
 )
 from .pacing import Pacer, Pacing
-from .settings import KafkaSettings
+from .settings import EngineChoice, KafkaSettings
 from .sourceinfo import Reading, SourceSummary, describe_reading, kind_of, reading_of
 from .tradebars import BarBuilder
 
@@ -542,6 +546,7 @@ class Replay:
         job_id: str | None = None,
         transaction_seconds: float = TRANSACTION_SECONDS,
         bar_interval_ns: int | None = None,
+        engine: EngineChoice = "auto",
     ) -> None:
         self.job = job
         self.sources = [source] if isinstance(source, str) else list(source)
@@ -580,6 +585,8 @@ class Replay:
         self._live_state = _LiveState()
         self.bar_interval_ns = bar_interval_ns
         """Build bars of this interval from a source of trades (``--bars``); None: off."""
+        self.compiled = compiled_chosen(engine)
+        """Encode by the compiled core, a slice of bars per call (when not paced)."""
 
     def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
         if err is not None:
@@ -776,14 +783,15 @@ class Replay:
             live.reading = reading_of(reader)
             live.summary = summary = SourceSummary(self.source, kind=kind_of(reader))
             log.info(
-                "reading %s: %s; pacing: %s",
+                "reading %s: %s; pacing: %s; encoding: %s",
                 self.source,
                 "; ".join(describe_reading(reader)),
                 self.pacing,
+                "compiled" if self.compiled and self.pacing.mode == "max" else "python",
             )
             set_aside = 0
             builder = BarBuilder(self.bar_interval_ns) if self.bar_interval_ns else None
-            encode = _encode_trade if kind_of(reader) == "trade" and not builder else None
+            trade = kind_of(reader) == "trade" and not builder
             if builder is not None:
                 log.info("building %d-second bars from the trades", builder.interval_ns // 10**9)
             try:
@@ -799,7 +807,7 @@ class Replay:
                     report.rows_read += len(chunk.rejected) + chunk.out_of_range
                     if builder is None:
                         self._send(producer, chunk.bars, partitions, resume, pacer, started,
-                                   report, encode)  # fmt: skip
+                                   report, trade=trade)  # fmt: skip
                     else:  # bars built from the trades: the trades are the rows read
                         report.rows_read += len(chunk.bars)
                         batch = builder.add(chunk.bars)
@@ -982,19 +990,25 @@ class Replay:
         pacer: Pacer,
         started: float,
         report: ReplayReport,
-        encode: Callable[[Bar], bytes] | None = None,
         *,
+        trade: bool = False,
         rows: bool = True,
     ) -> None:
         """Send a batch's bars (skipping those already in Kafka), adding them to ``report``.
-        ``encode``: how a record is written (default a bar; trades are read as bars of one
-        price and written as trades); ``rows``: each record is a row of the source (False
-        for bars built from trades).
+        ``trade``: the records are trades, read as bars of one price and written as trades
+        (:func:`~.codec.encode_trade_row`); ``rows``: each record is a row of the source
+        (False for bars built from trades).
 
         In slices of :data:`SLICE_BARS`, with the metrics brought up to date after
         each slice and, when pacing makes it wait, before a wait (no per-bar cost).
+        Unpaced with the compiled core: :meth:`_send_columns`; else bar by bar (the
+        reference).
         """
         paced = self.pacing.mode != "max"
+        if self.compiled and not paced:
+            self._send_columns(producer, batch, partitions, resume, report, trade=trade, rows=rows)
+            return
+        encode = codec.encode_trade_row if trade else codec.encode_bar
         cache: dict[str, tuple[bytes, int]] = {}
         bars = batch.bars()
         live = self._live_state
@@ -1029,7 +1043,7 @@ class Replay:
                         else:
                             self._commit_if_due(producer)
                         _sleep(wait)
-                value = codec.encode_bar(bar) if encode is None else encode(bar)
+                value = encode(bar)
                 self._produce(producer, self.bars_topic, key, value, partition)
                 sent += 1
                 size += len(value)
@@ -1040,10 +1054,70 @@ class Replay:
                 self._commit(producer)
             self._commit_if_due(producer)
 
+    def _send_columns(
+        self,
+        producer: Producer,
+        batch: BarBatch,
+        partitions: int,
+        resume: ResumePoint,
+        report: ReplayReport,
+        *,
+        trade: bool,
+        rows: bool,
+    ) -> None:
+        """:meth:`_send` unpaced, on the columns: the same records, keys, partitions and
+        order, the same counts per slice, but per slice one mask of the bars already in
+        Kafka, one call of the compiled core for the values (:func:`~.codec.encode_records`)
+        and a tight loop of ``produce``. (The per-bar Python of the reference, a Bar, its
+        key and partition, the resume check and orjson, was over half the producer's time.)
+        """
+        live = self._live_state
+        n = len(batch)
+        if not n:  # a block of rejected or out-of-range rows only
+            self._live(producer, report)
+            return
+        keys, parts = _routes(batch.symbol, partitions)
+        # Already in Kafka: seq <= the last committed seq of the bar's partition.
+        last = np.array([resume.last_seq.get(p, -1) for p in range(partitions)], np.int64)
+        done = batch.seq <= last[parts]
+        resuming = bool(done.any())
+        topic, produce = self.bars_topic, producer.produce
+        for lo in range(0, n, SLICE_BARS):
+            HEARTBEAT.beat()
+            hi = min(lo + SLICE_BARS, n)
+            index = np.arange(lo, hi)
+            if resuming:
+                index = index[~done[lo:hi]]
+            skipped = hi - lo - len(index)
+            values = codec.encode_records(batch.take(index), trade=trade)
+            if values:
+                self._ensure_transaction(producer)
+            for value, key, partition in zip(
+                values, keys[index].tolist(), parts[index].tolist(), strict=True
+            ):
+                try:
+                    # Positional: keywords cost ~0.6 us more per call (measured: 0.43 s
+                    # against 0.25 s for 300,000), a fifth of the rest of the loop.
+                    produce(topic, value, key, partition)
+                except BufferError:  # the local queue is full: wait for room
+                    produce_when_room(producer, topic, value, key=key, partition=partition)
+            producer.poll(0)
+            _add(report, live, len(values), skipped, sum(map(len, values)), rows=rows)
+            self._live(producer, report)
+            if self._failed:  # a delivery failed: nothing more goes into this transaction
+                self._commit(producer)
+            self._commit_if_due(producer)
 
-def _encode_trade(row: Bar) -> bytes:
-    """The message of a trade the reader gave as a bar of one price (close) and a size."""
-    return codec.encode_trade(Trade(row[0], row[1], row[5], row[6], row[7], row[8]))
+
+def _routes(
+    symbols: npt.NDArray[np.object_], partitions: int
+) -> tuple[npt.NDArray[np.object_], npt.NDArray[np.int64]]:
+    """Each row's Kafka key (its symbol's bytes) and partition (:func:`partition_for`),
+    computed once per distinct symbol."""
+    codes, uniques = pd.factorize(symbols, use_na_sentinel=False)
+    keys = np.array([s.encode() for s in uniques], dtype=object)
+    parts = np.array([partition_for(s, partitions) for s in uniques], dtype=np.int64)
+    return keys[codes], parts[codes]
 
 
 def _sleep(seconds: float) -> None:

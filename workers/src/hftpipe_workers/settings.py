@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 KafkaProfile = Literal["throughput", "latency"]
 
 EngineChoice = Literal["auto", "compiled", "python"]
-"""The processor's metrics engine (see :func:`hftpipe_workers.metrics.engine_class`)."""
+"""The compiled core or the pure-Python reference, for the processor's metrics engine and
+the producer's encoding (see :func:`hftpipe_workers.metrics.compiled_chosen`)."""
 LayoutChoice = Literal["auto", "kaggle-btc", "binance", "binance-kline", "generic", "trades"]
 """``auto`` or one of ``csvformat.KNOWN_LAYOUTS`` (a unit test keeps them equal; csvformat
 itself imports pandas, too slow to import for ``--help``)."""
@@ -385,6 +386,11 @@ class ProduceSettings(WorkerSettings):
     replay them instead of the trades; each bar's time is the start of its interval, the
     partial last bars are sent at the end of the file. Unset: trades are replayed as
     trades."""
+
+    engine: EngineChoice = "auto"
+    """Message encoding: ``compiled`` (the hftpipe-core package, Rust: a slice of bars
+    per call, when not paced), ``python`` (the pure-Python reference: the same bytes,
+    slower), or ``auto``: compiled when installed."""
 
     partitions: int = Field(default=3, ge=1)
     """Partitions of the bars topic, if it is created."""
