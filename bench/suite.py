@@ -897,11 +897,14 @@ def _with_paced_rate(config: Config, results: Mapping[str, Any]) -> Config:
     return config
 
 
-def _latency_phases(phases: Phases, bench: Bench, record_size: int, source: Path) -> None:
+def _latency_phases(phases: Phases, bench: Bench, record_size: int) -> None:
     """The broker's and our latency at the paced rate, and at the floor too when that is
     lower: how the processor does where it keeps up, beside where it may not."""
     runs = (("", bench.config.rate), ("_floor", LATENCY_FLOOR))
     for suffix, rate in runs[: 2 if bench.config.rate > LATENCY_FLOOR else 1]:
+        # A file of as many bars as the run sends: the producer of the 10,000 bars/s
+        # run once went on through the paced run's 3.4M bars, 5 minutes at that rate.
+        source = datagen.ensure_dataset(rate * bench.config.latency_seconds)
         phases.run(
             f"broker send -> ack latency at {rate:,} records/s",
             f"broker_latency{suffix}",
@@ -910,7 +913,7 @@ def _latency_phases(phases: Phases, bench: Bench, record_size: int, source: Path
         phases.run(
             f"latency at {rate:,} bars/s",
             f"latency{suffix}",
-            lambda rate=rate, suffix=suffix: bench.latency(  # type: ignore[misc]
+            lambda rate=rate, suffix=suffix, source=source: bench.latency(  # type: ignore[misc]
                 "bench-latency" + suffix.replace("_", "-"), source, rate
             ),
         )
@@ -1007,7 +1010,7 @@ def run(config: Config) -> int:
         phases.run(
             "end to end", "end_to_end", lambda: bench.end_to_end("bench-e2e", dataset, config.rows)
         )
-        _latency_phases(phases, bench, record_size, latency_source)
+        _latency_phases(phases, bench, record_size)
         phases.run(
             "reading speed, CSV and Parquet, against pyarrow",
             "reading",

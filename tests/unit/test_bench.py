@@ -343,3 +343,37 @@ def test_cpu_per_bar_splits_the_processor_from_its_kafka_client_and_the_servers(
     table = stats.results_table({"results": {"processor_alone": {**phase, "bars_per_second": 1e5}}})
     assert "8.0 us / 2.0 us / 3.0 us / 4.0 us" in table
     assert "| 10.0 us |" in table
+
+
+def test_each_latency_run_sends_a_file_of_its_own_rate_times_its_length(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The 10,000 bars/s run once sent the paced run's whole file (3.4M bars, 5 minutes
+    at that rate) though it measures 25 seconds of it."""
+    from types import SimpleNamespace  # noqa: PLC0415
+
+    monkeypatch.setattr(datagen, "ensure_dataset", lambda rows: Path(f"/bars/{rows}"))
+    sent: list[tuple[str, Path, int]] = []
+    phases_run: list[str] = []
+
+    def latency(job: str, source: Path, rate: int) -> dict[str, Any]:
+        sent.append((job, source, rate))
+        return {}
+
+    bench: Any = SimpleNamespace(
+        config=SimpleNamespace(rate=136_000, latency_seconds=25),
+        latency=latency,
+        broker_latency=lambda size, rate: {},
+    )
+
+    class Phases:
+        def run(self, label: str, key: str, call: Any) -> None:
+            phases_run.append(key)
+            call()
+
+    suite._latency_phases(Phases(), bench, 126)  # type: ignore[arg-type]
+    assert phases_run == ["broker_latency", "latency", "broker_latency_floor", "latency_floor"]
+    assert sent == [
+        ("bench-latency", Path("/bars/3400000"), 136_000),
+        ("bench-latency-floor", Path("/bars/250000"), 10_000),
+    ]
