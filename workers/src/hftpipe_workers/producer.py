@@ -16,7 +16,7 @@ Exactly once into the topics, with Kafka transactions (issue 10, points 2 and 15
   writes from then on; it stops with :class:`Fenced`, saying so) and aborts that
   one's open transaction. Two producers of one job never both add bars.
 - Bars, dead letters and progress records are written in transactions of at most
-  :data:`TRANSACTION_SECONDS` (and before any pacing wait). A delivery that fails (a
+  ``KafkaSettings.transaction_ms`` (and before any pacing wait). A delivery that fails (a
   broker away for longer than the delivery timeout) aborts the transaction, so no
   later bar can be committed behind a lost one; the producer then goes on from what
   is committed (:data:`ABORTED_RETRIES` times, then it exits for a restart).
@@ -119,11 +119,6 @@ PROGRESS_EVERY: Final = 1.0
 SLICE_BARS: Final = 8192
 """Bars sent between two looks at the clock: the metrics are updated per slice, never
 per bar (at ~250k bars/s a slice takes ~30 ms)."""
-TRANSACTION_SECONDS: Final = 0.1
-"""Longest a transaction stays open while bars are sent (checked per slice, and before
-a pacing wait): consumers read committed records only, so this is latency added to
-every bar (0.05 s on average), against one commit round trip and one marker per
-partition per transaction. Kafka Streams' exactly-once default is the same 100 ms."""
 ABORTED_RETRIES: Final = 5
 """Aborted transactions (a broker away for longer than the delivery timeout) the
 producer goes on from, from what is committed, before it exits for a restart."""
@@ -544,7 +539,7 @@ class Replay:
         progress: bool = True,
         dead_letter_excerpt: int = 200,
         job_id: str | None = None,
-        transaction_seconds: float = TRANSACTION_SECONDS,
+        transaction_seconds: float | None = None,
         bar_interval_ns: int | None = None,
         engine: EngineChoice = "auto",
     ) -> None:
@@ -562,7 +557,10 @@ class Replay:
         # and the reader group; metric labels keep the plain name.
         self.transactional_id = transactional_id(job_id or job)
         self.reader_group = Groups.for_job(job_id or job).reader
-        self.transaction_seconds = transaction_seconds
+        # Unset: the Kafka settings' (their profile's, or HFTPIPE_KAFKA_TRANSACTION_MS).
+        self.transaction_seconds = (
+            kafka.transaction_seconds() if transaction_seconds is None else transaction_seconds
+        )
         self.dead_letter_excerpt = dead_letter_excerpt
         declare_series("producer", job, REJECT_KINDS)
         self.bars_topic, self.dead_topic = bars_topic, dead_topic
