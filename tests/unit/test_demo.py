@@ -116,13 +116,18 @@ def test_make_demo_installs_no_debian_package_of_the_node_or_the_kubernetes_api(
         # both fell behind: the last one is what the figure measures
         ({"producer": 3.0, "processor": 8.0, "loader": 11.0}, "loader"),
         # exactly the slack behind still counts as keeping pace
-        ({"producer": 3.0, "processor": 4.5, "loader": 6.0}, "producer"),
+        ({"producer": 3.0, "processor": 3.5, "loader": 4.75}, "producer"),
+        # a cold `make demo` (2026-12-07): the producer done in 0.6 s of replay, the
+        # processor 1.3 s later (at a third of its rate alone), the loader 0.8 s after
+        # that. The report said "bounded by the producer": the processor's slack was
+        # the loader's (1.5 s), though its lag is seen every 0.25 s.
+        ({"producer": 5.2, "processor": 6.5, "loader": 7.3}, "processor"),
     ],
 )
 def test_bounded_by_names_the_last_stage_that_fell_behind(
     done: dict[str, float], bound: str
 ) -> None:
-    assert bounded_by(done, slack=1.5) == bound
+    assert bounded_by(done) == bound
 
 
 def test_the_report_splits_start_up_from_the_replay_and_names_the_bound() -> None:
@@ -133,15 +138,16 @@ def test_the_report_splits_start_up_from_the_replay_and_names_the_bound() -> Non
     }
     # the first bar at 1.0 s: the producer's exit at 3.0 s less its 2.0 s replay
     done = {"producer": 3.0, "processor": 4.0, "loader": 16.0}
-    lines = stage_lines(produced, outputs, done, slack=1.5)
+    done["processor"] = 3.4  # within its slack (0.5 s) of the producer
+    lines = stage_lines(produced, outputs, done)
     rows = {line.split()[0]: line for line in lines}
     assert set(STAGES) <= set(rows)
     assert "48,000 bars in   2.0 s     24,000 bars/s" in rows["producer"]
     # the processor kept pace: its rate is only a floor
-    assert "48,000 bars in   3.0 s >=  16,000 bars/s" in rows["processor"]
-    assert "kept pace: done 1.0 s after the producer" in rows["processor"]
+    assert "48,000 bars in   2.4 s >=  20,000 bars/s" in rows["processor"]
+    assert "kept pace: done 0.4 s after the producer" in rows["processor"]
     assert "48,000 bars in  15.0 s      3,200 bars/s" in rows["loader"]
-    assert "fell behind: done 12.0 s after the processor" in rows["loader"]
+    assert "fell behind: done 12.6 s after the processor" in rows["loader"]
     assert "192,000 metric rows" in rows["loader"]
     assert "3,000 bars/s (16.0 s" in rows["end"]
     assert "1.0 s" in rows["start-up"]
