@@ -610,19 +610,7 @@ def test_numbers_are_read_as_orjson_reads_them() -> None:
 
 def core_records(batch: BarBatch, kind: str | None) -> list[bytes] | None:
     """``hftpipe_core.encode_records`` of a whole batch, called directly (no fallback)."""
-    return encode_records(
-        codec.SCHEMA_VERSION,
-        kind,
-        batch.symbol,
-        batch.ts_ns,
-        batch.open,
-        batch.high,
-        batch.low,
-        batch.close,
-        batch.volume,
-        batch.seq,
-        batch.line,
-    )
+    return encode_records(codec.SCHEMA_VERSION, kind, *batch.columns())
 
 
 def python_records(batch: BarBatch, *, trade: bool) -> list[bytes]:

@@ -10,6 +10,7 @@ import random
 import time
 from typing import Any, cast
 
+import numpy as np
 import pytest
 from confluent_kafka import Producer
 
@@ -182,3 +183,14 @@ def test_both_engines_send_the_same_records_and_counts(
     )
     assert want[1][:2] == (n - skipped, skipped)
     assert len(want[0]) == n - skipped
+
+
+def test_bars_done_is_bar_done_for_every_bar() -> None:
+    """The columnar resume check is the per-bar rule, bar for bar (partitions without a
+    committed bar included)."""
+    rng = np.random.default_rng(7)
+    resume = ResumePoint(last_seq={0: 50, 2: 10})
+    partition = rng.integers(0, 4, 500).astype(np.int64)
+    seq = rng.integers(-1, 100, 500).astype(np.int64)
+    expected = [resume.bar_done(int(p), int(s)) for p, s in zip(partition, seq, strict=True)]
+    assert resume.bars_done(partition, seq, 4).tolist() == expected

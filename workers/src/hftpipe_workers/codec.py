@@ -146,19 +146,7 @@ def encode_records(batch: BarBatch, *, trade: bool = False, compiled: bool = Tru
     columns (int64 and float64 arrays, str symbols); otherwise, and for any batch it is
     not sure of, bar by bar here (the reference)."""
     if compiled and _core_encode_records is not None and _plain_columns(batch):
-        values = _core_encode_records(
-            SCHEMA_VERSION,
-            TRADE if trade else None,
-            batch.symbol,
-            batch.ts_ns,
-            batch.open,
-            batch.high,
-            batch.low,
-            batch.close,
-            batch.volume,
-            batch.seq,
-            batch.line,
-        )
+        values = _core_encode_records(SCHEMA_VERSION, TRADE if trade else None, *batch.columns())
         if values is not None:
             return values
     encode = encode_trade_row if trade else encode_bar

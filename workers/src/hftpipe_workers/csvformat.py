@@ -939,9 +939,11 @@ class BarBatch:
     def __len__(self) -> int:
         return len(self.ts_ns)
 
-    def bars(self) -> Iterator[Bar]:
-        """The bars one by one, as plain Python values."""
-        columns = (
+    def columns(self) -> tuple[ObjectArray, IntArray, FloatArray, FloatArray, FloatArray,
+                               FloatArray, FloatArray, IntArray, IntArray]:  # fmt: skip
+        """The columns in :class:`Bar`'s field order (symbol, ts_ns, open, high, low,
+        close, volume, seq, line): the order the compiled core takes them in too."""
+        return (
             self.symbol,
             self.ts_ns,
             self.open,
@@ -952,7 +954,10 @@ class BarBatch:
             self.seq,
             self.line,
         )
-        return map(Bar._make, zip(*(c.tolist() for c in columns), strict=True))
+
+    def bars(self) -> Iterator[Bar]:
+        """The bars one by one, as plain Python values."""
+        return map(Bar._make, zip(*(c.tolist() for c in self.columns()), strict=True))
 
     def take(self, index: IntArray | BoolArray) -> BarBatch:
         """The rows selected by an index or mask array."""

@@ -34,7 +34,7 @@ from __future__ import annotations
 import heapq
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 import fsspec
@@ -342,17 +342,7 @@ class MergedReader:
         n = len(batch)
         seq = self._seq + np.arange(n, dtype=np.int64)
         self._seq += n
-        return BarBatch(
-            batch.symbol,
-            batch.ts_ns,
-            batch.open,
-            batch.high,
-            batch.low,
-            batch.close,
-            batch.volume,
-            seq,
-            batch.line,
-        )
+        return replace(batch, seq=seq)
 
     def _set_aside(
         self, batch: BarBatch, same: np.ndarray, file_of: IntArray, out: _Pending

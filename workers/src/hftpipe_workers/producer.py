@@ -164,6 +164,13 @@ class ResumePoint:
         """Whether the bar with ``seq`` bound for ``partition`` was delivered before."""
         return seq <= self.last_seq.get(partition, -1)
 
+    def bars_done(
+        self, partition: npt.NDArray[np.int64], seq: npt.NDArray[np.int64], partitions: int
+    ) -> npt.NDArray[np.bool_]:
+        """:meth:`bar_done` of many bars at once (``partitions``: the topic's count)."""
+        last = np.array([self.last_seq.get(p, -1) for p in range(partitions)], np.int64)
+        return seq <= last[partition]
+
     def dead_letter_done(self, line: int, ordinal: int) -> bool:
         """Whether the row set aside at ``line`` of its file, the ``ordinal``-th (from 1)
         set aside in the read, was dead-lettered before."""
@@ -1075,9 +1082,7 @@ class Replay:
             self._live(producer, report)
             return
         keys, parts = _routes(batch.symbol, partitions)
-        # Already in Kafka: seq <= the last committed seq of the bar's partition.
-        last = np.array([resume.last_seq.get(p, -1) for p in range(partitions)], np.int64)
-        done = batch.seq <= last[parts]
+        done = resume.bars_done(parts, batch.seq, partitions)
         resuming = bool(done.any())
         topic, produce = self.bars_topic, producer.produce
         for lo in range(0, n, SLICE_BARS):
